@@ -1,0 +1,33 @@
+"""The seed-style CNN: two conv blocks and a dense head, trained with Adam.
+
+conv 32 3x3 SAME + 2x2 max pool, conv 64 3x3 SAME + 2x2 max pool, Dense 128 relu, Dense 10:
+421,642 parameters; Adam 1e-3, batch 64, 10 epochs, 5,000 validation examples.
+
+    python -m fmnist_jax.main --config=configs/cnn.py --workdir=/tmp/fmnist/cnn
+
+Measured (WORKSPACE.md): see the table there for accuracy and time on this 2-core CPU.
+"""
+
+import ml_collections
+
+from fmnist_jax.config import default
+
+
+def get_config():
+    config = default()
+    config.batch_size = 64
+    config.model = ml_collections.ConfigDict(
+        {
+            "name": "cnn",
+            "conv_channels": (32, 64),
+            "kernel_size": 3,
+            "pooling": "max",
+            "pool_size": 2,
+            "batch_norm": False,
+            "conv_dropout_rate": 0.0,
+            "hidden_sizes": (128,),
+            "activation": "relu",
+            "dropout_rate": 0.0,
+        }
+    )
+    return config

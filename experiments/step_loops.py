@@ -1,0 +1,46 @@
+"""Measures how the training steps of an epoch should be looped on this backend.
+
+For each seed model: ms per step for a whole epoch as one rolled `lax.scan`, and for calls of 8
+unrolled steps. This is the measurement behind `fmnist_jax.engine.plan_calls`.
+
+    python -m experiments.step_loops
+"""
+
+import time
+
+import jax
+import numpy as np
+
+from configs import cnn, mlp
+from fmnist_jax import engine, models, optim
+
+
+def ms_per_step(config, steps_per_call: int, unroll: bool, num_steps: int) -> float:
+    model = models.create(config.model)
+    tx = optim.optimizer(config.optimizer, config.optimizer.learning_rate)
+    state = engine.init_state(model, tx, jax.random.key(0), (28, 28, 1))
+    rng = np.random.default_rng(0)
+    n = num_steps * config.batch_size
+    images = jax.device_put(rng.integers(0, 255, (n, 28, 28, 1), dtype=np.uint8))
+    labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
+    eng = engine.Engine(model, tx, engine.Normalizer(), unroll=unroll)
+    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call, jax.random.key(1))
+    runner.compile(state)
+    state, sums = runner.run(state, jax.random.key(2))  # warm-up epoch
+    jax.block_until_ready(sums)
+    start = time.perf_counter()
+    state, sums = runner.run(state, jax.random.key(3))
+    jax.block_until_ready(sums)
+    return 1000 * (time.perf_counter() - start) / num_steps
+
+
+def main():
+    print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
+    for name, config, num_steps in (("mlp", mlp.get_config(), 1718), ("cnn", cnn.get_config(), 64)):
+        rolled = ms_per_step(config, 10**9, False, num_steps)
+        unrolled = ms_per_step(config, 8, True, num_steps)
+        print(f"{name} batch {config.batch_size}: rolled scan {rolled:.2f} ms/step, calls of 8 unrolled steps {unrolled:.2f} ms/step")
+
+
+if __name__ == "__main__":
+    main()

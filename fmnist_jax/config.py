@@ -1,0 +1,127 @@
+"""The config schema: every key with its default, and the checks that make bad values clear errors.
+
+Config files in `configs/` start from `default()` and change what their recipe needs, so every run
+has the same keys and `--config.key=value` overrides hit a known, typed key.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ml_collections import ConfigDict
+
+from fmnist_jax.errors import UserError
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta", "rmsprop")
+SCHEDULES = ("constant", "cosine", "exponential", "piecewise")
+MONITORS = ("val_accuracy", "val_loss")
+NUM_TRAIN_EXAMPLES = 60_000
+
+
+def default() -> ConfigDict:
+    """Every key a run reads. Durations are in epochs; the optimizer converts them to steps."""
+    c = ConfigDict()
+    c.seed = 0
+    c.num_epochs = 10
+    c.batch_size = 32
+    c.eval_batch_size = 1000
+    # Training steps per compiled call; 0 = automatic (see fmnist_jax.engine.steps_per_call).
+    c.steps_per_call = 0
+
+    c.data = ConfigDict()
+    c.data.tfds_data_dir = ""  # "" = tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    c.data.source_dir = ""  # "" = Debian's /usr/share/datasets/fashion-mnist when installed.
+    c.data.num_validation = 5000
+    c.data.standardize = False  # Per-pixel mean/std of the training split, on top of [0, 1].
+
+    c.model = ConfigDict()
+    c.model.name = "mlp"
+    c.model.hidden_sizes = (128,)
+    c.model.activation = "relu"
+    c.model.dropout_rate = 0.0
+
+    c.optimizer = ConfigDict()
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.momentum = 0.0  # sgd and rmsprop.
+    c.optimizer.nesterov = False  # sgd.
+    c.optimizer.b1 = 0.9  # adam, adamw.
+    c.optimizer.b2 = 0.999  # adam, adamw.
+    c.optimizer.eps = 1e-7  # adam, adamw, adadelta, rmsprop (Keras' default).
+    c.optimizer.rho = 0.9  # adadelta and rmsprop decay of squared gradients.
+    c.optimizer.weight_decay = 0.0  # Decoupled for adamw; L2-like decayed weights for the others.
+    c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping.
+
+    c.schedule = ConfigDict()
+    c.schedule.name = "constant"
+    c.schedule.warmup_epochs = 0.0  # cosine.
+    c.schedule.end_factor = 0.0  # cosine: final LR as a fraction of the peak.
+    c.schedule.decay_rate = 0.9  # exponential: LR factor per epoch.
+    c.schedule.boundaries_epochs = (5, 8)  # piecewise: epochs at which the LR is scaled ...
+    c.schedule.scales = (0.1, 0.1)  # ... by these factors (cumulative).
+
+    c.loss = ConfigDict()
+    c.loss.label_smoothing = 0.0
+
+    c.early_stopping = ConfigDict()
+    c.early_stopping.enabled = False
+    c.early_stopping.monitor = "val_accuracy"
+    c.early_stopping.patience = 3
+    c.early_stopping.min_delta = 0.0
+    c.early_stopping.restore_best = True
+    return c
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"Unknown {key}={value!r}; choose one of {', '.join(choices)}.")
+
+
+def _check_positive(key: str, value: float) -> None:
+    _check(math.isfinite(value) and value > 0, f"{key} must be a positive number, got {value!r}.")
+
+
+def _check_fraction(key: str, value: float) -> None:
+    _check(0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value!r}.")
+
+
+def validate(config: ConfigDict) -> None:
+    """Raises `UserError` naming the first key whose value cannot work, and the values that can."""
+    missing = sorted(set(default().keys()) - set(config.keys()))
+    _check(not missing, f"The config lacks {', '.join(missing)}; start config files from fmnist_jax.config.default().")
+    for key in ("num_epochs", "batch_size", "eval_batch_size"):
+        _check(isinstance(config[key], int) and config[key] > 0, f"{key} must be a positive integer, got {config[key]!r}.")
+    _check(config.steps_per_call >= 0, f"steps_per_call must be >= 0 (0 = automatic), got {config.steps_per_call}.")
+    _check(
+        0 <= config.data.num_validation < NUM_TRAIN_EXAMPLES,
+        f"data.num_validation must be in [0, {NUM_TRAIN_EXAMPLES - 1}], got {config.data.num_validation}.",
+    )
+    _check(
+        config.batch_size <= NUM_TRAIN_EXAMPLES - config.data.num_validation,
+        f"batch_size={config.batch_size} is larger than the training split "
+        f"({NUM_TRAIN_EXAMPLES - config.data.num_validation} examples after data.num_validation="
+        f"{config.data.num_validation}); use a smaller batch_size.",
+    )
+    _check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
+    _check_positive("optimizer.learning_rate", config.optimizer.learning_rate)
+    _check(config.optimizer.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}.")
+    _check(config.optimizer.grad_clip_norm >= 0, f"optimizer.grad_clip_norm must be >= 0 (0 = off), got {config.optimizer.grad_clip_norm}.")
+    _check_choice("schedule.name", config.schedule.name, SCHEDULES)
+    _check(
+        len(config.schedule.boundaries_epochs) == len(config.schedule.scales),
+        "schedule.boundaries_epochs and schedule.scales must have the same length.",
+    )
+    _check_fraction("loss.label_smoothing", config.loss.label_smoothing)
+    _check_choice("early_stopping.monitor", config.early_stopping.monitor, MONITORS)
+    _check(config.early_stopping.patience >= 1, f"early_stopping.patience must be >= 1, got {config.early_stopping.patience}.")
+    _check(
+        not config.early_stopping.enabled or config.data.num_validation > 0,
+        "early_stopping.enabled needs a validation split: set data.num_validation > 0.",
+    )
+    for key in ("dropout_rate", "conv_dropout_rate"):
+        if key in config.model:
+            _check_fraction(f"model.{key}", config.model[key])

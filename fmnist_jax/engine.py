@@ -1,0 +1,250 @@
+"""The compiled math of training and evaluation, as pure functions over explicit state.
+
+Data lives on the device as uint8 for the whole run. An epoch is: one compiled permutation of the
+training indices, then the steps in compiled calls of `steps_per_call` steps each (a `lax.scan`),
+with loss and accuracy summed on the device. The host only enqueues calls: nothing is read back
+until the epoch ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. The step also keys the per-step dropout RNG."""
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+
+
+@flax.struct.dataclass
+class Sums:
+    """Per-epoch sums kept on the device; `first_nonfinite_step` is -1 while every loss is finite."""
+
+    loss: jax.Array
+    correct: jax.Array
+    count: jax.Array
+    first_nonfinite_step: jax.Array
+
+    @classmethod
+    def zeros(cls) -> Sums:
+        return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+
+    def means(self) -> dict[str, float]:
+        """Host values, read in one transfer: mean loss and accuracy, and the first non-finite step."""
+        loss, correct, count, bad_step = jax.device_get((self.loss, self.correct, self.count, self.first_nonfinite_step))
+        count = max(int(count), 1)
+        return {"loss": float(loss) / count, "accuracy": float(correct) / count, "first_nonfinite_step": int(bad_step)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+    """Maps uint8 pixels to model inputs: [0, 1], then optionally per-pixel standardization."""
+
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @classmethod
+    def fit(cls, train_images: np.ndarray, standardize: bool) -> Normalizer:
+        if not standardize:
+            return cls()
+        scaled = train_images.astype(np.float32) / 255.0
+        return cls(scaled.mean(axis=0), np.maximum(scaled.std(axis=0), 1e-3))
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = images.astype(jnp.float32) / 255.0
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
+def variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
+    """Initial parameters (and batch-norm statistics) for one example of `image_shape` (HWC)."""
+    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False))
+    v = init(key)
+    params = v["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=v.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+    """Per-example softmax cross-entropy on integer labels, with optional label smoothing."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """Builds the compiled train and eval functions for one model, optimizer and normalizer."""
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    normalizer: Normalizer
+    label_smoothing: float = 0.0
+    unroll: bool = False
+
+    def train_step(self, state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array, dropout_key: jax.Array) -> tuple[TrainState, Sums]:
+        """One optimizer update on a uint8 batch; adds its loss and accuracy to `sums`."""
+        x = self.normalizer(images)
+        rng = jax.random.fold_in(dropout_key, state.step)
+
+        def loss_fn(params):
+            logits, updates = self.model.apply(
+                variables(params, state.batch_stats), x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+            )
+            loss = cross_entropy(logits, labels, self.label_smoothing).mean()
+            return loss, (logits, updates.get("batch_stats", {}))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        n = labels.shape[0]
+        finite = jnp.isfinite(loss)
+        sums = Sums(
+            loss=sums.loss + loss * n,
+            correct=sums.correct + jnp.sum(jnp.argmax(logits, -1) == labels),
+            count=sums.count + n,
+            first_nonfinite_step=jnp.where((sums.first_nonfinite_step < 0) & ~finite, state.step, sums.first_nonfinite_step),
+        )
+        return TrainState(state.step + 1, params, batch_stats, opt_state), sums
+
+    def train_steps(self, state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array, batch_indices: jax.Array, dropout_key: jax.Array) -> tuple[TrainState, Sums]:
+        """`len(batch_indices)` steps; batch i gathers the examples `batch_indices[i]` on the device."""
+
+        def body(carry, idx):
+            return self.train_step(*carry, images[idx], labels[idx], dropout_key), None
+
+        (state, sums), _ = jax.lax.scan(body, (state, sums), batch_indices, unroll=self.unroll)
+        return state, sums
+
+    def logits(self, params: PyTree, batch_stats: PyTree, images: jax.Array) -> jax.Array:
+        """Inference logits for uint8 images."""
+        return self.model.apply(variables(params, batch_stats), self.normalizer(images), train=False)
+
+    def eval_sums(self, params: PyTree, batch_stats: PyTree, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Sums:
+        """Loss and accuracy sums over pre-batched `[num_batches, batch, ...]` data; `mask` marks real examples."""
+
+        def body(sums, batch):
+            x, y, m = batch
+            logits = self.logits(params, batch_stats, x)
+            loss = cross_entropy(logits, y, 0.0)
+            correct = (jnp.argmax(logits, -1) == y) & m
+            return Sums(sums.loss + jnp.sum(jnp.where(m, loss, 0.0)), sums.correct + jnp.sum(correct), sums.count + jnp.sum(m), sums.first_nonfinite_step), None
+
+        sums, _ = jax.lax.scan(body, Sums.zeros(), (images, labels, mask))
+        return sums
+
+    @functools.cached_property
+    def compiled_eval_sums(self) -> Callable[..., Sums]:
+        return jax.jit(self.eval_sums)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def epoch_batches(key: jax.Array, num_examples: int, num_steps: int, batch_size: int) -> jax.Array:
+    """A fresh shuffle of the training indices as `[num_steps, batch_size]`; the remainder is left out."""
+    return jax.random.permutation(key, num_examples)[: num_steps * batch_size].reshape(num_steps, batch_size)
+
+
+def uses_convolution(model: nn.Module, image_shape: tuple[int, ...]) -> bool:
+    """Whether the model's forward pass contains a convolution (read from its jaxpr, nothing runs)."""
+    jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(jnp.zeros((1, *image_shape)))
+    return "conv_general_dilated" in str(jaxpr)
+
+
+def plan_calls(steps_per_call: int, backend: str, has_convolution: bool) -> tuple[int, bool]:
+    """(steps per compiled call, whether to unroll them); `steps_per_call` 0 means choose.
+
+    XLA:CPU runs convolutions inside a rolled loop ~25x slower than outside one (seed CNN, batch 64:
+    330 vs 13 ms/step, WORKSPACE.md), so on CPU conv models run calls of 8 unrolled steps (same
+    speed as 16 or 32, less compile time). Everything else runs a whole epoch as one rolled scan
+    (seed MLP: 0.13 ms/step rolled vs 0.23 ms/step in unrolled chunks).
+    """
+    if backend == "cpu" and has_convolution:
+        return steps_per_call or 8, True
+    return steps_per_call or 2**31 - 1, False
+
+
+@dataclasses.dataclass
+class EpochRunner:
+    """Runs training epochs over device-resident data with ahead-of-time compiled step chunks."""
+
+    engine: Engine
+    images: jax.Array
+    labels: jax.Array
+    batch_size: int
+    steps_per_call: int
+    dropout_key: jax.Array
+    _executables: dict[int, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.labels) // self.batch_size
+
+    def _chunks(self) -> list[tuple[int, int]]:
+        steps = self.steps_per_epoch
+        return [(start, min(start + self.steps_per_call, steps)) for start in range(0, steps, self.steps_per_call)]
+
+    def compile(self, state: TrainState) -> None:
+        """Compiles every chunk length an epoch uses (at most two), so epochs never compile."""
+        lengths = {end - start for start, end in self._chunks()}
+        jitted = jax.jit(self.engine.train_steps, donate_argnums=(0, 1))
+        for length in lengths - set(self._executables):
+            indices = jax.ShapeDtypeStruct((length, self.batch_size), jnp.int32)
+            self._executables[length] = jitted.lower(state, Sums.zeros(), self.images, self.labels, indices, self.dropout_key).compile()
+        epoch_batches(self.dropout_key, len(self.labels), self.steps_per_epoch, self.batch_size)  # compiles the shuffle
+
+    def run(self, state: TrainState, shuffle_key: jax.Array) -> tuple[TrainState, Sums]:
+        """One epoch in a fresh order; returns without waiting for the device."""
+        self.compile(state)
+        batches = epoch_batches(shuffle_key, len(self.labels), self.steps_per_epoch, self.batch_size)
+        sums = Sums.zeros()
+        for start, end in self._chunks():
+            state, sums = self._executables[end - start](state, sums, self.images, self.labels, batches[start:end], self.dropout_key)
+        return state, sums
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """An evaluation split on the device, padded to whole batches with a mask of real examples."""
+
+    images: jax.Array
+    labels: jax.Array
+    mask: jax.Array
+
+    @classmethod
+    def create(cls, images: np.ndarray, labels: np.ndarray, batch_size: int) -> EvalSet:
+        n = len(labels)
+        batch_size = max(1, min(batch_size, n))
+        num_batches = math.ceil(n / batch_size)
+        pad = num_batches * batch_size - n
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+        mask = np.arange(num_batches * batch_size) < n
+        shape = (num_batches, batch_size)
+        return cls(
+            jax.device_put(images.reshape(*shape, *images.shape[1:])),
+            jax.device_put(labels.reshape(shape)),
+            jax.device_put(mask.reshape(shape)),
+        )

@@ -1,0 +1,45 @@
+"""Command line: `python -m fmnist_jax.main --config=configs/mlp.py --workdir=DIR [--config.key=value]`.
+
+Only flags live here; everything else is `fmnist_jax.train.train_and_evaluate`, which a notebook can
+call directly with a ConfigDict.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fmnist_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl and summary.json.", required=True)
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlp.py.", lock_config=True)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with config overrides that name no key reported in one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}. Pass --helpfull to list the flags and config keys.")
+    except (AttributeError, KeyError) as e:
+        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
+        hint = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        sys.exit(f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from fmnist_jax.train import train_and_evaluate  # after flag parsing: keeps --help fast
+
+    try:
+        train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    except UserError as e:
+        logging.error("%s", e)
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,138 @@
+"""`train_and_evaluate(config, workdir)`: the training loop, from config to summary.json.
+
+Reads top to bottom: config and workdir, data, model, optimizer, compile, epochs (train, validate,
+log, early-stop), final test evaluation, summary. The math lives in `engine`; this file only
+orders it and does the I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from ml_collections import ConfigDict
+
+from fmnist_jax import config as config_lib
+from fmnist_jax import data, engine, models, optim, summary, workdir as workdir_lib
+from fmnist_jax.early_stopping import EarlyStopping
+from fmnist_jax.errors import UserError
+
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def _epoch_line(row: dict[str, Any], num_epochs: int) -> str:
+    val = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if "val_loss" in row else ""
+    return (
+        f"epoch {row['epoch']:>3}/{num_epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}{val}"
+        f"  {row['epoch_seconds']:.2f} s  {row['examples_per_second']:,.0f} ex/s  lr {row['learning_rate']:.2e}"
+    )
+
+
+def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str) -> UserError:
+    step_in_epoch = global_step - (epoch - 1) * steps_per_epoch + 1
+    return UserError(
+        f"Training diverged: the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} of "
+        f"{steps_per_epoch} (global step {global_step + 1}). Training stopped there; the metrics of the "
+        f"earlier epochs are in {workdir}/{workdir_lib.METRICS_FILE}. Lower optimizer.learning_rate, "
+        "or set optimizer.grad_clip_norm (e.g. 1.0)."
+    )
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` and returns the summary (also written to summary.json)."""
+    # --- Config and workdir -------------------------------------------------------------------
+    config_lib.validate(config)
+    model = models.create(config.model)
+    finished = workdir_lib.open_workdir(workdir, config)
+    if finished is not None:
+        logging.info("Workdir %s already holds this finished run; not retraining.", workdir)
+        return finished
+
+    # --- Data: on the device once, as uint8 ----------------------------------------------------
+    splits = data.load(config.data)
+    normalizer = engine.Normalizer.fit(splits.train_images, config.data.standardize)
+    train_images, train_labels = jax.device_put((splits.train_images, splits.train_labels))
+    val_set = engine.EvalSet.create(splits.val_images, splits.val_labels, config.eval_batch_size) if len(splits.val_labels) else None
+    test_set = engine.EvalSet.create(splits.test_images, splits.test_labels, config.eval_batch_size)
+    num_train = len(splits.train_labels)
+    steps_per_epoch = num_train // config.batch_size
+
+    # --- Model, optimizer, state ---------------------------------------------------------------
+    table, num_params = summary.model_table(model, IMAGE_SHAPE)
+    logging.info("\n%s", table)
+    learning_rate = optim.schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs)
+    tx = optim.optimizer(config.optimizer, learning_rate)
+    init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(config.seed), 3)
+    state = engine.init_state(model, tx, init_key, IMAGE_SHAPE)
+
+    backend = jax.default_backend()
+    steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, engine.uses_convolution(model, IMAGE_SHAPE))
+    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll=unroll)
+    runner = engine.EpochRunner(eng, train_images, train_labels, config.batch_size, steps_per_call, dropout_key)
+    start = time.perf_counter()
+    runner.compile(state)
+    evaluate = eng.compiled_eval_sums
+    jax.block_until_ready(evaluate(state.params, state.batch_stats, test_set.images, test_set.labels, test_set.mask))
+    compile_seconds = time.perf_counter() - start
+    logging.info(
+        "Backend %s (%d device(s)); %d steps per epoch, %s steps per call%s; compiled in %.1f s.",
+        backend, jax.device_count(), steps_per_epoch, min(steps_per_call, steps_per_epoch), " (unrolled)" if unroll else "", compile_seconds,
+    )
+
+    # --- Epochs -------------------------------------------------------------------------------
+    metrics_log = workdir_lib.MetricsLog(workdir)
+    stopper = EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience, config.early_stopping.min_delta)
+    best_val_accuracy, best_weights, epochs_run, train_seconds = None, None, 0, 0.0
+    for epoch in range(1, config.num_epochs + 1):
+        start = time.perf_counter()
+        state, sums = runner.run(state, jax.random.fold_in(shuffle_key, epoch))
+        train = sums.means()  # waits for the epoch
+        seconds = time.perf_counter() - start
+        if train["first_nonfinite_step"] >= 0:
+            raise _diverged(epoch, train["first_nonfinite_step"], steps_per_epoch, workdir)
+        epochs_run, train_seconds = epoch, train_seconds + seconds
+        row = {
+            "epoch": epoch,
+            "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"],
+            "epoch_seconds": seconds,
+            "examples_per_second": steps_per_epoch * config.batch_size / seconds,
+            "learning_rate": float(learning_rate(int(state.step) - 1)),
+        }
+        if val_set is not None:
+            val = evaluate(state.params, state.batch_stats, val_set.images, val_set.labels, val_set.mask).means()
+            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            best_val_accuracy = max(best_val_accuracy or 0.0, val["accuracy"])
+        metrics_log.write(row)
+        logging.info("%s", _epoch_line(row, config.num_epochs))
+        if config.early_stopping.enabled:
+            if stopper.update(epoch, row[config.early_stopping.monitor]) and config.early_stopping.restore_best:
+                best_weights = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
+            if stopper.should_stop:
+                logging.info("Early stopping at epoch %d: best %s %.4f at epoch %d.", epoch, stopper.monitor, stopper.best, stopper.best_epoch)
+                break
+    params, batch_stats = best_weights if best_weights is not None else (state.params, state.batch_stats)
+
+    # --- Test and summary ---------------------------------------------------------------------
+    test = evaluate(params, batch_stats, test_set.images, test_set.labels, test_set.mask).means()
+    result = {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "best_val_accuracy": best_val_accuracy,
+        "epochs_run": epochs_run,
+        "restored_epoch": stopper.best_epoch if best_weights is not None else epochs_run,
+        "train_seconds": train_seconds,
+        "compile_seconds": compile_seconds,
+        "examples_per_second": epochs_run * steps_per_epoch * config.batch_size / train_seconds,
+        "num_params": num_params,
+        "backend": backend,
+        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax_version": jax.__version__,
+    }
+    workdir_lib.write_summary(workdir, result)
+    logging.info("Test loss %.4f, test accuracy %.4f (%d epochs, %.1f s training).", test["loss"], test["accuracy"], epochs_run, train_seconds)
+    return result

@@ -1,0 +1,93 @@
+"""The run's directory: its resolved config, per-epoch metrics and final summary, written safely.
+
+A workdir belongs to one config. A second run with a different config is refused (naming the keys
+that differ) rather than mixing two runs' files; a finished run is reported, not retrained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from fmnist_jax.errors import UserError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_as_json(config: ConfigDict) -> dict[str, Any]:
+    """The config as plain JSON values (tuples become lists), as it is written to config.json."""
+    return json.loads(json.dumps(config.to_dict()))
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes atomically: readers see the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def open_workdir(workdir: str, config: ConfigDict) -> dict[str, Any] | None:
+    """Claims `workdir` for `config`; returns the summary if this exact run already finished there."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"Cannot write to workdir {workdir}: {e.strerror or e}. Pass a writable --workdir=DIR.") from e
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    wanted = config_as_json(config)
+    if os.path.exists(config_path):
+        previous = _flatten(read_json(config_path))
+        current = _flatten(wanted)
+        differing = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
+        if differing:
+            details = "; ".join(f"{k}: {previous.get(k)!r} there, {current.get(k)!r} now" for k in differing[:8])
+            raise UserError(
+                f"Workdir {workdir} holds a run with a different config ({details}). Use a new --workdir "
+                "for this config, or delete that directory to discard the old run."
+            )
+        summary_path = os.path.join(workdir, SUMMARY_FILE)
+        if os.path.exists(summary_path):
+            return read_json(summary_path)
+    write_json(config_path, wanted)
+    return None
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per epoch, flushed as soon as the epoch ends."""
+
+    def __init__(self, workdir: str):
+        self._path = os.path.join(workdir, METRICS_FILE)
+        open(self._path, "w").close()
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self._path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def write_summary(workdir: str, summary: dict[str, Any]) -> None:
+    write_json(os.path.join(workdir, SUMMARY_FILE), summary)

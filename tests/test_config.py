@@ -1,0 +1,84 @@
+"""Configs, command-line overrides and bad values: each a clear error."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fmnist_jax import config as config_lib
+from fmnist_jax.errors import UserError
+
+from configs import cnn as cnn_config
+from configs import mlp as mlp_config
+
+
+def test_seed_configs_are_valid_and_match_their_recipes():
+    mlp = mlp_config.get_config()
+    config_lib.validate(mlp)
+    assert (mlp.model.name, mlp.model.hidden_sizes, mlp.optimizer.name, mlp.optimizer.learning_rate) == ("mlp", (128,), "adam", 1e-3)
+    assert (mlp.batch_size, mlp.num_epochs, mlp.data.num_validation) == (32, 10, 5000)
+    cnn = cnn_config.get_config()
+    config_lib.validate(cnn)
+    assert (cnn.model.name, cnn.model.conv_channels, cnn.batch_size) == ("cnn", (32, 64), 64)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("optimizer.learning_rate", 0.0, "optimizer.learning_rate must be a positive number"),
+        ("optimizer.learning_rate", -1e-3, "optimizer.learning_rate must be a positive number"),
+        ("batch_size", 0, "batch_size must be a positive integer"),
+        ("batch_size", 55_001, "batch_size=55001 is larger than the training split"),
+        ("data.num_validation", 60_000, "data.num_validation must be in \\[0, 59999\\]"),
+        ("optimizer.name", "adamax", "Unknown optimizer.name='adamax'; choose one of sgd, adam"),
+        ("schedule.name", "linear", "Unknown schedule.name='linear'"),
+        ("early_stopping.monitor", "accuracy", "Unknown early_stopping.monitor"),
+        ("loss.label_smoothing", 1.0, "loss.label_smoothing must be in \\[0, 1\\)"),
+        ("model.dropout_rate", 1.5, "model.dropout_rate must be in \\[0, 1\\)"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key_named(key, value, message):
+    config = mlp_config.get_config()
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(UserError, match=message):
+        config_lib.validate(config)
+
+
+def test_early_stopping_needs_a_validation_split():
+    config = mlp_config.get_config()
+    config.early_stopping.enabled = True
+    config.data.num_validation = 0
+    with pytest.raises(UserError, match="needs a validation split"):
+        config_lib.validate(config)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", *args],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.optimizer.lerning_rate=0.1", "lerning_rate"),  # unknown key
+        ("--config.batch_size=lots", "batch_size"),  # wrong type
+        ("--config.optimizer.learning_rate=-1", "optimizer.learning_rate must be a positive number"),
+        ("--config.model.name=transformer", "Unknown model.name='transformer'"),
+    ],
+)
+def test_cli_rejects_bad_overrides_without_a_traceback(override, message, tmp_path):
+    result = _cli(f"--workdir={tmp_path}/run", override)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_rejects_an_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = _cli(f"--workdir={blocker}/run")
+    assert result.returncode != 0
+    assert "Cannot write to workdir" in result.stderr and "Traceback" not in result.stderr

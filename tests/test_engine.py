@@ -1,0 +1,134 @@
+"""The compiled training math: learning, determinism, chunking, divergence detection."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmnist_jax import engine, models, optim
+
+from configs import cnn as cnn_config
+from configs import mlp as mlp_config
+
+
+def _setup(config, num_examples=64, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, num_examples).astype(np.int32)
+    # Learnable: each class has its own bright rows.
+    images = rng.integers(0, 60, (num_examples, 28, 28, 1)).astype(np.uint8)
+    for i, y in enumerate(labels):
+        images[i, 2 * y : 2 * y + 3] = 250
+    model = models.create(config.model)
+    tx = optim.optimizer(config.optimizer, optim.schedule(config.schedule, config.optimizer.learning_rate, 10, 10))
+    state = engine.init_state(model, tx, jax.random.key(config.seed), (28, 28, 1))
+    return model, tx, state, jnp.asarray(images), jnp.asarray(labels)
+
+
+def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
+    model, tx, state, images, labels = _setup(config, num_examples)
+    eng = engine.Engine(model, tx, engine.Normalizer(), config.loss.label_smoothing, unroll=unroll)
+    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call or 10**9, jax.random.key(7))
+    history = []
+    for epoch in range(epochs):
+        state, sums = runner.run(state, jax.random.key(epoch))
+        history.append(sums.means())
+    return state, history
+
+
+def test_loss_falls_on_a_small_problem():
+    config = mlp_config.get_config()
+    config.batch_size = 16
+    _, history = _run(config, epochs=5)
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert history[-1]["accuracy"] > 0.9
+
+
+def test_same_seed_gives_identical_results():
+    config = mlp_config.get_config()
+    config.batch_size = 16
+    config.model.dropout_rate = 0.3
+    a_state, a = _run(config)
+    b_state, b = _run(config)
+    assert a == b
+    jax.tree.map(np.testing.assert_array_equal, a_state.params, b_state.params)
+
+
+def test_chunked_unrolled_epochs_equal_one_rolled_scan():
+    config = cnn_config.get_config()
+    config.batch_size = 8
+    config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
+    whole_state, whole = _run(config, epochs=2, num_examples=56)
+    chunk_state, chunked = _run(config, epochs=2, steps_per_call=3, unroll=True, num_examples=56)  # 7 steps: 3+3+1
+    for w, c in zip(whole, chunked):
+        assert w["loss"] == pytest.approx(c["loss"], rel=1e-5)
+        assert w["accuracy"] == c["accuracy"]
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), whole_state.params, chunk_state.params)
+
+
+def test_call_plan_unrolls_convolutions_only_on_cpu():
+    cnn = models.create(cnn_config.get_config().model)
+    mlp = models.create(mlp_config.get_config().model)
+    assert engine.uses_convolution(cnn, (28, 28, 1)) and not engine.uses_convolution(mlp, (28, 28, 1))
+    assert engine.plan_calls(0, "cpu", True) == (8, True)
+    assert engine.plan_calls(0, "gpu", True)[1] is False
+    assert engine.plan_calls(0, "cpu", False)[0] >= 10**6
+    assert engine.plan_calls(5, "cpu", False) == (5, False)
+
+
+def test_first_nonfinite_step_is_reported():
+    config = mlp_config.get_config()
+    config.batch_size = 16
+    config.optimizer.name, config.optimizer.learning_rate = "sgd", 1e30
+    _, history = _run(config, epochs=1)
+    assert 0 <= history[0]["first_nonfinite_step"] < 4
+
+
+def test_eval_set_masks_padding():
+    images = np.zeros((5, 28, 28, 1), np.uint8)
+    labels = np.arange(5, dtype=np.int32)
+    s = engine.EvalSet.create(images, labels, batch_size=2)
+    assert s.images.shape == (3, 2, 28, 28, 1) and int(s.mask.sum()) == 5
+    model = models.create(mlp_config.get_config().model)
+    tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
+    state = engine.init_state(model, tx, jax.random.key(0), (28, 28, 1))
+    sums = engine.Engine(model, tx, engine.Normalizer()).eval_sums(state.params, state.batch_stats, s.images, s.labels, s.mask)
+    assert int(sums.count) == 5
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adadelta", "rmsprop"])
+def test_every_optimizer_trains(name):
+    config = mlp_config.get_config()
+    config.batch_size = 16
+    config.optimizer.name = name
+    config.optimizer.learning_rate = {"adadelta": 1.0, "sgd": 0.1}.get(name, 1e-3)
+    config.optimizer.momentum = 0.9 if name == "sgd" else 0.0
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.grad_clip_norm = 1.0
+    _, history = _run(config, epochs=4)
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+@pytest.mark.parametrize("name, at_end", [("constant", 1.0), ("cosine", 0.0), ("exponential", 0.9**10), ("piecewise", 0.01)])
+def test_schedules_in_epochs(name, at_end):
+    config = mlp_config.get_config()
+    config.schedule.name = name
+    config.schedule.boundaries_epochs, config.schedule.scales = (5, 8), (0.1, 0.1)
+    lr = optim.schedule(config.schedule, 1.0, steps_per_epoch=10, num_epochs=10)
+    assert float(lr(100)) == pytest.approx(at_end, abs=1e-6)
+    config.schedule.warmup_epochs = 2
+    if name == "cosine":
+        warm = optim.schedule(config.schedule, 1.0, steps_per_epoch=10, num_epochs=10)
+        assert float(warm(0)) == 0.0 and float(warm(20)) == pytest.approx(1.0)
+
+
+def test_label_smoothing_raises_the_loss_of_confident_predictions():
+    logits = jnp.array([[10.0, 0.0, 0.0]])
+    labels = jnp.array([0])
+    assert engine.cross_entropy(logits, labels, 0.1)[0] > engine.cross_entropy(logits, labels, 0.0)[0]
+
+
+def test_standardization_centers_the_training_pixels():
+    images = np.random.default_rng(0).integers(0, 255, (50, 28, 28, 1)).astype(np.uint8)
+    x = np.asarray(engine.Normalizer.fit(images, standardize=True)(jnp.asarray(images)))
+    assert abs(x.mean()) < 1e-4 and x.std() == pytest.approx(1.0, rel=1e-3)
+    np.testing.assert_allclose(engine.Normalizer.fit(images, False)(jnp.asarray(images)), images / 255.0, rtol=1e-6)

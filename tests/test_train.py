@@ -1,0 +1,99 @@
+"""End to end through `train_and_evaluate`: tfds mock data for behaviour, the real data for accuracy."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from fmnist_jax import train
+from fmnist_jax.errors import UserError
+
+
+def _train(config, workdir, num_examples=48):
+    with tfds.testing.mock_data(num_examples=num_examples):
+        return train.train_and_evaluate(config, str(workdir))
+
+
+def _rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_mock_run_writes_config_metrics_and_summary(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    summary = _train(tiny_config, tmp_path)
+    rows = _rows(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds", "examples_per_second", "learning_rate"):
+        assert all(key in r for r in rows)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == pytest.approx(summary)
+    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "epochs_run", "train_seconds", "examples_per_second", "num_params", "backend", "devices"):
+        assert key in summary
+    assert summary["epochs_run"] == 2 and summary["backend"] == "cpu" and summary["devices"] == 1
+    assert summary["num_params"] == 784 * 16 + 16 + 16 * 10 + 10
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["hidden_sizes"] == [16]
+
+
+def test_same_config_and_seed_give_the_same_metrics(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    tiny_config.model.dropout_rate = 0.2
+    _train(tiny_config, tmp_path / "a")
+    _train(tiny_config, tmp_path / "b")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")} for r in rows]
+    assert strip(_rows(tmp_path / "a")) == strip(_rows(tmp_path / "b"))
+
+
+def test_finished_run_is_reported_not_retrained_and_other_configs_are_refused(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    first = _train(tiny_config, tmp_path)
+    metrics_before = (tmp_path / "metrics.jsonl").read_text()
+    assert _train(tiny_config, tmp_path) == first
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
+    tiny_config.optimizer.learning_rate = 0.05
+    with pytest.raises(UserError, match="different config \\(optimizer.learning_rate: 0.001 there, 0.05 now\\)"):
+        _train(tiny_config, tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    tiny_config.num_epochs = 30
+    tiny_config.early_stopping.enabled = True
+    tiny_config.early_stopping.monitor = "val_loss"
+    tiny_config.early_stopping.patience = 2
+    tiny_config.optimizer.learning_rate = 0.05  # mock labels are noise: validation loss soon rises
+    summary = _train(tiny_config, tmp_path)
+    rows = _rows(tmp_path)
+    best = min(rows, key=lambda r: r["val_loss"])
+    assert summary["epochs_run"] == len(rows) < 30
+    assert summary["restored_epoch"] == best["epoch"] == len(rows) - 2
+
+
+def test_divergence_stops_at_once_naming_epoch_and_step(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    tiny_config.optimizer.name = "sgd"
+    tiny_config.optimizer.learning_rate = 1e30
+    with pytest.raises(UserError, match="NaN or infinite at epoch 1, step [1-4] of 4") as info:
+        _train(tiny_config, tmp_path)
+    assert "learning_rate" in str(info.value)
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_real_data_mlp_one_epoch_through_the_cli(prepared_tfds_dir, tmp_path):
+    """The real Fashion-MNIST, the real command: 1 epoch of the seed MLP reaches >= 0.80 test accuracy."""
+    workdir = tmp_path / "mlp"
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", f"--workdir={workdir}",
+         "--config.num_epochs=1", f"--config.data.tfds_data_dir={prepared_tfds_dir}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Total params: 101,770" in result.stderr
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.80
+    assert summary["epochs_run"] == 1 and len(_rows(workdir)) == 1
+    assert 0.80 <= summary["best_val_accuracy"] <= 1.0
