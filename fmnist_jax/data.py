@@ -117,7 +117,16 @@ def load(data_config: ConfigDict) -> Splits:
     """Loads the three splits; validation is the first `num_validation` training examples."""
     builder = prepare(data_config)
     tfds = _tfds()
-    arrays = {split: _read_split(builder, split) for split in ("train", "test")}
+    import tensorflow as tf
+
+    try:
+        arrays = {split: _read_split(builder, split) for split in ("train", "test")}
+    except (tf.errors.OpError, OSError) as e:
+        raise UserError(
+            f"The prepared Fashion-MNIST in {builder.data_dir} cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}). Delete that directory and run again: it is prepared anew "
+            "from the source files."
+        ) from e
     num_validation = data_config.num_validation
     num_train_total = len(arrays["train"]["label"])
     if num_validation >= num_train_total:

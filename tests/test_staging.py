@@ -82,3 +82,13 @@ def test_no_data_anywhere_names_both_remedies(tmp_path, monkeypatch):
     message = str(info.value)
     assert "apt-get install dataset-fashion-mnist" in message
     assert "--config.data.source_dir=DIR" in message
+
+
+def test_corrupt_prepared_dataset_is_a_clear_error(prepared_tfds_dir, tmp_path):
+    copy = tmp_path / "tfds"
+    shutil.copytree(prepared_tfds_dir, copy)
+    record = next((copy / "fashion_mnist").rglob("*train.tfrecord*"))
+    record.write_bytes(record.read_bytes()[:5000])
+    cfg = data.ConfigDict({"tfds_data_dir": str(copy), "source_dir": "", "num_validation": 5000})
+    with pytest.raises(UserError, match="cannot be read.*Delete that directory"):
+        data.load(cfg)
