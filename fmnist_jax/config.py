@@ -63,6 +63,11 @@ def default() -> ConfigDict:
     c.loss = ConfigDict()
     c.loss.label_smoothing = 0.0
 
+    c.checkpoint = ConfigDict()
+    c.checkpoint.every_epochs = 1
+    c.checkpoint.keep = 3  # Latest checkpoints kept; the best and the final one are kept apart.
+    c.checkpoint.asynchronous = True
+
     c.early_stopping = ConfigDict()
     c.early_stopping.enabled = False
     c.early_stopping.monitor = "val_accuracy"
@@ -122,6 +127,8 @@ def validate(config: ConfigDict) -> None:
         not config.early_stopping.enabled or config.data.num_validation > 0,
         "early_stopping.enabled needs a validation split: set data.num_validation > 0.",
     )
+    _check(config.checkpoint.every_epochs >= 1, f"checkpoint.every_epochs must be >= 1, got {config.checkpoint.every_epochs}.")
+    _check(config.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}.")
     for key in ("dropout_rate", "conv_dropout_rate"):
         if key in config.model:
             _check_fraction(f"model.{key}", config.model[key])

@@ -68,6 +68,14 @@ class Normalizer:
         scaled = train_images.astype(np.float32) / 255.0
         return cls(scaled.mean(axis=0), np.maximum(scaled.std(axis=0), 1e-3))
 
+    @classmethod
+    def from_tree(cls, tree: dict[str, Any]) -> Normalizer:
+        return cls(tree["mean"], tree["std"]) if tree else cls()
+
+    def as_tree(self) -> dict[str, Any]:
+        """For checkpoints: inference needs the training split's statistics, not the data."""
+        return {} if self.mean is None else {"mean": self.mean, "std": self.std}
+
     def __call__(self, images: jax.Array) -> jax.Array:
         x = images.astype(jnp.float32) / 255.0
         if self.mean is not None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from fmnist_jax.errors import UserError
+from fmnist_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl and summary.json.", required=True)
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlp.py.", lock_config=True)
@@ -34,11 +34,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     from fmnist_jax.train import train_and_evaluate  # after flag parsing: keeps --help fast
 
-    try:
-        train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-    except UserError as e:
-        logging.error("%s", e)
-        sys.exit(f"error: {e}")
+    cli.run(lambda: train_and_evaluate(flags.FLAGS.config, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ orders it and does the I/O.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from typing import Any
 
@@ -16,7 +18,8 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, engine, models, optim, summary, workdir as workdir_lib
+from fmnist_jax import checkpoint, data, engine, inference, models, optim, summary, workdir as workdir_lib
+from fmnist_jax import export as export_lib
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
 
@@ -82,18 +85,49 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         backend, jax.device_count(), steps_per_epoch, min(steps_per_call, steps_per_epoch), " (unrolled)" if unroll else "", compile_seconds,
     )
 
-    # --- Epochs -------------------------------------------------------------------------------
-    metrics_log = workdir_lib.MetricsLog(workdir)
+    # --- Checkpoints: resume where the last good one left off ---------------------------------
+    checkpoints = checkpoint.Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.asynchronous)
     stopper = EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience, config.early_stopping.min_delta)
-    best_val_accuracy, best_weights, epochs_run, train_seconds = None, None, 0, 0.0
-    for epoch in range(1, config.num_epochs + 1):
+    model_item = {"params": state.params, "batch_stats": state.batch_stats, "normalizer": normalizer.as_tree()}
+    train_item = {"step": state.step, "opt_state": state.opt_state, "early_stopping_best": {}}
+    history, best_weights, train_seconds, first_epoch = [], None, 0.0, 1
+    if config.early_stopping.enabled and config.early_stopping.restore_best:
+        train_item["early_stopping_best"] = (state.params, state.batch_stats)
+    saved_config = checkpoints.saved_config()
+    if saved_config is not None:
+        where = f"The checkpoint in {checkpoint.directory(workdir, 'latest')}"
+        workdir_lib.refuse_other_config(where, workdir_lib.config_differences(saved_config, workdir_lib.config_as_json(config)))
+    restored = checkpoints.restore_latest(model_item, train_item)
+    if restored is not None:
+        epoch, model_item, train_item, saved = restored
+        state = engine.TrainState(train_item["step"], model_item["params"], model_item["batch_stats"], train_item["opt_state"])
+        history, train_seconds, first_epoch = saved["history"], saved["train_seconds"], epoch + 1
+        stopper = EarlyStopping(**saved["early_stopping"])
+        best_weights = train_item["early_stopping_best"] or None
+        logging.info("Resuming after epoch %d from %s.", epoch, checkpoint.directory(workdir, "latest"))
+    metrics_log = workdir_lib.MetricsLog(workdir, history)
+
+    def meta(epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "history": history,
+            "train_seconds": train_seconds,
+            "early_stopping": dataclasses.asdict(stopper),
+            "class_names": list(splits.class_names),
+            "config": workdir_lib.config_as_json(config),
+        }
+
+    # --- Epochs -------------------------------------------------------------------------------
+    for epoch in range(first_epoch, config.num_epochs + 1):
+        if config.early_stopping.enabled and stopper.should_stop:
+            break  # resumed after the stopping epoch's checkpoint
         start = time.perf_counter()
         state, sums = runner.run(state, jax.random.fold_in(shuffle_key, epoch))
         train = sums.means()  # waits for the epoch
         seconds = time.perf_counter() - start
         if train["first_nonfinite_step"] >= 0:
             raise _diverged(epoch, train["first_nonfinite_step"], steps_per_epoch, workdir)
-        epochs_run, train_seconds = epoch, train_seconds + seconds
+        train_seconds += seconds
         row = {
             "epoch": epoch,
             "train_loss": train["loss"],
@@ -105,7 +139,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         if val_set is not None:
             val = evaluate(state.params, state.batch_stats, val_set.images, val_set.labels, val_set.mask).means()
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-            best_val_accuracy = max(best_val_accuracy or 0.0, val["accuracy"])
+        history.append(row)
         metrics_log.write(row)
         logging.info("%s", _epoch_line(row, config.num_epochs))
         if config.early_stopping.enabled:
@@ -113,17 +147,28 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
                 best_weights = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
             if stopper.should_stop:
                 logging.info("Early stopping at epoch %d: best %s %.4f at epoch %d.", epoch, stopper.monitor, stopper.best, stopper.best_epoch)
-                break
+
+        model_item = {"params": state.params, "batch_stats": state.batch_stats, "normalizer": normalizer.as_tree()}
+        last = epoch == config.num_epochs or (config.early_stopping.enabled and stopper.should_stop)
+        if epoch % config.checkpoint.every_epochs == 0 or last:
+            train_item = {"step": state.step, "opt_state": state.opt_state, "early_stopping_best": best_weights or {}}
+            checkpoints.save("latest", epoch, model_item, meta(epoch), train_item)
+        if val_set is not None and row["val_accuracy"] > max((r["val_accuracy"] for r in history[:-1]), default=-1.0):
+            checkpoints.save("best", epoch, model_item, meta(epoch))
+        if last:
+            break
+    epochs_run = len(history)
     params, batch_stats = best_weights if best_weights is not None else (state.params, state.batch_stats)
+    restored_epoch = stopper.best_epoch if best_weights is not None else epochs_run
 
     # --- Test and summary ---------------------------------------------------------------------
     test = evaluate(params, batch_stats, test_set.images, test_set.labels, test_set.mask).means()
     result = {
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
-        "best_val_accuracy": best_val_accuracy,
+        "best_val_accuracy": max((r["val_accuracy"] for r in history if "val_accuracy" in r), default=None),
         "epochs_run": epochs_run,
-        "restored_epoch": stopper.best_epoch if best_weights is not None else epochs_run,
+        "restored_epoch": restored_epoch,
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds,
         "examples_per_second": epochs_run * steps_per_epoch * config.batch_size / train_seconds,
@@ -133,6 +178,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "device_kind": jax.devices()[0].device_kind,
         "jax_version": jax.__version__,
     }
+    final_model = {"params": params, "batch_stats": batch_stats, "normalizer": normalizer.as_tree()}
+    checkpoints.save("final", restored_epoch, final_model, {**meta(epochs_run), "summary": result})
+    checkpoints.wait()
+    checkpoints.close()
+    classifier = inference.Classifier(config, splits.class_names, restored_epoch, final_model)
+    os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
+    export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
     workdir_lib.write_summary(workdir, result)
     logging.info("Test loss %.4f, test accuracy %.4f (%d epochs, %.1f s training).", test["loss"], test["accuracy"], epochs_run, train_seconds)
     return result

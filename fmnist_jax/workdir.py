@@ -34,6 +34,21 @@ def config_as_json(config: ConfigDict) -> dict[str, Any]:
     return json.loads(json.dumps(config.to_dict()))
 
 
+def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key: old there, new now' for every dotted key whose JSON value differs."""
+    old, new = _flatten(previous), _flatten(current)
+    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def refuse_other_config(where: str, differences: list[str]) -> None:
+    """Raises the one error for a workdir or checkpoint that belongs to another config."""
+    if differences:
+        raise UserError(
+            f"{where} holds a run with a different config ({'; '.join(differences[:8])}). Use a new "
+            "--workdir for this config, or delete that directory to discard the old run."
+        )
+
+
 def write_json(path: str, value: Any) -> None:
     """Writes atomically: readers see the old file or the new one, never half of one."""
     tmp = f"{path}.tmp"
@@ -61,15 +76,7 @@ def open_workdir(workdir: str, config: ConfigDict) -> dict[str, Any] | None:
     config_path = os.path.join(workdir, CONFIG_FILE)
     wanted = config_as_json(config)
     if os.path.exists(config_path):
-        previous = _flatten(read_json(config_path))
-        current = _flatten(wanted)
-        differing = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
-        if differing:
-            details = "; ".join(f"{k}: {previous.get(k)!r} there, {current.get(k)!r} now" for k in differing[:8])
-            raise UserError(
-                f"Workdir {workdir} holds a run with a different config ({details}). Use a new --workdir "
-                "for this config, or delete that directory to discard the old run."
-            )
+        refuse_other_config(f"Workdir {workdir}", config_differences(read_json(config_path), wanted))
         summary_path = os.path.join(workdir, SUMMARY_FILE)
         if os.path.exists(summary_path):
             return read_json(summary_path)
@@ -78,11 +85,16 @@ def open_workdir(workdir: str, config: ConfigDict) -> dict[str, Any] | None:
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per epoch, flushed as soon as the epoch ends."""
+    """`metrics.jsonl`: one JSON object per epoch, flushed as soon as the epoch ends.
 
-    def __init__(self, workdir: str):
+    Starts from `history` (the rows a resumed checkpoint had), so rows of epochs trained after the
+    last checkpoint and lost with it are not kept twice.
+    """
+
+    def __init__(self, workdir: str, history: list[dict[str, Any]]):
         self._path = os.path.join(workdir, METRICS_FILE)
-        open(self._path, "w").close()
+        with open(self._path, "w") as f:
+            f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in history)
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self._path, "a") as f:

@@ -1,0 +1,149 @@
+"""Orbax checkpoints of a run in `<workdir>/checkpoints/`: resume, keep the best, restore for inference.
+
+Three Orbax managers, one directory each:
+- `latest/`: the whole run state every `checkpoint.every_epochs` (the last `checkpoint.keep` kept),
+  enough to resume bit-identically: model and optimizer state, early-stopping state and its best
+  weights, the metrics history. RNG needs no state: every key derives from (seed, epoch, step).
+- `best/`: the weights of the epoch with the best validation accuracy.
+- `final/`: the weights the run's summary.json reports (written once, at the end).
+
+Each checkpoint holds the items `model` (params, batch_stats, normalizer: all inference needs),
+`meta` (JSON) and, in `latest/` only, `train` (optimizer state and the rest). Orbax writes to a
+temporary directory and renames it when complete, so a crash mid-save never leaves a checkpoint
+that looks valid.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from fmnist_jax.errors import UserError
+
+PyTree = Any
+KINDS = ("latest", "best", "final")
+
+
+def directory(workdir: str, kind: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints", kind)
+
+
+def _abstract(tree: PyTree) -> PyTree:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    """Declared up front so that Orbax can read items' metadata and restore any subset of them."""
+    return {"model": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+class Checkpoints:
+    """The run's checkpoint managers; saves are asynchronous, restores fall back past broken ones."""
+
+    def __init__(self, workdir: str, keep: int, asynchronous: bool = True):
+        def manager(kind: str, max_to_keep: int) -> ocp.CheckpointManager:
+            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True)
+            return ocp.CheckpointManager(directory(workdir, kind), options=options, item_handlers=_handlers())
+
+        try:
+            self._managers = {"latest": manager("latest", keep), "best": manager("best", 1), "final": manager("final", 1)}
+        except OSError as e:
+            raise UserError(f"Cannot create checkpoint directories in {workdir}: {e}. Pass a writable --workdir.") from e
+
+    def save(self, kind: str, epoch: int, model: PyTree, meta: dict[str, Any], train: PyTree | None = None) -> None:
+        """Starts saving; the device buffers are copied before this returns, so training may go on."""
+        items = {"model": ocp.args.StandardSave(model), "meta": ocp.args.JsonSave(meta)}
+        if train is not None:
+            items["train"] = ocp.args.StandardSave(train)
+        manager = self._managers[kind]
+        try:
+            if epoch in manager.all_steps():  # a resumed run redoing an epoch saved after the resume point
+                manager.wait_until_finished()
+                manager.delete(epoch)
+            manager.save(epoch, args=ocp.args.Composite(**items), force=True)
+        except OSError as e:
+            raise UserError(
+                f"Saving the epoch-{epoch} checkpoint failed: {e}. Earlier checkpoints are untouched; free "
+                "disk space or fix the workdir's permissions, then rerun the same command to resume."
+            ) from e
+
+    def wait(self) -> None:
+        try:
+            for m in self._managers.values():
+                m.wait_until_finished()
+        except OSError as e:
+            raise UserError(f"Writing a checkpoint failed: {e}. Earlier checkpoints are untouched; fix the workdir and rerun.") from e
+
+    def close(self) -> None:
+        for m in self._managers.values():
+            m.close()
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The config recorded in the newest `latest/` checkpoint (None if there is none)."""
+        manager = self._managers["latest"]
+        for epoch in sorted(manager.all_steps(), reverse=True):
+            try:
+                return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta["config"]
+            except Exception:  # a damaged one: restore_latest reports it
+                continue
+        return None
+
+    def restore_latest(self, model_like: PyTree, train_like: PyTree) -> tuple[int, PyTree, PyTree, dict[str, Any]] | None:
+        """(epoch, model, train, meta) of the newest readable `latest/` checkpoint, or None if none."""
+        manager = self._managers["latest"]
+        for epoch in sorted(manager.all_steps(), reverse=True):
+            try:
+                restored = manager.restore(
+                    epoch,
+                    args=ocp.args.Composite(
+                        model=ocp.args.StandardRestore(_abstract(model_like)),
+                        train=ocp.args.StandardRestore(_abstract(train_like)),
+                        meta=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
+                damaged = os.path.join(os.path.dirname(str(manager.directory)), "damaged", f"latest-{epoch}-{int(time.time())}")
+                logging.warning(
+                    "Checkpoint of epoch %d in %s is unreadable (%s); moved it to %s and trying the previous one.",
+                    epoch, manager.directory, e, damaged,
+                )
+                os.makedirs(os.path.dirname(damaged), exist_ok=True)
+                os.rename(os.path.join(str(manager.directory), str(epoch)), damaged)
+                manager.reload()
+                continue
+            return epoch, restored.model, restored.train, restored.meta
+        return None
+
+
+def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
+    """(model item, meta) of the newest readable checkpoint of `kind`, on the current backend."""
+    path = directory(workdir, kind)
+    if not os.path.isdir(path):
+        raise UserError(
+            f"No {kind!r} checkpoint in {path}. Train first (python -m fmnist_jax.main --config=... "
+            f"--workdir={workdir}), or pick another checkpoint with which=latest/best/final."
+        )
+    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=_handlers())
+    try:
+        for epoch in sorted(manager.all_steps(), reverse=True):
+            try:
+                # Target: the saved shapes on this process's first device, so a checkpoint written
+                # on GPU/TPU restores on CPU (and vice versa).
+                device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+                target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), manager.item_metadata(epoch).model)
+                restored = manager.restore(epoch, args=ocp.args.Composite(model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+            except Exception as e:  # see restore_latest
+                logging.warning("Checkpoint of epoch %d in %s is unreadable (%s); trying the previous one.", epoch, path, e)
+                continue
+            return restored.model, restored.meta
+    finally:
+        manager.close()
+    raise UserError(
+        f"No readable {kind!r} checkpoint in {path}. Train first (python -m fmnist_jax.main "
+        f"--config=... --workdir={workdir}), or pick another checkpoint with which=latest/best/final."
+    )

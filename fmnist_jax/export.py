@@ -1,0 +1,25 @@
+"""Serialize a classifier's `predict_proba` with `jax.export` (StableHLO) to serve without model code."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fmnist_jax.inference import IMAGE_SHAPE, Classifier
+
+FILENAME = "predict_proba.jax_exported"
+
+
+def export(classifier: Classifier, path: str) -> None:
+    """Writes uint8 [batch, 28, 28, 1] -> float32 [batch, 10] for any batch size, on CPU, GPU or TPU."""
+    (batch,) = jax.export.symbolic_shape("batch")
+    spec = jax.ShapeDtypeStruct((batch, *IMAGE_SHAPE), jnp.uint8)
+    exported = jax.export.export(jax.jit(classifier.proba_fn), platforms=("cpu", "cuda", "tpu"))(spec)
+    with open(path, "wb") as f:
+        f.write(exported.serialize())
+
+
+def load(path: str) -> jax.export.Exported:
+    """The exported function; call it as `load(path).call(uint8_images)`."""
+    with open(path, "rb") as f:
+        return jax.export.deserialize(bytearray(f.read()))

@@ -1,0 +1,44 @@
+"""User image files -> 28x28 uint8 images that look like Fashion-MNIST (light object on black)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fmnist_jax.errors import UserError
+
+
+def to_fashion_mnist(image: Image.Image) -> np.ndarray:
+    """Grayscale, fitted into 28x28 keeping the aspect ratio, inverted when the background is light.
+
+    Fashion-MNIST shows a light garment on a black background; a photo usually shows a darker object
+    on a light background, so a light border (the background) means invert.
+    """
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparency reads as background
+        image = Image.alpha_composite(background, rgba)
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > 127:
+        gray = 255.0 - gray
+    h, w = gray.shape
+    scale = 28 / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = np.asarray(Image.fromarray(gray.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS))
+    canvas = np.zeros((28, 28), np.uint8)
+    top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
+    canvas[top : top + size[1], left : left + size[0]] = resized
+    return canvas[..., None]
+
+
+def read(path: str) -> np.ndarray:
+    """Reads one image file (PNG, JPEG, ... any size and mode) as a [28, 28, 1] uint8 image."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_fashion_mnist(image)
+    except FileNotFoundError as e:
+        raise UserError(f"Image file {path} does not exist.") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"Image file {path} could not be read as an image ({e}). Pass a PNG or JPEG file.") from e

@@ -1,0 +1,87 @@
+"""Restore a trained model for inference: `load(workdir)` -> `Classifier.predict_proba(images)`.
+
+Only what inference needs is read from the checkpoint (weights, batch-norm statistics, the input
+normalization, the config, the class names), on whatever backend is present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fmnist_jax import checkpoint, engine, models
+from fmnist_jax.errors import UserError
+
+IMAGE_SHAPE = (28, 28, 1)
+_BATCH = 256  # predictions run in fixed-size batches: one compile for any number of images
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """A restored model with its config and class names."""
+
+    config: ml_collections.ConfigDict
+    class_names: tuple[str, ...]
+    epoch: int
+    variables: dict
+
+    @functools.cached_property
+    def _model(self):
+        return models.create(self.config.model)
+
+    @functools.cached_property
+    def _normalizer(self) -> engine.Normalizer:
+        return engine.Normalizer.from_tree(self.variables.get("normalizer", {}))
+
+    def proba_fn(self, images: jax.Array) -> jax.Array:
+        """Pure [N, 28, 28, 1] images (uint8 0-255, or float in [0, 1]) -> [N, 10] probabilities."""
+        x = images if images.dtype == jnp.uint8 else images * 255.0
+        v = engine.variables(self.variables["params"], self.variables["batch_stats"])
+        return jax.nn.softmax(self._model.apply(v, self._normalizer(x), train=False))
+
+    @functools.cached_property
+    def _jitted(self):
+        return jax.jit(self.proba_fn)
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, 10] for N images, HWC or NHWC (or HW / NHW), uint8 or float in [0, 1]."""
+        x = as_batch(images)
+        out = []
+        for start in range(0, len(x), _BATCH):
+            chunk = x[start : start + _BATCH]
+            padded = np.concatenate([chunk, np.zeros((_BATCH - len(chunk), *IMAGE_SHAPE), chunk.dtype)])
+            out.append(np.asarray(self._jitted(padded))[: len(chunk)])
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.predict_proba(images).argmax(-1)
+
+
+def as_batch(images: np.ndarray) -> np.ndarray:
+    """Brings HW, HWC, NHW or NHWC images to NHWC [N, 28, 28, 1], keeping uint8 or casting to float32."""
+    x = np.asarray(images)
+    if x.ndim == 2 or (x.ndim == 3 and x.shape[-1] == 1 and x.shape[:2] == IMAGE_SHAPE[:2]):
+        x = x[None]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.shape[1:] != IMAGE_SHAPE:
+        raise UserError(f"Expected 28x28 grayscale images (HW, HWC, NHW or NHWC), got shape {np.shape(images)}.")
+    return x if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def load(workdir: str, which: str = "final") -> Classifier:
+    """Restores the `which` checkpoint of a run: 'final' (what summary.json reports), 'best'
+    (best validation accuracy) or 'latest'."""
+    if which not in checkpoint.KINDS:
+        raise UserError(f"Unknown checkpoint {which!r}; choose one of {', '.join(checkpoint.KINDS)}.")
+    if not os.path.isdir(workdir):
+        raise UserError(f"Workdir {workdir} does not exist. Pass the --workdir of a trained run.")
+    model, meta = checkpoint.restore_model(workdir, which)
+    config = ml_collections.ConfigDict(meta["config"])
+    return Classifier(config=config, class_names=tuple(meta["class_names"]), epoch=int(meta["epoch"]), variables=model)

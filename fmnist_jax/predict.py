@@ -1,0 +1,81 @@
+"""Classify images with a trained model and draw them with their class probabilities.
+
+    python -m fmnist_jax.predict --workdir=DIR --images a.png b.jpg
+    python -m fmnist_jax.predict --workdir=DIR --test_indices=0,17,42
+    python -m fmnist_jax.predict --workdir=DIR --random=6 --output=predictions.png
+
+A file that cannot be read is reported by name; the other images are still predicted (exit 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from fmnist_jax import cli, data, images, inference, plots
+from fmnist_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
+_WHICH = flags.DEFINE_enum("which", "final", ["final", "best", "latest"], "Which checkpoint to use.")
+_IMAGES = flags.DEFINE_list("images", [], "Image files (PNG, JPEG, ...); more may follow as plain arguments.")
+_TEST_INDICES = flags.DEFINE_list("test_indices", [], "Indices into the test split, e.g. 0,17,42.")
+_RANDOM = flags.DEFINE_integer("random", 0, "Predict this many random test images.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for --random.")
+_OUTPUT = flags.DEFINE_string("output", None, "Figure path (default: <workdir>/predictions.png).")
+_TOP = flags.DEFINE_integer("top", 3, "Classes printed per image.")
+
+
+def main(argv: list[str]) -> None:
+    files = list(_IMAGES.value) + argv[1:]
+    failures = []
+
+    def run():
+        if not files and not _TEST_INDICES.value and not _RANDOM.value:
+            raise UserError("Nothing to predict: pass --images FILE ..., --test_indices=I,J or --random=N.")
+        classifier = inference.load(_WORKDIR.value, _WHICH.value)
+        batch, titles, truths = [], [], []
+        for path in files:
+            try:
+                batch.append(images.read(path))
+            except UserError as e:
+                failures.append(str(e))
+                logging.error("%s", e)
+                continue
+            titles.append(os.path.basename(path))
+            truths.append(None)
+        if _TEST_INDICES.value or _RANDOM.value:
+            splits = data.load(classifier.config.data)
+            n = len(splits.test_labels)
+            try:
+                indices = [int(i) for i in _TEST_INDICES.value]
+            except ValueError as e:
+                raise UserError(f"--test_indices must be integers, got {_TEST_INDICES.value}.") from e
+            indices += np.random.default_rng(_SEED.value).choice(n, _RANDOM.value, replace=False).tolist()
+            bad = [i for i in indices if not 0 <= i < n]
+            if bad:
+                raise UserError(f"Test indices {bad} are out of range: the test split has {n} images (0..{n - 1}).")
+            batch += [splits.test_images[i] for i in indices]
+            titles += [f"test #{i}" for i in indices]
+            truths += [int(splits.test_labels[i]) for i in indices]
+        if not batch:
+            raise UserError("None of the images could be read; nothing was predicted.")
+        probabilities = classifier.predict_proba(np.stack(batch))
+        names = classifier.class_names
+        for title, p, truth in zip(titles, probabilities, truths):
+            top = np.argsort(-p)[: _TOP.value]
+            ranked = ", ".join(f"{names[k]} {p[k]:.3f}" for k in top)
+            print(f"{title}: {ranked}" + ("" if truth is None else f"  (true: {names[truth]})"))
+        output = _OUTPUT.value or os.path.join(_WORKDIR.value, "predictions.png")
+        plots.predictions(output, np.stack(batch), probabilities, names, titles, truths)
+        print(f"Figure written to {output}")
+
+    cli.run(run)
+    if failures:
+        sys.exit(f"error: {len(failures)} image(s) could not be read: " + " ".join(failures))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,195 @@
+"""Orbax checkpoints: kill-and-resume, fallback past a damaged checkpoint, restore for inference,
+predict and evaluate CLIs, export."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from fmnist_jax import checkpoint, data, export, images, inference, train
+from fmnist_jax.errors import UserError
+
+from configs import mlp as mlp_config
+
+
+def _mock_train(config, workdir, num_examples=48):
+    with tfds.testing.mock_data(num_examples=num_examples):
+        return train.train_and_evaluate(config, str(workdir))
+
+
+def _rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_seconds", "examples_per_second")} for line in f]
+
+
+def _assert_same_weights(a_workdir, b_workdir):
+    a, _ = checkpoint.restore_model(str(a_workdir), "final")
+    b, _ = checkpoint.restore_model(str(b_workdir), "final")
+    flat_a, flat_b = (sorted(json.dumps(str(k)) for k in x) for x in (a, b))
+    assert flat_a == flat_b
+    import jax
+
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def _cli_train(workdir, tfds_dir, *extra):
+    return [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", f"--workdir={workdir}",
+            f"--config.data.tfds_data_dir={tfds_dir}", *extra]
+
+
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(prepared_tfds_dir, tmp_path):
+    args = ("--config.num_epochs=12", "--config.model.hidden_sizes=(64,)")
+    reference = subprocess.run(_cli_train(tmp_path / "ref", prepared_tfds_dir, *args), capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_cli_train(killed, prepared_tfds_dir, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (latest.is_dir() and any(p.name.isdigit() and int(p.name) >= 3 for p in latest.iterdir())):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    epochs_done = len(_rows(killed))
+    assert 3 <= epochs_done < 12
+
+    resumed = subprocess.run(_cli_train(killed, prepared_tfds_dir, *args), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming after epoch" in resumed.stderr
+    assert _rows(killed) == _rows(tmp_path / "ref")
+    ref_summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    summary = json.loads((killed / "summary.json").read_text())
+    assert (summary["test_accuracy"], summary["test_loss"]) == (ref_summary["test_accuracy"], ref_summary["test_loss"])
+    _assert_same_weights(killed, tmp_path / "ref")
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    tiny_config.num_epochs = 3
+    reference = _mock_train(tiny_config, tmp_path / "ref")
+    run = tmp_path / "run"
+    _mock_train(tiny_config, run)
+    # Damage the newest checkpoint and forget that the run finished.
+    for path in (run / "checkpoints" / "latest" / "3" / "train").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    shutil.rmtree(run / "checkpoints" / "final")
+    (run / "summary.json").unlink()
+    resumed = _mock_train(tiny_config, run)
+    assert resumed["test_accuracy"] == reference["test_accuracy"] and resumed["test_loss"] == reference["test_loss"]
+    assert _rows(run) == _rows(tmp_path / "ref")
+
+
+def test_checkpoint_of_another_config_is_refused_naming_the_keys(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    tiny_config.num_epochs = 1
+    _mock_train(tiny_config, tmp_path)
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "summary.json").unlink()
+    tiny_config.model.hidden_sizes = (32,)
+    with pytest.raises(UserError, match="checkpoint .* different config \\(model.hidden_sizes: \\[16\\] there, \\[32\\] now\\)"):
+        _mock_train(tiny_config, tmp_path)
+
+
+def test_asynchronous_saving_does_not_change_results(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    _mock_train(tiny_config, tmp_path / "async")
+    tiny_config.checkpoint.asynchronous = False
+    _mock_train(tiny_config, tmp_path / "sync")
+    assert _rows(tmp_path / "async") == _rows(tmp_path / "sync")
+    _assert_same_weights(tmp_path / "async", tmp_path / "sync")
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_tfds_dir, tmp_path_factory):
+    """A seed MLP trained 2 epochs on the real data; (workdir, summary, test split)."""
+    config = mlp_config.get_config()
+    config.num_epochs = 2
+    config.data.tfds_data_dir = prepared_tfds_dir
+    workdir = tmp_path_factory.mktemp("trained")
+    summary = train.train_and_evaluate(config, str(workdir))
+    return workdir, summary, data.load(config.data)
+
+
+def test_restored_classifier_reproduces_the_summary_accuracy(trained):
+    workdir, summary, splits = trained
+    classifier = inference.load(str(workdir))
+    assert classifier.class_names[0] == "T-shirt/top" and classifier.epoch == 2
+    accuracy = float((classifier.predict(splits.test_images) == splits.test_labels).mean())
+    assert accuracy == summary["test_accuracy"]
+
+
+def test_predict_proba_accepts_hw_hwc_nhwc_uint8_and_float(trained):
+    workdir, _, splits = trained
+    classifier = inference.load(str(workdir), "best")
+    batch = splits.test_images[:5]
+    p = classifier.predict_proba(batch)
+    assert p.shape == (5, 10) and np.allclose(p.sum(-1), 1, atol=1e-5)
+    np.testing.assert_allclose(classifier.predict_proba(batch[0]), p[:1], atol=1e-6)
+    np.testing.assert_allclose(classifier.predict_proba(batch[0, ..., 0]), p[:1], atol=1e-6)
+    np.testing.assert_allclose(classifier.predict_proba(batch.astype(np.float32) / 255.0), p, atol=1e-5)
+    assert classifier.predict_proba(np.repeat(batch, 120, axis=0)).shape == (600, 10)
+
+
+def test_exported_function_gives_the_restored_probabilities(trained):
+    workdir, _, splits = trained
+    exported = export.load(str(workdir / "export" / export.FILENAME))
+    expected = inference.load(str(workdir)).predict_proba(splits.test_images[:7])
+    np.testing.assert_allclose(np.asarray(exported.call(splits.test_images[:7])), expected, atol=1e-6)
+
+
+def test_photo_like_image_is_converted_to_light_on_dark(tmp_path):
+    photo = np.full((600, 450, 3), 230, np.uint8)
+    photo[150:450, 100:350] = (30, 40, 90)  # a dark garment on a light background
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=90)
+    x = images.read(str(tmp_path / "photo.jpg"))
+    assert x.shape == (28, 28, 1) and x.dtype == np.uint8
+    assert x[14, 14, 0] > 180 and x[1, 14, 0] < 60
+
+
+def test_predict_and_evaluate_clis_agree(trained, tmp_path):
+    workdir, summary, splits = trained
+    photo = np.full((480, 640, 3), 240, np.uint8)
+    photo[100:400, 200:440] = (20, 20, 20)
+    Image.fromarray(photo).save(tmp_path / "big_photo.jpg")
+    Image.fromarray(splits.test_images[3][..., 0]).save(tmp_path / "item.png")
+    Image.fromarray(np.dstack([splits.test_images[3][..., 0]] * 3 + [np.full((28, 28), 255, np.uint8)]), "RGBA").save(tmp_path / "rgba.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    figure = tmp_path / "predictions.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.predict", f"--workdir={workdir}", "--images", str(tmp_path / "big_photo.jpg"),
+         str(tmp_path / "broken.png"), str(tmp_path / "item.png"), str(tmp_path / "rgba.png"), "--test_indices=0,17,42", f"--output={figure}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1 and "broken.png could not be read" in result.stderr  # the others still predicted
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if ":" in line}
+    assert {"big_photo.jpg", "item.png", "rgba.png", "test #0", "test #17", "test #42"} <= set(lines)
+    assert Image.open(figure).size[0] > 100
+
+    evaluation = subprocess.run([sys.executable, "-m", "fmnist_jax.evaluate", f"--workdir={workdir}"], capture_output=True, text=True, timeout=600)
+    assert evaluation.returncode == 0, evaluation.stderr[-2000:]
+    metrics = json.loads((workdir / "eval" / "final" / "metrics.json").read_text())
+    assert metrics["accuracy"] == summary["test_accuracy"]
+    assert np.array(metrics["confusion_matrix"]).sum() == 10_000 and len(metrics["per_class_accuracy"]) == 10
+    Image.open(workdir / "eval" / "final" / "confusion_matrix.png").verify()
+    names = inference.load(str(workdir)).class_names
+    for i in (0, 17, 42):
+        assert lines[f"test #{i}"].split(": ")[1].startswith(names[metrics["predictions"][i]] + " ")
+    same_item = [lines[k].split(": ")[1].split(" ")[0] for k in ("item.png", "rgba.png")]
+    assert same_item[0] == same_item[1] == names[metrics["predictions"][3]]
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        inference.load(str(tmp_path / "nothing"))
+    with pytest.raises(UserError, match="No 'final' checkpoint"):
+        inference.load(str(tmp_path))
