@@ -5,7 +5,9 @@ conv 32 3x3 SAME + 2x2 max pool, conv 64 3x3 SAME + 2x2 max pool, Dense 128 relu
 
     python -m fmnist_jax.main --config=configs/cnn.py --workdir=/tmp/fmnist/cnn
 
-Measured (WORKSPACE.md): see the table there for accuracy and time on this 2-core CPU.
+Measured on the 2-core AMD EPYC dev/CI machine (CPU backend, WORKSPACE.md): test accuracy 0.9144
+(seed: 0.9085), 137 s of training (12.7-15.0 s per epoch, 8 unrolled steps per call) + 5.3 s
+compile.
 """
 
 import ml_collections

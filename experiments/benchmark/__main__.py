@@ -1,0 +1,141 @@
+"""Runs the same recipes with fmnist_jax and its peers, one subprocess each, and compares them.
+
+    python -m experiments.benchmark [--recipes=mlp,cnn,mlp512,cnn512] [--peers=...] [--cnn_epochs=3]
+
+Prints and saves (experiments/benchmark/results.json, and a Markdown table appended to
+WORKSPACE.md) per recipe and peer: median seconds per epoch after the first, first-epoch seconds
+(compile included for JIT peers), examples/s, test accuracy, peak RSS, speed ratio to fmnist_jax,
+and the fraction of this machine's measured float32 matmul peak the training reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+RECIPES = {  # name: (model, batch size)
+    "mlp": ("mlp", 32),
+    "cnn": ("cnn", 64),
+    "mlp512": ("mlp", 512),
+    "cnn512": ("cnn", 512),
+}
+PEERS = ("fmnist_jax", "keras_tf", "keras_jax", "torch", "flax_nnx_loop")
+KERAS_BACKEND = {"keras_tf": "tensorflow", "keras_jax": "jax"}
+NUM_TRAIN = 55_000
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 20) -> float:
+    """float32 matmul GFLOP/s of this machine through XLA, best of a few timed runs."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def train_flops_per_example(model_name: str) -> float:
+    """Forward FLOPs from XLA's cost analysis, times 3 for forward + backward."""
+    import jax
+    import jax.numpy as jnp
+
+    from configs import cnn, mlp
+    from fmnist_jax import models
+
+    model = models.create((mlp if model_name == "mlp" else cnn).get_config().model)
+    x = jnp.zeros((1, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x)
+    cost = jax.jit(model.apply).lower(variables, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return 3 * float(cost["flops"])
+
+
+def run_peer(peer: str, model_name: str, epochs: int, batch_size: int, tfds_data_dir: str) -> dict:
+    env = dict(os.environ, KERAS_BACKEND=KERAS_BACKEND.get(peer, "jax"), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", "experiments.benchmark.peers", f"--peer={peer}", f"--recipe={model_name}",
+               f"--epochs={epochs}", f"--batch_size={batch_size}", f"--tfds_data_dir={tfds_data_dir}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("BENCHMARK ")]
+    if result.returncode != 0 or not lines:
+        return {"error": (result.stderr or result.stdout)[-600:]}
+    out = json.loads(lines[-1][len("BENCHMARK "):])
+    seconds = out["epoch_seconds"]
+    out["first_epoch_seconds"] = seconds[0]
+    out["seconds_per_epoch"] = statistics.median(seconds[1:] or seconds)
+    out["examples_per_second"] = (NUM_TRAIN // batch_size) * batch_size / out["seconds_per_epoch"]
+    return out
+
+
+def markdown(results: dict, peak: float, args) -> str:
+    lines = [
+        f"\n## {datetime.date.today()}: benchmark, fmnist_jax vs peers\n",
+        f"`python -m experiments.benchmark --recipes={args.recipes} --peers={args.peers} --mlp_epochs={args.mlp_epochs} "
+        f"--cnn_epochs={args.cnn_epochs}` on {platform.node() or 'this machine'} ({os.cpu_count()} cores, "
+        f"{platform.machine()}); measured float32 matmul peak {peak:.0f} GFLOP/s.\n",
+        "| recipe | peer | s/epoch (median after 1st) | 1st epoch s | examples/s | test acc | peak RSS MB | fmnist_jax speedup | % of matmul peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for recipe, rows in results.items():
+        ours = rows.get("fmnist_jax", {}).get("seconds_per_epoch")
+        for peer, r in rows.items():
+            if "error" in r:
+                lines.append(f"| {recipe} | {peer} | failed: {r['error'].splitlines()[-1][:80] if r['error'] else ''} | | | | | | |")
+                continue
+            ratio = f"{r['seconds_per_epoch'] / ours:.2f}x" if ours else ""
+            lines.append(
+                f"| {recipe} | {peer} | {r['seconds_per_epoch']:.3f} | {r['first_epoch_seconds']:.2f} | {r['examples_per_second']:,.0f} | "
+                f"{r['test_accuracy']:.4f} | {r['peak_rss_mb']:.0f} | {ratio} | {100 * r['fraction_of_peak']:.1f}% |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", default="mlp,cnn,mlp512,cnn512")
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--mlp_epochs", type=int, default=10)
+    parser.add_argument("--cnn_epochs", type=int, default=3, help="CNN epochs per peer (slow peers take minutes each)")
+    parser.add_argument("--tfds_data_dir", default="")
+    parser.add_argument("--no_workspace", action="store_true", help="do not append the table to WORKSPACE.md")
+    args = parser.parse_args()
+
+    peak = matmul_peak_gflops()
+    print(f"matmul peak {peak:.0f} GFLOP/s")
+    results = {}
+    for recipe in args.recipes.split(","):
+        model_name, batch_size = RECIPES[recipe]
+        epochs = args.mlp_epochs if model_name == "mlp" else args.cnn_epochs
+        flops = train_flops_per_example(model_name)
+        results[recipe] = {}
+        for peer in args.peers.split(","):
+            r = run_peer(peer, model_name, epochs, batch_size, args.tfds_data_dir)
+            if "error" not in r:
+                r["fraction_of_peak"] = flops * r["examples_per_second"] / (peak * 1e9)
+            results[recipe][peer] = r
+            print(recipe, peer, json.dumps({k: v for k, v in r.items() if k != "epoch_seconds"}))
+    with open(os.path.join(HERE, "results.json"), "w") as f:
+        json.dump({"matmul_peak_gflops": peak, "results": results}, f, indent=2)
+    table = markdown(results, peak, args)
+    print(table)
+    if not args.no_workspace:
+        with open(os.path.join(ROOT, "WORKSPACE.md"), "a") as f:
+            f.write(table)
+
+
+if __name__ == "__main__":
+    main()
