@@ -134,7 +134,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             "train_accuracy": train["accuracy"],
             "epoch_seconds": seconds,
             "examples_per_second": steps_per_epoch * config.batch_size / seconds,
-            "learning_rate": float(learning_rate(int(state.step) - 1)),
+            "learning_rate": float(learning_rate(epoch * steps_per_epoch - 1)),  # no device read
         }
         if val_set is not None:
             val = evaluate(state.params, state.batch_stats, val_set.images, val_set.labels, val_set.mask).means()
