@@ -1,7 +1,8 @@
 """Measures how the training steps of an epoch should be looped on this backend.
 
-For each seed model: ms per step for a whole epoch as one rolled `lax.scan`, and for calls of 8
-unrolled steps. This is the measurement behind `fmnist_jax.engine.plan_calls`.
+For each seed model: ms per step for a whole epoch as one rolled `lax.scan`, for calls of 8
+unrolled steps, and for those with XLA's default options instead of `engine.compiler_options`.
+This is the measurement behind `fmnist_jax.engine.plan_calls` and `engine.compiler_options`.
 
     python -m experiments.step_loops
 """
@@ -15,7 +16,7 @@ from configs import cnn, mlp
 from fmnist_jax import engine, models, optim
 
 
-def ms_per_step(config, steps_per_call: int, unroll: bool, num_steps: int) -> float:
+def ms_per_step(config, steps_per_call: int, unroll: bool, num_steps: int, options: dict | None) -> float:
     model = models.create(config.model)
     tx = optim.optimizer(config.optimizer, config.optimizer.learning_rate)
     state = engine.init_state(model, tx, jax.random.key(0), (28, 28, 1))
@@ -23,7 +24,7 @@ def ms_per_step(config, steps_per_call: int, unroll: bool, num_steps: int) -> fl
     n = num_steps * config.batch_size
     images = jax.device_put(rng.integers(0, 255, (n, 28, 28, 1), dtype=np.uint8))
     labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
-    eng = engine.Engine(model, tx, engine.Normalizer(), unroll=unroll)
+    eng = engine.Engine(model, tx, engine.Normalizer(), unroll=unroll, compiler_options=options)
     runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call, jax.random.key(1))
     runner.compile(state)
     state, sums = runner.run(state, jax.random.key(2))  # warm-up epoch
@@ -36,10 +37,15 @@ def ms_per_step(config, steps_per_call: int, unroll: bool, num_steps: int) -> fl
 
 def main():
     print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
+    options = engine.compiler_options(jax.default_backend())
     for name, config, num_steps in (("mlp", mlp.get_config(), 1718), ("cnn", cnn.get_config(), 64)):
-        rolled = ms_per_step(config, 10**9, False, num_steps)
-        unrolled = ms_per_step(config, 8, True, num_steps)
-        print(f"{name} batch {config.batch_size}: rolled scan {rolled:.2f} ms/step, calls of 8 unrolled steps {unrolled:.2f} ms/step")
+        rolled = ms_per_step(config, 10**9, False, num_steps, options)
+        unrolled = ms_per_step(config, 8, True, num_steps, options)
+        defaults = ms_per_step(config, 8, True, num_steps, None)
+        print(
+            f"{name} batch {config.batch_size}: rolled scan {rolled:.2f} ms/step, calls of 8 unrolled steps {unrolled:.2f} "
+            f"ms/step, the same with XLA's default options {defaults:.2f} ms/step"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError
 
+DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential", "piecewise")
 MONITORS = ("val_accuracy", "val_loss")
@@ -25,8 +26,12 @@ def default() -> ConfigDict:
     c.num_epochs = 10
     c.batch_size = 32
     c.eval_batch_size = 1000
-    # Training steps per compiled call; 0 = automatic (see fmnist_jax.engine.steps_per_call).
+    # Training steps per compiled call; 0 = automatic (see fmnist_jax.engine.plan_calls).
     c.steps_per_call = 0
+    # Compute dtype of the training steps: "bfloat16" for GPU/TPU speed; weights stay float32.
+    c.dtype = "float32"
+    # Write a jax.profiler trace of a few training steps to <workdir>/profile for TensorBoard.
+    c.profile = False
 
     c.data = ConfigDict()
     c.data.tfds_data_dir = ""  # "" = tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR).
@@ -111,6 +116,7 @@ def validate(config: ConfigDict) -> None:
         f"({NUM_TRAIN_EXAMPLES - config.data.num_validation} examples after data.num_validation="
         f"{config.data.num_validation}); use a smaller batch_size.",
     )
+    _check_choice("dtype", config.dtype, DTYPES)
     _check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
     _check_positive("optimizer.learning_rate", config.optimizer.learning_rate)
     _check(config.optimizer.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}.")

@@ -112,6 +112,12 @@ class Engine:
     normalizer: Normalizer
     label_smoothing: float = 0.0
     unroll: bool = False
+    compiler_options: dict[str, str] | None = None
+    # Compute dtype of the training steps; weights, optimizer state and evaluation stay float32.
+    compute_dtype: str = "float32"
+
+    def _compute(self, tree: PyTree) -> PyTree:
+        return jax.tree.map(lambda a: a.astype(self.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
     def train_step(self, state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array, dropout_key: jax.Array) -> tuple[TrainState, Sums]:
         """One optimizer update on a uint8 batch; adds its loss and accuracy to `sums`."""
@@ -120,10 +126,12 @@ class Engine:
 
         def loss_fn(params):
             logits, updates = self.model.apply(
-                variables(params, state.batch_stats), x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+                self._compute(variables(params, state.batch_stats)), self._compute(x), train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
             )
+            logits = logits.astype(jnp.float32)
             loss = cross_entropy(logits, labels, self.label_smoothing).mean()
-            return loss, (logits, updates.get("batch_stats", {}))
+            batch_stats = jax.tree.map(lambda a: a.astype(jnp.float32), updates.get("batch_stats", {}))
+            return loss, (logits, batch_stats)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -166,7 +174,7 @@ class Engine:
 
     @functools.cached_property
     def compiled_eval_sums(self) -> Callable[..., Sums]:
-        return jax.jit(self.eval_sums)
+        return jax.jit(self.eval_sums, compiler_options=self.compiler_options)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -194,6 +202,16 @@ def plan_calls(steps_per_call: int, backend: str, has_convolution: bool) -> tupl
     return steps_per_call or 2**31 - 1, False
 
 
+def compiler_options(backend: str) -> dict[str, str] | None:
+    """XLA options for the train and eval programs of `backend`.
+
+    On XLA:CPU, YNNPACK convolutions are slower than the Eigen ones (seed CNN Adam step at batch 64:
+    13 ms with the defaults vs 8.6 ms with YNNPACK kept for reductions only; the MLP is unchanged;
+    WORKSPACE.md), so YNNPACK is kept for reductions only.
+    """
+    return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"} if backend == "cpu" else None
+
+
 @dataclasses.dataclass
 class EpochRunner:
     """Runs training epochs over device-resident data with ahead-of-time compiled step chunks."""
@@ -214,14 +232,38 @@ class EpochRunner:
         steps = self.steps_per_epoch
         return [(start, min(start + self.steps_per_call, steps)) for start in range(0, steps, self.steps_per_call)]
 
+    def _executable(self, state: TrainState, length: int) -> Any:
+        if length not in self._executables:
+            jitted = jax.jit(self.engine.train_steps, donate_argnums=(0, 1))
+            indices = jax.ShapeDtypeStruct((length, self.batch_size), jnp.int32)
+            lowered = jitted.lower(state, Sums.zeros(), self.images, self.labels, indices, self.dropout_key)
+            self._executables[length] = lowered.compile(compiler_options=self.engine.compiler_options)
+        return self._executables[length]
+
     def compile(self, state: TrainState) -> None:
         """Compiles every chunk length an epoch uses (at most two), so epochs never compile."""
-        lengths = {end - start for start, end in self._chunks()}
-        jitted = jax.jit(self.engine.train_steps, donate_argnums=(0, 1))
-        for length in lengths - set(self._executables):
-            indices = jax.ShapeDtypeStruct((length, self.batch_size), jnp.int32)
-            self._executables[length] = jitted.lower(state, Sums.zeros(), self.images, self.labels, indices, self.dropout_key).compile()
+        for start, end in self._chunks():
+            self._executable(state, end - start)
         epoch_batches(self.dropout_key, len(self.labels), self.steps_per_epoch, self.batch_size)  # compiles the shuffle
+
+    def trace(self, state: TrainState, log_dir: str, num_steps: int = 16) -> int:
+        """Writes a `jax.profiler` trace of about `num_steps` training steps to `log_dir` (for TensorBoard).
+
+        Runs on a copy of `state` after one warm-up call, so training itself is unchanged.
+        Returns the number of steps traced.
+        """
+        length = min(num_steps, self.steps_per_call, self.steps_per_epoch)
+        executable = self._executable(state, length)
+        batches = epoch_batches(self.dropout_key, len(self.labels), self.steps_per_epoch, self.batch_size)
+        calls = range(0, min(math.ceil(num_steps / length) * length, self.steps_per_epoch - length + 1), length)
+        copy = jax.tree.map(jnp.copy, state)
+        copy, sums = executable(copy, Sums.zeros(), self.images, self.labels, batches[:length], self.dropout_key)
+        jax.block_until_ready(sums)
+        with jax.profiler.trace(log_dir):
+            for start in calls:
+                copy, sums = executable(copy, sums, self.images, self.labels, batches[start : start + length], self.dropout_key)
+            jax.block_until_ready(sums)
+        return len(calls) * length
 
     def run(self, state: TrainState, shuffle_key: jax.Array) -> tuple[TrainState, Sums]:
         """One epoch in a fresh order; returns without waiting for the device."""

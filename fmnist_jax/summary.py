@@ -35,7 +35,8 @@ def model_table(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[str, in
         is_container = any(p[: len(module_path)] == module_path for p in kinds if len(p) > len(module_path))
         if not module_path or is_container:
             continue
-        shape = "(None, " + ", ".join(str(d) for d in outputs[(*module_path, "__call__")][0].shape[1:]) + ")"
+        output = jax.tree.leaves(outputs[(*module_path, "__call__")][0])[0]  # a (maps, bias) pair shows the maps
+        shape = "(None, " + ", ".join(str(d) for d in output.shape[1:]) + ")"
         n = sum(int(np.prod(v.shape)) for p, v in params.items() if p[:-1] == module_path)
         rows.append(("/".join(module_path) + f" ({kind})", shape, f"{n:,}"))
     total = count_params(variables["params"])

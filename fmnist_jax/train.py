@@ -73,7 +73,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
     backend = jax.default_backend()
     steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, engine.uses_convolution(model, IMAGE_SHAPE))
-    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll=unroll)
+    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype)
     runner = engine.EpochRunner(eng, train_images, train_labels, config.batch_size, steps_per_call, dropout_key)
     start = time.perf_counter()
     runner.compile(state)
@@ -84,6 +84,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "Backend %s (%d device(s)); %d steps per epoch, %s steps per call%s; compiled in %.1f s.",
         backend, jax.device_count(), steps_per_epoch, min(steps_per_call, steps_per_epoch), " (unrolled)" if unroll else "", compile_seconds,
     )
+
+    if config.profile:
+        profile_dir = os.path.join(workdir, "profile")
+        traced = runner.trace(state, profile_dir)
+        logging.info("Wrote a profile of %d training steps to %s: tensorboard --logdir=%s (needs `pip install xprof`).", traced, profile_dir, profile_dir)
 
     # --- Checkpoints: resume where the last good one left off ---------------------------------
     checkpoints = checkpoint.Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.asynchronous)

@@ -34,10 +34,15 @@ def config_as_json(config: ConfigDict) -> dict[str, Any]:
     return json.loads(json.dumps(config.to_dict()))
 
 
+# Keys that change what a run writes besides its results, so a run may resume with another value.
+RESUMABLE_KEYS = frozenset({"profile"})
+
+
 def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'key: old there, new now' for every dotted key whose JSON value differs."""
+    """'key: old there, new now' for every dotted key whose JSON value differs (except RESUMABLE_KEYS)."""
     old, new = _flatten(previous), _flatten(current)
-    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    keys = sorted((old.keys() | new.keys()) - RESUMABLE_KEYS)
+    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
 
 
 def refuse_other_config(where: str, differences: list[str]) -> None:

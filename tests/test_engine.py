@@ -26,7 +26,7 @@ def _setup(config, num_examples=64, seed=0):
 
 def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
     model, tx, state, images, labels = _setup(config, num_examples)
-    eng = engine.Engine(model, tx, engine.Normalizer(), config.loss.label_smoothing, unroll=unroll)
+    eng = engine.Engine(model, tx, engine.Normalizer(), config.loss.label_smoothing, unroll=unroll, compute_dtype=config.dtype)
     runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call or 10**9, jax.random.key(7))
     history = []
     for epoch in range(epochs):
@@ -51,6 +51,20 @@ def test_same_seed_gives_identical_results():
     b_state, b = _run(config)
     assert a == b
     jax.tree.map(np.testing.assert_array_equal, a_state.params, b_state.params)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_bfloat16_compute_keeps_float32_weights_and_learns_like_float32(model):
+    config = (mlp_config if model == "mlp" else cnn_config).get_config()
+    config.batch_size = 16
+    if model == "cnn":
+        config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
+    _, f32 = _run(config, epochs=4)
+    config.dtype = "bfloat16"
+    state, bf16 = _run(config, epochs=4)
+    assert {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(leaf.dtype, jnp.floating)} == {jnp.dtype("float32")}
+    assert bf16[-1]["loss"] == pytest.approx(f32[-1]["loss"], rel=0.1, abs=0.02)
+    assert bf16[-1]["accuracy"] >= f32[-1]["accuracy"] - 0.1
 
 
 def test_chunked_unrolled_epochs_equal_one_rolled_scan():

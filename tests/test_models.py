@@ -1,14 +1,17 @@
 """Models: output shapes, parameter counts, summary table, pooling, config errors."""
 
-import flax.linen as nn
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fmnist_jax import models, summary
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import layers
+from fmnist_jax.models.cnn import CNN
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
@@ -57,14 +60,43 @@ def test_cnn_with_batch_norm_and_dropout_keeps_statistics_apart():
     np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))  # eval is deterministic
 
 
-@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 7, 7, 4)])
-def test_reshape_pooling_equals_reduce_window(shape):
+@pytest.mark.parametrize("shape,size", [((2, 28, 28, 3), 2), ((2, 7, 7, 4), 2), ((2, 8, 7, 2), 3)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_cpu_pooling_equals_native_values_and_gradients(shape, size, ties):
     x = jax.random.normal(jax.random.key(0), shape)
-    np.testing.assert_allclose(layers.pool(x, "max", 2), nn.max_pool(x, (2, 2), (2, 2)))
-    np.testing.assert_allclose(layers.pool(x, "avg", 2), nn.avg_pool(x, (2, 2), (2, 2)), rtol=1e-6)
-    gx = jax.grad(lambda v: (layers.pool(v, "max", 2) ** 2).sum())(x)
-    gy = jax.grad(lambda v: (nn.max_pool(v, (2, 2), (2, 2)) ** 2).sum())(x)
-    np.testing.assert_allclose(gx, gy)
+    if ties:  # few distinct values: most windows hold their maximum more than once
+        x = jnp.round(x)
+    pool = functools.partial(layers.pool, size=size)
+    for kind in ("max", "avg"):
+        np.testing.assert_allclose(pool(x, kind, formulation="cpu"), pool(x, kind, formulation="native"), rtol=1e-6)
+        cot = jax.random.normal(jax.random.key(1), pool(x, kind, formulation="native").shape)
+        grads = [jax.grad(lambda v, f=f: (pool(v, kind, formulation=f) * cot).sum())(x) for f in ("cpu", "native")]
+        np.testing.assert_allclose(*grads, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_cnn_cpu_formulation_trains_like_the_native_ops(batch_norm):
+    """The CPU formulation is chosen by backend; on any backend both must give the same loss and gradients."""
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)) * (np.arange(28) % 3 == 0)[:, None, None], jnp.float32) / 255
+    labels = jnp.arange(8) % 10
+    results = []
+    for formulation in ("cpu", "native"):
+        model = CNN(batch_norm=batch_norm, formulation=formulation)
+        variables = model.init(jax.random.key(0), images)
+
+        def loss(params, model=model, variables=variables):
+            logits, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        results.append(jax.value_and_grad(loss)(variables["params"]))
+    (loss_cpu, grads_cpu), (loss_native, grads_native) = results
+    np.testing.assert_allclose(loss_cpu, loss_native, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_cpu, grads_native)
+
+
+def test_unknown_formulation_is_a_clear_error():
+    with pytest.raises(UserError, match="Unknown formulation 'gpu'; choose one of auto, native, cpu"):
+        layers.pool(jnp.zeros((1, 4, 4, 1)), "max", 2, formulation="gpu")
 
 
 def test_unknown_model_name_and_setting_are_clear_errors():

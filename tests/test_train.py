@@ -47,6 +47,17 @@ def test_same_config_and_seed_give_the_same_metrics(tiny_config, tmp_path, prepa
     assert strip(_rows(tmp_path / "a")) == strip(_rows(tmp_path / "b"))
 
 
+def test_profile_writes_a_trace_and_leaves_training_unchanged(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    _train(tiny_config, tmp_path / "plain")
+    tiny_config.profile = True
+    _train(tiny_config, tmp_path / "profiled")
+    traces = list((tmp_path / "profiled" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")} for r in rows]
+    assert strip(_rows(tmp_path / "plain")) == strip(_rows(tmp_path / "profiled"))
+
+
 def test_finished_run_is_reported_not_retrained_and_other_configs_are_refused(tiny_config, tmp_path, prepared_tfds_dir):
     tiny_config.data.tfds_data_dir = prepared_tfds_dir
     first = _train(tiny_config, tmp_path)

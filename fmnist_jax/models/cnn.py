@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from fmnist_jax.models.layers import DenseStack, activation, kernel_init, pool
+from fmnist_jax.models.layers import MONOTONE, Conv, DenseStack, activation, pool
 
 
 class CNN(nn.Module):
@@ -21,18 +21,24 @@ class CNN(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
+    # Pooling ops: "auto" = XLA:CPU-friendly on the CPU backend, native elsewhere (layers.pool).
+    formulation: str = "auto"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         act = activation(self.activation)
         x = images
         for i, channels in enumerate(self.conv_channels):
-            k = self.kernel_size
-            x = nn.Conv(channels, (k, k), padding="SAME", use_bias=not self.batch_norm, kernel_init=kernel_init, name=f"conv{i}")(x)
+            x, bias = Conv(channels, self.kernel_size, use_bias=not self.batch_norm, name=f"conv{i}")(x)
             if self.batch_norm:
                 # Keras' BatchNormalization defaults.
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, name=f"bn{i}")(x)
-            x = pool(act(x), self.pooling, self.pool_size)
+            if self.pooling == "max" and self.activation in MONOTONE:
+                # Same numbers as act(conv + b) then pool, with the bias and activation on pooled maps.
+                x = pool(x, self.pooling, self.pool_size, self.formulation)
+                x = act(x if bias is None else x + bias)
+            else:
+                x = pool(act(x if bias is None else x + bias), self.pooling, self.pool_size, self.formulation)
             if self.conv_dropout_rate > 0:
                 x = nn.Dropout(self.conv_dropout_rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -31,22 +32,87 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
-def pool(x: jax.Array, kind: str, size: int) -> jax.Array:
+# Non-decreasing activations commute with max pooling: act(max(x)) == max(act(x)).
+MONOTONE = frozenset({"relu", "tanh", "sigmoid", "elu", "leaky_relu"})
+FORMULATIONS = ("auto", "native", "cpu")
+
+
+def use_cpu_formulation(formulation: str) -> bool:
+    """Whether to use the XLA:CPU-friendly formulation of pooling: on the CPU backend unless told."""
+    if formulation not in FORMULATIONS:
+        raise UserError(f"Unknown formulation {formulation!r}; choose one of {', '.join(FORMULATIONS)}.")
+    return formulation == "cpu" or (formulation == "auto" and jax.default_backend() == "cpu")
+
+
+def _windows(x: jax.Array, size: int) -> jax.Array:
+    """NHWC -> [n, h/size, size, w/size, size, c], dropping the odd row/column like 'VALID' pooling."""
+    n, h, w, c = x.shape
+    return x[:, : h // size * size, : w // size * size, :].reshape(n, h // size, size, w // size, size, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_cpu(x: jax.Array, size: int) -> jax.Array:
+    return _windows(x, size).max(axis=(2, 4))
+
+
+def _max_pool_cpu_fwd(x: jax.Array, size: int) -> tuple[jax.Array, tuple[jax.Array, tuple[int, ...]]]:
+    windows = _windows(x, size)
+    pooled = windows.max(axis=(2, 4))
+    # Keep only where the first maximum of each window is (row-major), as the native gradient does.
+    first = jnp.full(pooled.shape, size * size - 1, jnp.int32)
+    for k in reversed(range(size * size - 1)):
+        first = jnp.where(windows[:, :, k // size, :, k % size, :] == pooled, k, first)
+    return pooled, (first, x.shape)
+
+
+def _max_pool_cpu_bwd(size: int, residuals: tuple[jax.Array, tuple[int, ...]], g: jax.Array) -> tuple[jax.Array]:
+    first, shape = residuals
+    positions = jnp.arange(size * size, dtype=first.dtype).reshape(size, size)[None, None, :, None, :, None]
+    grads = jnp.where(first[:, :, None, :, None, :] == positions, g[:, :, None, :, None, :], 0).astype(g.dtype)
+    n, hp, _, wp, _, c = grads.shape
+    grads = grads.reshape(n, hp * size, wp * size, c)
+    return (jnp.pad(grads, ((0, 0), (0, shape[1] - hp * size), (0, shape[2] - wp * size), (0, 0))),)
+
+
+_max_pool_cpu.defvjp(_max_pool_cpu_fwd, _max_pool_cpu_bwd)
+
+
+def pool(x: jax.Array, kind: str, size: int, formulation: str = "auto") -> jax.Array:
     """Non-overlapping `size`x`size` pooling of NHWC `x` (floor of odd sizes, like Keras 'valid').
 
-    Written as a reshape and a reduction rather than `reduce_window`: same result, and its gradient
-    is several times faster on XLA:CPU (57 ms vs 9 ms measured for the seed CNN at batch 64).
+    The native ops (`reduce_window`, whose max gradient is a select-and-scatter) are the fast path
+    on GPU and TPU. On XLA:CPU that gradient is slow, so there max pooling is a reshape and a
+    reduction whose gradient scatters through the stored index of each window's first maximum
+    (one pass; same numbers as the native gradient; seed CNN step at batch 64 in WORKSPACE.md).
     """
     if kind == "none" or size == 1:
         return x
-    n, h, w, c = x.shape
-    h, w = h // size * size, w // size * size
-    windows = x[:, :h, :w, :].reshape(n, h // size, size, w // size, size, c)
+    cpu = use_cpu_formulation(formulation)
     if kind == "max":
-        return windows.max(axis=(2, 4))
+        return _max_pool_cpu(x, size) if cpu else nn.max_pool(x, (size, size), (size, size))
     if kind == "avg":
-        return windows.mean(axis=(2, 4))
+        return _windows(x, size).mean(axis=(2, 4)) if cpu else nn.avg_pool(x, (size, size), (size, size))
     raise UserError(f"Unknown pooling {kind!r}; choose 'max', 'avg' or 'none'.")
+
+
+class Conv(nn.Module):
+    """A SAME-padded convolution with `nn.Conv`'s parameters, returning the bias apart.
+
+    Returning the bias lets the caller add it after max pooling (exact, as max(x + b) = max(x) + b),
+    on a quarter of the activations.
+    """
+
+    features: int
+    kernel_size: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        k = self.kernel_size
+        kernel = self.param("kernel", kernel_init, (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y, bias
 
 
 class DenseStack(nn.Module):
