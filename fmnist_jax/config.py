@@ -33,6 +33,13 @@ def default() -> ConfigDict:
     # Write a jax.profiler trace of a few training steps to <workdir>/profile for TensorBoard.
     c.profile = False
 
+    # Multi-host runs (README "Multiple devices and hosts"); one process needs none of this.
+    c.distributed = ConfigDict()
+    c.distributed.coordinator_address = ""  # "host:port" of process 0, or "auto" (Cloud TPU, SLURM).
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+    c.distributed.timeout_seconds = 60  # How long to wait for every process to join.
+
     c.data = ConfigDict()
     c.data.tfds_data_dir = ""  # "" = tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR).
     c.data.source_dir = ""  # "" = Debian's /usr/share/datasets/fashion-mnist when installed.
@@ -117,6 +124,13 @@ def validate(config: ConfigDict) -> None:
         f"{config.data.num_validation}); use a smaller batch_size.",
     )
     _check_choice("dtype", config.dtype, DTYPES)
+    d = config.distributed
+    _check(d.num_processes >= 1, f"distributed.num_processes must be >= 1, got {d.num_processes}.")
+    _check(
+        0 <= d.process_id < d.num_processes,
+        f"distributed.process_id must be in [0, {d.num_processes - 1}] for num_processes={d.num_processes}, got {d.process_id}.",
+    )
+    _check(d.timeout_seconds >= 1, f"distributed.timeout_seconds must be >= 1, got {d.timeout_seconds}.")
     _check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
     _check_positive("optimizer.learning_rate", config.optimizer.learning_rate)
     _check(config.optimizer.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}.")

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fmnist_jax.distributed import DataParallel
+
 PyTree = Any
 
 
@@ -177,10 +179,10 @@ class Engine:
         return jax.jit(self.eval_sums, compiler_options=self.compiler_options)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def epoch_batches(key: jax.Array, num_examples: int, num_steps: int, batch_size: int) -> jax.Array:
-    """A fresh shuffle of the training indices as `[num_steps, batch_size]`; the remainder is left out."""
-    return jax.random.permutation(key, num_examples)[: num_steps * batch_size].reshape(num_steps, batch_size)
+def epoch_batches(key: jax.Array, epoch: jax.Array, num_examples: int, num_steps: int, batch_size: int) -> jax.Array:
+    """Epoch `epoch`'s shuffle of the training indices as `[num_steps, batch_size]`; the remainder is left out."""
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    return order[: num_steps * batch_size].reshape(num_steps, batch_size)
 
 
 def uses_convolution(model: nn.Module, image_shape: tuple[int, ...]) -> bool:
@@ -214,15 +216,26 @@ def compiler_options(backend: str) -> dict[str, str] | None:
 
 @dataclasses.dataclass
 class EpochRunner:
-    """Runs training epochs over device-resident data with ahead-of-time compiled step chunks."""
+    """Runs training epochs over device-resident data with ahead-of-time compiled step chunks.
+
+    The data and keys are replicated on `placement`'s mesh and each batch is split over its devices
+    (see `fmnist_jax.distributed`); on one device that is plain single-device training.
+    """
 
     engine: Engine
     images: jax.Array
     labels: jax.Array
     batch_size: int
     steps_per_call: int
+    shuffle_key: jax.Array
     dropout_key: jax.Array
+    placement: DataParallel = dataclasses.field(default_factory=DataParallel.over_all_devices)
     _executables: dict[int, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.placement.check_batch("batch_size", self.batch_size)
+        self.images, self.labels, self.shuffle_key, self.dropout_key = self.placement.put((self.images, self.labels, self.shuffle_key, self.dropout_key))
+        self._shuffle = jax.jit(epoch_batches, static_argnums=(2, 3, 4), out_shardings=self.placement.split(1))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -232,11 +245,14 @@ class EpochRunner:
         steps = self.steps_per_epoch
         return [(start, min(start + self.steps_per_call, steps)) for start in range(0, steps, self.steps_per_call)]
 
+    def _batches(self, epoch: int) -> jax.Array:
+        return self._shuffle(self.shuffle_key, epoch, len(self.labels), self.steps_per_epoch, self.batch_size)
+
     def _executable(self, state: TrainState, length: int) -> Any:
         if length not in self._executables:
             jitted = jax.jit(self.engine.train_steps, donate_argnums=(0, 1))
-            indices = jax.ShapeDtypeStruct((length, self.batch_size), jnp.int32)
-            lowered = jitted.lower(state, Sums.zeros(), self.images, self.labels, indices, self.dropout_key)
+            indices = jax.ShapeDtypeStruct((length, self.batch_size), jnp.int32, sharding=self.placement.split(1))
+            lowered = jitted.lower(state, self.placement.put(Sums.zeros()), self.images, self.labels, indices, self.dropout_key)
             self._executables[length] = lowered.compile(compiler_options=self.engine.compiler_options)
         return self._executables[length]
 
@@ -244,7 +260,7 @@ class EpochRunner:
         """Compiles every chunk length an epoch uses (at most two), so epochs never compile."""
         for start, end in self._chunks():
             self._executable(state, end - start)
-        epoch_batches(self.dropout_key, len(self.labels), self.steps_per_epoch, self.batch_size)  # compiles the shuffle
+        self._batches(0)  # compiles the shuffle
 
     def trace(self, state: TrainState, log_dir: str, num_steps: int = 16) -> int:
         """Writes a `jax.profiler` trace of about `num_steps` training steps to `log_dir` (for TensorBoard).
@@ -254,10 +270,10 @@ class EpochRunner:
         """
         length = min(num_steps, self.steps_per_call, self.steps_per_epoch)
         executable = self._executable(state, length)
-        batches = epoch_batches(self.dropout_key, len(self.labels), self.steps_per_epoch, self.batch_size)
+        batches = self._batches(0)
         calls = range(0, min(math.ceil(num_steps / length) * length, self.steps_per_epoch - length + 1), length)
         copy = jax.tree.map(jnp.copy, state)
-        copy, sums = executable(copy, Sums.zeros(), self.images, self.labels, batches[:length], self.dropout_key)
+        copy, sums = executable(copy, self.placement.put(Sums.zeros()), self.images, self.labels, batches[:length], self.dropout_key)
         jax.block_until_ready(sums)
         with jax.profiler.trace(log_dir):
             for start in calls:
@@ -265,11 +281,11 @@ class EpochRunner:
             jax.block_until_ready(sums)
         return len(calls) * length
 
-    def run(self, state: TrainState, shuffle_key: jax.Array) -> tuple[TrainState, Sums]:
-        """One epoch in a fresh order; returns without waiting for the device."""
+    def run(self, state: TrainState, epoch: int) -> tuple[TrainState, Sums]:
+        """Epoch `epoch` in its own shuffled order; returns without waiting for the devices."""
         self.compile(state)
-        batches = epoch_batches(shuffle_key, len(self.labels), self.steps_per_epoch, self.batch_size)
-        sums = Sums.zeros()
+        batches = self._batches(epoch)
+        sums = self.placement.put(Sums.zeros())
         for start, end in self._chunks():
             state, sums = self._executables[end - start](state, sums, self.images, self.labels, batches[start:end], self.dropout_key)
         return state, sums
@@ -284,17 +300,15 @@ class EvalSet:
     mask: jax.Array
 
     @classmethod
-    def create(cls, images: np.ndarray, labels: np.ndarray, batch_size: int) -> EvalSet:
+    def create(cls, images: np.ndarray, labels: np.ndarray, batch_size: int, placement: DataParallel) -> EvalSet:
+        """Batches of `batch_size` (at most the split, rounded up to split evenly over the devices)."""
         n = len(labels)
-        batch_size = max(1, min(batch_size, n))
+        devices = placement.num_devices
+        batch_size = math.ceil(max(1, min(batch_size, n)) / devices) * devices
         num_batches = math.ceil(n / batch_size)
         pad = num_batches * batch_size - n
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
         labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
         mask = np.arange(num_batches * batch_size) < n
         shape = (num_batches, batch_size)
-        return cls(
-            jax.device_put(images.reshape(*shape, *images.shape[1:])),
-            jax.device_put(labels.reshape(shape)),
-            jax.device_put(mask.reshape(shape)),
-        )
+        return cls(*placement.put((images.reshape(*shape, *images.shape[1:]), labels.reshape(shape), mask.reshape(shape)), placement.split(1)))

@@ -18,7 +18,7 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import checkpoint, data, engine, inference, models, optim, summary, workdir as workdir_lib
+from fmnist_jax import checkpoint, data, distributed, engine, inference, models, optim, summary, workdir as workdir_lib
 from fmnist_jax import export as export_lib
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
@@ -48,18 +48,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` and returns the summary (also written to summary.json)."""
     # --- Config and workdir -------------------------------------------------------------------
     config_lib.validate(config)
+    distributed.initialize(config.distributed)
+    primary = distributed.is_primary()
+    placement = distributed.DataParallel.over_all_devices()
+    placement.check_batch("batch_size", config.batch_size)
     model = models.create(config.model)
-    finished = workdir_lib.open_workdir(workdir, config)
+    finished = workdir_lib.open_workdir(workdir, config, primary)
     if finished is not None:
         logging.info("Workdir %s already holds this finished run; not retraining.", workdir)
         return finished
 
-    # --- Data: on the device once, as uint8 ----------------------------------------------------
+    # --- Data: on the devices once, as uint8 ---------------------------------------------------
     splits = data.load(config.data)
     normalizer = engine.Normalizer.fit(splits.train_images, config.data.standardize)
-    train_images, train_labels = jax.device_put((splits.train_images, splits.train_labels))
-    val_set = engine.EvalSet.create(splits.val_images, splits.val_labels, config.eval_batch_size) if len(splits.val_labels) else None
-    test_set = engine.EvalSet.create(splits.test_images, splits.test_labels, config.eval_batch_size)
+    val_set = engine.EvalSet.create(splits.val_images, splits.val_labels, config.eval_batch_size, placement) if len(splits.val_labels) else None
+    test_set = engine.EvalSet.create(splits.test_images, splits.test_labels, config.eval_batch_size, placement)
     num_train = len(splits.train_labels)
     steps_per_epoch = num_train // config.batch_size
 
@@ -69,20 +72,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     learning_rate = optim.schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs)
     tx = optim.optimizer(config.optimizer, learning_rate)
     init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(config.seed), 3)
-    state = engine.init_state(model, tx, init_key, IMAGE_SHAPE)
+    state = placement.put(engine.init_state(model, tx, init_key, IMAGE_SHAPE))
 
     backend = jax.default_backend()
     steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, engine.uses_convolution(model, IMAGE_SHAPE))
     eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype)
-    runner = engine.EpochRunner(eng, train_images, train_labels, config.batch_size, steps_per_call, dropout_key)
+    runner = engine.EpochRunner(eng, splits.train_images, splits.train_labels, config.batch_size, steps_per_call, shuffle_key, dropout_key, placement)
     start = time.perf_counter()
     runner.compile(state)
     evaluate = eng.compiled_eval_sums
     jax.block_until_ready(evaluate(state.params, state.batch_stats, test_set.images, test_set.labels, test_set.mask))
     compile_seconds = time.perf_counter() - start
     logging.info(
-        "Backend %s (%d device(s)); %d steps per epoch, %s steps per call%s; compiled in %.1f s.",
-        backend, jax.device_count(), steps_per_epoch, min(steps_per_call, steps_per_epoch), " (unrolled)" if unroll else "", compile_seconds,
+        "Backend %s (%d device(s), %d process(es)); %d steps per epoch, %s steps per call%s; compiled in %.1f s.",
+        backend, jax.device_count(), jax.process_count(), steps_per_epoch, min(steps_per_call, steps_per_epoch), " (unrolled)" if unroll else "", compile_seconds,
     )
 
     if config.profile:
@@ -110,7 +113,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         stopper = EarlyStopping(**saved["early_stopping"])
         best_weights = train_item["early_stopping_best"] or None
         logging.info("Resuming after epoch %d from %s.", epoch, checkpoint.directory(workdir, "latest"))
-    metrics_log = workdir_lib.MetricsLog(workdir, history)
+    metrics_log = workdir_lib.MetricsLog(workdir, history, primary)
 
     def meta(epoch: int) -> dict[str, Any]:
         return {
@@ -127,7 +130,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         if config.early_stopping.enabled and stopper.should_stop:
             break  # resumed after the stopping epoch's checkpoint
         start = time.perf_counter()
-        state, sums = runner.run(state, jax.random.fold_in(shuffle_key, epoch))
+        state, sums = runner.run(state, epoch)
         train = sums.means()  # waits for the epoch
         seconds = time.perf_counter() - start
         if train["first_nonfinite_step"] >= 0:
@@ -187,9 +190,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     checkpoints.save("final", restored_epoch, final_model, {**meta(epochs_run), "summary": result})
     checkpoints.wait()
     checkpoints.close()
-    classifier = inference.Classifier(config, splits.class_names, restored_epoch, final_model)
-    os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
-    export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
-    workdir_lib.write_summary(workdir, result)
+    if primary:
+        classifier = inference.Classifier(config, splits.class_names, restored_epoch, jax.device_get(final_model))
+        os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
+        export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
+        workdir_lib.write_summary(workdir, result)
     logging.info("Test loss %.4f, test accuracy %.4f (%d epochs, %.1f s training).", test["loss"], test["accuracy"], epochs_run, train_seconds)
     return result

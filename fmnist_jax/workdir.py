@@ -35,7 +35,9 @@ def config_as_json(config: ConfigDict) -> dict[str, Any]:
 
 
 # Keys that change what a run writes besides its results, so a run may resume with another value.
-RESUMABLE_KEYS = frozenset({"profile"})
+# The distributed keys too: they differ between the processes of one run, and the results do not
+# depend on the device count.
+RESUMABLE_KEYS = frozenset({"profile", *(f"distributed.{k}" for k in ("coordinator_address", "num_processes", "process_id", "timeout_seconds"))})
 
 
 def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -68,8 +70,15 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def open_workdir(workdir: str, config: ConfigDict) -> dict[str, Any] | None:
-    """Claims `workdir` for `config`; returns the summary if this exact run already finished there."""
+def open_workdir(workdir: str, config: ConfigDict, primary: bool = True) -> dict[str, Any] | None:
+    """Claims `workdir` for `config`; returns the summary if this exact run already finished there.
+
+    Only the `primary` process of a multi-host run writes; the others only check.
+    """
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    wanted = config_as_json(config)
+    if not primary:
+        return read_json(os.path.join(workdir, SUMMARY_FILE)) if os.path.exists(os.path.join(workdir, SUMMARY_FILE)) else None
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, ".write_test")
@@ -78,8 +87,6 @@ def open_workdir(workdir: str, config: ConfigDict) -> dict[str, Any] | None:
         os.remove(probe)
     except OSError as e:
         raise UserError(f"Cannot write to workdir {workdir}: {e.strerror or e}. Pass a writable --workdir=DIR.") from e
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    wanted = config_as_json(config)
     if os.path.exists(config_path):
         refuse_other_config(f"Workdir {workdir}", config_differences(read_json(config_path), wanted))
         summary_path = os.path.join(workdir, SUMMARY_FILE)
@@ -96,14 +103,16 @@ class MetricsLog:
     last checkpoint and lost with it are not kept twice.
     """
 
-    def __init__(self, workdir: str, history: list[dict[str, Any]]):
-        self._path = os.path.join(workdir, METRICS_FILE)
-        with open(self._path, "w") as f:
-            f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in history)
+    def __init__(self, workdir: str, history: list[dict[str, Any]], primary: bool = True):
+        self._path = os.path.join(workdir, METRICS_FILE) if primary else None
+        if self._path:
+            with open(self._path, "w") as f:
+                f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in history)
 
     def write(self, row: dict[str, Any]) -> None:
-        with open(self._path, "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+        if self._path:
+            with open(self._path, "a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
 
 
 def write_summary(workdir: str, summary: dict[str, Any]) -> None:

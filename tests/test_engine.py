@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fmnist_jax import engine, models, optim
+from fmnist_jax.distributed import DataParallel
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
@@ -27,10 +28,10 @@ def _setup(config, num_examples=64, seed=0):
 def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
     model, tx, state, images, labels = _setup(config, num_examples)
     eng = engine.Engine(model, tx, engine.Normalizer(), config.loss.label_smoothing, unroll=unroll, compute_dtype=config.dtype)
-    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call or 10**9, jax.random.key(7))
+    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call or 10**9, jax.random.key(6), jax.random.key(7))
     history = []
     for epoch in range(epochs):
-        state, sums = runner.run(state, jax.random.key(epoch))
+        state, sums = runner.run(state, epoch)
         history.append(sums.means())
     return state, history
 
@@ -100,7 +101,7 @@ def test_first_nonfinite_step_is_reported():
 def test_eval_set_masks_padding():
     images = np.zeros((5, 28, 28, 1), np.uint8)
     labels = np.arange(5, dtype=np.int32)
-    s = engine.EvalSet.create(images, labels, batch_size=2)
+    s = engine.EvalSet.create(images, labels, batch_size=2, placement=DataParallel.over_all_devices())
     assert s.images.shape == (3, 2, 28, 28, 1) and int(s.mask.sum()) == 5
     model = models.create(mlp_config.get_config().model)
     tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)

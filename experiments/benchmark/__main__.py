@@ -81,6 +81,41 @@ def run_peer(peer: str, model_name: str, epochs: int, batch_size: int, tfds_data
     return out
 
 
+# Issue 4's CPU targets: (recipe, peer, minimum speedup of fmnist_jax over that peer).
+SPEEDUP_TARGETS = [("mlp", "keras_tf", 12.0), ("mlp", "keras_jax", 3.0), ("mlp", "torch", 3.0)] + [
+    ("cnn", peer, 1.0) for peer in PEERS[1:]
+]
+PEAK_TARGETS = {"cnn": 0.40, "mlp512": 0.50}  # minimum fraction of the matmul peak
+MEMORY_SLACK_MB = 200  # on the mlp recipe, fmnist_jax's peak RSS <= the lightest peer's + this
+
+
+def target_lines(results: dict) -> list[str]:
+    """One line per target that this run measured: met or missed, and by how much."""
+
+    def verdict(ok: bool, measured: str, target: str) -> str:
+        return f"{'met' if ok else 'MISSED'}: {measured} (target {target})"
+
+    ok_rows = {recipe: {p: r for p, r in rows.items() if "error" not in r} for recipe, rows in results.items()}
+    lines = []
+    for recipe, peer, minimum in SPEEDUP_TARGETS:
+        rows = ok_rows.get(recipe, {})
+        if "fmnist_jax" in rows and peer in rows:
+            ratio = rows[peer]["seconds_per_epoch"] / rows["fmnist_jax"]["seconds_per_epoch"]
+            accuracy_gap = 100 * (rows[peer]["test_accuracy"] - rows["fmnist_jax"]["test_accuracy"])
+            target = f">= {minimum:g}x" if minimum > 1 else "faster"
+            lines.append(f"- {recipe} vs {peer}: " + verdict(ratio >= minimum and ratio > 1, f"{ratio:.2f}x", target) + f"; test accuracy {accuracy_gap:+.2f} points for the peer")
+    for recipe, minimum in PEAK_TARGETS.items():
+        ours = ok_rows.get(recipe, {}).get("fmnist_jax")
+        if ours:
+            lines.append(f"- {recipe} % of matmul peak: " + verdict(ours["fraction_of_peak"] >= minimum, f"{100 * ours['fraction_of_peak']:.1f}%", f">= {100 * minimum:.0f}%"))
+    rows = ok_rows.get("mlp", {})
+    if "fmnist_jax" in rows and len(rows) > 1:
+        lightest = min(r["peak_rss_mb"] for p, r in rows.items() if p != "fmnist_jax")
+        ours = rows["fmnist_jax"]["peak_rss_mb"]
+        lines.append("- mlp peak RSS: " + verdict(ours <= lightest + MEMORY_SLACK_MB, f"{ours:.0f} MB", f"<= lightest peer {lightest:.0f} + {MEMORY_SLACK_MB} MB"))
+    return lines
+
+
 def markdown(results: dict, peak: float, args) -> str:
     lines = [
         f"\n## {datetime.date.today()}: benchmark, fmnist_jax vs peers\n",
@@ -101,6 +136,9 @@ def markdown(results: dict, peak: float, args) -> str:
                 f"| {recipe} | {peer} | {r['seconds_per_epoch']:.3f} | {r['first_epoch_seconds']:.2f} | {r['examples_per_second']:,.0f} | "
                 f"{r['test_accuracy']:.4f} | {r['peak_rss_mb']:.0f} | {ratio} | {100 * r['fraction_of_peak']:.1f}% |"
             )
+    checks = target_lines(results)
+    if checks:
+        lines += ["", "Targets (issue 4, CPU):", *checks]
     return "\n".join(lines) + "\n"
 
 
