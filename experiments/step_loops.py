@@ -1,8 +1,9 @@
 """Measures how the training steps of an epoch should be looped on this backend.
 
 For each seed model: ms per step for a whole epoch as one rolled `lax.scan`, for calls of 8
-unrolled steps, and for those with XLA's default options instead of `engine.compiler_options`.
-This is the measurement behind `fmnist_jax.engine.plan_calls` and `engine.compiler_options`.
+unrolled steps, for those with XLA's default options instead of `engine.compiler_options`, and
+(CNN) with the native pooling ops instead of the CPU formulation. This is the measurement behind
+`fmnist_jax.engine.plan_calls`, `engine.compiler_options` and `models.layers.pool`.
 
     python -m experiments.step_loops
 """
@@ -42,10 +43,14 @@ def main():
         rolled = ms_per_step(config, 10**9, False, num_steps, options)
         unrolled = ms_per_step(config, 8, True, num_steps, options)
         defaults = ms_per_step(config, 8, True, num_steps, None)
-        print(
+        line = (
             f"{name} batch {config.batch_size}: rolled scan {rolled:.2f} ms/step, calls of 8 unrolled steps {unrolled:.2f} "
             f"ms/step, the same with XLA's default options {defaults:.2f} ms/step"
         )
+        if name == "cnn":
+            config.model.formulation = "native"
+            line += f", with the native pooling ops {ms_per_step(config, 8, True, num_steps, options):.2f} ms/step"
+        print(line)
 
 
 if __name__ == "__main__":
