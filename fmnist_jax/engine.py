@@ -281,13 +281,24 @@ class EpochRunner:
             jax.block_until_ready(sums)
         return len(calls) * length
 
-    def run(self, state: TrainState, epoch: int) -> tuple[TrainState, Sums]:
-        """Epoch `epoch` in its own shuffled order; returns without waiting for the devices."""
+    def run(self, state: TrainState, epoch: int, progress: Callable[[int | None], None] | None = None) -> tuple[TrainState, Sums]:
+        """Epoch `epoch` in its own shuffled order; returns without waiting for the devices.
+
+        With `progress`, epochs of several calls wait for the devices about 20 times to report the
+        steps done (a few ms per epoch), then `progress(None)`.
+        """
         self.compile(state)
         batches = self._batches(epoch)
         sums = self.placement.put(Sums.zeros())
-        for start, end in self._chunks():
+        chunks = self._chunks()
+        report_every = max(1, len(chunks) // 20)
+        for i, (start, end) in enumerate(chunks):
             state, sums = self._executables[end - start](state, sums, self.images, self.labels, batches[start:end], self.dropout_key)
+            if progress is not None and len(chunks) > 1 and (i + 1) % report_every == 0:
+                jax.block_until_ready(sums)
+                progress(end)
+        if progress is not None:
+            progress(None)
         return state, sums
 
 

@@ -21,21 +21,8 @@ _WHICH = flags.DEFINE_enum("which", "final", ["final", "best", "latest"], "Which
 
 
 def evaluate(classifier: inference.Classifier, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Accuracy, loss, per-class accuracy, confusion matrix (rows true, columns predicted), predictions."""
-    probabilities = classifier.predict_proba(images)
-    predicted = probabilities.argmax(-1)
-    num_classes = len(classifier.class_names)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    return {
-        "accuracy": float((predicted == labels).mean()),
-        "loss": float(-np.log(np.maximum(probabilities[np.arange(len(labels)), labels], 1e-12)).mean()),
-        "per_class_accuracy": {name: float(a) for name, a in zip(classifier.class_names, per_class)},
-        "confusion_matrix": confusion.tolist(),
-        "predictions": predicted.tolist(),
-        "epoch": classifier.epoch,
-    }
+    """`report` of the classifier's predictions on `images`."""
+    return {**inference.report(classifier.predict_proba(images), labels, classifier.class_names), "epoch": classifier.epoch}
 
 
 def main(argv: list[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,22 @@ class Classifier:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.predict_proba(images).argmax(-1)
+
+
+def report(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict[str, Any]:
+    """Accuracy, loss, per-class accuracy, confusion matrix (rows true, columns predicted), predictions."""
+    predicted = probabilities.argmax(-1)
+    num_classes = len(class_names)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "loss": float(-np.log(np.maximum(probabilities[np.arange(len(labels)), labels], 1e-12)).mean()),
+        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
+        "confusion_matrix": confusion.tolist(),
+        "predictions": predicted.tolist(),
+    }
 
 
 def as_batch(images: np.ndarray) -> np.ndarray:

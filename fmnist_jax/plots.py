@@ -1,6 +1,10 @@
-"""Figures: predictions with their probability bars (like the TF tutorial), confusion matrix."""
+"""Figures: predictions with their probability bars (like the TF tutorial), confusion matrix, and the
+per-run plots that training writes to `<workdir>/plots/`."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import matplotlib
 
@@ -31,9 +35,7 @@ def predictions(path: str, images: np.ndarray, probabilities: np.ndarray, class_
         bars[predicted].set_color("tab:blue" if truth is None else "red")
         if truth is not None:
             bars[truth].set_color("green")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def confusion_matrix(path: str, matrix: np.ndarray, class_names) -> None:
@@ -45,6 +47,80 @@ def confusion_matrix(path: str, matrix: np.ndarray, class_names) -> None:
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     for (r, c), count in np.ndenumerate(matrix):
         ax.text(c, r, str(count), ha="center", va="center", fontsize=7, color="white" if count > matrix.max() / 2 else "black")
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def learning_curves(history: list[dict[str, Any]]):
+    """Loss and accuracy per epoch, train vs validation (the Keras-notebook plot)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [r["epoch"] for r in history]
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train")
+        if all(f"val_{metric}" in r for r in history):
+            ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="validation")
+        ax.set_xlabel("epoch"), ax.set_ylabel(metric), ax.legend(), ax.grid(alpha=0.3)
+    return fig
+
+
+def per_class_accuracy(accuracies: dict[str, float]):
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(range(len(accuracies)), list(accuracies.values()), color="tab:blue")
+    ax.set_xticks(range(len(accuracies)), list(accuracies), rotation=45, ha="right")
+    ax.set_ylim(0, 1), ax.set_ylabel("test accuracy")
+    for i, a in enumerate(accuracies.values()):
+        ax.text(i, a + 0.01, f"{a:.2f}", ha="center", fontsize=8)
+    return fig
+
+
+def image_grid(images: np.ndarray, captions: list[str], colors: list[str] | None = None, columns: int = 5):
+    """Images in a grid with a caption under each (training samples, mistakes)."""
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([]), ax.set_yticks([])
+        if i < len(images):
+            ax.imshow(images[i][..., 0], cmap=plt.cm.binary)
+            ax.set_xlabel(captions[i], fontsize=8, color=(colors or ["black"] * len(images))[i])
+        else:
+            ax.axis("off")
+    return fig
+
+
+def prediction_grid(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names, indices: np.ndarray):
+    """Images `indices` captioned with prediction, confidence and true class (green right, red wrong)."""
+    predicted = probabilities.argmax(-1)
+    captions = [f"{class_names[predicted[i]]} {100 * probabilities[i, predicted[i]]:.0f}%\n(true: {class_names[labels[i]]})" for i in indices]
+    return image_grid(images[indices], captions, ["green" if predicted[i] == labels[i] else "red" for i in indices])
+
+
+def confident_mistakes(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names, count: int = 25):
+    """The `count` wrong predictions made with the highest probability."""
+    predicted = probabilities.argmax(-1)
+    wrong = np.flatnonzero(predicted != labels)
+    worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:count]
+    return prediction_grid(images, labels, probabilities, class_names, worst)
+
+
+def write_run_plots(directory: str, history: list[dict[str, Any]], report: dict[str, Any], test_images: np.ndarray,
+                    test_labels: np.ndarray, probabilities: np.ndarray, train_images: np.ndarray, train_labels: np.ndarray,
+                    class_names) -> list[str]:
+    """Writes the per-run PNGs into `directory` and returns their paths."""
+    os.makedirs(directory, exist_ok=True)
+    figures = {
+        "learning_curves.png": learning_curves(history),
+        "per_class_accuracy.png": per_class_accuracy(report["per_class_accuracy"]),
+        "confident_mistakes.png": confident_mistakes(test_images, test_labels, probabilities, class_names),
+        "training_images.png": image_grid(train_images[:25], [class_names[y] for y in train_labels[:25]]),
+    }
+    paths = []
+    for name, fig in figures.items():
+        paths.append(os.path.join(directory, name))
+        _save(fig, paths[-1])
+    confusion_matrix(os.path.join(directory, "confusion_matrix.png"), np.array(report["confusion_matrix"]), class_names)
+    return [*paths, os.path.join(directory, "confusion_matrix.png")]

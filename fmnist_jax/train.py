@@ -14,16 +14,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import checkpoint, data, distributed, engine, inference, models, optim, summary, workdir as workdir_lib
+from fmnist_jax import board as board_lib
 from fmnist_jax import export as export_lib
+from fmnist_jax import plots
+from fmnist_jax.progress import Progress
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
 
 IMAGE_SHAPE = (28, 28, 1)
+PLOTS_DIR = "plots"
 
 
 def _epoch_line(row: dict[str, Any], num_epochs: int) -> str:
@@ -42,6 +47,18 @@ def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str) 
         f"earlier epochs are in {workdir}/{workdir_lib.METRICS_FILE}. Lower optimizer.learning_rate, "
         "or set optimizer.grad_clip_norm (e.g. 1.0)."
     )
+
+
+def _write_reports(workdir: str, board: board_lib.Board, config: ConfigDict, result: dict[str, Any], history: list[dict[str, Any]],
+                   classifier: inference.Classifier, splits: data.Splits) -> None:
+    """The run's plots (<workdir>/plots/) and its last TensorBoard entries, from the final weights."""
+    probabilities = classifier.predict_proba(splits.test_images)
+    report = inference.report(probabilities, splits.test_labels, splits.class_names)
+    plots.write_run_plots(os.path.join(workdir, PLOTS_DIR), history, report, splits.test_images, splits.test_labels, probabilities,
+                          splits.train_images, splits.train_labels, splits.class_names)
+    samples = plots.prediction_grid(splits.test_images, splits.test_labels, probabilities, splits.class_names, np.arange(10))
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in workdir_lib.flatten(workdir_lib.config_as_json(config)).items()}
+    board.finish(hparams, result, {"test/sample_predictions": samples})
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
@@ -114,6 +131,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         best_weights = train_item["early_stopping_best"] or None
         logging.info("Resuming after epoch %d from %s.", epoch, checkpoint.directory(workdir, "latest"))
     metrics_log = workdir_lib.MetricsLog(workdir, history, primary)
+    board = board_lib.Board(workdir, primary)
 
     def meta(epoch: int) -> dict[str, Any]:
         return {
@@ -130,7 +148,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         if config.early_stopping.enabled and stopper.should_stop:
             break  # resumed after the stopping epoch's checkpoint
         start = time.perf_counter()
-        state, sums = runner.run(state, epoch)
+        progress = Progress(epoch, config.num_epochs, steps_per_epoch, config.batch_size) if primary else None
+        state, sums = runner.run(state, epoch, progress)
         train = sums.means()  # waits for the epoch
         seconds = time.perf_counter() - start
         if train["first_nonfinite_step"] >= 0:
@@ -149,6 +168,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         history.append(row)
         metrics_log.write(row)
+        board.epoch(row)
         logging.info("%s", _epoch_line(row, config.num_epochs))
         if config.early_stopping.enabled:
             if stopper.update(epoch, row[config.early_stopping.monitor]) and config.early_stopping.restore_best:
@@ -194,6 +214,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         classifier = inference.Classifier(config, splits.class_names, restored_epoch, jax.device_get(final_model))
         os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
         export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
+        _write_reports(workdir, board, config, result, history, classifier, splits)
         workdir_lib.write_summary(workdir, result)
     logging.info("Test loss %.4f, test accuracy %.4f (%d epochs, %.1f s training).", test["loss"], test["accuracy"], epochs_run, train_seconds)
     return result

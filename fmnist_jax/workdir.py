@@ -19,11 +19,12 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b": value}."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -42,7 +43,7 @@ RESUMABLE_KEYS = frozenset({"profile", *(f"distributed.{k}" for k in ("coordinat
 
 def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'key: old there, new now' for every dotted key whose JSON value differs (except RESUMABLE_KEYS)."""
-    old, new = _flatten(previous), _flatten(current)
+    old, new = flatten(previous), flatten(current)
     keys = sorted((old.keys() | new.keys()) - RESUMABLE_KEYS)
     return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
 

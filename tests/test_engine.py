@@ -80,6 +80,40 @@ def test_chunked_unrolled_epochs_equal_one_rolled_scan():
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), whole_state.params, chunk_state.params)
 
 
+def test_progress_reports_steps_of_long_epochs():
+    config = cnn_config.get_config()
+    config.batch_size = 8
+    config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
+    model, tx, state, images, labels = _setup(config, num_examples=64)
+    runner = engine.EpochRunner(engine.Engine(model, tx, engine.Normalizer()), images, labels, 8, 2, jax.random.key(6), jax.random.key(7))
+    reported = []
+    runner.run(state, 0, reported.append)
+    assert reported == [2, 4, 6, 8, None]
+
+
+def test_progress_line_is_live_on_a_terminal_and_quarterly_log_lines_elsewhere(caplog):
+    import io
+    import logging
+
+    from fmnist_jax.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    progress = Progress(3, 10, 100, 64, terminal)
+    progress(50)
+    progress(None)
+    assert "epoch   3/10  50/100 steps (50%)" in terminal.getvalue() and "ETA" in terminal.getvalue()
+    caplog.set_level(logging.INFO)
+    progress = Progress(3, 10, 100, 64, io.StringIO())
+    for steps in range(5, 101, 5):
+        progress(steps)
+    lines = [r.getMessage() for r in caplog.records if "steps (" in r.getMessage()]
+    assert [line.split()[2] for line in lines] == ["25/100", "50/100", "75/100"]
+
+
 def test_call_plan_unrolls_convolutions_only_on_cpu():
     cnn = models.create(cnn_config.get_config().model)
     mlp = models.create(mlp_config.get_config().model)

@@ -38,6 +38,27 @@ def test_mock_run_writes_config_metrics_and_summary(tiny_config, tmp_path, prepa
     assert json.loads((tmp_path / "config.json").read_text())["model"]["hidden_sizes"] == [16]
 
 
+def test_run_writes_plots_and_tensorboard_events(tiny_config, tmp_path, prepared_tfds_dir):
+    import tensorflow as tf
+    from PIL import Image
+
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    _train(tiny_config, tmp_path)
+    names = {"learning_curves", "confusion_matrix", "per_class_accuracy", "confident_mistakes", "training_images"}
+    for name in names:
+        with Image.open(tmp_path / "plots" / f"{name}.png") as image:
+            image.verify()
+            assert image.size[0] > 200
+    files = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    events = [tf.compat.v1.Event.FromString(r.numpy()) for f in files for r in tf.data.TFRecordDataset(str(f))]
+    values = {(v.tag, e.step): v for e in events for v in e.summary.value}
+    tags = {tag for tag, _ in values}
+    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "learning_rate", "test/accuracy", "test/sample_predictions"} <= tags
+    assert values[("train/loss", 2)].simple_value == pytest.approx(_rows(tmp_path)[1]["train_loss"])
+    assert values[("test/sample_predictions", 2)].image.encoded_image_string.startswith(b"\x89PNG")
+    assert any(v.tag.startswith("_hparams_") for e in events for v in e.summary.value)
+
+
 def test_same_config_and_seed_give_the_same_metrics(tiny_config, tmp_path, prepared_tfds_dir):
     tiny_config.data.tfds_data_dir = prepared_tfds_dir
     tiny_config.model.dropout_rate = 0.2
