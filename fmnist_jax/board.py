@@ -25,7 +25,7 @@ class Board:
         if self._writer is None:
             return
         for key, value in row.items():
-            if key != "epoch":
+            if key != "epoch" and not isinstance(value, list):  # per-seed lists stay in metrics.jsonl
                 split, _, metric = key.partition("_")
                 tag = f"{split}/{metric}" if split in ("train", "val") else key
                 self._writer.add_scalar(tag, value, row["epoch"])

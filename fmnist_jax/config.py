@@ -23,6 +23,8 @@ def default() -> ConfigDict:
     """Every key a run reads. Durations are in epochs; the optimizer converts them to steps."""
     c = ConfigDict()
     c.seed = 0
+    # Seeds trained at once in one compiled program (seed, seed+1, ...); results are mean +- std.
+    c.num_seeds = 1
     c.num_epochs = 10
     c.batch_size = 32
     c.eval_batch_size = 1000
@@ -124,6 +126,11 @@ def validate(config: ConfigDict) -> None:
         f"{config.data.num_validation}); use a smaller batch_size.",
     )
     _check_choice("dtype", config.dtype, DTYPES)
+    _check(isinstance(config.num_seeds, int) and config.num_seeds >= 1, f"num_seeds must be a positive integer, got {config.num_seeds!r}.")
+    _check(
+        config.num_seeds == 1 or not config.early_stopping.enabled,
+        "early_stopping.enabled works with one seed per run: set num_seeds=1 (or run the seeds separately).",
+    )
     d = config.distributed
     _check(d.num_processes >= 1, f"distributed.num_processes must be >= 1, got {d.num_processes}.")
     _check(

@@ -46,14 +46,22 @@ class Sums:
     first_nonfinite_step: jax.Array
 
     @classmethod
-    def zeros(cls) -> Sums:
-        return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+    def zeros(cls, num_seeds: int = 1) -> Sums:
+        shape = () if num_seeds == 1 else (num_seeds,)
+        return cls(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.int32), jnp.full(shape, -1, jnp.int32))
 
     def means(self) -> dict[str, float]:
-        """Host values, read in one transfer: mean loss and accuracy, and the first non-finite step."""
-        loss, correct, count, bad_step = jax.device_get((self.loss, self.correct, self.count, self.first_nonfinite_step))
-        count = max(int(count), 1)
-        return {"loss": float(loss) / count, "accuracy": float(correct) / count, "first_nonfinite_step": int(bad_step)}
+        """Host values of a single run, read in one transfer: mean loss and accuracy, first non-finite step."""
+        (means,) = self.per_seed()
+        return means
+
+    def per_seed(self) -> list[dict[str, float]]:
+        """`means` of each seed (one entry for an unbatched run), read in one transfer."""
+        loss, correct, count, bad_step = (np.atleast_1d(a) for a in jax.device_get((self.loss, self.correct, self.count, self.first_nonfinite_step)))
+        return [
+            {"loss": float(l) / max(int(n), 1), "accuracy": float(c) / max(int(n), 1), "first_nonfinite_step": int(b)}
+            for l, c, n, b in zip(loss, correct, count, bad_step)
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +97,29 @@ def variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
+def seed_keys(seed: int, num_seeds: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(init, shuffle, dropout) keys of run `seed`, or of runs seed..seed+num_seeds-1 stacked.
+
+    Seed k of a multi-seed run gets exactly the keys of a single run with seed + k.
+    """
+    if num_seeds == 1:
+        return tuple(jax.random.split(jax.random.key(seed), 3))
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(seed + jnp.arange(num_seeds))
+    return keys[:, 0], keys[:, 1], keys[:, 2]
+
+
+def init_states(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
+    """`init_state` of one key, or of each key of a stacked batch (a leading seed axis)."""
+    if init_key.ndim == 0:
+        return init_state(model, tx, init_key, image_shape)
+    return jax.vmap(lambda k: init_state(model, tx, k, image_shape))(init_key)
+
+
+def select_seed(tree: PyTree, index: int) -> PyTree:
+    """One seed's slice of a stacked multi-seed tree."""
+    return jax.tree.map(lambda a: a[index], tree)
+
+
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
     """Initial parameters (and batch-norm statistics) for one example of `image_shape` (HWC)."""
     init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False))
@@ -117,6 +148,12 @@ class Engine:
     compiler_options: dict[str, str] | None = None
     # Compute dtype of the training steps; weights, optimizer state and evaluation stay float32.
     compute_dtype: str = "float32"
+    # Independent seeds trained at once: states, keys and sums carry a leading seed axis (jax.vmap).
+    num_seeds: int = 1
+
+    def over_seeds(self, fn: Callable[..., Any], seeded: tuple[bool, ...]) -> Callable[..., Any]:
+        """`fn` mapped over the leading seed axis of the arguments marked in `seeded` (as is for one seed)."""
+        return fn if self.num_seeds == 1 else jax.vmap(fn, in_axes=tuple(0 if b else None for b in seeded))
 
     def _compute(self, tree: PyTree) -> PyTree:
         return jax.tree.map(lambda a: a.astype(self.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
@@ -176,7 +213,7 @@ class Engine:
 
     @functools.cached_property
     def compiled_eval_sums(self) -> Callable[..., Sums]:
-        return jax.jit(self.eval_sums, compiler_options=self.compiler_options)
+        return jax.jit(self.over_seeds(self.eval_sums, (True, True, False, False, False)), compiler_options=self.compiler_options)
 
 
 def epoch_batches(key: jax.Array, epoch: jax.Array, num_examples: int, num_steps: int, batch_size: int) -> jax.Array:
@@ -235,7 +272,9 @@ class EpochRunner:
     def __post_init__(self):
         self.placement.check_batch("batch_size", self.batch_size)
         self.images, self.labels, self.shuffle_key, self.dropout_key = self.placement.put((self.images, self.labels, self.shuffle_key, self.dropout_key))
-        self._shuffle = jax.jit(epoch_batches, static_argnums=(2, 3, 4), out_shardings=self.placement.split(1))
+        shuffle = functools.partial(epoch_batches, num_examples=len(self.labels), num_steps=self.steps_per_epoch, batch_size=self.batch_size)
+        self._batch_axis = 1 if self.engine.num_seeds == 1 else 2  # batches: [seed,] step, example
+        self._shuffle = jax.jit(self.engine.over_seeds(shuffle, (True, False)), out_shardings=self.placement.split(self._batch_axis))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -246,13 +285,18 @@ class EpochRunner:
         return [(start, min(start + self.steps_per_call, steps)) for start in range(0, steps, self.steps_per_call)]
 
     def _batches(self, epoch: int) -> jax.Array:
-        return self._shuffle(self.shuffle_key, epoch, len(self.labels), self.steps_per_epoch, self.batch_size)
+        return self._shuffle(self.shuffle_key, epoch)
+
+    def _zeros(self) -> Sums:
+        return self.placement.put(Sums.zeros(self.engine.num_seeds))
 
     def _executable(self, state: TrainState, length: int) -> Any:
         if length not in self._executables:
-            jitted = jax.jit(self.engine.train_steps, donate_argnums=(0, 1))
-            indices = jax.ShapeDtypeStruct((length, self.batch_size), jnp.int32, sharding=self.placement.split(1))
-            lowered = jitted.lower(state, self.placement.put(Sums.zeros()), self.images, self.labels, indices, self.dropout_key)
+            steps = self.engine.over_seeds(self.engine.train_steps, (True, True, False, False, True, True))
+            jitted = jax.jit(steps, donate_argnums=(0, 1))
+            shape = (length, self.batch_size) if self.engine.num_seeds == 1 else (self.engine.num_seeds, length, self.batch_size)
+            indices = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.placement.split(self._batch_axis))
+            lowered = jitted.lower(state, self._zeros(), self.images, self.labels, indices, self.dropout_key)
             self._executables[length] = lowered.compile(compiler_options=self.engine.compiler_options)
         return self._executables[length]
 
@@ -273,11 +317,11 @@ class EpochRunner:
         batches = self._batches(0)
         calls = range(0, min(math.ceil(num_steps / length) * length, self.steps_per_epoch - length + 1), length)
         copy = jax.tree.map(jnp.copy, state)
-        copy, sums = executable(copy, self.placement.put(Sums.zeros()), self.images, self.labels, batches[:length], self.dropout_key)
+        copy, sums = executable(copy, self._zeros(), self.images, self.labels, batches[..., :length, :], self.dropout_key)
         jax.block_until_ready(sums)
         with jax.profiler.trace(log_dir):
             for start in calls:
-                copy, sums = executable(copy, sums, self.images, self.labels, batches[start : start + length], self.dropout_key)
+                copy, sums = executable(copy, sums, self.images, self.labels, batches[..., start : start + length, :], self.dropout_key)
             jax.block_until_ready(sums)
         return len(calls) * length
 
@@ -289,11 +333,11 @@ class EpochRunner:
         """
         self.compile(state)
         batches = self._batches(epoch)
-        sums = self.placement.put(Sums.zeros())
+        sums = self._zeros()
         chunks = self._chunks()
         report_every = max(1, len(chunks) // 20)
         for i, (start, end) in enumerate(chunks):
-            state, sums = self._executables[end - start](state, sums, self.images, self.labels, batches[start:end], self.dropout_key)
+            state, sums = self._executables[end - start](state, sums, self.images, self.labels, batches[..., start:end, :], self.dropout_key)
             if progress is not None and len(chunks) > 1 and (i + 1) % report_every == 0:
                 jax.block_until_ready(sums)
                 progress(end)

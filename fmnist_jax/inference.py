@@ -80,6 +80,13 @@ def report(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict[s
     }
 
 
+def first_seed(model: dict, config: ml_collections.ConfigDict) -> dict:
+    """The first seed's weights of a multi-seed run's model item (the normalizer is shared)."""
+    if config.get("num_seeds", 1) == 1:
+        return model
+    return {**model, "params": engine.select_seed(model["params"], 0), "batch_stats": engine.select_seed(model["batch_stats"], 0)}
+
+
 def as_batch(images: np.ndarray) -> np.ndarray:
     """Brings HW, HWC, NHW or NHWC images to NHWC [N, 28, 28, 1], keeping uint8 or casting to float32."""
     x = np.asarray(images)
@@ -101,4 +108,4 @@ def load(workdir: str, which: str = "final") -> Classifier:
         raise UserError(f"Workdir {workdir} does not exist. Pass the --workdir of a trained run.")
     model, meta = checkpoint.restore_model(workdir, which)
     config = ml_collections.ConfigDict(meta["config"])
-    return Classifier(config=config, class_names=tuple(meta["class_names"]), epoch=int(meta["epoch"]), variables=model)
+    return Classifier(config=config, class_names=tuple(meta["class_names"]), epoch=int(meta["epoch"]), variables=first_seed(model, config))

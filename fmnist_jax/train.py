@@ -39,10 +39,23 @@ def _epoch_line(row: dict[str, Any], num_epochs: int) -> str:
     )
 
 
-def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str) -> UserError:
+def _over_seeds(split: str, per_seed: list[dict[str, float]]) -> dict[str, Any]:
+    """`{split}_loss`/`_accuracy`: the value of one seed, or the mean over seeds with `_std` and `_seeds`."""
+    out = {}
+    for metric in ("loss", "accuracy"):
+        values = np.array([r[metric] for r in per_seed])
+        out[f"{split}_{metric}"] = float(values.mean())
+        if len(values) > 1:
+            out[f"{split}_{metric}_std"] = float(values.std())
+            out[f"{split}_{metric}_seeds"] = values.tolist()
+    return out
+
+
+def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str, seed: int | None) -> UserError:
     step_in_epoch = global_step - (epoch - 1) * steps_per_epoch + 1
+    which = "" if seed is None else f" (seed {seed})"
     return UserError(
-        f"Training diverged: the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} of "
+        f"Training diverged{which}: the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} of "
         f"{steps_per_epoch} (global step {global_step + 1}). Training stopped there; the metrics of the "
         f"earlier epochs are in {workdir}/{workdir_lib.METRICS_FILE}. Lower optimizer.learning_rate, "
         "or set optimizer.grad_clip_norm (e.g. 1.0)."
@@ -88,12 +101,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("\n%s", table)
     learning_rate = optim.schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs)
     tx = optim.optimizer(config.optimizer, learning_rate)
-    init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(config.seed), 3)
-    state = placement.put(engine.init_state(model, tx, init_key, IMAGE_SHAPE))
+    init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
+    state = placement.put(engine.init_states(model, tx, init_key, IMAGE_SHAPE))
 
     backend = jax.default_backend()
     steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, engine.uses_convolution(model, IMAGE_SHAPE))
-    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype)
+    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype, config.num_seeds)
     runner = engine.EpochRunner(eng, splits.train_images, splits.train_labels, config.batch_size, steps_per_call, shuffle_key, dropout_key, placement)
     start = time.perf_counter()
     runner.compile(state)
@@ -150,22 +163,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         start = time.perf_counter()
         progress = Progress(epoch, config.num_epochs, steps_per_epoch, config.batch_size) if primary else None
         state, sums = runner.run(state, epoch, progress)
-        train = sums.means()  # waits for the epoch
+        train = sums.per_seed()  # waits for the epoch
         seconds = time.perf_counter() - start
-        if train["first_nonfinite_step"] >= 0:
-            raise _diverged(epoch, train["first_nonfinite_step"], steps_per_epoch, workdir)
+        for seed, t in enumerate(train):
+            if t["first_nonfinite_step"] >= 0:
+                raise _diverged(epoch, t["first_nonfinite_step"], steps_per_epoch, workdir, config.seed + seed if config.num_seeds > 1 else None)
         train_seconds += seconds
         row = {
             "epoch": epoch,
-            "train_loss": train["loss"],
-            "train_accuracy": train["accuracy"],
+            **_over_seeds("train", train),
             "epoch_seconds": seconds,
-            "examples_per_second": steps_per_epoch * config.batch_size / seconds,
+            "examples_per_second": config.num_seeds * steps_per_epoch * config.batch_size / seconds,
             "learning_rate": float(learning_rate(epoch * steps_per_epoch - 1)),  # no device read
         }
         if val_set is not None:
-            val = evaluate(state.params, state.batch_stats, val_set.images, val_set.labels, val_set.mask).means()
-            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            row.update(_over_seeds("val", evaluate(state.params, state.batch_stats, val_set.images, val_set.labels, val_set.mask).per_seed()))
         history.append(row)
         metrics_log.write(row)
         board.epoch(row)
@@ -190,16 +202,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     restored_epoch = stopper.best_epoch if best_weights is not None else epochs_run
 
     # --- Test and summary ---------------------------------------------------------------------
-    test = evaluate(params, batch_stats, test_set.images, test_set.labels, test_set.mask).means()
+    test = _over_seeds("test", evaluate(params, batch_stats, test_set.images, test_set.labels, test_set.mask).per_seed())
     result = {
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
+        **test,
         "best_val_accuracy": max((r["val_accuracy"] for r in history if "val_accuracy" in r), default=None),
         "epochs_run": epochs_run,
         "restored_epoch": restored_epoch,
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds,
-        "examples_per_second": epochs_run * steps_per_epoch * config.batch_size / train_seconds,
+        "examples_per_second": config.num_seeds * epochs_run * steps_per_epoch * config.batch_size / train_seconds,
         "num_params": num_params,
         "backend": backend,
         "devices": jax.device_count(),
@@ -211,10 +222,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     checkpoints.wait()
     checkpoints.close()
     if primary:
-        classifier = inference.Classifier(config, splits.class_names, restored_epoch, jax.device_get(final_model))
+        classifier = inference.Classifier(config, splits.class_names, restored_epoch, inference.first_seed(jax.device_get(final_model), config))
         os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
         export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
         _write_reports(workdir, board, config, result, history, classifier, splits)
         workdir_lib.write_summary(workdir, result)
-    logging.info("Test loss %.4f, test accuracy %.4f (%d epochs, %.1f s training).", test["loss"], test["accuracy"], epochs_run, train_seconds)
+    spread = f" (std over {config.num_seeds} seeds {test['test_accuracy_std']:.4f})" if config.num_seeds > 1 else ""
+    logging.info("Test loss %.4f, test accuracy %.4f%s (%d epochs, %.1f s training).", test["test_loss"], test["test_accuracy"], spread, epochs_run, train_seconds)
     return result

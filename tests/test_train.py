@@ -5,10 +5,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fmnist_jax import train
+from fmnist_jax import inference, train
 from fmnist_jax.errors import UserError
 
 
@@ -77,6 +78,29 @@ def test_profile_writes_a_trace_and_leaves_training_unchanged(tiny_config, tmp_p
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")} for r in rows]
     assert strip(_rows(tmp_path / "plain")) == strip(_rows(tmp_path / "profiled"))
+
+
+def test_three_seeds_in_one_program_equal_three_single_runs(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    tiny_config.model.dropout_rate = 0.2
+    tiny_config.seed, tiny_config.num_seeds = 5, 3
+    together = _train(tiny_config, tmp_path / "together")
+    rows = _rows(tmp_path / "together")
+    assert together["test_accuracy"] == pytest.approx(np.mean(together["test_accuracy_seeds"]))
+    assert together["test_accuracy_std"] == pytest.approx(np.std(together["test_accuracy_seeds"]))
+    tiny_config.num_seeds = 1
+    for k in range(3):
+        tiny_config.seed = 5 + k
+        single = _train(tiny_config, tmp_path / f"seed{k}")
+        single_rows = _rows(tmp_path / f"seed{k}")
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert [r[f"{key}_seeds"][k] for r in rows] == pytest.approx([r[key] for r in single_rows], rel=1e-5)
+        assert together["test_loss_seeds"][k] == pytest.approx(single["test_loss"], rel=1e-5)
+        assert together["test_accuracy_seeds"][k] == single["test_accuracy"]
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    np.testing.assert_allclose(  # inference restores the first seed
+        inference.load(str(tmp_path / "together")).predict_proba(images), inference.load(str(tmp_path / "seed0")).predict_proba(images), rtol=1e-5
+    )
 
 
 def test_finished_run_is_reported_not_retrained_and_other_configs_are_refused(tiny_config, tmp_path, prepared_tfds_dir):
