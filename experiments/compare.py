@@ -1,0 +1,68 @@
+"""Compare config variants, each trained with several seeds in one program; prints a Markdown table.
+
+    python -m experiments.compare --config=configs/mlp.py --seeds=3 \
+        --variant='width 128:model.hidden_sizes=(128,)' --variant='width 256:model.hidden_sizes=(256,)'
+
+A variant is `label:key=value[;key=value...]` with the keys of `fmnist_jax/config.py`. Each row
+reports test accuracy and loss as mean +- std over the seeds, the final train and validation
+accuracy (means) and the training seconds; workdirs go under --workdir_root (default: a temporary
+directory) so every run leaves its plots and TensorBoard files there.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import tempfile
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fmnist_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Base config file.")
+_VARIANTS = flags.DEFINE_multi_string("variant", [], "label:key=value[;key=value...]")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per variant (num_seeds).")
+_WORKDIR_ROOT = flags.DEFINE_string("workdir_root", None, "Where the variants' workdirs go.")
+
+
+def apply(config, overrides: str) -> None:
+    """Sets `key=value` pairs (values as Python literals, else strings) on the config."""
+    for pair in filter(None, overrides.split(";")):
+        key, value = pair.split("=", 1)
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        *path, leaf = key.strip().split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+
+
+def main(argv):
+    del argv
+    root = _WORKDIR_ROOT.value or tempfile.mkdtemp(prefix="compare_")
+    rows = ["| variant | test accuracy | test loss | train acc | val acc | train s |", "| --- | --- | --- | --- | --- | --- |"]
+    for variant in _VARIANTS.value:
+        label, _, overrides = variant.partition(":")
+        config = _CONFIG.value.copy_and_resolve_references()
+        apply(config, overrides)
+        config.num_seeds = _SEEDS.value
+        workdir = os.path.join(root, label.replace(" ", "_"))
+        s = train.train_and_evaluate(config, workdir)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            last = json.loads(f.readlines()[-1])
+        std = lambda key: f" ± {s[key + '_std']:.4f}" if key + "_std" in s else ""
+        rows.append(
+            f"| {label} | {s['test_accuracy']:.4f}{std('test_accuracy')} | {s['test_loss']:.4f}{std('test_loss')} | "
+            f"{last['train_accuracy']:.4f} | {last.get('val_accuracy', float('nan')):.4f} | {s['train_seconds']:.1f} |"
+        )
+        logging.info("%s done: %s", label, rows[-1])
+    print(f"{_SEEDS.value} seeds per variant; workdirs in {root}\n" + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    app.run(main)
