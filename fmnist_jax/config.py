@@ -74,6 +74,11 @@ def default() -> ConfigDict:
     c.schedule.boundaries_epochs = (5, 8)  # piecewise: epochs at which the LR is scaled ...
     c.schedule.scales = (0.1, 0.1)  # ... by these factors (cumulative).
 
+    c.augment = ConfigDict()  # On the device, training batches only (fmnist_jax/augment.py).
+    c.augment.crop_padding = 0  # Pixels of padding before a random 28x28 crop; 0 = off (4 is usual).
+    c.augment.flip = False  # Random horizontal flips.
+    c.augment.erasing = 0.0  # Probability of random erasing per image.
+
     c.loss = ConfigDict()
     c.loss.label_smoothing = 0.0
 
@@ -148,6 +153,8 @@ def validate(config: ConfigDict) -> None:
         "schedule.boundaries_epochs and schedule.scales must have the same length.",
     )
     _check_fraction("loss.label_smoothing", config.loss.label_smoothing)
+    _check(0 <= config.augment.crop_padding <= 14, f"augment.crop_padding must be in [0, 14] pixels, got {config.augment.crop_padding}.")
+    _check(0.0 <= config.augment.erasing <= 1.0, f"augment.erasing must be a probability in [0, 1], got {config.augment.erasing}.")
     _check_choice("early_stopping.monitor", config.early_stopping.monitor, MONITORS)
     _check(config.early_stopping.patience >= 1, f"early_stopping.patience must be >= 1, got {config.early_stopping.patience}.")
     _check(

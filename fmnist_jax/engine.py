@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
 
 PyTree = Any
@@ -150,6 +151,7 @@ class Engine:
     compute_dtype: str = "float32"
     # Independent seeds trained at once: states, keys and sums carry a leading seed axis (jax.vmap).
     num_seeds: int = 1
+    augment: Augment = Augment()
 
     def over_seeds(self, fn: Callable[..., Any], seeded: tuple[bool, ...]) -> Callable[..., Any]:
         """`fn` mapped over the leading seed axis of the arguments marked in `seeded` (as is for one seed)."""
@@ -160,8 +162,8 @@ class Engine:
 
     def train_step(self, state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array, dropout_key: jax.Array) -> tuple[TrainState, Sums]:
         """One optimizer update on a uint8 batch; adds its loss and accuracy to `sums`."""
-        x = self.normalizer(images)
         rng = jax.random.fold_in(dropout_key, state.step)
+        x = self.normalizer(self.augment(images, jax.random.fold_in(rng, 1)) if self.augment.enabled else images)
 
         def loss_fn(params):
             logits, updates = self.model.apply(

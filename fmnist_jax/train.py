@@ -24,6 +24,7 @@ from fmnist_jax import board as board_lib
 from fmnist_jax import export as export_lib
 from fmnist_jax import plots
 from fmnist_jax.progress import Progress
+from fmnist_jax.augment import Augment
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
 
@@ -106,7 +107,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
     backend = jax.default_backend()
     steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, engine.uses_convolution(model, IMAGE_SHAPE))
-    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype, config.num_seeds)
+    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype, config.num_seeds,
+        Augment(**config.augment))
     runner = engine.EpochRunner(eng, splits.train_images, splits.train_labels, config.batch_size, steps_per_call, shuffle_key, dropout_key, placement)
     start = time.perf_counter()
     runner.compile(state)
@@ -149,7 +151,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     def meta(epoch: int) -> dict[str, Any]:
         return {
             "epoch": epoch,
-            "history": history,
+            "history": list(history),  # a copy: asynchronous saves serialize it later
             "train_seconds": train_seconds,
             "early_stopping": dataclasses.asdict(stopper),
             "class_names": list(splits.class_names),

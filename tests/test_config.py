@@ -34,6 +34,9 @@ def test_seed_configs_are_valid_and_match_their_recipes():
         ("schedule.name", "linear", "Unknown schedule.name='linear'"),
         ("early_stopping.monitor", "accuracy", "Unknown early_stopping.monitor"),
         ("loss.label_smoothing", 1.0, "loss.label_smoothing must be in \\[0, 1\\)"),
+        ("augment.crop_padding", 20, "augment.crop_padding must be in \\[0, 14\\] pixels, got 20"),
+        ("augment.erasing", 1.5, "augment.erasing must be a probability in \\[0, 1\\], got 1.5"),
+        ("num_seeds", 0, "num_seeds must be a positive integer, got 0"),
         ("model.dropout_rate", 1.5, "model.dropout_rate must be in \\[0, 1\\)"),
     ],
 )

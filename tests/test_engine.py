@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fmnist_jax import engine, models, optim
+from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
 
 from configs import cnn as cnn_config
@@ -27,7 +28,9 @@ def _setup(config, num_examples=64, seed=0):
 
 def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
     model, tx, state, images, labels = _setup(config, num_examples)
-    eng = engine.Engine(model, tx, engine.Normalizer(), config.loss.label_smoothing, unroll=unroll, compute_dtype=config.dtype)
+    eng = engine.Engine(
+        model, tx, engine.Normalizer(), config.loss.label_smoothing, unroll=unroll, compute_dtype=config.dtype, augment=Augment(**config.augment)
+    )
     runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call or 10**9, jax.random.key(6), jax.random.key(7))
     history = []
     for epoch in range(epochs):
@@ -42,6 +45,15 @@ def test_loss_falls_on_a_small_problem():
     _, history = _run(config, epochs=5)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert history[-1]["accuracy"] > 0.9
+
+
+def test_augmented_training_still_learns_and_differs_from_plain():
+    config = mlp_config.get_config()
+    config.batch_size = 16
+    _, plain = _run(config, epochs=5)
+    config.augment.crop_padding, config.augment.flip, config.augment.erasing = 2, True, 0.3
+    _, augmented = _run(config, epochs=5)
+    assert augmented[-1]["loss"] < 0.7 * augmented[0]["loss"] and augmented[-1]["loss"] != plain[-1]["loss"]
 
 
 def test_same_seed_gives_identical_results():
