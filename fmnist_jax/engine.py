@@ -51,13 +51,9 @@ class Sums:
         shape = () if num_seeds == 1 else (num_seeds,)
         return cls(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.int32), jnp.full(shape, -1, jnp.int32))
 
-    def means(self) -> dict[str, float]:
-        """Host values of a single run, read in one transfer: mean loss and accuracy, first non-finite step."""
-        (means,) = self.per_seed()
-        return means
-
     def per_seed(self) -> list[dict[str, float]]:
-        """`means` of each seed (one entry for an unbatched run), read in one transfer."""
+        """Host values, read in one transfer: mean loss and accuracy and the first non-finite step, per seed
+        (one entry for an unbatched run)."""
         loss, correct, count, bad_step = (np.atleast_1d(a) for a in jax.device_get((self.loss, self.correct, self.count, self.first_nonfinite_step)))
         return [
             {"loss": float(l) / max(int(n), 1), "accuracy": float(c) / max(int(n), 1), "first_nonfinite_step": int(b)}

@@ -82,7 +82,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     distributed.initialize(config.distributed)
     primary = distributed.is_primary()
     placement = distributed.DataParallel.over_all_devices()
-    placement.check_batch("batch_size", config.batch_size)
     model = models.create(config.model)
     finished = workdir_lib.open_workdir(workdir, config, primary)
     if finished is not None:

@@ -76,10 +76,9 @@ def open_workdir(workdir: str, config: ConfigDict, primary: bool = True) -> dict
 
     Only the `primary` process of a multi-host run writes; the others only check.
     """
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    wanted = config_as_json(config)
+    config_path, summary_path = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, SUMMARY_FILE)
     if not primary:
-        return read_json(os.path.join(workdir, SUMMARY_FILE)) if os.path.exists(os.path.join(workdir, SUMMARY_FILE)) else None
+        return read_json(summary_path) if os.path.exists(summary_path) else None
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, ".write_test")
@@ -88,9 +87,9 @@ def open_workdir(workdir: str, config: ConfigDict, primary: bool = True) -> dict
         os.remove(probe)
     except OSError as e:
         raise UserError(f"Cannot write to workdir {workdir}: {e.strerror or e}. Pass a writable --workdir=DIR.") from e
+    wanted = config_as_json(config)
     if os.path.exists(config_path):
         refuse_other_config(f"Workdir {workdir}", config_differences(read_json(config_path), wanted))
-        summary_path = os.path.join(workdir, SUMMARY_FILE)
         if os.path.exists(summary_path):
             return read_json(summary_path)
     write_json(config_path, wanted)

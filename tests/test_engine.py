@@ -35,7 +35,7 @@ def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
     history = []
     for epoch in range(epochs):
         state, sums = runner.run(state, epoch)
-        history.append(sums.means())
+        history.extend(sums.per_seed())
     return state, history
 
 

@@ -31,6 +31,19 @@ def _splits(tfds_data_dir: str):
     return data.load(cfg)
 
 
+def timed_epochs(epochs: int, num_examples: int, batch_size: int, permutation, step, wait=lambda: None) -> list[float]:
+    """Seconds of each epoch of a per-step loop: a fresh `permutation(n)`, `step(indices)` per full batch, `wait()`."""
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = permutation(num_examples)
+        for i in range(num_examples // batch_size):
+            step(order[i * batch_size : (i + 1) * batch_size])
+        wait()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def run_fmnist_jax(recipe, epochs, batch_size, tfds_data_dir):
     from configs import cnn, mlp
     from fmnist_jax import train
@@ -87,16 +100,13 @@ def run_torch(recipe, epochs, batch_size, tfds_data_dir):
     model(x[:1])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     loss_fn = nn.CrossEntropyLoss()
-    seconds = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        order = torch.randperm(len(y))
-        for i in range(len(y) // batch_size):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x[idx]), y[idx]).backward()
-            optimizer.step()
-        seconds.append(time.perf_counter() - start)
+
+    def step(idx):
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x[idx]), y[idx]).backward()
+        optimizer.step()
+
+    seconds = timed_epochs(epochs, len(y), batch_size, torch.randperm, step)
     with torch.no_grad():
         xt = torch.from_numpy(s.test_images).permute(0, 3, 1, 2).float() / 255.0
         accuracy = (model(xt).argmax(-1).numpy() == s.test_labels).mean()
@@ -135,16 +145,9 @@ def run_nnx(recipe, epochs, batch_size, tfds_data_dir):
         optimizer.update(model, grads)
 
     x_all = s.train_images.astype(np.float32) / 255.0
-    rng = np.random.default_rng(0)
-    seconds = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        order = rng.permutation(len(x_all))
-        for i in range(len(order) // batch_size):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            train_step(model, optimizer, jnp.asarray(x_all[idx]), jnp.asarray(s.train_labels[idx]))
-        jax.block_until_ready(nnx.state(model))
-        seconds.append(time.perf_counter() - start)
+    step = lambda idx: train_step(model, optimizer, jnp.asarray(x_all[idx]), jnp.asarray(s.train_labels[idx]))
+    wait = lambda: jax.block_until_ready(nnx.state(model))
+    seconds = timed_epochs(epochs, len(x_all), batch_size, np.random.default_rng(0).permutation, step, wait)
     logits = model(jnp.asarray(s.test_images.astype(np.float32) / 255.0))
     accuracy = float((np.asarray(logits).argmax(-1) == s.test_labels).mean())
     return seconds, accuracy, None
