@@ -82,6 +82,12 @@ def default() -> ConfigDict:
     c.loss = ConfigDict()
     c.loss.label_smoothing = 0.0
 
+    # Evaluate (validation, test, checkpoints, export) with an exponential moving average of the
+    # weights, updated every step: ema = decay * ema + (1 - decay) * weights. 0 = off; 0.999 is usual.
+    c.ema_decay = 0.0
+    # Test-time augmentation: average the class probabilities of each image and its mirror image.
+    c.test_time_flip = False
+
     c.checkpoint = ConfigDict()
     c.checkpoint.every_epochs = 1
     c.checkpoint.keep = 3  # Latest checkpoints kept; the best and the final one are kept apart.
@@ -132,10 +138,6 @@ def validate(config: ConfigDict) -> None:
     )
     _check_choice("dtype", config.dtype, DTYPES)
     _check(isinstance(config.num_seeds, int) and config.num_seeds >= 1, f"num_seeds must be a positive integer, got {config.num_seeds!r}.")
-    _check(
-        config.num_seeds == 1 or not config.early_stopping.enabled,
-        "early_stopping.enabled works with one seed per run: set num_seeds=1 (or run the seeds separately).",
-    )
     d = config.distributed
     _check(d.num_processes >= 1, f"distributed.num_processes must be >= 1, got {d.num_processes}.")
     _check(
@@ -153,6 +155,7 @@ def validate(config: ConfigDict) -> None:
         "schedule.boundaries_epochs and schedule.scales must have the same length.",
     )
     _check_fraction("loss.label_smoothing", config.loss.label_smoothing)
+    _check_fraction("ema_decay", config.ema_decay)
     _check(0 <= config.augment.crop_padding <= 14, f"augment.crop_padding must be in [0, 14] pixels, got {config.augment.crop_padding}.")
     _check(0.0 <= config.augment.erasing <= 1.0, f"augment.erasing must be a probability in [0, 1], got {config.augment.erasing}.")
     _check_choice("early_stopping.monitor", config.early_stopping.monitor, MONITORS)

@@ -29,12 +29,25 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training. The step also keys the per-step dropout RNG."""
+    """Everything that changes during training. The step also keys the per-step dropout RNG.
+
+    `ema_params` is the moving average of `params` when `Engine.ema_decay` is set, else `{}`.
+    """
 
     step: jax.Array
     params: PyTree
     batch_stats: PyTree
     opt_state: PyTree
+    ema_params: PyTree
+
+    def weights(self) -> dict[str, PyTree]:
+        """What evaluation and inference need (see `eval_params`); checkpoints store it as is."""
+        return {"params": self.params, "ema_params": self.ema_params, "batch_stats": self.batch_stats}
+
+
+def eval_params(weights: dict[str, PyTree]) -> PyTree:
+    """The parameters to evaluate: the moving average when a run keeps one."""
+    return weights.get("ema_params") or weights["params"]
 
 
 @flax.struct.dataclass
@@ -105,11 +118,11 @@ def seed_keys(seed: int, num_seeds: int) -> tuple[jax.Array, jax.Array, jax.Arra
     return keys[:, 0], keys[:, 1], keys[:, 2]
 
 
-def init_states(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
+def init_states(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
     """`init_state` of one key, or of each key of a stacked batch (a leading seed axis)."""
     if init_key.ndim == 0:
-        return init_state(model, tx, init_key, image_shape)
-    return jax.vmap(lambda k: init_state(model, tx, k, image_shape))(init_key)
+        return init_state(model, tx, init_key, image_shape, ema)
+    return jax.vmap(lambda k: init_state(model, tx, k, image_shape, ema))(init_key)
 
 
 def select_seed(tree: PyTree, index: int) -> PyTree:
@@ -117,12 +130,25 @@ def select_seed(tree: PyTree, index: int) -> PyTree:
     return jax.tree.map(lambda a: a[index], tree)
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
+def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
     """Initial parameters (and batch-norm statistics) for one example of `image_shape` (HWC)."""
     init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False))
     v = init(key)
     params = v["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=v.get("batch_stats", {}), opt_state=tx.init(params))
+    ema_params = jax.tree.map(jnp.copy, params) if ema else {}
+    return TrainState(jnp.zeros((), jnp.int32), params, v.get("batch_stats", {}), tx.init(params), ema_params)
+
+
+def log_probabilities(model: nn.Module, normalizer: Normalizer, params: PyTree, batch_stats: PyTree, images: jax.Array, flip: bool) -> jax.Array:
+    """Inference log-probabilities for uint8 images; with `flip`, of the mean of the probabilities
+    of each image and its mirror image (test-time augmentation)."""
+    x = normalizer(images)
+    v = variables(params, batch_stats)
+    out = jax.nn.log_softmax(model.apply(v, x, train=False))
+    if flip:
+        mirrored = jax.nn.log_softmax(model.apply(v, x[:, :, ::-1, :], train=False))
+        out = jnp.logaddexp(out, mirrored) - jnp.log(2.0)
+    return out
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
@@ -145,13 +171,28 @@ class Engine:
     compiler_options: dict[str, str] | None = None
     # Compute dtype of the training steps; weights, optimizer state and evaluation stay float32.
     compute_dtype: str = "float32"
-    # Independent seeds trained at once: states, keys and sums carry a leading seed axis (jax.vmap).
+    # Independent seeds trained at once: states, keys and sums carry a leading seed axis.
     num_seeds: int = 1
     augment: Augment = Augment()
+    # How the seeds share one program: jax.vmap, or one unrolled copy of the math per seed (see `seed_loop`).
+    loop_seeds: bool = False
+    # Moving average of the weights, updated every step (0 = none); see `train_step`.
+    ema_decay: float = 0.0
+    # Evaluation averages each image's prediction with its mirror image's.
+    test_time_flip: bool = False
 
     def over_seeds(self, fn: Callable[..., Any], seeded: tuple[bool, ...]) -> Callable[..., Any]:
         """`fn` mapped over the leading seed axis of the arguments marked in `seeded` (as is for one seed)."""
-        return fn if self.num_seeds == 1 else jax.vmap(fn, in_axes=tuple(0 if b else None for b in seeded))
+        if self.num_seeds == 1:
+            return fn
+        if not self.loop_seeds:
+            return jax.vmap(fn, in_axes=tuple(0 if b else None for b in seeded))
+
+        def looped(*args):
+            outs = [fn(*(select_seed(a, k) if b else a for a, b in zip(args, seeded))) for k in range(self.num_seeds)]
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+        return looped
 
     def _compute(self, tree: PyTree) -> PyTree:
         return jax.tree.map(lambda a: a.astype(self.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
@@ -173,6 +214,11 @@ class Engine:
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        ema_params = state.ema_params
+        if self.ema_decay:
+            # TensorFlow's ExponentialMovingAverage warm-up: early steps average over fewer steps.
+            decay = jnp.minimum(self.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+            ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
         n = labels.shape[0]
         finite = jnp.isfinite(loss)
         sums = Sums(
@@ -181,7 +227,7 @@ class Engine:
             count=sums.count + n,
             first_nonfinite_step=jnp.where((sums.first_nonfinite_step < 0) & ~finite, state.step, sums.first_nonfinite_step),
         )
-        return TrainState(state.step + 1, params, batch_stats, opt_state), sums
+        return TrainState(state.step + 1, params, batch_stats, opt_state, ema_params), sums
 
     def train_steps(self, state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array, batch_indices: jax.Array, dropout_key: jax.Array) -> tuple[TrainState, Sums]:
         """`len(batch_indices)` steps; batch i gathers the examples `batch_indices[i]` on the device."""
@@ -192,16 +238,12 @@ class Engine:
         (state, sums), _ = jax.lax.scan(body, (state, sums), batch_indices, unroll=self.unroll)
         return state, sums
 
-    def logits(self, params: PyTree, batch_stats: PyTree, images: jax.Array) -> jax.Array:
-        """Inference logits for uint8 images."""
-        return self.model.apply(variables(params, batch_stats), self.normalizer(images), train=False)
-
     def eval_sums(self, params: PyTree, batch_stats: PyTree, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Sums:
         """Loss and accuracy sums over pre-batched `[num_batches, batch, ...]` data; `mask` marks real examples."""
 
         def body(sums, batch):
             x, y, m = batch
-            logits = self.logits(params, batch_stats, x)
+            logits = log_probabilities(self.model, self.normalizer, params, batch_stats, x, self.test_time_flip)
             loss = cross_entropy(logits, y, 0.0)
             correct = (jnp.argmax(logits, -1) == y) & m
             return Sums(sums.loss + jnp.sum(jnp.where(m, loss, 0.0)), sums.correct + jnp.sum(correct), sums.count + jnp.sum(m), sums.first_nonfinite_step), None
@@ -237,6 +279,15 @@ def plan_calls(steps_per_call: int, backend: str, has_convolution: bool) -> tupl
     if backend == "cpu" and has_convolution:
         return steps_per_call or 8, True
     return steps_per_call or 2**31 - 1, False
+
+
+def seed_loop(backend: str, has_convolution: bool) -> bool:
+    """Whether several seeds run as one unrolled copy of the step per seed instead of `jax.vmap`.
+
+    vmap turns a convolution over per-seed weights into a grouped convolution, which XLA:CPU runs
+    slowly (seed CNN, 3 seeds: 58 s per epoch vmapped vs ~27 s for three copies; WORKSPACE.md).
+    """
+    return backend == "cpu" and has_convolution
 
 
 def compiler_options(backend: str) -> dict[str, str] | None:

@@ -1,7 +1,7 @@
 """Restore a trained model for inference: `load(workdir)` -> `Classifier.predict_proba(images)`.
 
-Only what inference needs is read from the checkpoint (weights, batch-norm statistics, the input
-normalization, the config, the class names), on whatever backend is present.
+Only what inference needs is read from the checkpoint (weights or their moving average, batch-norm
+statistics, the input normalization, the config, the class names), on whatever backend is present.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ class Classifier:
     def proba_fn(self, images: jax.Array) -> jax.Array:
         """Pure [N, 28, 28, 1] images (uint8 0-255, or float in [0, 1]) -> [N, 10] probabilities."""
         x = images if images.dtype == jnp.uint8 else images * 255.0
-        v = engine.variables(self.variables["params"], self.variables["batch_stats"])
-        return jax.nn.softmax(self._model.apply(v, self._normalizer(x), train=False))
+        params = engine.eval_params(self.variables)
+        flip = self.config.get("test_time_flip", False)
+        return jnp.exp(engine.log_probabilities(self._model, self._normalizer, params, self.variables["batch_stats"], x, flip))
 
     @functools.cached_property
     def _jitted(self):
@@ -84,7 +85,7 @@ def first_seed(model: dict, config: ml_collections.ConfigDict) -> dict:
     """The first seed's weights of a multi-seed run's model item (the normalizer is shared)."""
     if config.get("num_seeds", 1) == 1:
         return model
-    return {**model, "params": engine.select_seed(model["params"], 0), "batch_stats": engine.select_seed(model["batch_stats"], 0)}
+    return {**model, **{key: engine.select_seed(model[key], 0) for key in ("params", "ema_params", "batch_stats") if key in model}}
 
 
 def as_batch(images: np.ndarray) -> np.ndarray:

@@ -75,6 +75,38 @@ def _write_reports(workdir: str, board: board_lib.Board, config: ConfigDict, res
     board.finish(hparams, result, {"test/sample_predictions": samples})
 
 
+def _update_stoppers(stoppers: list[EarlyStopping], row: dict[str, Any], epoch: int, config: ConfigDict) -> list[bool]:
+    """Feeds each still-running seed's monitored value to its stopper; returns, per seed, whether the
+    weights it reports become this epoch's (an improvement, or every running epoch without restore_best)."""
+    monitor = config.early_stopping.monitor
+    values = row.get(f"{monitor}_seeds", [row[monitor]])
+    take = []
+    for seed, (stopper, value) in enumerate(zip(stoppers, values)):
+        if stopper.should_stop:
+            take.append(False)
+            continue
+        improved = stopper.update(epoch, value)
+        take.append(improved or not config.early_stopping.restore_best)
+        if stopper.should_stop:
+            which = f" seed {config.seed + seed}:" if len(stoppers) > 1 else ""
+            logging.info("Early stopping%s at epoch %d: best %s %.4f at epoch %d.", which, epoch, monitor, stopper.best, stopper.best_epoch)
+    return take
+
+
+def _keep(kept: dict[str, Any] | None, current: dict[str, Any], take: list[bool]) -> dict[str, Any]:
+    """Per seed, a copy of `current` where `take`, else `kept` (copies: the next training call
+    donates the buffers of `current`)."""
+    if len(take) == 1:
+        return jax.tree.map(jnp.copy, current) if take[0] else kept
+    mask = jnp.array(take)
+    return jax.tree.map(lambda k, c: jnp.where(mask.reshape((-1,) + (1,) * (c.ndim - 1)), c, k), kept or current, current)
+
+
+def _reported_epoch(stopper: EarlyStopping, restore_best: bool) -> int:
+    """The epoch whose weights a seed reports: its best, or the last it trained before stopping."""
+    return stopper.best_epoch if restore_best else stopper.best_epoch + stopper.epochs_without_improvement
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` and returns the summary (also written to summary.json)."""
     # --- Config and workdir -------------------------------------------------------------------
@@ -102,17 +134,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     learning_rate = optim.schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs)
     tx = optim.optimizer(config.optimizer, learning_rate)
     init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
-    state = placement.put(engine.init_states(model, tx, init_key, IMAGE_SHAPE))
+    state = placement.put(engine.init_states(model, tx, init_key, IMAGE_SHAPE, ema=config.ema_decay > 0))
 
     backend = jax.default_backend()
-    steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, engine.uses_convolution(model, IMAGE_SHAPE))
+    has_convolution = engine.uses_convolution(model, IMAGE_SHAPE)
+    steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, has_convolution)
     eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype, config.num_seeds,
-        Augment(**config.augment))
+        Augment(**config.augment), engine.seed_loop(backend, has_convolution), config.ema_decay, config.test_time_flip)
     runner = engine.EpochRunner(eng, splits.train_images, splits.train_labels, config.batch_size, steps_per_call, shuffle_key, dropout_key, placement)
+
+    def evaluate(weights: dict[str, Any], split: engine.EvalSet) -> list[dict[str, float]]:
+        return eng.compiled_eval_sums(engine.eval_params(weights), weights["batch_stats"], split.images, split.labels, split.mask).per_seed()
+
     start = time.perf_counter()
     runner.compile(state)
-    evaluate = eng.compiled_eval_sums
-    jax.block_until_ready(evaluate(state.params, state.batch_stats, test_set.images, test_set.labels, test_set.mask))
+    evaluate(state.weights(), test_set)  # compiles the evaluation
     compile_seconds = time.perf_counter() - start
     logging.info(
         "Backend %s (%d device(s), %d process(es)); %d steps per epoch, %s steps per call%s; compiled in %.1f s.",
@@ -126,23 +162,29 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
     # --- Checkpoints: resume where the last good one left off ---------------------------------
     checkpoints = checkpoint.Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.asynchronous)
-    stopper = EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience, config.early_stopping.min_delta)
-    model_item = {"params": state.params, "batch_stats": state.batch_stats, "normalizer": normalizer.as_tree()}
-    train_item = {"step": state.step, "opt_state": state.opt_state, "early_stopping_best": {}}
-    history, best_weights, train_seconds, first_epoch = [], None, 0.0, 1
-    if config.early_stopping.enabled and config.early_stopping.restore_best:
-        train_item["early_stopping_best"] = (state.params, state.batch_stats)
+    early_stopping = config.early_stopping.enabled
+    stoppers = [EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience, config.early_stopping.min_delta) for _ in range(config.num_seeds)]
+    # With early stopping, the weights each seed reports: its best epoch's (restore_best) or its stopping epoch's.
+    kept = _keep(None, state.weights(), [True] * config.num_seeds) if early_stopping else None
+
+    def model_item(weights: dict[str, Any]) -> dict[str, Any]:
+        return {**weights, "normalizer": normalizer.as_tree()}
+
+    def train_item() -> dict[str, Any]:
+        return {"step": state.step, "opt_state": state.opt_state, "kept_weights": kept or {}}
+
+    history, train_seconds, first_epoch = [], 0.0, 1
     saved_config = checkpoints.saved_config()
     if saved_config is not None:
         where = f"The checkpoint in {checkpoint.directory(workdir, 'latest')}"
         workdir_lib.refuse_other_config(where, workdir_lib.config_differences(saved_config, workdir_lib.config_as_json(config)))
-    restored = checkpoints.restore_latest(model_item, train_item)
+    restored = checkpoints.restore_latest(model_item(state.weights()), train_item())
     if restored is not None:
-        epoch, model_item, train_item, saved = restored
-        state = engine.TrainState(train_item["step"], model_item["params"], model_item["batch_stats"], train_item["opt_state"])
+        epoch, weights, saved_train, saved = restored
+        state = engine.TrainState(saved_train["step"], weights["params"], weights["batch_stats"], saved_train["opt_state"], weights["ema_params"])
         history, train_seconds, first_epoch = saved["history"], saved["train_seconds"], epoch + 1
-        stopper = EarlyStopping(**saved["early_stopping"])
-        best_weights = train_item["early_stopping_best"] or None
+        stoppers = [EarlyStopping(**s) for s in saved["early_stopping"]]
+        kept = saved_train["kept_weights"] or None
         logging.info("Resuming after epoch %d from %s.", epoch, checkpoint.directory(workdir, "latest"))
     metrics_log = workdir_lib.MetricsLog(workdir, history, primary)
     board = board_lib.Board(workdir, primary)
@@ -152,14 +194,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             "epoch": epoch,
             "history": list(history),  # a copy: asynchronous saves serialize it later
             "train_seconds": train_seconds,
-            "early_stopping": dataclasses.asdict(stopper),
+            "early_stopping": [dataclasses.asdict(s) for s in stoppers],
             "class_names": list(splits.class_names),
             "config": workdir_lib.config_as_json(config),
         }
 
+    def all_stopped() -> bool:
+        return early_stopping and all(s.should_stop for s in stoppers)
+
     # --- Epochs -------------------------------------------------------------------------------
     for epoch in range(first_epoch, config.num_epochs + 1):
-        if config.early_stopping.enabled and stopper.should_stop:
+        if all_stopped():
             break  # resumed after the stopping epoch's checkpoint
         start = time.perf_counter()
         progress = Progress(epoch, config.num_epochs, steps_per_epoch, config.batch_size) if primary else None
@@ -178,32 +223,28 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             "learning_rate": float(learning_rate(epoch * steps_per_epoch - 1)),  # no device read
         }
         if val_set is not None:
-            row.update(_over_seeds("val", evaluate(state.params, state.batch_stats, val_set.images, val_set.labels, val_set.mask).per_seed()))
+            row.update(_over_seeds("val", evaluate(state.weights(), val_set)))
         history.append(row)
         metrics_log.write(row)
         board.epoch(row)
         logging.info("%s", _epoch_line(row, config.num_epochs))
-        if config.early_stopping.enabled:
-            if stopper.update(epoch, row[config.early_stopping.monitor]) and config.early_stopping.restore_best:
-                best_weights = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
-            if stopper.should_stop:
-                logging.info("Early stopping at epoch %d: best %s %.4f at epoch %d.", epoch, stopper.monitor, stopper.best, stopper.best_epoch)
+        if early_stopping:
+            kept = _keep(kept, state.weights(), _update_stoppers(stoppers, row, epoch, config))
 
-        model_item = {"params": state.params, "batch_stats": state.batch_stats, "normalizer": normalizer.as_tree()}
-        last = epoch == config.num_epochs or (config.early_stopping.enabled and stopper.should_stop)
+        last = epoch == config.num_epochs or all_stopped()
         if epoch % config.checkpoint.every_epochs == 0 or last:
-            train_item = {"step": state.step, "opt_state": state.opt_state, "early_stopping_best": best_weights or {}}
-            checkpoints.save("latest", epoch, model_item, meta(epoch), train_item)
+            checkpoints.save("latest", epoch, model_item(state.weights()), meta(epoch), train_item())
         if val_set is not None and row["val_accuracy"] > max((r["val_accuracy"] for r in history[:-1]), default=-1.0):
-            checkpoints.save("best", epoch, model_item, meta(epoch))
+            checkpoints.save("best", epoch, model_item(state.weights()), meta(epoch))
         if last:
             break
     epochs_run = len(history)
-    params, batch_stats = best_weights if best_weights is not None else (state.params, state.batch_stats)
-    restored_epoch = stopper.best_epoch if best_weights is not None else epochs_run
+    final_weights = kept if early_stopping else state.weights()
+    reported_epochs = [_reported_epoch(s, config.early_stopping.restore_best) if early_stopping else epochs_run for s in stoppers]
+    restored_epoch = reported_epochs[0] if config.num_seeds == 1 else reported_epochs
 
     # --- Test and summary ---------------------------------------------------------------------
-    test = _over_seeds("test", evaluate(params, batch_stats, test_set.images, test_set.labels, test_set.mask).per_seed())
+    test = _over_seeds("test", evaluate(final_weights, test_set))
     result = {
         **test,
         "best_val_accuracy": max((r["val_accuracy"] for r in history if "val_accuracy" in r), default=None),
@@ -218,12 +259,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "device_kind": jax.devices()[0].device_kind,
         "jax_version": jax.__version__,
     }
-    final_model = {"params": params, "batch_stats": batch_stats, "normalizer": normalizer.as_tree()}
-    checkpoints.save("final", restored_epoch, final_model, {**meta(epochs_run), "summary": result})
+    final_model = model_item(final_weights)
+    checkpoints.save("final", reported_epochs[0], final_model, {**meta(epochs_run), "summary": result})
     checkpoints.wait()
     checkpoints.close()
     if primary:
-        classifier = inference.Classifier(config, splits.class_names, restored_epoch, inference.first_seed(jax.device_get(final_model), config))
+        classifier = inference.Classifier(config, splits.class_names, reported_epochs[0], inference.first_seed(jax.device_get(final_model), config))
         os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
         export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
         _write_reports(workdir, board, config, result, history, classifier, splits)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from fmnist_jax import config as config_lib
 from fmnist_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -42,9 +43,13 @@ RESUMABLE_KEYS = frozenset({"profile", *(f"distributed.{k}" for k in ("coordinat
 
 
 def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'key: old there, new now' for every dotted key whose JSON value differs (except RESUMABLE_KEYS)."""
-    old, new = flatten(previous), flatten(current)
-    keys = sorted((old.keys() | new.keys()) - RESUMABLE_KEYS)
+    """'key: old there, new now' for every dotted key whose JSON value differs (except RESUMABLE_KEYS).
+
+    A key that `previous` lacks (a run from before the key existed) counts as its default value.
+    """
+    old = {**flatten(config_as_json(config_lib.default())), **flatten(previous)}
+    new = flatten(current)
+    keys = sorted((flatten(previous).keys() | new.keys()) - RESUMABLE_KEYS)
     return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
 
 

@@ -193,3 +193,13 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         inference.load(str(tmp_path / "nothing"))
     with pytest.raises(UserError, match="No 'final' checkpoint"):
         inference.load(str(tmp_path))
+
+
+def test_runs_from_before_a_key_existed_count_it_at_its_default():
+    from fmnist_jax import workdir as workdir_lib
+
+    current = workdir_lib.config_as_json(mlp_config.get_config())
+    previous = {k: v for k, v in current.items() if k not in ("ema_decay", "test_time_flip")}
+    assert workdir_lib.config_differences(previous, current) == []
+    current["ema_decay"] = 0.999
+    assert workdir_lib.config_differences(previous, current) == ["ema_decay: 0.0 there, 0.999 now"]

@@ -193,3 +193,56 @@ def test_standardization_centers_the_training_pixels():
     x = np.asarray(engine.Normalizer.fit(images, standardize=True)(jnp.asarray(images)))
     assert abs(x.mean()) < 1e-4 and x.std() == pytest.approx(1.0, rel=1e-3)
     np.testing.assert_allclose(engine.Normalizer.fit(images, False)(jnp.asarray(images)), images / 255.0, rtol=1e-6)
+
+
+def test_ema_is_the_warmed_up_moving_average_of_the_weights():
+    config = mlp_config.get_config()
+    model, tx, _, images, labels = _setup(config, num_examples=24)
+    state = engine.init_state(model, tx, jax.random.key(0), (28, 28, 1), ema=True)
+    eng = engine.Engine(model, tx, engine.Normalizer(), ema_decay=0.5)
+    step = jax.jit(eng.train_step)
+    expected, sums = state.params, engine.Sums.zeros()
+    for t in range(3):
+        state, sums = step(state, sums, images[8 * t : 8 * t + 8], labels[8 * t : 8 * t + 8], jax.random.key(1))
+        decay = min(0.5, (1 + t) / (10 + t))  # 0.1, 0.18..., 0.25
+        expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, expected, state.params)
+    for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert engine.eval_params(state.weights()) is state.ema_params
+    assert engine.eval_params({"params": state.params, "ema_params": {}}) is state.params
+
+
+def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
+    config = mlp_config.get_config()
+    model, _, state, images, _ = _setup(config, num_examples=4)
+    norm = engine.Normalizer()
+    plain = jnp.exp(engine.log_probabilities(model, norm, state.params, {}, images, flip=False))
+    mirrored = jnp.exp(engine.log_probabilities(model, norm, state.params, {}, images[:, :, ::-1], flip=False))
+    tta = jnp.exp(engine.log_probabilities(model, norm, state.params, {}, images, flip=True))
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, rtol=1e-5)
+    assert not np.allclose(tta, plain, rtol=1e-3)
+    symmetric = jnp.concatenate([images[:, :, :14], images[:, :, :14][:, :, ::-1]], axis=2)
+    np.testing.assert_allclose(
+        engine.log_probabilities(model, norm, state.params, {}, symmetric, flip=True),
+        engine.log_probabilities(model, norm, state.params, {}, symmetric, flip=False),
+        rtol=1e-5, atol=1e-6,
+    )
+
+
+def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
+    config = cnn_config.get_config()
+    config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
+    model, tx, _, images, labels = _setup(config, num_examples=32)
+    state = engine.init_states(model, tx, jax.random.split(jax.random.key(0), 2), (28, 28, 1))
+    batches = jnp.stack([jnp.arange(32).reshape(4, 8), jnp.arange(32)[::-1].reshape(4, 8)])
+    keys = jax.random.split(jax.random.key(1), 2)
+    results = []
+    for loop_seeds in (False, True):
+        eng = engine.Engine(model, tx, engine.Normalizer(), num_seeds=2, loop_seeds=loop_seeds)
+        steps = jax.jit(eng.over_seeds(eng.train_steps, (True, True, False, False, True, True)))
+        results.append(steps(state, engine.Sums.zeros(2), images, labels, batches, keys))
+    (vmapped, vsums), (looped, lsums) = results
+    np.testing.assert_allclose(vsums.loss, lsums.loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(vmapped.params), jax.tree.leaves(looped.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert engine.seed_loop("cpu", True) and not engine.seed_loop("gpu", True) and not engine.seed_loop("cpu", False)

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -102,10 +103,35 @@ def test_unknown_formulation_is_a_clear_error():
 def test_unknown_model_name_and_setting_are_clear_errors():
     config = mlp_config.get_config().model
     config.name = "resnet9000"
-    with pytest.raises(UserError, match="Unknown model.name='resnet9000'; choose one of \\['cnn', 'mlp'\\]"):
+    with pytest.raises(UserError, match="Unknown model.name='resnet9000'; choose one of \\['cnn', 'mlp', 'resnet'\\]"):
         models.create(config)
     config = mlp_config.get_config().model
     config.unlock()
     config.kernel_size = 3
     with pytest.raises(UserError, match="has no setting kernel_size"):
         models.create(config)
+
+
+def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolution():
+    from fmnist_jax.models.resnet import BasicBlock
+
+    x = jax.random.normal(jax.random.key(0), (2, 14, 14, 8))
+    block = BasicBlock(8, 1, "relu")
+    variables = block.init(jax.random.key(1), x, train=False)
+    np.testing.assert_allclose(block.apply(variables, x, train=False), jax.nn.relu(x), atol=1e-5)
+    down = BasicBlock(16, 2, "relu")
+    out, updates = down.apply(down.init(jax.random.key(1), x, train=False), x, train=True, mutable=["batch_stats"])
+    assert out.shape == (2, 7, 7, 16) and "shortcut" in updates["batch_stats"]
+    model = models.create(ml_collections.ConfigDict({"name": "resnet", "stage_channels": (8, 16, 32), "blocks_per_stage": 1, "stem_channels": 8}))
+    logits, variables = _logits(model)
+    assert logits.shape == (3, 10) and set(variables) == {"params", "batch_stats"}
+    table, _ = summary.model_table(model, (28, 28, 1))
+    assert "(None, 7, 7, 32)" in table and "(None, 14, 14, 16)" in table
+
+
+def test_cnn_blocks_of_two_convolutions():
+    config = cnn_config.get_config().model
+    config.convs_per_block, config.batch_norm = 2, True
+    _, variables = _logits(models.create(config))
+    assert sorted(variables["params"]) == ["conv0_0", "conv0_1", "conv1_0", "conv1_1", "head"]
+    assert variables["params"]["conv1_1"]["kernel"].shape == (3, 3, 64, 64)

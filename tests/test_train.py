@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -115,13 +116,17 @@ def test_finished_run_is_reported_not_retrained_and_other_configs_are_refused(ti
     assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
 
 
+def _stop_early(config, prepared_tfds_dir, num_epochs):
+    config.data.tfds_data_dir = prepared_tfds_dir
+    config.num_epochs = num_epochs
+    config.early_stopping.enabled = True
+    config.early_stopping.monitor = "val_loss"
+    config.early_stopping.patience = 2
+    config.optimizer.learning_rate = 0.05  # mock labels are noise: validation loss soon rises
+
+
 def test_early_stopping_stops_and_restores_the_best_epoch(tiny_config, tmp_path, prepared_tfds_dir):
-    tiny_config.data.tfds_data_dir = prepared_tfds_dir
-    tiny_config.num_epochs = 30
-    tiny_config.early_stopping.enabled = True
-    tiny_config.early_stopping.monitor = "val_loss"
-    tiny_config.early_stopping.patience = 2
-    tiny_config.optimizer.learning_rate = 0.05  # mock labels are noise: validation loss soon rises
+    _stop_early(tiny_config, prepared_tfds_dir, 30)
     summary = _train(tiny_config, tmp_path)
     rows = _rows(tmp_path)
     best = min(rows, key=lambda r: r["val_loss"])
@@ -153,3 +158,33 @@ def test_real_data_mlp_one_epoch_through_the_cli(prepared_tfds_dir, tmp_path):
     assert summary["test_accuracy"] >= 0.80
     assert summary["epochs_run"] == 1 and len(_rows(workdir)) == 1
     assert 0.80 <= summary["best_val_accuracy"] <= 1.0
+
+
+def test_early_stopping_per_seed_equals_single_runs(tiny_config, tmp_path, prepared_tfds_dir):
+    _stop_early(tiny_config, prepared_tfds_dir, 12)
+    tiny_config.num_seeds = 2
+    together = _train(tiny_config, tmp_path / "together")
+    tiny_config.num_seeds = 1
+    singles = []
+    for k in range(2):
+        tiny_config.seed = k
+        singles.append(_train(tiny_config, tmp_path / f"seed{k}"))
+    assert together["restored_epoch"] == [s["restored_epoch"] for s in singles]
+    assert together["epochs_run"] == max(s["epochs_run"] for s in singles)
+    assert together["test_loss_seeds"] == pytest.approx([s["test_loss"] for s in singles], rel=1e-5)
+
+
+def test_ema_and_flip_tta_reach_checkpoints_and_inference(tiny_config, tmp_path, prepared_tfds_dir):
+    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+    tiny_config.ema_decay, tiny_config.test_time_flip = 0.9, True
+    summary = _train(tiny_config, tmp_path)
+    classifier = inference.load(str(tmp_path))
+    assert jax.tree.structure(classifier.variables["ema_params"]) == jax.tree.structure(classifier.variables["params"])
+    with tfds.testing.mock_data(num_examples=48):
+        from fmnist_jax import data
+
+        splits = data.load(tiny_config.data)
+    probabilities = classifier.predict_proba(splits.test_images)
+    assert (probabilities.argmax(-1) == splits.test_labels).mean() == pytest.approx(summary["test_accuracy"])
+    raw = inference.Classifier(classifier.config, classifier.class_names, 0, {**classifier.variables, "ema_params": {}})
+    assert not np.allclose(raw.predict_proba(splits.test_images), probabilities, rtol=1e-3)

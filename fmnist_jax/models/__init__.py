@@ -10,8 +10,9 @@ from ml_collections import ConfigDict
 from fmnist_jax.errors import UserError
 from fmnist_jax.models.cnn import CNN
 from fmnist_jax.models.mlp import MLP
+from fmnist_jax.models.resnet import ResNet
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
 
 
 def create(model_config: ConfigDict) -> nn.Module:

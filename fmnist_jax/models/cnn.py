@@ -1,4 +1,4 @@
-"""Convolutional network: conv blocks (conv, optional batch norm, activation, pool, dropout), then dense."""
+"""Convolutional network: conv blocks ((conv, optional batch norm, activation) x n, pool, dropout), then dense."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ class CNN(nn.Module):
     """One conv block per entry of `conv_channels`, then the dense head; returns logits."""
 
     conv_channels: tuple[int, ...] = (32, 64)
+    # Convolutions per block before its pooling (2 = VGG-style blocks).
+    convs_per_block: int = 1
     kernel_size: int = 3
     pooling: str = "max"
     pool_size: int = 2
@@ -29,10 +31,14 @@ class CNN(nn.Module):
         act = activation(self.activation)
         x = images
         for i, channels in enumerate(self.conv_channels):
-            x, bias = Conv(channels, self.kernel_size, use_bias=not self.batch_norm, name=f"conv{i}")(x)
-            if self.batch_norm:
-                # Keras' BatchNormalization defaults.
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, name=f"bn{i}")(x)
+            for j in range(self.convs_per_block):
+                suffix = f"{i}" if self.convs_per_block == 1 else f"{i}_{j}"
+                x, bias = Conv(channels, self.kernel_size, use_bias=not self.batch_norm, name=f"conv{suffix}")(x)
+                if self.batch_norm:
+                    # Keras' BatchNormalization defaults.
+                    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, name=f"bn{suffix}")(x)
+                if j < self.convs_per_block - 1:
+                    x = act(x if bias is None else x + bias)
             if self.pooling == "max" and self.activation in MONOTONE:
                 # Same numbers as act(conv + b) then pool, with the bias and activation on pooled maps.
                 x = pool(x, self.pooling, self.pool_size, self.formulation)
