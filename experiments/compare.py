@@ -5,8 +5,10 @@
 
 A variant is `label:key=value[;key=value...]` with the keys of `fmnist_jax/config.py`. Each row
 reports test accuracy and loss as mean +- std over the seeds, the final train and validation
-accuracy (means) and the training seconds; workdirs go under --workdir_root (default: a temporary
-directory) so every run leaves its plots and TensorBoard files there.
+accuracy (means), the epochs run and the training seconds; workdirs go under --workdir_root
+(default: a temporary directory) so every run leaves its plots and TensorBoard files there. A run
+already finished in its workdir is read back, not retrained. `--plot` writes the variants' curves
+and test accuracies to one PNG (default: <workdir_root>/comparison.png).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import tempfile
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fmnist_jax import train
+from fmnist_jax import plots, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Base config file.")
 _VARIANTS = flags.DEFINE_multi_string("variant", [], "label:key=value[;key=value...]")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per variant (num_seeds).")
 _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", None, "Where the variants' workdirs go.")
+_PLOT = flags.DEFINE_string("plot", None, "Where to write the comparison figure (PNG).")
 
 
 def apply(config, overrides: str) -> None:
@@ -45,7 +48,8 @@ def apply(config, overrides: str) -> None:
 def main(argv):
     del argv
     root = _WORKDIR_ROOT.value or tempfile.mkdtemp(prefix="compare_")
-    rows = ["| variant | test accuracy | test loss | train acc | val acc | train s |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| variant | test accuracy | test loss | train acc | val acc | epochs | train s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    histories, summaries = {}, {}
     for variant in _VARIANTS.value:
         label, _, overrides = variant.partition(":")
         config = _CONFIG.value.copy_and_resolve_references()
@@ -54,14 +58,18 @@ def main(argv):
         workdir = os.path.join(root, label.replace(" ", "_"))
         s = train.train_and_evaluate(config, workdir)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            last = json.loads(f.readlines()[-1])
+            histories[label] = [json.loads(line) for line in f]
+        summaries[label] = s
+        last = histories[label][-1]
         std = lambda key: f" ± {s[key + '_std']:.4f}" if key + "_std" in s else ""
         rows.append(
             f"| {label} | {s['test_accuracy']:.4f}{std('test_accuracy')} | {s['test_loss']:.4f}{std('test_loss')} | "
-            f"{last['train_accuracy']:.4f} | {last.get('val_accuracy', float('nan')):.4f} | {s['train_seconds']:.1f} |"
+            f"{last['train_accuracy']:.4f} | {last.get('val_accuracy', float('nan')):.4f} | {s['restored_epoch']} | {s['train_seconds']:.1f} |"
         )
         logging.info("%s done: %s", label, rows[-1])
-    print(f"{_SEEDS.value} seeds per variant; workdirs in {root}\n" + "\n".join(rows))
+    plot = _PLOT.value or os.path.join(root, "comparison.png")
+    plots.comparison(plot, histories, summaries)
+    print(f"{_SEEDS.value} seeds per variant; workdirs in {root}; figure {plot}\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

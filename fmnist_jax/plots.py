@@ -51,6 +51,7 @@ def confusion_matrix(path: str, matrix: np.ndarray, class_names) -> None:
 
 
 def _save(fig, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -66,6 +67,34 @@ def learning_curves(history: list[dict[str, Any]]):
             ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="validation")
         ax.set_xlabel("epoch"), ax.set_ylabel(metric), ax.legend(), ax.grid(alpha=0.3)
     return fig
+
+
+def comparison(path: str, histories: dict[str, list[dict[str, Any]]], summaries: dict[str, dict[str, Any]]) -> None:
+    """Variants side by side: validation accuracy per epoch (mean over seeds, +-1 std band; train
+    dashed) and test accuracy (mean +- std over seeds)."""
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    for i, (label, history) in enumerate(histories.items()):
+        color = f"C{i}"
+        epochs = np.array([r["epoch"] for r in history])
+        curves.plot(epochs, [r["train_accuracy"] for r in history], "--", color=color, alpha=0.6)
+        if all("val_accuracy" in r for r in history):
+            mean = np.array([r["val_accuracy"] for r in history])
+            std = np.array([r.get("val_accuracy_std", 0.0) for r in history])
+            curves.plot(epochs, mean, "o-", color=color, label=label, markersize=3)
+            curves.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
+    curves.set_xlabel("epoch"), curves.set_ylabel("accuracy (validation solid, train dashed)"), curves.grid(alpha=0.3)
+    curves.legend(fontsize=8)
+    labels = list(summaries)
+    means = [summaries[k]["test_accuracy"] for k in labels]
+    stds = [summaries[k].get("test_accuracy_std", 0.0) for k in labels]
+    bars.barh(range(len(labels)), means, xerr=stds, color=[f"C{i}" for i in range(len(labels))], capsize=3)
+    bars.set_yticks(range(len(labels)), labels, fontsize=8), bars.invert_yaxis()
+    low = min(m - s for m, s in zip(means, stds))
+    bars.set_xlim(max(0.0, low - 0.01), min(1.0, max(m + s for m, s in zip(means, stds)) + 0.005))
+    bars.set_xlabel("test accuracy (mean +- std over seeds)"), bars.grid(alpha=0.3, axis="x")
+    for i, (m, s) in enumerate(zip(means, stds)):
+        bars.text(low - 0.008, i, f"{m:.4f}", va="center", fontsize=8)
+    _save(fig, path)
 
 
 def per_class_accuracy(accuracies: dict[str, float]):

@@ -1,11 +1,14 @@
 """Configs, command-line overrides and bad values: each a clear error."""
 
+import importlib
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from fmnist_jax import config as config_lib
+from fmnist_jax import models
 from fmnist_jax.errors import UserError
 
 from configs import cnn as cnn_config
@@ -85,3 +88,12 @@ def test_cli_rejects_an_unwritable_workdir(tmp_path):
     result = _cli(f"--workdir={blocker}/run")
     assert result.returncode != 0
     assert "Cannot write to workdir" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py") if p.stem != "__init__"))
+def test_every_config_is_valid_and_its_docstring_says_how_to_run_it(name):
+    module = importlib.import_module(f"configs.{name}")
+    config = module.get_config()
+    config_lib.validate(config)
+    models.create(config.model)
+    assert f"python -m fmnist_jax.main --config=configs/{name}.py" in module.__doc__

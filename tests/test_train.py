@@ -188,3 +188,20 @@ def test_ema_and_flip_tta_reach_checkpoints_and_inference(tiny_config, tmp_path,
     assert (probabilities.argmax(-1) == splits.test_labels).mean() == pytest.approx(summary["test_accuracy"])
     raw = inference.Classifier(classifier.config, classifier.class_names, 0, {**classifier.variables, "ema_params": {}})
     assert not np.allclose(raw.predict_proba(splits.test_images), probabilities, rtol=1e-3)
+
+
+def test_strong_configs_train_end_to_end_when_shrunk(tiny_config, tmp_path, prepared_tfds_dir):
+    """configs/fast.py and configs/resnet.py (batch norm, augmentation, EMA, flip TTA) through the
+    whole loop on mock data, with their networks narrowed so the test stays fast."""
+    from configs import fast, resnet
+
+    for name, module, narrow in (("fast", fast, {"conv_channels": (4, 8), "hidden_sizes": (8,)}),
+                                 ("resnet", resnet, {"stage_channels": (4, 8), "stem_channels": 4, "blocks_per_stage": 1})):
+        config = module.get_config()
+        config.update({k: tiny_config[k] for k in ("num_epochs", "batch_size", "eval_batch_size")})
+        config.data.num_validation, config.data.tfds_data_dir = 16, prepared_tfds_dir
+        config.model.update(narrow)
+        summary = _train(config, tmp_path / name)
+        rows = _rows(tmp_path / name)
+        assert [r["epoch"] for r in rows] == [1, 2] and np.isfinite(summary["test_loss"])
+        assert inference.load(str(tmp_path / name)).variables["batch_stats"]
