@@ -97,6 +97,20 @@ def comparison(path: str, histories: dict[str, list[dict[str, Any]]], summaries:
     _save(fig, path)
 
 
+def curves_to_target(path: str, epochs: list[int], curves: dict[str, list[float]], target: float, ylabel: str) -> None:
+    """One curve per seed against a horizontal target line, each marked where it first reaches it."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (label, values) in enumerate(curves.items()):
+        ax.plot(epochs, values, "-", color=f"C{i}", label=label)
+        reached = next((e for e, v in zip(epochs, values) if v >= target), None)
+        if reached is not None:
+            ax.plot([reached], [values[epochs.index(reached)]], "o", color=f"C{i}")
+            ax.annotate(f"epoch {reached}", (reached, target), textcoords="offset points", xytext=(0, -14 - 10 * i), fontsize=8, color=f"C{i}")
+    ax.axhline(target, color="gray", linestyle=":", label=f"target {target}")
+    ax.set_xlabel("epoch"), ax.set_ylabel(ylabel), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def per_class_accuracy(accuracies: dict[str, float]):
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(range(len(accuracies)), list(accuracies.values()), color="tab:blue")

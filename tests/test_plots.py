@@ -17,3 +17,10 @@ def test_comparison_figure_of_variants_with_seed_spread(tmp_path):
     with Image.open(path) as image:
         image.verify()
         assert image.size[0] > 800
+
+
+def test_curves_to_target_figure(tmp_path):
+    path = tmp_path / "target.png"
+    plots.curves_to_target(str(path), [1, 2, 3], {"seed 0": [0.5, 0.97, 0.98], "seed 1": [0.4, 0.6, 0.7]}, 0.96, "training accuracy")
+    with Image.open(path) as image:
+        image.verify()
