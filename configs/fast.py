@@ -1,8 +1,9 @@
 """Speed config: >= 0.94 test accuracy as fast as possible (issue 6's speed bar).
 
-VGG-style CNN (two blocks of two 3x3 convolutions with batch norm, 32 and 64 channels, max pooling,
-Dense 256 with dropout), Adam with a warm-up + cosine schedule at batch 128, on-device flips and
-2-pixel random crops, label smoothing, an EMA of the weights and flip test-time augmentation.
+VGG-style CNN (three blocks of two 3x3 convolutions with batch norm, 32, 64 and 128 channels, max
+pooling 28 -> 14 -> 7 -> 3, Dense 256 with dropout 0.3), Adam 2e-3 with a 1-epoch warm-up and
+cosine decay over 20 epochs at batch 128, on-device flips and 2-pixel random crops, label smoothing
+0.1, an EMA of the weights (0.998) and flip test-time augmentation.
 
     python -m fmnist_jax.main --config=configs/fast.py --workdir=/tmp/fmnist/fast
 
@@ -16,15 +17,15 @@ from configs import cnn
 
 def get_config():
     config = cnn.get_config()
-    config.num_epochs = 12
+    config.num_epochs = 20
     config.batch_size = 128
     config.model = ml_collections.ConfigDict(
         {
             **cnn.get_config().model.to_dict(),
-            "conv_channels": (32, 64),
+            "conv_channels": (32, 64, 128),
             "convs_per_block": 2,
             "batch_norm": True,
-            "conv_dropout_rate": 0.1,
+            "conv_dropout_rate": 0.0,
             "hidden_sizes": (256,),
             "dropout_rate": 0.3,
         }

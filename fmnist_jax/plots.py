@@ -89,11 +89,11 @@ def comparison(path: str, histories: dict[str, list[dict[str, Any]]], summaries:
     stds = [summaries[k].get("test_accuracy_std", 0.0) for k in labels]
     bars.barh(range(len(labels)), means, xerr=stds, color=[f"C{i}" for i in range(len(labels))], capsize=3)
     bars.set_yticks(range(len(labels)), labels, fontsize=8), bars.invert_yaxis()
-    low = min(m - s for m, s in zip(means, stds))
-    bars.set_xlim(max(0.0, low - 0.01), min(1.0, max(m + s for m, s in zip(means, stds)) + 0.005))
+    low, high = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
+    bars.set_xlim(max(0.0, low - 0.01), high + 0.3 * (high - low) + 0.01)
     bars.set_xlabel("test accuracy (mean +- std over seeds)"), bars.grid(alpha=0.3, axis="x")
     for i, (m, s) in enumerate(zip(means, stds)):
-        bars.text(low - 0.008, i, f"{m:.4f}", va="center", fontsize=8)
+        bars.text(m + s + 0.002, i, f"{m:.4f}", va="center", fontsize=8)
     _save(fig, path)
 
 
