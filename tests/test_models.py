@@ -121,7 +121,7 @@ def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolu
     np.testing.assert_allclose(block.apply(variables, x, train=False), jax.nn.relu(x), atol=1e-5)
     down = BasicBlock(16, 2, "relu")
     out, updates = down.apply(down.init(jax.random.key(1), x, train=False), x, train=True, mutable=["batch_stats"])
-    assert out.shape == (2, 7, 7, 16) and "shortcut" in updates["batch_stats"]
+    assert out.shape == (2, 7, 7, 16) and "shortcut_bn" in updates["batch_stats"]
     model = models.create(ml_collections.ConfigDict({"name": "resnet", "stage_channels": (8, 16, 32), "blocks_per_stage": 1, "stem_channels": 8}))
     logits, variables = _logits(model)
     assert logits.shape == (3, 10) and set(variables) == {"params", "batch_stats"}
@@ -133,5 +133,5 @@ def test_cnn_blocks_of_two_convolutions():
     config = cnn_config.get_config().model
     config.convs_per_block, config.batch_norm = 2, True
     _, variables = _logits(models.create(config))
-    assert sorted(variables["params"]) == ["conv0_0", "conv0_1", "conv1_0", "conv1_1", "head"]
+    assert sorted(variables["params"]) == ["bn0_0", "bn0_1", "bn1_0", "bn1_1", "conv0_0", "conv0_1", "conv1_0", "conv1_1", "head"]
     assert variables["params"]["conv1_1"]["kernel"].shape == (3, 3, 64, 64)
