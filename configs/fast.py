@@ -7,7 +7,10 @@ cosine decay over 20 epochs at batch 128, on-device flips and 2-pixel random cro
 
     python -m fmnist_jax.main --config=configs/fast.py --workdir=/tmp/fmnist/fast
 
-Measured: see WORKSPACE.md ("Strong configs") for accuracy and time per machine.
+Measured on the 2-core AMD EPYC dev machine (CPU backend, WORKSPACE.md "Strong configs"): test
+accuracy 0.9427 (seed 0; validation 0.9506), 584,618 parameters. Alone on the machine an epoch
+takes 50-58 s (~1,050 images/s; 3-epoch run) + 28 s compile, so ~17-18 min for the 20 epochs; the
+accuracy run itself shared the 2 cores with other jobs and took 2,487 s. Not yet run on a GPU.
 """
 
 import ml_collections
