@@ -241,7 +241,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     epochs_run = len(history)
     final_weights = kept if early_stopping else state.weights()
     reported_epochs = [_reported_epoch(s, config.early_stopping.restore_best) if early_stopping else epochs_run for s in stoppers]
-    restored_epoch = reported_epochs[0] if config.num_seeds == 1 else reported_epochs
+    restored_epoch = reported_epochs if early_stopping and config.num_seeds > 1 else reported_epochs[0]
 
     # --- Test and summary ---------------------------------------------------------------------
     test = _over_seeds("test", evaluate(final_weights, test_set))
