@@ -41,8 +41,13 @@ class TrainState:
     ema_params: PyTree
 
     def weights(self) -> dict[str, PyTree]:
-        """What evaluation and inference need (see `eval_params`); checkpoints store it as is."""
-        return {"params": self.params, "ema_params": self.ema_params, "batch_stats": self.batch_stats}
+        """What evaluation and inference need (see `eval_params`); checkpoints store it as is.
+
+        `ema_params` only when kept, so runs without an EMA keep the checkpoint layout of runs
+        from before it existed (and resume from them).
+        """
+        weights = {"params": self.params, "batch_stats": self.batch_stats}
+        return {**weights, "ema_params": self.ema_params} if self.ema_params else weights
 
 
 def eval_params(weights: dict[str, PyTree]) -> PyTree:

@@ -171,7 +171,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         return {**weights, "normalizer": normalizer.as_tree()}
 
     def train_item() -> dict[str, Any]:
-        return {"step": state.step, "opt_state": state.opt_state, "kept_weights": kept or {}}
+        return {"step": state.step, "opt_state": state.opt_state, "early_stopping_best": kept or {}}
 
     history, train_seconds, first_epoch = [], 0.0, 1
     saved_config = checkpoints.saved_config()
@@ -181,10 +181,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     restored = checkpoints.restore_latest(model_item(state.weights()), train_item())
     if restored is not None:
         epoch, weights, saved_train, saved = restored
-        state = engine.TrainState(saved_train["step"], weights["params"], weights["batch_stats"], saved_train["opt_state"], weights["ema_params"])
+        state = engine.TrainState(saved_train["step"], weights["params"], weights["batch_stats"], saved_train["opt_state"], weights.get("ema_params", {}))
         history, train_seconds, first_epoch = saved["history"], saved["train_seconds"], epoch + 1
-        stoppers = [EarlyStopping(**s) for s in saved["early_stopping"]]
-        kept = saved_train["kept_weights"] or None
+        # One stopper per seed; checkpoints written before per-seed early stopping hold a single one.
+        saved_stoppers = saved["early_stopping"] if isinstance(saved["early_stopping"], list) else [saved["early_stopping"]]
+        stoppers = [EarlyStopping(**s) for s in saved_stoppers]
+        kept = saved_train["early_stopping_best"] or None
         logging.info("Resuming after epoch %d from %s.", epoch, checkpoint.directory(workdir, "latest"))
     metrics_log = workdir_lib.MetricsLog(workdir, history, primary)
     board = board_lib.Board(workdir, primary)
