@@ -12,6 +12,16 @@ from fmnist_jax.models.layers import activation
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def _conv(features: int, size: int, stride: int, name: str) -> nn.Conv:
+    """A bias-free convolution (batch norm follows every one)."""
+    return nn.Conv(features, (size, size), stride, use_bias=False, kernel_init=conv_init, name=name)
+
+
+def _batch_norm(train: bool, name: str, **kwargs) -> nn.BatchNorm:
+    """Batch norm with the ResNet papers' momentum and epsilon."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name, **kwargs)
+
+
 class BasicBlock(nn.Module):
     """conv3x3-BN-act-conv3x3-BN plus the shortcut (a strided 1x1 conv + BN when the shape changes), then act."""
 
@@ -22,15 +32,11 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         act = activation(self.activation)
-        norm = lambda name, **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name, **kw)
-        y = nn.Conv(self.channels, (3, 3), self.stride, use_bias=False, kernel_init=conv_init, name="conv0")(x)
-        y = act(norm("bn0")(y))
-        y = nn.Conv(self.channels, (3, 3), 1, use_bias=False, kernel_init=conv_init, name="conv1")(y)
+        y = act(_batch_norm(train, "bn0")(_conv(self.channels, 3, self.stride, "conv0")(x)))
         # Zero-initialized last scale: each block starts as the identity (Goyal et al. 2017).
-        y = norm("bn1", scale_init=nn.initializers.zeros)(y)
+        y = _batch_norm(train, "bn1", scale_init=nn.initializers.zeros)(_conv(self.channels, 3, 1, "conv1")(y))
         if self.stride != 1 or x.shape[-1] != self.channels:
-            x = nn.Conv(self.channels, (1, 1), self.stride, use_bias=False, kernel_init=conv_init, name="shortcut")(x)
-            x = norm("shortcut_bn")(x)
+            x = _batch_norm(train, "shortcut_bn")(_conv(self.channels, 1, self.stride, "shortcut")(x))
         return act(x + y)
 
 
@@ -48,8 +54,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         act = activation(self.activation)
-        x = nn.Conv(self.stem_channels, (3, 3), use_bias=False, kernel_init=conv_init, name="stem")(images)
-        x = act(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_bn")(x))
+        x = act(_batch_norm(train, "stem_bn")(_conv(self.stem_channels, 3, 1, "stem")(images)))
         for i, channels in enumerate(self.stage_channels):
             for j in range(self.blocks_per_stage):
                 stride = 2 if i > 0 and j == 0 else 1
