@@ -11,10 +11,12 @@ flips, 2-pixel random crops and random erasing (p=0.5); label smoothing 0.1; EMA
     python -m fmnist_jax.main --config=configs/resnet.py --workdir=/tmp/fmnist/resnet3 --config.num_seeds=3
 
 This is a GPU/TPU recipe: about 1.9 GFLOP of training per image (~110 TFLOP per epoch). On the
-2-core AMD EPYC dev machine (CPU) it compiles in 93 s and then needs more than 4 s per step (no
-16 steps done in 70 s), i.e. over 30 min per epoch, so it has not been trained to the end here and
-the >= 0.955 bar is NOT yet verified: no GPU was lent in the sessions so far. A shortened CPU run
-(widths 16-32-64, 2 epochs: 0.8560 test, 112 s training) is in WORKSPACE.md ("Strong configs").
+2-core AMD EPYC dev machine (CPU), alone: 1.37 s per step of 128 (94 images/s), i.e. 9.8 min per
+epoch and ~6.5 h for the 40 epochs (`python -m experiments.step_time --config=configs/resnet.py
+--steps=8`); in training the first epoch took ~9.5 min after a 126 s compile. No GPU was lent in
+any session so far, so the >= 0.955 bar is NOT yet verified; the CPU run of the full recipe
+(seed 0, `runs/strong/resnet`, resumable across sessions) and a shortened CPU run (widths
+16-32-64, 2 epochs: 0.8560 test, 112 s) are in WORKSPACE.md ("Strong configs").
 """
 
 import ml_collections

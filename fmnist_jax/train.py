@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import linen as nn
 from absl import logging
 from ml_collections import ConfigDict
 
@@ -107,6 +109,16 @@ def _reported_epoch(stopper: EarlyStopping, restore_best: bool) -> int:
     return stopper.best_epoch if restore_best else stopper.best_epoch + stopper.epochs_without_improvement
 
 
+def make_engine(config: ConfigDict, model: nn.Module, tx: optax.GradientTransformation, normalizer: engine.Normalizer) -> tuple[engine.Engine, int, bool]:
+    """The config's compiled math for this backend, with its (steps per call, unrolled) plan."""
+    backend = jax.default_backend()
+    has_convolution = engine.uses_convolution(model, IMAGE_SHAPE)
+    steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, has_convolution)
+    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype, config.num_seeds,
+        Augment(**config.augment), engine.seed_loop(backend, has_convolution), config.ema_decay, config.test_time_flip)
+    return eng, steps_per_call, unroll
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` and returns the summary (also written to summary.json)."""
     # --- Config and workdir -------------------------------------------------------------------
@@ -137,10 +149,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     state = placement.put(engine.init_states(model, tx, init_key, IMAGE_SHAPE, ema=config.ema_decay > 0))
 
     backend = jax.default_backend()
-    has_convolution = engine.uses_convolution(model, IMAGE_SHAPE)
-    steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, has_convolution)
-    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype, config.num_seeds,
-        Augment(**config.augment), engine.seed_loop(backend, has_convolution), config.ema_decay, config.test_time_flip)
+    eng, steps_per_call, unroll = make_engine(config, model, tx, normalizer)
     runner = engine.EpochRunner(eng, splits.train_images, splits.train_labels, config.batch_size, steps_per_call, shuffle_key, dropout_key, placement)
 
     def evaluate(weights: dict[str, Any], split: engine.EvalSet) -> list[dict[str, float]]:

@@ -1,0 +1,65 @@
+"""Seconds per training step of any config on this machine, and what its whole run would take.
+
+Check before a long run whether it fits here (CPU) or needs the GPU machine:
+
+    python -m experiments.step_time --config=configs/resnet.py
+    python -m experiments.step_time --config=configs/resnet.py --config.model.stage_channels='(32,64,128)' --steps=32
+
+Times the config's own compiled step (model, optimizer, augmentation, EMA, seeds, steps per call
+as `train` plans them) on random images, after one warm-up pass over the same steps. Evaluation
+and checkpoints are not counted.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from fmnist_jax import config as config_lib
+from fmnist_jax import engine, models, optim, summary, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config file.")
+_STEPS = flags.DEFINE_integer("steps", 16, "Training steps timed (after as many warm-up steps).")
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    config_lib.validate(config)
+    steps_per_epoch = (config_lib.NUM_TRAIN_EXAMPLES - config.data.num_validation) // config.batch_size
+    model = models.create(config.model)
+    tx = optim.optimizer(config.optimizer, optim.schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs))
+    eng, steps_per_call, _ = train.make_engine(config, model, tx, engine.Normalizer())
+    init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
+    state = engine.init_states(model, tx, init_key, train.IMAGE_SHAPE, ema=config.ema_decay > 0)
+    rng = np.random.default_rng(0)
+    n = _STEPS.value * config.batch_size
+    images = rng.integers(0, 256, (n, *train.IMAGE_SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call, shuffle_key, dropout_key)
+
+    start = time.perf_counter()
+    runner.compile(state)
+    compile_seconds = time.perf_counter() - start
+    state, sums = runner.run(state, 0)  # warm-up
+    jax.block_until_ready(sums)
+    start = time.perf_counter()
+    state, sums = runner.run(state, 1)
+    jax.block_until_ready(sums)
+    step_seconds = (time.perf_counter() - start) / _STEPS.value
+
+    epoch_seconds = step_seconds * steps_per_epoch
+    print(
+        f"{jax.default_backend()} ({jax.devices()[0].device_kind}), {summary.model_table(model, train.IMAGE_SHAPE)[1]:,} parameters, "
+        f"batch {config.batch_size}, {config.num_seeds} seed(s): compiled in {compile_seconds:.1f} s; "
+        f"{1000 * step_seconds:.1f} ms/step, {config.batch_size * config.num_seeds / step_seconds:,.0f} ex/s; "
+        f"{steps_per_epoch} steps/epoch -> {epoch_seconds / 60:.1f} min/epoch, {config.num_epochs} epochs -> {epoch_seconds * config.num_epochs / 3600:.2f} h"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
