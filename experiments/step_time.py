@@ -12,12 +12,13 @@ and checkpoints are not counted.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import engine, models, optim, summary, train
@@ -26,9 +27,19 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config fi
 _STEPS = flags.DEFINE_integer("steps", 16, "Training steps timed (after as many warm-up steps).")
 
 
-def main(argv):
-    del argv
-    config = _CONFIG.value
+@dataclasses.dataclass(frozen=True)
+class StepTime:
+    num_params: int
+    compile_seconds: float
+    step_seconds: float
+    images_per_second: float
+    steps_per_epoch: int
+    epoch_seconds: float
+    run_seconds: float
+
+
+def measure(config: ConfigDict, num_steps: int) -> StepTime:
+    """Compiles `config`'s training step and times `num_steps` steps after as many warm-up steps."""
     config_lib.validate(config)
     steps_per_epoch = (config_lib.NUM_TRAIN_EXAMPLES - config.data.num_validation) // config.batch_size
     model = models.create(config.model)
@@ -37,7 +48,7 @@ def main(argv):
     init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
     state = engine.init_states(model, tx, init_key, train.IMAGE_SHAPE, ema=config.ema_decay > 0)
     rng = np.random.default_rng(0)
-    n = _STEPS.value * config.batch_size
+    n = num_steps * config.batch_size
     images = rng.integers(0, 256, (n, *train.IMAGE_SHAPE), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int32)
     runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call, shuffle_key, dropout_key)
@@ -50,14 +61,27 @@ def main(argv):
     start = time.perf_counter()
     state, sums = runner.run(state, 1)
     jax.block_until_ready(sums)
-    step_seconds = (time.perf_counter() - start) / _STEPS.value
+    step_seconds = (time.perf_counter() - start) / num_steps
+    return StepTime(
+        num_params=summary.model_table(model, train.IMAGE_SHAPE)[1],
+        compile_seconds=compile_seconds,
+        step_seconds=step_seconds,
+        images_per_second=config.batch_size * config.num_seeds / step_seconds,
+        steps_per_epoch=steps_per_epoch,
+        epoch_seconds=step_seconds * steps_per_epoch,
+        run_seconds=step_seconds * steps_per_epoch * config.num_epochs,
+    )
 
-    epoch_seconds = step_seconds * steps_per_epoch
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    t = measure(config, _STEPS.value)
     print(
-        f"{jax.default_backend()} ({jax.devices()[0].device_kind}), {summary.model_table(model, train.IMAGE_SHAPE)[1]:,} parameters, "
-        f"batch {config.batch_size}, {config.num_seeds} seed(s): compiled in {compile_seconds:.1f} s; "
-        f"{1000 * step_seconds:.1f} ms/step, {config.batch_size * config.num_seeds / step_seconds:,.0f} ex/s; "
-        f"{steps_per_epoch} steps/epoch -> {epoch_seconds / 60:.1f} min/epoch, {config.num_epochs} epochs -> {epoch_seconds * config.num_epochs / 3600:.2f} h"
+        f"{jax.default_backend()} ({jax.devices()[0].device_kind}), {t.num_params:,} parameters, "
+        f"batch {config.batch_size}, {config.num_seeds} seed(s): compiled in {t.compile_seconds:.1f} s; "
+        f"{1000 * t.step_seconds:.1f} ms/step, {t.images_per_second:,.0f} ex/s; "
+        f"{t.steps_per_epoch} steps/epoch -> {t.epoch_seconds / 60:.1f} min/epoch, {config.num_epochs} epochs -> {t.run_seconds / 3600:.2f} h"
     )
 
 

@@ -1,0 +1,14 @@
+"""Experiment tools that users run before or beside training."""
+
+from experiments import step_time
+
+
+def test_step_time_times_the_configs_own_step_and_projects_the_run(tiny_config):
+    tiny_config.num_epochs = 3
+    tiny_config.num_seeds = 2
+    t = step_time.measure(tiny_config, num_steps=4)
+    assert t.num_params == 784 * 16 + 16 + 16 * 10 + 10
+    assert t.steps_per_epoch == (60_000 - 16) // 8
+    assert 0 < t.step_seconds < 5 and t.compile_seconds > 0
+    assert t.images_per_second == 8 * 2 / t.step_seconds
+    assert t.run_seconds == t.step_seconds * t.steps_per_epoch * 3
