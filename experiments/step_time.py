@@ -73,6 +73,10 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
     )
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
@@ -81,7 +85,7 @@ def main(argv):
         f"{jax.default_backend()} ({jax.devices()[0].device_kind}), {t.num_params:,} parameters, "
         f"batch {config.batch_size}, {config.num_seeds} seed(s): compiled in {t.compile_seconds:.1f} s; "
         f"{1000 * t.step_seconds:.1f} ms/step, {t.images_per_second:,.0f} ex/s; "
-        f"{t.steps_per_epoch} steps/epoch -> {t.epoch_seconds / 60:.1f} min/epoch, {config.num_epochs} epochs -> {t.run_seconds / 3600:.2f} h"
+        f"{t.steps_per_epoch} steps/epoch -> {_duration(t.epoch_seconds)}/epoch, {config.num_epochs} epochs -> {_duration(t.run_seconds)}"
     )
 
 
