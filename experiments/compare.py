@@ -13,7 +13,6 @@ and test accuracies to one PNG (default: <workdir_root>/comparison.png).
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import tempfile
@@ -21,7 +20,8 @@ import tempfile
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fmnist_jax import plots, train
+from fmnist_jax import cli, plots, train
+from fmnist_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Base config file.")
 _VARIANTS = flags.DEFINE_multi_string("variant", [], "label:key=value[;key=value...]")
@@ -30,30 +30,14 @@ _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", None, "Where the variants' w
 _PLOT = flags.DEFINE_string("plot", None, "Where to write the comparison figure (PNG).")
 
 
-def apply(config, overrides: str) -> None:
-    """Sets `key=value` pairs (values as Python literals, else strings) on the config."""
-    for pair in filter(None, overrides.split(";")):
-        key, value = pair.split("=", 1)
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
-        *path, leaf = key.strip().split(".")
-        node = config
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-
-
-def main(argv):
-    del argv
+def _compare() -> None:
     root = _WORKDIR_ROOT.value or tempfile.mkdtemp(prefix="compare_")
     rows = ["| variant | test accuracy | test loss | train acc | val acc | epochs | train s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     histories, summaries = {}, {}
     for variant in _VARIANTS.value:
         label, _, overrides = variant.partition(":")
         config = _CONFIG.value.copy_and_resolve_references()
-        apply(config, overrides)
+        config_lib.apply_overrides(config, overrides)
         config.num_seeds = _SEEDS.value
         workdir = os.path.join(root, label.replace(" ", "_"))
         s = train.train_and_evaluate(config, workdir)
@@ -72,5 +56,10 @@ def main(argv):
     print(f"{_SEEDS.value} seeds per variant; workdirs in {root}; figure {plot}\n" + "\n".join(rows))
 
 
+def main(argv):
+    del argv
+    cli.run(_compare)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -16,7 +16,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from fmnist_jax import plots, train, workdir as workdir_lib
+from fmnist_jax import cli, plots, train, workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Config file.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds trained together (num_seeds).")
@@ -25,8 +25,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/epochs_to_accuracy", "The run's 
 _PLOT = flags.DEFINE_string("plot", None, "Figure path (default: <workdir>/plots/epochs_to_accuracy.png).")
 
 
-def main(argv):
-    del argv
+def _epochs_to_accuracy() -> None:
     config = _CONFIG.value
     config.num_seeds = _SEEDS.value
     summary = train.train_and_evaluate(config, _WORKDIR.value)
@@ -49,5 +48,10 @@ def main(argv):
     print("\n".join(table) + f"\n\ntest accuracy after {len(rows)} epochs: {summary['test_accuracy']:.4f}{std}; figure {plot}")
 
 
+def main(argv):
+    del argv
+    cli.run(_epochs_to_accuracy)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

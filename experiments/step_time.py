@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import engine, models, optim, summary, train
+from fmnist_jax import cli, engine, models, optim, summary, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 16, "Training steps timed (after as many warm-up steps).")
@@ -77,8 +77,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
 
 
-def main(argv):
-    del argv
+def _report() -> None:
     config = _CONFIG.value
     t = measure(config, _STEPS.value)
     print(
@@ -89,5 +88,10 @@ def main(argv):
     )
 
 
+def main(argv):
+    del argv
+    cli.run(_report)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -6,7 +6,7 @@ import logging as std_logging
 import sys
 from collections.abc import Callable
 
-from absl import logging
+from absl import flags, logging
 
 from fmnist_jax.errors import UserError
 
@@ -24,3 +24,15 @@ def run(fn: Callable[[], None]) -> None:
     except UserError as e:
         logging.error("%s", e)
         sys.exit(f"error: {e}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with bad flags and config overrides that name no key reported in one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}. Pass --helpfull to list the flags and config keys.")
+    except (AttributeError, KeyError) as e:
+        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
+        hint = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        sys.exit(f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py.")

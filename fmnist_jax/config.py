@@ -6,6 +6,7 @@ has the same keys and `--config.key=value` overrides hit a known, typed key.
 
 from __future__ import annotations
 
+import ast
 import math
 
 from ml_collections import ConfigDict
@@ -117,6 +118,31 @@ def _check_positive(key: str, value: float) -> None:
 
 def _check_fraction(key: str, value: float) -> None:
     _check(0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value!r}.")
+
+
+def apply_overrides(config: ConfigDict, overrides: str) -> None:
+    """Sets `key=value[;key=value...]` (values as Python literals, else strings) on existing keys of `config`."""
+    for pair in filter(None, overrides.split(";")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"Setting {pair!r} is not key=value; write e.g. model.hidden_sizes=(256,);num_epochs=20.")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        *path, leaf = key.strip().split(".")
+        node = config
+        for part in path:
+            node = node.get(part) if isinstance(node, ConfigDict) else None
+        if not isinstance(node, ConfigDict) or leaf not in node:
+            raise UserError(
+                f"Key {key.strip()!r} is not a key of the config: the keys are those of "
+                "fmnist_jax/config.py, and a model's own keys those its config file lists under `model`."
+            )
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise UserError(f"Setting {pair!r}: {e}.") from None
 
 
 def validate(config: ConfigDict) -> None:

@@ -6,8 +6,6 @@ call directly with a ConfigDict.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -15,18 +13,6 @@ from fmnist_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl and summary.json.", required=True)
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlp.py.", lock_config=True)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with config overrides that name no key reported in one line, not a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"error: {e}. Pass --helpfull to list the flags and config keys.")
-    except (AttributeError, KeyError) as e:
-        overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
-        hint = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        sys.exit(f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py.")
 
 
 def main(argv: list[str]) -> None:
@@ -38,4 +24,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -97,3 +97,18 @@ def test_every_config_is_valid_and_its_docstring_says_how_to_run_it(name):
     config_lib.validate(config)
     models.create(config.model)
     assert f"python -m fmnist_jax.main --config=configs/{name}.py" in module.__doc__
+
+
+def test_key_value_overrides_set_known_keys_and_refuse_others_clearly():
+    config = config_lib.default()
+    config.lock()
+    config_lib.apply_overrides(config, "num_epochs=3;model.hidden_sizes=(256, 128);optimizer.name=sgd")
+    assert (config.num_epochs, config.model.hidden_sizes, config.optimizer.name) == (3, (256, 128), "sgd")
+    for overrides, message in (
+        ("model.widht=3", "'model.widht' is not a key"),
+        ("num_epochs.x=3", "'num_epochs.x' is not a key"),
+        ("num_epochs", "is not key=value"),
+        ("num_epochs=many", "num_epochs=many"),
+    ):
+        with pytest.raises(UserError, match=message):
+            config_lib.apply_overrides(config, overrides)
