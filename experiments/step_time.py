@@ -32,10 +32,21 @@ class StepTime:
     num_params: int
     compile_seconds: float
     step_seconds: float
-    images_per_second: float
+    images_per_step: int  # batch_size x num_seeds
     steps_per_epoch: int
-    epoch_seconds: float
-    run_seconds: float
+    num_epochs: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_per_step / self.step_seconds
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.step_seconds * self.steps_per_epoch
+
+    @property
+    def run_seconds(self) -> float:
+        return self.epoch_seconds * self.num_epochs
 
 
 def measure(config: ConfigDict, num_steps: int) -> StepTime:
@@ -66,10 +77,9 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
         num_params=summary.model_table(model, train.IMAGE_SHAPE)[1],
         compile_seconds=compile_seconds,
         step_seconds=step_seconds,
-        images_per_second=config.batch_size * config.num_seeds / step_seconds,
+        images_per_step=config.batch_size * config.num_seeds,
         steps_per_epoch=steps_per_epoch,
-        epoch_seconds=step_seconds * steps_per_epoch,
-        run_seconds=step_seconds * steps_per_epoch * config.num_epochs,
+        num_epochs=config.num_epochs,
     )
 
 
