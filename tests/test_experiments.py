@@ -12,4 +12,3 @@ def test_step_time_times_the_configs_own_step_and_projects_the_run(tiny_config):
     assert 0 < t.step_seconds < 5 and t.compile_seconds > 0
     assert t.images_per_second == 8 * 2 / t.step_seconds
     assert t.run_seconds == t.step_seconds * t.steps_per_epoch * 3
-
