@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from fmnist_jax import cli, plots, train
@@ -56,10 +56,5 @@ def _compare() -> None:
     print(f"{_SEEDS.value} seeds per variant; workdirs in {root}; figure {plot}\n" + "\n".join(rows))
 
 
-def main(argv):
-    del argv
-    cli.run(_compare)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.main(_compare)

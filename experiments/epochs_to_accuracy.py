@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from fmnist_jax import cli, plots, train, workdir as workdir_lib
@@ -48,10 +48,5 @@ def _epochs_to_accuracy() -> None:
     print("\n".join(table) + f"\n\ntest accuracy after {len(rows)} epochs: {summary['test_accuracy']:.4f}{std}; figure {plot}")
 
 
-def main(argv):
-    del argv
-    cli.run(_epochs_to_accuracy)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.main(_epochs_to_accuracy)

@@ -17,7 +17,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import ConfigDict, config_flags
 
 from fmnist_jax import config as config_lib
@@ -98,10 +98,5 @@ def _report() -> None:
     )
 
 
-def main(argv):
-    del argv
-    cli.run(_report)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.main(_report)

@@ -6,7 +6,7 @@ import logging as std_logging
 import sys
 from collections.abc import Callable
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from fmnist_jax.errors import UserError
 
@@ -36,3 +36,14 @@ def parse_flags(argv: list[str]) -> list[str]:
         overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
         hint = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
         sys.exit(f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py.")
+
+
+def main(fn: Callable[[], None]) -> None:
+    """The `__main__` of a command that takes only flags: `parse_flags`, then `run(fn)`."""
+
+    def _main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}: every option is a --flag=value.")
+        run(fn)
+
+    app.run(_main, flags_parser=parse_flags)

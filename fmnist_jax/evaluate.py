@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from fmnist_jax import cli, data, inference, plots, workdir as workdir_lib
 
@@ -25,25 +25,21 @@ def evaluate(classifier: inference.Classifier, images: np.ndarray, labels: np.nd
     return {**inference.report(classifier.predict_proba(images), labels, classifier.class_names), "epoch": classifier.epoch}
 
 
-def main(argv: list[str]) -> None:
-    del argv
-
-    def run():
-        classifier = inference.load(_WORKDIR.value, _WHICH.value)
-        splits = data.load(classifier.config.data)
-        result = evaluate(classifier, splits.test_images, splits.test_labels)
-        out = os.path.join(_WORKDIR.value, "eval", _WHICH.value)
-        os.makedirs(out, exist_ok=True)
-        workdir_lib.write_json(os.path.join(out, "metrics.json"), result)
-        plots.confusion_matrix(os.path.join(out, "confusion_matrix.png"), np.array(result["confusion_matrix"]), classifier.class_names)
-        lines = [f"{name:<12} {acc:.4f}" for name, acc in result["per_class_accuracy"].items()]
-        logging.info(
-            "Checkpoint %r (epoch %d): test accuracy %.4f, loss %.4f\nPer-class accuracy:\n%s\nWritten to %s",
-            _WHICH.value, result["epoch"], result["accuracy"], result["loss"], "\n".join(lines), out,
-        )
-
-    cli.run(run)
+def _evaluate_checkpoint() -> None:
+    """Evaluates --which checkpoint of --workdir on the test split and writes the report next to it."""
+    classifier = inference.load(_WORKDIR.value, _WHICH.value)
+    splits = data.load(classifier.config.data)
+    result = evaluate(classifier, splits.test_images, splits.test_labels)
+    out = os.path.join(_WORKDIR.value, "eval", _WHICH.value)
+    os.makedirs(out, exist_ok=True)
+    workdir_lib.write_json(os.path.join(out, "metrics.json"), result)
+    plots.confusion_matrix(os.path.join(out, "confusion_matrix.png"), np.array(result["confusion_matrix"]), classifier.class_names)
+    lines = [f"{name:<12} {acc:.4f}" for name, acc in result["per_class_accuracy"].items()]
+    logging.info(
+        "Checkpoint %r (epoch %d): test accuracy %.4f, loss %.4f\nPer-class accuracy:\n%s\nWritten to %s",
+        _WHICH.value, result["epoch"], result["accuracy"], result["loss"], "\n".join(lines), out,
+    )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(_evaluate_checkpoint)

@@ -82,6 +82,15 @@ def test_cli_rejects_bad_overrides_without_a_traceback(override, message, tmp_pa
     assert "Traceback" not in result.stderr
 
 
+def test_cli_rejects_stray_arguments_and_unknown_flags_in_one_line(tmp_path):
+    stray = _cli(f"--workdir={tmp_path}/run", "num_epochs=3")
+    assert stray.returncode != 0 and "unexpected arguments num_epochs=3" in stray.stderr
+    assert not (tmp_path / "run").exists()
+    unknown = subprocess.run([sys.executable, "-m", "fmnist_jax.evaluate", "--workdir=x", "--wich=best"], capture_output=True, text=True, timeout=300)
+    assert unknown.returncode != 0 and "Unknown command line flag 'wich'" in unknown.stderr
+    assert "Traceback" not in stray.stderr + unknown.stderr
+
+
 def test_cli_rejects_an_unwritable_workdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
