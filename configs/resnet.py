@@ -13,7 +13,7 @@ flips, 2-pixel random crops and random erasing (p=0.5); label smoothing 0.1; EMA
 Measured (seed 0, one run): **0.9569 test accuracy** (val 0.9596 at epoch 40), on the 2-core AMD
 EPYC dev machine (CPU; no GPU was lent in any session): 26,986 s of training (7.5 h over three
 sessions, resumed from the per-epoch checkpoints; some epochs shared the cores with tests, alone
-an epoch takes 505-595 s, ~6 h for 40) plus an 87 s compile;
+an epoch takes 505-595 s, ~6 h for 40) plus one compile per start (126, 134, 87 s);
 `python -m fmnist_jax.evaluate --workdir=... --which=final` on the restored checkpoint gives the
 same 0.9569. About 1.9 GFLOP of training per image (~110 TFLOP per epoch), so a GPU/TPU is the
 place for several seeds. The shortened CPU run (widths 16-32-64, 2 epochs: 0.8560 test, 112 s) and
