@@ -20,7 +20,7 @@ from fmnist_jax import engine, models, optim
 def ms_per_step(config, steps_per_call: int, unroll: bool, num_steps: int, options: dict | None) -> float:
     model = models.create(config.model)
     tx = optim.optimizer(config.optimizer, config.optimizer.learning_rate)
-    state = engine.init_state(model, tx, jax.random.key(0), (28, 28, 1))
+    state = engine.init_states(model, tx, jax.random.key(0), (28, 28, 1))
     rng = np.random.default_rng(0)
     n = num_steps * config.batch_size
     images = jax.device_put(rng.integers(0, 255, (n, 28, 28, 1), dtype=np.uint8))

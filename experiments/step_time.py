@@ -21,7 +21,7 @@ from absl import flags
 from ml_collections import ConfigDict, config_flags
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import cli, engine, models, optim, summary, train
+from fmnist_jax import cli, engine, models, summary, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 16, "Training steps timed (after as many warm-up steps).")
@@ -53,11 +53,11 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
     """Compiles `config`'s training step and times `num_steps` steps after as many warm-up steps."""
     config_lib.validate(config)
     steps_per_epoch = (config_lib.NUM_TRAIN_EXAMPLES - config.data.num_validation) // config.batch_size
-    model = models.create(config.model)
-    tx = optim.optimizer(config.optimizer, optim.schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs))
-    eng, steps_per_call, _ = train.make_engine(config, model, tx, engine.Normalizer())
+    backend = jax.default_backend()
+    model = models.create(config.model, backend)
+    eng, _, steps_per_call = train.make_engine(config, model, engine.Normalizer(), steps_per_epoch, backend)
     init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
-    state = engine.init_states(model, tx, init_key, train.IMAGE_SHAPE, ema=config.ema_decay > 0)
+    state = engine.init_states(model, eng.tx, init_key, train.IMAGE_SHAPE, ema=config.ema_decay > 0)
     rng = np.random.default_rng(0)
     n = num_steps * config.batch_size
     images = rng.integers(0, 256, (n, *train.IMAGE_SHAPE), dtype=np.uint8)

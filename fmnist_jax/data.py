@@ -1,31 +1,41 @@
-"""Fashion-MNIST through tfds: prepare the official builder (offline when possible), load splits.
+"""Fashion-MNIST as host arrays, read with NumPy alone: no TensorFlow and well under a second.
 
-The splits come back as host NumPy arrays, images uint8 NHWC and labels int32; the training code
-puts them on the device once and does all scaling there. TensorFlow is used only inside tfds and is
-kept off any GPU, which JAX owns.
+The dataset is prepared once per data dir by `fmnist_jax.prepare`: the official tfds builder (which
+needs TensorFlow) writes its TFRecords, then the splits are read once, in tfds' deterministic
+example order, into one array file next to them (`ARRAYS_FILE`). That file records the SHA-256 of
+every array and of the tfds `dataset_info.json` it was derived from; each load checks both, so a
+damaged or stale file is derived again rather than trusted. When the file is missing, `load` runs
+the preparation in a child process, so TensorFlow never shares a process, memory or GPU with JAX.
+
+The splits come back as images uint8 NHWC and labels int32; the training code puts them on the
+device once and does all scaling there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
-import socket
-import threading
-import urllib.parse
+import subprocess
+import sys
+import time
 
 import numpy as np
+from absl import logging
 from ml_collections import ConfigDict
 
-from fmnist_jax import staging
 from fmnist_jax.errors import UserError
 
-DATASET = "fashion_mnist"
-_NETWORK_PROBE_SECONDS = 5.0
+DATASET, VERSION = "fashion_mnist", "3.0.1"
+ARRAYS_FILE = "fmnist_jax_arrays.npz"
+DATASET_INFO_FILE = "dataset_info.json"
+SPLITS = ("train", "test")
 
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Train / validation / test arrays on the host. Validation is carved from tfds' train split."""
+    """Train / validation / test arrays on the host. Validation is the start of tfds' train split."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -36,118 +46,111 @@ class Splits:
     class_names: tuple[str, ...]
 
 
-def _tfds():
-    """Imports tfds with TensorFlow hidden from every GPU, so it never grabs accelerator memory."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's CUDA probing is noise here
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    tf.config.set_visible_devices([], "GPU")
-    return tfds
+def tfds_data_dir(data_config: ConfigDict) -> str:
+    """The configured tfds data dir, else tfds' own default ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+    return data_config.tfds_data_dir or os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
-def _no_data_message(detail: str) -> str:
-    return (
-        f"Fashion-MNIST is not available: {detail}. Either install Debian's copy "
-        "(`apt-get install dataset-fashion-mnist`, which puts it in "
-        f"{staging.DEBIAN_SOURCE_DIR}), or put the four upstream files "
-        "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-        "t10k-labels-idx1-ubyte.gz) in a directory DIR and pass --config.data.source_dir=DIR."
-    )
+def prepared_dir(data_config: ConfigDict) -> str:
+    """Where tfds keeps the prepared dataset (its `builder.data_dir`), and the arrays file beside it."""
+    return os.path.join(tfds_data_dir(data_config), DATASET, VERSION)
 
 
-def _can_reach(url: str, timeout: float = _NETWORK_PROBE_SECONDS) -> bool:
-    """Whether a TCP connection to `url`'s host opens within `timeout` (DNS included)."""
-    parsed = urllib.parse.urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    reachable = []
-
-    def probe():
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-            reachable.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(reachable)
+def _sha256(data: bytes | np.ndarray) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data).hexdigest()
 
 
-def _expected_files(builder) -> list[staging.ExpectedFile]:
-    return [staging.ExpectedFile(i.filename, i.size, i.checksum) for i in builder.url_infos.values()]
-
-
-def prepare(data_config: ConfigDict):
-    """Returns the prepared tfds builder, preparing it first if needed.
-
-    With a local copy of the upstream files (config or Debian), tfds prepares from it with its
-    checksums checked and no network. Without one, tfds downloads only if its host answers within a
-    few seconds; otherwise a clear error names the remedies instead of hanging on a timeout.
-    """
-    tfds = _tfds()
-    data_dir = data_config.tfds_data_dir or None
-    builder = tfds.builder(DATASET, data_dir=data_dir)
-    if builder.is_prepared():
-        return builder
-    source_dir = staging.find_source_dir(data_config.source_dir)
-    manual_dir = os.path.join(data_dir or tfds.core.constants.DATA_DIR, "downloads", "manual")
-    if source_dir is not None:
-        if not os.path.isdir(source_dir):
-            raise UserError(_no_data_message(f"--config.data.source_dir={source_dir} is not a directory"))
-        staging.stage(source_dir, manual_dir, _expected_files(builder))
-    elif not _can_reach(next(iter(builder.url_infos))):
-        raise UserError(_no_data_message("it is not prepared, there is no local copy, and its download host cannot be reached"))
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+def _dataset_info_digest(directory: str) -> str | None:
     try:
-        builder.download_and_prepare(download_config=download_config)
-    except PermissionError as e:
-        raise UserError(f"Cannot write the prepared dataset: {e}. Pass a writable --config.data.tfds_data_dir=DIR.") from e
-    return builder
+        with open(os.path.join(directory, DATASET_INFO_FILE), "rb") as f:
+            return _sha256(f.read())
+    except OSError:
+        return None
 
 
-def _read_split(builder, split: str) -> dict[str, np.ndarray]:
-    """All examples of `split` as NumPy arrays, in tfds' deterministic order."""
-    batches = list(_tfds().as_numpy(builder.as_dataset(split=split, shuffle_files=False).batch(10_000)))
-    return {key: np.concatenate([b[key] for b in batches]) for key in ("image", "label")}
+def write_arrays(directory: str, arrays: dict[str, np.ndarray], class_names: list[str]) -> None:
+    """Writes `arrays` ({split}_images / {split}_labels) with the digests `read_arrays` checks (atomically)."""
+    manifest = {
+        "dataset_info_sha256": _dataset_info_digest(directory),
+        "arrays_sha256": {name: _sha256(a) for name, a in arrays.items()},
+        "class_names": list(class_names),
+    }
+    path = os.path.join(directory, ARRAYS_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, manifest=np.array(json.dumps(manifest)), **arrays)
+    os.replace(tmp, path)
+
+
+def read_arrays(directory: str) -> tuple[dict[str, np.ndarray], list[str]] | None:
+    """The arrays and class names, or None when the file is missing, damaged or not derived from the
+    prepared dataset now in `directory`."""
+    try:
+        with np.load(os.path.join(directory, ARRAYS_FILE)) as f:
+            manifest = json.loads(str(f["manifest"]))
+            arrays = {name: f[name] for name in manifest["arrays_sha256"]}
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # NumPy and zipfile raise many types for a damaged file.
+        logging.warning("%s is unreadable (%s: %s); deriving it again.", os.path.join(directory, ARRAYS_FILE), type(e).__name__, e)
+        return None
+    if manifest["dataset_info_sha256"] != _dataset_info_digest(directory) or any(
+        _sha256(a) != manifest["arrays_sha256"][name] for name, a in arrays.items()
+    ):
+        logging.warning("%s does not match its checksums or the prepared dataset; deriving it again.", os.path.join(directory, ARRAYS_FILE))
+        return None
+    return arrays, manifest["class_names"]
+
+
+def prepare(data_config: ConfigDict) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The verified arrays, after preparing them in a child process (`fmnist_jax.prepare`) if needed."""
+    directory = prepared_dir(data_config)
+    loaded = read_arrays(directory)
+    if loaded is not None:
+        return loaded
+    logging.info("Preparing Fashion-MNIST in %s (once per data dir, about 30 s; needs TensorFlow).", directory)
+    start = time.perf_counter()
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p),
+        "CUDA_VISIBLE_DEVICES": "",  # TensorFlow must not touch the accelerator JAX owns
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    command = [sys.executable, "-m", "fmnist_jax.prepare", f"--tfds_data_dir={tfds_data_dir(data_config)}", f"--source_dir={data_config.source_dir}"]
+    child = subprocess.run(command, capture_output=True, text=True, env=env)
+    if child.returncode != 0:
+        errors = [line.removeprefix("error: ") for line in child.stderr.splitlines() if line.startswith("error: ")]
+        if errors:
+            raise UserError(errors[-1])
+        tail = " | ".join(child.stderr.strip().splitlines()[-5:])
+        raise UserError(
+            f"Preparing Fashion-MNIST failed (exit code {child.returncode}): {tail}. Run `{' '.join(command[1:])}` "
+            "to see its whole output."
+        )
+    loaded = read_arrays(directory)
+    if loaded is None:
+        raise UserError(f"Preparing Fashion-MNIST wrote no readable {ARRAYS_FILE} in {directory}. Delete that directory and run again.")
+    logging.info("Prepared Fashion-MNIST in %.1f s.", time.perf_counter() - start)
+    return loaded
 
 
 def load(data_config: ConfigDict) -> Splits:
-    """Loads the three splits; validation is the first `num_validation` training examples."""
-    builder = prepare(data_config)
-    tfds = _tfds()
-    import tensorflow as tf
-
-    try:
-        arrays = {split: _read_split(builder, split) for split in ("train", "test")}
-    except (tf.errors.OpError, OSError) as e:
-        raise UserError(
-            f"The prepared Fashion-MNIST in {builder.data_dir} cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}). Delete that directory and run again: it is prepared anew "
-            "from the source files."
-        ) from e
+    """The three splits; validation is the first `num_validation` examples of tfds' train split."""
+    arrays, class_names = prepare(data_config)
     num_validation = data_config.num_validation
-    num_train_total = len(arrays["train"]["label"])
+    num_train_total = len(arrays["train_labels"])
     if num_validation >= num_train_total:
         raise UserError(
             f"data.num_validation={num_validation} leaves no training examples (the train split has "
             f"{num_train_total}). Use a value in [0, {num_train_total - 1}]."
         )
-
-    def images(split, sl=slice(None)):
-        return np.asarray(arrays[split]["image"][sl], dtype=np.uint8)
-
-    def labels(split, sl=slice(None)):
-        return np.asarray(arrays[split]["label"][sl], dtype=np.int32)
-
-    val, train = slice(0, num_validation), slice(num_validation, None)
+    images, labels = arrays["train_images"], arrays["train_labels"].astype(np.int32)
     return Splits(
-        train_images=images("train", train),
-        train_labels=labels("train", train),
-        val_images=images("train", val),
-        val_labels=labels("train", val),
-        test_images=images("test"),
-        test_labels=labels("test"),
-        class_names=tuple(builder.info.features["label"].names),
+        train_images=images[num_validation:],
+        train_labels=labels[num_validation:],
+        val_images=images[:num_validation],
+        val_labels=labels[:num_validation],
+        test_images=arrays["test_images"],
+        test_labels=arrays["test_labels"].astype(np.int32),
+        class_names=tuple(class_names),
     )

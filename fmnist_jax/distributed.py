@@ -138,6 +138,10 @@ class DataParallel:
                 f"{self.num_devices} (e.g. {max(1, round(batch_size / self.num_devices)) * self.num_devices})."
             )
 
+    def abstract(self, tree: PyTree) -> PyTree:
+        """Shapes and dtypes of `tree`, replicated: enough to compile for arrays that `put` will place."""
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), tree)
+
     def put(self, tree: PyTree, sharding: NamedSharding | None = None) -> PyTree:
         """Global arrays from host values that every process holds in full (replicated by default)."""
         sharding = sharding or self.replicated

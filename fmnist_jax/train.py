@@ -7,8 +7,11 @@ orders it and does the I/O.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import importlib
 import os
+import threading
 import time
 from typing import Any
 
@@ -22,9 +25,7 @@ from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import checkpoint, data, distributed, engine, inference, models, optim, summary, workdir as workdir_lib
-from fmnist_jax import board as board_lib
 from fmnist_jax import export as export_lib
-from fmnist_jax import plots
 from fmnist_jax.progress import Progress
 from fmnist_jax.augment import Augment
 from fmnist_jax.early_stopping import EarlyStopping
@@ -32,6 +33,9 @@ from fmnist_jax.errors import UserError
 
 IMAGE_SHAPE = (28, 28, 1)
 PLOTS_DIR = "plots"
+# The reports' libraries (matplotlib, tensorboardX) take ~1 s to import: a thread loads them while
+# the programs compile, and the loop imports them from there.
+_REPORT_MODULES = ("fmnist_jax.plots", "fmnist_jax.board")
 
 
 def _epoch_line(row: dict[str, Any], num_epochs: int) -> str:
@@ -65,9 +69,11 @@ def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str, 
     )
 
 
-def _write_reports(workdir: str, board: board_lib.Board, config: ConfigDict, result: dict[str, Any], history: list[dict[str, Any]],
+def _write_reports(workdir: str, board: Any, config: ConfigDict, result: dict[str, Any], history: list[dict[str, Any]],
                    classifier: inference.Classifier, splits: data.Splits) -> None:
     """The run's plots (<workdir>/plots/) and its last TensorBoard entries, from the final weights."""
+    from fmnist_jax import plots
+
     probabilities = classifier.predict_proba(splits.test_images)
     report = inference.report(probabilities, splits.test_labels, splits.class_names)
     plots.write_run_plots(os.path.join(workdir, PLOTS_DIR), history, report, splits.test_images, splits.test_labels, probabilities,
@@ -109,14 +115,52 @@ def _reported_epoch(stopper: EarlyStopping, restore_best: bool) -> int:
     return stopper.best_epoch if restore_best else stopper.best_epoch + stopper.epochs_without_improvement
 
 
-def make_engine(config: ConfigDict, model: nn.Module, tx: optax.GradientTransformation, normalizer: engine.Normalizer) -> tuple[engine.Engine, int, bool]:
-    """The config's compiled math for this backend, with its (steps per call, unrolled) plan."""
-    backend = jax.default_backend()
+def make_engine(config: ConfigDict, model: nn.Module, normalizer: engine.Normalizer, steps_per_epoch: int, backend: str) -> tuple[engine.Engine, optax.Schedule, int]:
+    """The config's optimizer and compiled math as they are built for `backend` (pass a model created
+    for it), with the learning-rate schedule and the training steps per compiled call."""
+    learning_rate = optim.schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs)
     has_convolution = engine.uses_convolution(model, IMAGE_SHAPE)
     steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, has_convolution)
-    eng = engine.Engine(model, tx, normalizer, config.loss.label_smoothing, unroll, engine.compiler_options(backend), config.dtype, config.num_seeds,
-        Augment(**config.augment), engine.seed_loop(backend, has_convolution), config.ema_decay, config.test_time_flip)
-    return eng, steps_per_call, unroll
+    eng = engine.Engine(
+        model=model,
+        tx=optim.optimizer(config.optimizer, learning_rate),
+        normalizer=normalizer,
+        label_smoothing=config.loss.label_smoothing,
+        unroll=unroll,
+        compiler_options=engine.compiler_options(backend),
+        compute_dtype=config.dtype,
+        num_seeds=config.num_seeds,
+        augment=Augment(**config.augment),
+        loop_seeds=engine.seed_loop(backend, has_convolution),
+        ema_decay=config.ema_decay,
+        test_time_flip=config.test_time_flip,
+    )
+    return eng, learning_rate, steps_per_call
+
+
+def lower_for(config: ConfigDict, platform: str, num_train: int = 55_000) -> dict[str, jax.stages.Lowered]:
+    """The training call and the evaluation program of `config` exactly as a run on `platform` ("cpu",
+    "cuda", "tpu") builds them, lowered on this machine without compiling: proves that every backend's
+    programs build, with that backend's choices (steps per call, unrolling, seed loop, pooling ops)."""
+    model = models.create(config.model, platform)
+    normalizer = engine.Normalizer(np.zeros(IMAGE_SHAPE, np.float32), np.ones(IMAGE_SHAPE, np.float32)) if config.data.standardize else engine.Normalizer()
+    steps_per_epoch = num_train // config.batch_size
+    eng, _, steps_per_call = make_engine(config, model, normalizer, steps_per_epoch, platform)
+    init_key, _, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
+    state = engine.state_shapes(model, eng.tx, init_key, IMAGE_SHAPE, ema=config.ema_decay > 0)
+    seeds = () if config.num_seeds == 1 else (config.num_seeds,)
+    steps = min(steps_per_call, steps_per_epoch)
+    images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
+    indices = jax.ShapeDtypeStruct((*seeds, steps, config.batch_size), jnp.int32)
+    batches = (10_000 // config.eval_batch_size, config.eval_batch_size)
+    train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(state, engine.Sums.zeros(config.num_seeds), images, labels, indices, dropout_key)
+    weights = state.weights()
+    eval_call = jax.jit(eng.eval_program()).trace(
+        engine.eval_params(weights), weights["batch_stats"], jax.ShapeDtypeStruct((*batches, *IMAGE_SHAPE), jnp.uint8),
+        jax.ShapeDtypeStruct(batches, jnp.int32), jax.ShapeDtypeStruct(batches, jnp.bool_),
+    )
+    return {"train": train_call.lower(lowering_platforms=(platform,)), "eval": eval_call.lower(lowering_platforms=(platform,))}
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
@@ -126,11 +170,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     distributed.initialize(config.distributed)
     primary = distributed.is_primary()
     placement = distributed.DataParallel.over_all_devices()
-    model = models.create(config.model)
+    backend = jax.default_backend()
+    model = models.create(config.model, backend)
     finished = workdir_lib.open_workdir(workdir, config, primary)
     if finished is not None:
         logging.info("Workdir %s already holds this finished run; not retraining.", workdir)
         return finished
+
+    threading.Thread(target=lambda: [importlib.import_module(m) for m in _REPORT_MODULES], name="import-reports").start()
 
     # --- Data: on the devices once, as uint8 ---------------------------------------------------
     splits = data.load(config.data)
@@ -143,25 +190,27 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     # --- Model, optimizer, state ---------------------------------------------------------------
     table, num_params = summary.model_table(model, IMAGE_SHAPE)
     logging.info("\n%s", table)
-    learning_rate = optim.schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs)
-    tx = optim.optimizer(config.optimizer, learning_rate)
+    eng, learning_rate, steps_per_call = make_engine(config, model, normalizer, steps_per_epoch, backend)
     init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
-    state = placement.put(engine.init_states(model, tx, init_key, IMAGE_SHAPE, ema=config.ema_decay > 0))
-
-    backend = jax.default_backend()
-    eng, steps_per_call, unroll = make_engine(config, model, tx, normalizer)
+    init_args = (model, eng.tx, init_key, IMAGE_SHAPE, config.ema_decay > 0)
     runner = engine.EpochRunner(eng, splits.train_images, splits.train_labels, config.batch_size, steps_per_call, shuffle_key, dropout_key, placement)
 
     def evaluate(weights: dict[str, Any], split: engine.EvalSet) -> list[dict[str, float]]:
         return eng.compiled_eval_sums(engine.eval_params(weights), weights["batch_stats"], split.images, split.labels, split.mask).per_seed()
 
+    # XLA releases the GIL while it compiles: the training programs compile beside the initial
+    # state and the evaluation programs.
     start = time.perf_counter()
-    runner.compile(state)
-    evaluate(state.weights(), test_set)  # compiles the evaluation
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        training_compiled = pool.submit(runner.compile, placement.abstract(engine.state_shapes(*init_args)))
+        state = placement.put(engine.init_states(*init_args))
+        for split in (test_set, val_set) if val_set is not None else (test_set,):
+            evaluate(state.weights(), split)
+        training_compiled.result()
     compile_seconds = time.perf_counter() - start
     logging.info(
         "Backend %s (%d device(s), %d process(es)); %d steps per epoch, %s steps per call%s; compiled in %.1f s.",
-        backend, jax.device_count(), jax.process_count(), steps_per_epoch, min(steps_per_call, steps_per_epoch), " (unrolled)" if unroll else "", compile_seconds,
+        backend, jax.device_count(), jax.process_count(), steps_per_epoch, min(steps_per_call, steps_per_epoch), " (unrolled)" if eng.unroll else "", compile_seconds,
     )
 
     if config.profile:
@@ -198,6 +247,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         kept = saved_train["early_stopping_best"] or None
         logging.info("Resuming after epoch %d from %s.", epoch, checkpoint.directory(workdir, "latest"))
     metrics_log = workdir_lib.MetricsLog(workdir, history, primary)
+    from fmnist_jax import board as board_lib  # loaded by the import-reports thread
+
     board = board_lib.Board(workdir, primary)
 
     def meta(epoch: int) -> dict[str, Any]:
@@ -272,13 +323,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     }
     final_model = model_item(final_weights)
     checkpoints.save("final", reported_epochs[0], final_model, {**meta(epochs_run), "summary": result})
+    if primary:  # the plots draw while the export lowers and the checkpoints finish writing
+        classifier = inference.Classifier(config, splits.class_names, reported_epochs[0], inference.first_seed(jax.device_get(final_model), config))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            reports = pool.submit(_write_reports, workdir, board, config, result, history, classifier, splits)
+            os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
+            export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
+            reports.result()
     checkpoints.wait()
     checkpoints.close()
     if primary:
-        classifier = inference.Classifier(config, splits.class_names, reported_epochs[0], inference.first_seed(jax.device_get(final_model), config))
-        os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
-        export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
-        _write_reports(workdir, board, config, result, history, classifier, splits)
         workdir_lib.write_summary(workdir, result)
     spread = f" (std over {config.num_seeds} seeds {test['test_accuracy_std']:.4f})" if config.num_seeds > 1 else ""
     logging.info("Test loss %.4f, test accuracy %.4f%s (%d epochs, %.1f s training).", test["test_loss"], test["test_accuracy"], spread, epochs_run, train_seconds)

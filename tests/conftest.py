@@ -1,13 +1,17 @@
 """Shared fixtures. JAX runs on the CPU backend for every test, whatever the machine has."""
 
 import os
+import re
 
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fmnist_jax import config as config_lib  # noqa: E402
+from fmnist_jax import data  # noqa: E402
+
+MOCK_EXAMPLES = 48
 
 
 @pytest.fixture(scope="session")
@@ -15,24 +19,59 @@ def prepared_tfds_dir(tmp_path_factory):
     """A tfds data dir with the real fashion_mnist prepared from the local copy (Debian's package).
 
     Missing data is a failure, not a skip: CI installs dataset-fashion-mnist, and the real-data
-    tests are the ones that prove the whole path works.
+    tests are the ones that prove the whole path works. $FMNIST_JAX_PREPARED_TFDS_DIR names a data
+    dir prepared already (CI's lower-bounds environment has no TensorFlow to prepare one).
     """
-    from fmnist_jax import data
-
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    data_dir = os.environ.get("FMNIST_JAX_PREPARED_TFDS_DIR") or str(tmp_path_factory.mktemp("tfds"))
     cfg = config_lib.default().data
     cfg.tfds_data_dir = data_dir
     data.prepare(cfg)
     return data_dir
 
 
+def write_mock_dataset(data_dir: str, num_examples: int = MOCK_EXAMPLES, seed: int = 0) -> str:
+    """A prepared data dir holding `num_examples` random images and labels per split (what tfds'
+    mock_data gives), in the arrays file that every run reads."""
+    directory = os.path.join(data_dir, data.DATASET, data.VERSION)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, data.DATASET_INFO_FILE), "w") as f:
+        f.write('{"name": "mock fashion_mnist"}\n')
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split in data.SPLITS:
+        arrays[f"{split}_images"] = rng.integers(0, 256, (num_examples, 28, 28, 1), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 10, num_examples).astype(np.int32)
+    data.write_arrays(directory, arrays, [f"class {k}" for k in range(10)])
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def mock_tfds_dir(tmp_path_factory):
+    return write_mock_dataset(str(tmp_path_factory.mktemp("mock_tfds")))
+
+
 @pytest.fixture
-def tiny_config():
-    """A config that trains in well under a second on tfds mock data."""
+def tiny_config(mock_tfds_dir):
+    """A config that trains in well under a second on the mock data."""
     c = config_lib.default()
     c.num_epochs = 2
     c.batch_size = 8
     c.eval_batch_size = 16
     c.data.num_validation = 16
+    c.data.tfds_data_dir = mock_tfds_dir
     c.model.hidden_sizes = (16,)
     return c
+
+
+@pytest.fixture(scope="session")
+def without_tensorflow(tmp_path_factory):
+    """The environment of a machine without TensorFlow, for subprocesses: `import tensorflow` fails."""
+    blocker = tmp_path_factory.mktemp("no_tensorflow")
+    (blocker / "tensorflow").mkdir()
+    (blocker / "tensorflow" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'tensorflow'\", name='tensorflow')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.getcwd()])}
+
+
+def noise(stderr: str) -> list[str]:
+    """The lines of a command's stderr that look like trouble: errors, warnings, tracebacks, probes."""
+    return [line for line in stderr.splitlines() if re.match(r"[EWF]\d{4} |Traceback|.*(cuInit|Unable to initialize|CUDA|error)", line)]

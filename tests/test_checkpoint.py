@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from fmnist_jax import checkpoint, data, export, images, inference, train
@@ -20,9 +19,8 @@ from fmnist_jax.errors import UserError
 from configs import mlp as mlp_config
 
 
-def _mock_train(config, workdir, num_examples=48):
-    with tfds.testing.mock_data(num_examples=num_examples):
-        return train.train_and_evaluate(config, str(workdir))
+def _mock_train(config, workdir):
+    return train.train_and_evaluate(config, str(workdir))
 
 
 def _rows(workdir):
@@ -72,8 +70,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(prepared_tfds_d
     _assert_same_weights(killed, tmp_path / "ref")
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path, prepared_tfds_dir):
-    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path):
     tiny_config.num_epochs = 3
     reference = _mock_train(tiny_config, tmp_path / "ref")
     run = tmp_path / "run"
@@ -89,8 +86,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, t
     assert _rows(run) == _rows(tmp_path / "ref")
 
 
-def test_checkpoint_of_another_config_is_refused_naming_the_keys(tiny_config, tmp_path, prepared_tfds_dir):
-    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+def test_checkpoint_of_another_config_is_refused_naming_the_keys(tiny_config, tmp_path):
     tiny_config.num_epochs = 1
     _mock_train(tiny_config, tmp_path)
     (tmp_path / "config.json").unlink()
@@ -100,8 +96,7 @@ def test_checkpoint_of_another_config_is_refused_naming_the_keys(tiny_config, tm
         _mock_train(tiny_config, tmp_path)
 
 
-def test_asynchronous_saving_does_not_change_results(tiny_config, tmp_path, prepared_tfds_dir):
-    tiny_config.data.tfds_data_dir = prepared_tfds_dir
+def test_asynchronous_saving_does_not_change_results(tiny_config, tmp_path):
     _mock_train(tiny_config, tmp_path / "async")
     tiny_config.checkpoint.asynchronous = False
     _mock_train(tiny_config, tmp_path / "sync")
@@ -156,7 +151,7 @@ def test_photo_like_image_is_converted_to_light_on_dark(tmp_path):
     assert x[14, 14, 0] > 180 and x[1, 14, 0] < 60
 
 
-def test_predict_and_evaluate_clis_agree(trained, tmp_path):
+def test_predict_and_evaluate_clis_agree_without_tensorflow(trained, tmp_path, without_tensorflow):
     workdir, summary, splits = trained
     photo = np.full((480, 640, 3), 240, np.uint8)
     photo[100:400, 200:440] = (20, 20, 20)
@@ -168,14 +163,16 @@ def test_predict_and_evaluate_clis_agree(trained, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fmnist_jax.predict", f"--workdir={workdir}", "--images", str(tmp_path / "big_photo.jpg"),
          str(tmp_path / "broken.png"), str(tmp_path / "item.png"), str(tmp_path / "rgba.png"), "--test_indices=0,17,42", f"--output={figure}"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=without_tensorflow,
     )
     assert result.returncode == 1 and "broken.png could not be read" in result.stderr  # the others still predicted
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if ":" in line}
     assert {"big_photo.jpg", "item.png", "rgba.png", "test #0", "test #17", "test #42"} <= set(lines)
     assert Image.open(figure).size[0] > 100
 
-    evaluation = subprocess.run([sys.executable, "-m", "fmnist_jax.evaluate", f"--workdir={workdir}"], capture_output=True, text=True, timeout=600)
+    evaluation = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.evaluate", f"--workdir={workdir}"], capture_output=True, text=True, timeout=600, env=without_tensorflow
+    )
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
     metrics = json.loads((workdir / "eval" / "final" / "metrics.json").read_text())
     assert metrics["accuracy"] == summary["test_accuracy"]

@@ -22,7 +22,7 @@ def _setup(config, num_examples=64, seed=0):
         images[i, 2 * y : 2 * y + 3] = 250
     model = models.create(config.model)
     tx = optim.optimizer(config.optimizer, optim.schedule(config.schedule, config.optimizer.learning_rate, 10, 10))
-    state = engine.init_state(model, tx, jax.random.key(config.seed), (28, 28, 1))
+    state = engine.init_states(model, tx, jax.random.key(config.seed), (28, 28, 1))
     return model, tx, state, jnp.asarray(images), jnp.asarray(labels)
 
 
@@ -151,7 +151,7 @@ def test_eval_set_masks_padding():
     assert s.images.shape == (3, 2, 28, 28, 1) and int(s.mask.sum()) == 5
     model = models.create(mlp_config.get_config().model)
     tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
-    state = engine.init_state(model, tx, jax.random.key(0), (28, 28, 1))
+    state = engine.init_states(model, tx, jax.random.key(0), (28, 28, 1))
     sums = engine.Engine(model, tx, engine.Normalizer()).eval_sums(state.params, state.batch_stats, s.images, s.labels, s.mask)
     assert int(sums.count) == 5
 
@@ -198,7 +198,7 @@ def test_standardization_centers_the_training_pixels():
 def test_ema_is_the_warmed_up_moving_average_of_the_weights():
     config = mlp_config.get_config()
     model, tx, _, images, labels = _setup(config, num_examples=24)
-    state = engine.init_state(model, tx, jax.random.key(0), (28, 28, 1), ema=True)
+    state = engine.init_states(model, tx, jax.random.key(0), (28, 28, 1), ema=True)
     eng = engine.Engine(model, tx, engine.Normalizer(), ema_decay=0.5)
     step = jax.jit(eng.train_step)
     expected, sums = state.params, engine.Sums.zeros()

@@ -71,24 +71,3 @@ def test_damaged_file_is_rejected_clearly(expected, tmp_path, damage):
 def test_missing_files_are_named(expected, tmp_path):
     with pytest.raises(UserError, match="lacks .*train-images-idx3-ubyte.gz"):
         staging.stage(str(tmp_path), str(tmp_path / "manual"), expected.values())
-
-
-def test_no_data_anywhere_names_both_remedies(tmp_path, monkeypatch):
-    monkeypatch.setattr(staging, "DEBIAN_SOURCE_DIR", str(tmp_path / "absent"))
-    monkeypatch.setattr(data, "_can_reach", lambda url: False)
-    cfg = data.ConfigDict({"tfds_data_dir": str(tmp_path / "tfds"), "source_dir": "", "num_validation": 0})
-    with pytest.raises(UserError) as info:
-        data.prepare(cfg)
-    message = str(info.value)
-    assert "apt-get install dataset-fashion-mnist" in message
-    assert "--config.data.source_dir=DIR" in message
-
-
-def test_corrupt_prepared_dataset_is_a_clear_error(prepared_tfds_dir, tmp_path):
-    copy = tmp_path / "tfds"
-    shutil.copytree(prepared_tfds_dir, copy)
-    record = next((copy / "fashion_mnist").rglob("*train.tfrecord*"))
-    record.write_bytes(record.read_bytes()[:5000])
-    cfg = data.ConfigDict({"tfds_data_dir": str(copy), "source_dir": "", "num_validation": 5000})
-    with pytest.raises(UserError, match="cannot be read.*Delete that directory"):
-        data.load(cfg)

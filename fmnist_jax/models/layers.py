@@ -37,11 +37,16 @@ MONOTONE = frozenset({"relu", "tanh", "sigmoid", "elu", "leaky_relu"})
 FORMULATIONS = ("auto", "native", "cpu")
 
 
+def formulation_for(backend: str) -> str:
+    """What "auto" means on `backend`: the XLA:CPU-friendly pooling on CPU, the native ops elsewhere."""
+    return "cpu" if backend == "cpu" else "native"
+
+
 def use_cpu_formulation(formulation: str) -> bool:
-    """Whether to use the XLA:CPU-friendly formulation of pooling: on the CPU backend unless told."""
+    """Whether to use the XLA:CPU-friendly formulation of pooling ("auto": on the backend JAX runs on)."""
     if formulation not in FORMULATIONS:
         raise UserError(f"Unknown formulation {formulation!r}; choose one of {', '.join(FORMULATIONS)}.")
-    return formulation == "cpu" or (formulation == "auto" and jax.default_backend() == "cpu")
+    return (formulation_for(jax.default_backend()) if formulation == "auto" else formulation) == "cpu"
 
 
 def _windows(x: jax.Array, size: int) -> jax.Array:

@@ -1,0 +1,43 @@
+"""The seeds' Keras notebook job as one script, for the end-to-end row of the benchmark.
+
+    KERAS_BACKEND=tensorflow python -m experiments.benchmark.notebook [--tfds_data_dir=DIR] [--workdir=DIR]
+
+What "Classify images of clothing" does, in its order: import Keras and TensorFlow, load
+Fashion-MNIST through tfds, fit the seed MLP (Flatten, Dense 128 ReLU, Dense 10; Adam 1e-3, batch
+32) for 10 epochs holding out 5,000 training images for validation, evaluate on the test set, save
+the model, predict one image. The benchmark times the whole process from outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tfds_data_dir", default=None)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    (train_images, train_labels), (test_images, test_labels) = tfds.as_numpy(
+        tfds.load("fashion_mnist", split=["train", "test"], batch_size=-1, as_supervised=True, data_dir=args.tfds_data_dir, download=False)
+    )
+    train_images, test_images = train_images / 255.0, test_images / 255.0
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(train_images, train_labels, epochs=args.epochs, batch_size=32, validation_split=5000 / 60000, verbose=2)
+    _, accuracy = model.evaluate(test_images, test_labels, verbose=2)
+    os.makedirs(args.workdir, exist_ok=True)
+    model.save(os.path.join(args.workdir, "model.keras"))
+    probabilities = keras.layers.Softmax()(model.predict(test_images[:1], verbose=0))
+    print(f"test accuracy {accuracy:.4f}; image 0: class {int(np.argmax(probabilities))}")
+
+
+if __name__ == "__main__":
+    main()

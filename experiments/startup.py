@@ -1,0 +1,83 @@
+"""Where the seconds of one training command go: start-up, compile, epochs, wrap-up, exit.
+
+    python -m experiments.startup [--config=configs/mlp.py] [--epochs=10] [--repeats=3]
+
+Runs `python -m fmnist_jax.main` in a fresh workdir (data already prepared) `repeats` times and
+reads each process's own log timestamps. Prints, per run, the wall time, the training seconds
+from summary.json, their difference (the overhead a user waits for besides training) and the gaps
+between the log lines: process start to the first line (imports), to the model table (data), to
+"compiled" (init and compiles), over the epochs, to the test line (test, export, plots,
+checkpoints) and to the exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+_LOG_LINE = re.compile(r"^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+) +\d+ (\S+)\] (.*)")
+
+
+def _seconds_of_day(match: re.Match) -> float:
+    return int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
+
+
+def run_once(config: str, epochs: int, extra: list[str]) -> dict[str, float]:
+    """Wall time, training seconds and the phase gaps of one command, in seconds."""
+    with tempfile.TemporaryDirectory() as workdir:
+        now = datetime.datetime.now()
+        start_of_day = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "fmnist_jax.main", f"--config={config}", f"--workdir={workdir}", f"--config.num_epochs={epochs}", *extra]
+        result = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if result.returncode != 0:
+            raise SystemExit(f"error: {' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        with open(os.path.join(workdir, "summary.json")) as f:
+            summary = json.load(f)
+    lines = [(_seconds_of_day(m) - start_of_day, m[5]) for m in map(_LOG_LINE.match, result.stderr.splitlines()) if m]
+
+    def first(pattern: str) -> float:
+        return next(t for t, text in lines if re.search(pattern, text))
+
+    marks = {
+        "start-up (imports)": lines[0][0],
+        "data and model table": first(r"^$"),  # the model table's line starts with a newline
+        "init and compile": first(r"compiled in"),
+        "epochs": first(rf"epoch +{epochs}/{epochs}"),
+        "test, export, plots, checkpoints": first(r"^Test loss"),
+        "exit": wall,
+    }
+    phases, previous = {}, 0.0
+    for name, at in marks.items():
+        phases[name] = at - previous
+        previous = at
+    return {"wall": wall, "train_seconds": summary["train_seconds"], "overhead": wall - summary["train_seconds"], **phases}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/mlp.py")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="extra --config.key=value flags (after --)")
+    args = parser.parse_args()
+    runs = [run_once(args.config, args.epochs, args.overrides) for _ in range(args.repeats)]
+    print(f"`python -m fmnist_jax.main --config={args.config} --config.num_epochs={args.epochs}`, {args.repeats} runs (seconds):\n")
+    print("| | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " | median |")
+    print("| --- |" + " --- |" * (len(runs) + 1))
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        print(f"| {key} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {statistics.median(values):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

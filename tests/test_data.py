@@ -1,0 +1,97 @@
+"""The prepared data: tfds preparation in a child process, the verified arrays file, clear errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import write_mock_dataset
+from fmnist_jax import config as config_lib
+from fmnist_jax import data, prepare, staging
+from fmnist_jax.errors import UserError
+
+
+def _data_config(tfds_dir, num_validation=5000):
+    cfg = config_lib.default().data
+    cfg.tfds_data_dir, cfg.num_validation = str(tfds_dir), num_validation
+    return cfg
+
+
+def test_real_splits_keep_tfds_order_with_validation_first(prepared_tfds_dir):
+    splits = data.load(_data_config(prepared_tfds_dir))
+    assert splits.train_images.shape == (55_000, 28, 28, 1) and splits.train_images.dtype == np.uint8
+    assert splits.val_images.shape == (5_000, 28, 28, 1) and splits.test_images.shape == (10_000, 28, 28, 1)
+    assert splits.train_labels.dtype == splits.test_labels.dtype == np.int32
+    assert splits.class_names[0] == "T-shirt/top" and splits.class_names[9] == "Ankle boot"
+    # tfds' example order is deterministic; validation is its first 5,000 training examples.
+    assert splits.val_labels[:10].tolist() == [2, 1, 8, 4, 1, 9, 2, 2, 0, 2]
+    assert splits.test_labels[:10].tolist() == [4, 4, 9, 7, 5, 1, 0, 5, 7, 4]
+    assert np.bincount(splits.test_labels).tolist() == [1000] * 10
+    whole = data.load(_data_config(prepared_tfds_dir, num_validation=0))
+    np.testing.assert_array_equal(whole.train_images[:5000], splits.val_images)
+    np.testing.assert_array_equal(whole.train_images[5000:], splits.train_images)
+
+
+def test_arrays_that_no_longer_match_are_not_trusted(tmp_path):
+    directory = os.path.join(write_mock_dataset(str(tmp_path)), data.DATASET, data.VERSION)
+    assert data.read_arrays(directory) is not None
+    with open(os.path.join(directory, data.DATASET_INFO_FILE), "a") as f:
+        f.write(" ")  # the tfds dataset was prepared again
+    assert data.read_arrays(directory) is None
+    write_mock_dataset(str(tmp_path))
+    arrays, names = data.read_arrays(directory)
+    arrays["train_labels"][0] += 1
+    np.savez(os.path.join(directory, data.ARRAYS_FILE), manifest=json.dumps({
+        "dataset_info_sha256": data._dataset_info_digest(directory),
+        "arrays_sha256": json.loads(str(np.load(os.path.join(directory, data.ARRAYS_FILE))["manifest"]))["arrays_sha256"],
+        "class_names": names}), **arrays)
+    assert data.read_arrays(directory) is None
+
+
+def test_damaged_arrays_file_is_derived_again(prepared_tfds_dir, tmp_path):
+    copy = tmp_path / "tfds"
+    shutil.copytree(prepared_tfds_dir, copy)
+    path = copy / data.DATASET / data.VERSION / data.ARRAYS_FILE
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert data.read_arrays(str(path.parent)) is None
+    again = data.load(_data_config(copy))
+    original = data.load(_data_config(prepared_tfds_dir))
+    np.testing.assert_array_equal(again.train_images, original.train_images)
+    assert data.read_arrays(str(path.parent)) is not None
+
+
+def test_corrupt_prepared_dataset_is_a_clear_error(prepared_tfds_dir, tmp_path):
+    copy = tmp_path / "tfds"
+    shutil.copytree(prepared_tfds_dir, copy)
+    (copy / data.DATASET / data.VERSION / data.ARRAYS_FILE).unlink()
+    record = next((copy / data.DATASET).rglob("*train.tfrecord*"))
+    record.write_bytes(record.read_bytes()[:5000])
+    with pytest.raises(UserError, match="cannot be read.*Delete that directory"):
+        data.load(_data_config(copy))
+
+
+def test_no_data_anywhere_names_both_remedies(tmp_path, monkeypatch):
+    monkeypatch.setattr(staging, "DEBIAN_SOURCE_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(prepare, "_can_reach", lambda url: False)
+    with pytest.raises(UserError) as info:
+        prepare.prepare_tfds(_data_config(tmp_path / "tfds"))
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "--config.data.source_dir=DIR" in message
+
+
+def test_preparing_without_tensorflow_says_what_to_install(tmp_path, without_tensorflow):
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", f"--workdir={tmp_path / 'run'}",
+         f"--config.data.tfds_data_dir={tmp_path / 'tfds'}"],
+        capture_output=True, text=True, timeout=600, env=without_tensorflow,
+    )
+    assert result.returncode == 1
+    assert "needs TensorFlow" in result.stderr and "pip install 'fmnist_jax[prepare]'" in result.stderr
+    assert "Traceback" not in result.stderr
