@@ -123,9 +123,14 @@ def seed_keys(seed: int, num_seeds: int) -> tuple[jax.Array, jax.Array, jax.Arra
     return keys[:, 0], keys[:, 1], keys[:, 2]
 
 
-# The initial state is computed once: XLA:CPU compiles it ~4x faster without its optimization
-# passes (seed MLP 1.0 -> 0.23 s, ResNet 4.0 -> 1.1 s), which is most of a short run's start-up.
-_INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": "0"}}
+# XLA:CPU's optimization passes cost more than they save in a program that runs once: the initial
+# state compiles ~4x faster without them (seed MLP 1.0 -> 0.23 s, ResNet 4.0 -> 1.1 s).
+_RUN_ONCE_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": "0"}}
+
+
+def jit_once(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`jax.jit` for a program that runs once, such as initialization: compiled for a short compile."""
+    return jax.jit(fn, compiler_options=_RUN_ONCE_COMPILER_OPTIONS.get(jax.default_backend()))
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array, image_shape: tuple[int, ...], ema: bool) -> Callable[[jax.Array], TrainState]:
@@ -135,8 +140,7 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.A
 
 def init_states(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
     """`init_state` of one key, or of each key of a stacked batch (a leading seed axis), as one compiled program."""
-    init = _init_fn(model, tx, init_key, image_shape, ema)
-    return jax.jit(init, compiler_options=_INIT_COMPILER_OPTIONS.get(jax.default_backend()))(init_key)
+    return jit_once(_init_fn(model, tx, init_key, image_shape, ema))(init_key)
 
 
 def state_shapes(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:

@@ -177,8 +177,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         logging.info("Workdir %s already holds this finished run; not retraining.", workdir)
         return finished
 
-    threading.Thread(target=lambda: [importlib.import_module(m) for m in _REPORT_MODULES], name="import-reports").start()
-
     # --- Data: on the devices once, as uint8 ---------------------------------------------------
     splits = data.load(config.data)
     normalizer = engine.Normalizer.fit(splits.train_images, config.data.standardize)
@@ -199,7 +197,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         return eng.compiled_eval_sums(engine.eval_params(weights), weights["batch_stats"], split.images, split.labels, split.mask).per_seed()
 
     # XLA releases the GIL while it compiles: the training programs compile beside the initial
-    # state and the evaluation programs.
+    # state and the evaluation programs, and the reports' libraries load meanwhile.
+    threading.Thread(target=lambda: [importlib.import_module(m) for m in _REPORT_MODULES], name="import-reports").start()
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         training_compiled = pool.submit(runner.compile, placement.abstract(engine.state_shapes(*init_args)))

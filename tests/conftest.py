@@ -5,6 +5,7 @@ import re
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -12,6 +13,14 @@ from fmnist_jax import config as config_lib  # noqa: E402
 from fmnist_jax import data  # noqa: E402
 
 MOCK_EXAMPLES = 48
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Programs compiled once per session, as the CLI keeps them between runs: the tests build the
+    same small programs many times over."""
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from fmnist_jax import models, summary
+from fmnist_jax import engine, models, summary
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import layers
 from fmnist_jax.models.cnn import CNN
@@ -20,8 +20,8 @@ from configs import mlp as mlp_config
 
 def _logits(model, batch=3):
     x = jnp.zeros((batch, 28, 28, 1))
-    variables = model.init(jax.random.key(0), x)
-    return model.apply(variables, x), variables
+    variables = engine.jit_once(model.init)(jax.random.key(0), x)
+    return jax.jit(model.apply)(variables, x), variables
 
 
 @pytest.mark.parametrize("config_module, num_params", [(mlp_config, 101_770), (cnn_config, 421_642)])
@@ -44,7 +44,7 @@ def test_summary_lists_layers_in_call_order_with_shapes():
 
 def test_mlp_accepts_hwc_batches_of_any_size():
     model = models.create(mlp_config.get_config().model)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = engine.jit_once(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     assert model.apply(variables, jnp.ones((7, 28, 28, 1))).shape == (7, 10)
 
 
@@ -83,13 +83,13 @@ def test_cnn_cpu_formulation_trains_like_the_native_ops(batch_norm):
     results = []
     for formulation in ("cpu", "native"):
         model = CNN(batch_norm=batch_norm, formulation=formulation)
-        variables = model.init(jax.random.key(0), images)
+        variables = engine.jit_once(model.init)(jax.random.key(0), images)
 
         def loss(params, model=model, variables=variables):
             logits, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        results.append(jax.value_and_grad(loss)(variables["params"]))
+        results.append(jax.jit(jax.value_and_grad(loss))(variables["params"]))
     (loss_cpu, grads_cpu), (loss_native, grads_native) = results
     np.testing.assert_allclose(loss_cpu, loss_native, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_cpu, grads_native)
@@ -117,10 +117,11 @@ def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolu
 
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 8))
     block = BasicBlock(8, 1, "relu")
-    variables = block.init(jax.random.key(1), x, train=False)
-    np.testing.assert_allclose(block.apply(variables, x, train=False), jax.nn.relu(x), atol=1e-5)
+    variables = engine.jit_once(functools.partial(block.init, train=False))(jax.random.key(1), x)
+    np.testing.assert_allclose(jax.jit(functools.partial(block.apply, train=False))(variables, x), jax.nn.relu(x), atol=1e-5)
     down = BasicBlock(16, 2, "relu")
-    out, updates = down.apply(down.init(jax.random.key(1), x, train=False), x, train=True, mutable=["batch_stats"])
+    train_apply = jax.jit(functools.partial(down.apply, train=True, mutable=["batch_stats"]))
+    out, updates = train_apply(engine.jit_once(functools.partial(down.init, train=False))(jax.random.key(1), x), x)
     assert out.shape == (2, 7, 7, 16) and "shortcut_bn" in updates["batch_stats"]
     model = models.create(ml_collections.ConfigDict({"name": "resnet", "stage_channels": (8, 16, 32), "blocks_per_stage": 1, "stem_channels": 8}))
     logits, variables = _logits(model)

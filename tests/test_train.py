@@ -201,6 +201,7 @@ def test_strong_configs_train_end_to_end_when_shrunk(tiny_config, tmp_path):
                                  ("resnet", resnet, {"stage_channels": (4, 8), "stem_channels": 4, "blocks_per_stage": 1})):
         config = module.get_config()
         config.update({k: tiny_config[k] for k in ("num_epochs", "batch_size", "eval_batch_size")})
+        config.steps_per_call = 1  # the smallest program to compile; chunking has tests of its own
         config.data.num_validation, config.data.tfds_data_dir = 16, tiny_config.data.tfds_data_dir
         config.model.update(narrow)
         summary = _train(config, tmp_path / name)

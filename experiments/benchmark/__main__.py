@@ -1,11 +1,14 @@
 """Runs the same recipes with fmnist_jax and its peers, one subprocess each, and compares them.
 
     python -m experiments.benchmark [--recipes=mlp,cnn,mlp512,cnn512] [--peers=...] [--cnn_epochs=3]
+    python -m experiments.benchmark --recipes= --end_to_end_repeats=3    # the end-to-end rows alone
 
 Prints and saves (experiments/benchmark/results.json, and a Markdown table appended to
 WORKSPACE.md) per recipe and peer: median seconds per epoch after the first, first-epoch seconds
 (compile included for JIT peers), examples/s, test accuracy, peak RSS, speed ratio to fmnist_jax,
-and the fraction of this machine's measured float32 matmul peak the training reaches.
+and the fraction of this machine's measured float32 matmul peak the training reaches. Then the
+end-to-end rows: the whole seed MLP command against the same notebook job in Keras 3 + TensorFlow,
+side by side in this one invocation.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 RECIPES = {  # name: (model, batch size)
@@ -116,6 +120,48 @@ def target_lines(results: dict) -> list[str]:
     return lines
 
 
+def end_to_end(tfds_data_dir: str, repeats: int) -> dict[str, list[float]]:
+    """Whole-process wall seconds of the seed MLP command (with an empty and with a filled compilation
+    cache) and of the same notebook job in Keras 3 + TensorFlow (`experiments.benchmark.notebook`)."""
+    data = [f"--config.data.tfds_data_dir={tfds_data_dir}"] if tfds_data_dir else []
+    notebook_data = [f"--tfds_data_dir={tfds_data_dir}"] if tfds_data_dir else []
+    seconds: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        jobs = {
+            "fmnist_jax, empty compilation cache": ("fmnist_jax.main", ["--config=configs/mlp.py", *data], True),
+            "fmnist_jax, compilation cache filled by the previous run": ("fmnist_jax.main", ["--config=configs/mlp.py", *data], False),
+            "keras_tf notebook job": ("experiments.benchmark.notebook", notebook_data, False),
+        }
+        for label, (module, args, fresh_cache) in jobs.items():
+            seconds[label] = []
+            for i in range(repeats):
+                workdir = os.path.join(scratch, f"{module}-{i}-{len(seconds)}")
+                cache = os.path.join(scratch, f"cache-{i}" if fresh_cache else "cache-shared")
+                env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=cache, PYTHONPATH=ROOT)
+                start = time.perf_counter()
+                result = subprocess.run([sys.executable, "-m", module, f"--workdir={workdir}", *args], capture_output=True, text=True, cwd=ROOT, env=env)
+                if result.returncode != 0:
+                    raise SystemExit(f"error: {module} failed:\n{result.stderr[-2000:]}")
+                seconds[label].append(time.perf_counter() - start)
+            print(label, [round(s, 2) for s in seconds[label]])
+    return seconds
+
+
+def end_to_end_markdown(seconds: dict[str, list[float]]) -> str:
+    keras = statistics.median(seconds["keras_tf notebook job"])
+    lines = [
+        "\nEnd to end, whole process (import, load the prepared data, fit 10 epochs with 5,000 validation images, "
+        "evaluate on the test set, save; fmnist_jax also writes its checkpoints, plots, TensorBoard events and export, "
+        "Keras predicts one image), seed MLP, median wall seconds:\n",
+        "| job | runs (s) | median s | Keras + TF / this |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, values in seconds.items():
+        median = statistics.median(values)
+        lines.append(f"| {label} | {', '.join(f'{v:.1f}' for v in values)} | {median:.1f} | {keras / median:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: dict, peak: float, args) -> str:
     lines = [
         f"\n## {datetime.date.today()}: benchmark, fmnist_jax vs peers\n",
@@ -150,12 +196,13 @@ def main():
     parser.add_argument("--cnn_epochs", type=int, default=3, help="CNN epochs per peer (slow peers take minutes each)")
     parser.add_argument("--tfds_data_dir", default="")
     parser.add_argument("--no_workspace", action="store_true", help="do not append the table to WORKSPACE.md")
+    parser.add_argument("--end_to_end_repeats", type=int, default=3, help="runs of each whole command (0 = skip the end-to-end rows)")
     args = parser.parse_args()
 
     peak = matmul_peak_gflops()
     print(f"matmul peak {peak:.0f} GFLOP/s")
     results = {}
-    for recipe in args.recipes.split(","):
+    for recipe in filter(None, args.recipes.split(",")):
         model_name, batch_size = RECIPES[recipe]
         epochs = args.mlp_epochs if model_name == "mlp" else args.cnn_epochs
         flops = train_flops_per_example(model_name)
@@ -169,6 +216,8 @@ def main():
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump({"matmul_peak_gflops": peak, "results": results}, f, indent=2)
     table = markdown(results, peak, args)
+    if args.end_to_end_repeats:
+        table += end_to_end_markdown(end_to_end(args.tfds_data_dir, args.end_to_end_repeats))
     print(table)
     if not args.no_workspace:
         with open(os.path.join(ROOT, "WORKSPACE.md"), "a") as f:
