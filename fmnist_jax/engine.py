@@ -324,10 +324,22 @@ def compiler_options(backend: str) -> dict[str, str] | None:
     """XLA options for the train and eval programs of `backend`.
 
     On XLA:CPU, YNNPACK convolutions are slower than the Eigen ones (seed CNN Adam step at batch 64:
-    13 ms with the defaults vs 8.6 ms with YNNPACK kept for reductions only; the MLP is unchanged;
-    WORKSPACE.md), so YNNPACK is kept for reductions only.
+    13 ms with the defaults vs 8.6 ms with YNNPACK kept for reductions only; the MLP is unchanged),
+    so YNNPACK is kept for reductions only, where this XLA has YNNPACK at all (jaxlib 0.7 has not).
     """
-    return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"} if backend == "cpu" else None
+    option = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_REDUCE")
+    return dict([option]) if backend == "cpu" and _xla_accepts(*option) else None
+
+
+@functools.cache
+def _xla_accepts(option: str, value: str) -> bool:
+    """Whether this jaxlib's XLA:CPU knows a compile option: older ones refuse unknown names."""
+    try:
+        x = jax.device_put(np.float32(0), jax.local_devices(backend="cpu")[0])
+        jax.jit(lambda x: x + 1).lower(x).compile(compiler_options={option: value})
+    except jax.errors.JaxRuntimeError:
+        return False
+    return True
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ import threading
 import urllib.parse
 
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from fmnist_jax import cli, data, staging
 from fmnist_jax.errors import UserError
@@ -56,6 +56,7 @@ def _can_reach(url: str, timeout: float = _NETWORK_PROBE_SECONDS) -> bool:
 
 def _tensorflow():
     """TensorFlow, hidden from every GPU (JAX owns it), or a `UserError` saying how to install it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's CUDA probing is noise here
     try:
         import tensorflow as tf
     except ImportError as e:
@@ -73,7 +74,12 @@ def prepare_tfds(data_config):
     """The prepared tfds builder, preparing it first if needed (see the module docstring)."""
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(f"{data.DATASET}:{data.VERSION}", data_dir=data.tfds_data_dir(data_config))
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # tfds warns about every data dir it finds not prepared yet
+    try:
+        builder = tfds.builder(f"{data.DATASET}:{data.VERSION}", data_dir=data.tfds_data_dir(data_config))
+    finally:
+        logging.set_verbosity(verbosity)
     if builder.is_prepared():
         return builder
     source_dir = staging.find_source_dir(data_config.source_dir)

@@ -38,4 +38,3 @@ def test_seeds_are_vmapped_on_accelerators_and_copied_on_cpu():
     assert convolutions["cuda"] * 3 == convolutions["cpu"]  # one batched copy vs one copy per seed
     cpu = train.lower_for(_config("cnn"), "cpu")["train"].as_text()
     assert "stablehlo.while" not in cpu and "reduce_window" not in cpu  # unrolled chunks, CPU pooling
-    assert engine.compiler_options("cpu")
