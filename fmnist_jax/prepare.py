@@ -11,6 +11,7 @@ checksums; without one, tfds downloads only if its host answers within a few sec
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import socket
 import threading
@@ -23,6 +24,8 @@ from fmnist_jax import cli, data, staging
 from fmnist_jax.errors import UserError
 
 _NETWORK_PROBE_SECONDS = 5.0
+# TensorFlow's CUDA probing is noise here; tfds may import TensorFlow as soon as it is used.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _no_data_message(detail: str) -> str:
@@ -56,7 +59,6 @@ def _can_reach(url: str, timeout: float = _NETWORK_PROBE_SECONDS) -> bool:
 
 def _tensorflow():
     """TensorFlow, hidden from every GPU (JAX owns it), or a `UserError` saying how to install it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's CUDA probing is noise here
     try:
         import tensorflow as tf
     except ImportError as e:
@@ -74,12 +76,7 @@ def prepare_tfds(data_config):
     """The prepared tfds builder, preparing it first if needed (see the module docstring)."""
     import tensorflow_datasets as tfds
 
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)  # tfds warns about every data dir it finds not prepared yet
-    try:
-        builder = tfds.builder(f"{data.DATASET}:{data.VERSION}", data_dir=data.tfds_data_dir(data_config))
-    finally:
-        logging.set_verbosity(verbosity)
+    builder = tfds.builder(f"{data.DATASET}:{data.VERSION}", data_dir=data.tfds_data_dir(data_config))
     if builder.is_prepared():
         return builder
     source_dir = staging.find_source_dir(data_config.source_dir)
@@ -133,8 +130,13 @@ _TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "tfds data dir (defaul
 _SOURCE_DIR = flags.DEFINE_string("source_dir", "", "Directory of the four upstream files (default: Debian's copy).")
 
 
+def _errors_only(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.ERROR
+
+
 def _prepare() -> None:
     data_config = data.ConfigDict({"tfds_data_dir": _TFDS_DATA_DIR.value, "source_dir": _SOURCE_DIR.value})
+    logging.get_absl_logger().addFilter(_errors_only)  # tfds logs every step, and warns about every dir not prepared yet
     derive_arrays(prepare_tfds(data_config))
     print(f"Prepared {os.path.join(data.prepared_dir(data_config), data.ARRAYS_FILE)}")
 
