@@ -2,8 +2,9 @@
 
     python -m experiments.startup [--config=configs/mlp.py] [--epochs=10] [--repeats=3]
 
-Runs `python -m fmnist_jax.main` in a fresh workdir (data already prepared) `repeats` times and
-reads each process's own log timestamps. Prints, per run, the wall time, the training seconds
+Runs `python -m fmnist_jax.main` in a fresh workdir (data already prepared) `repeats` times with an
+empty compilation cache and as often with the cache its previous run filled, and reads each
+process's own log timestamps. Prints, per run, the wall time, the training seconds
 from summary.json, their difference (the overhead a user waits for besides training) and the gaps
 between the log lines: process start to the first line (imports), to the model table (data), to
 "compiled" (init and compiles), over the epochs, to the test line (test, export, plots,
@@ -30,14 +31,14 @@ def _seconds_of_day(match: re.Match) -> float:
     return int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
 
 
-def run_once(config: str, epochs: int, extra: list[str]) -> dict[str, float]:
+def run_once(config: str, epochs: int, extra: list[str], cache_dir: str) -> dict[str, float]:
     """Wall time, training seconds and the phase gaps of one command, in seconds."""
     with tempfile.TemporaryDirectory() as workdir:
         now = datetime.datetime.now()
         start_of_day = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6
         start = time.perf_counter()
         command = [sys.executable, "-m", "fmnist_jax.main", f"--config={config}", f"--workdir={workdir}", f"--config.num_epochs={epochs}", *extra]
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir))
         wall = time.perf_counter() - start
         if result.returncode != 0:
             raise SystemExit(f"error: {' '.join(command)} failed:\n{result.stderr[-2000:]}")
@@ -49,8 +50,7 @@ def run_once(config: str, epochs: int, extra: list[str]) -> dict[str, float]:
         return next(t for t, text in lines if re.search(pattern, text))
 
     marks = {
-        "start-up (imports)": lines[0][0],
-        "data and model table": first(r"^$"),  # the model table's line starts with a newline
+        "start-up: imports, data, model table": first(r"^$"),  # the model table's line starts with a newline
         "init and compile": first(r"compiled in"),
         "epochs": first(rf"epoch +{epochs}/{epochs}"),
         "test, export, plots, checkpoints": first(r"^Test loss"),
@@ -70,13 +70,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="extra --config.key=value flags (after --)")
     args = parser.parse_args()
-    runs = [run_once(args.config, args.epochs, args.overrides) for _ in range(args.repeats)]
-    print(f"`python -m fmnist_jax.main --config={args.config} --config.num_epochs={args.epochs}`, {args.repeats} runs (seconds):\n")
-    print("| | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " | median |")
-    print("| --- |" + " --- |" * (len(runs) + 1))
-    for key in runs[0]:
-        values = [r[key] for r in runs]
-        print(f"| {key} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {statistics.median(values):.2f} |")
+    with tempfile.TemporaryDirectory() as scratch:
+        # Alternating: an empty compilation cache (the first run of a config), then one its
+        # previous run filled (every later run).
+        runs = {"empty": [], "filled": []}
+        for i in range(args.repeats):
+            cache = os.path.join(scratch, f"cache-{i}")
+            runs["empty"].append(run_once(args.config, args.epochs, args.overrides, cache))
+            runs["filled"].append(run_once(args.config, args.epochs, args.overrides, cache))
+    print(f"`python -m fmnist_jax.main --config={args.config} --config.num_epochs={args.epochs}`, seconds, {args.repeats} runs each:\n")
+    print("| | " + " | ".join(f"{cache} cache, median" for cache in runs) + " | runs (empty cache) | runs (filled cache) |")
+    print("| --- |" + " --- |" * (2 + len(runs)))
+    for key in runs["empty"][0]:
+        values = {cache: [r[key] for r in rs] for cache, rs in runs.items()}
+        medians = " | ".join(f"{statistics.median(v):.2f}" for v in values.values())
+        print(f"| {key} | {medians} | " + " | ".join(", ".join(f"{x:.2f}" for x in v) for v in values.values()) + " |")
 
 
 if __name__ == "__main__":

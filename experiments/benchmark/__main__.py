@@ -129,14 +129,14 @@ def end_to_end(tfds_data_dir: str, repeats: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as scratch:
         jobs = {
             "fmnist_jax, empty compilation cache": ("fmnist_jax.main", ["--config=configs/mlp.py", *data], True),
-            "fmnist_jax, compilation cache filled by the previous run": ("fmnist_jax.main", ["--config=configs/mlp.py", *data], False),
+            "fmnist_jax, compilation cache filled by an earlier run": ("fmnist_jax.main", ["--config=configs/mlp.py", *data], False),
             "keras_tf notebook job": ("experiments.benchmark.notebook", notebook_data, False),
         }
         for label, (module, args, fresh_cache) in jobs.items():
             seconds[label] = []
             for i in range(repeats):
                 workdir = os.path.join(scratch, f"{module}-{i}-{len(seconds)}")
-                cache = os.path.join(scratch, f"cache-{i}" if fresh_cache else "cache-shared")
+                cache = os.path.join(scratch, f"cache-{i}" if fresh_cache else "cache-0")  # cache-0: filled by the first run
                 env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=cache, PYTHONPATH=ROOT)
                 start = time.perf_counter()
                 result = subprocess.run([sys.executable, "-m", module, f"--workdir={workdir}", *args], capture_output=True, text=True, cwd=ROOT, env=env)
