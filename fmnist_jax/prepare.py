@@ -137,7 +137,8 @@ def _errors_only(record: std_logging.LogRecord) -> bool:
 def _prepare() -> None:
     data_config = data.ConfigDict({"tfds_data_dir": _TFDS_DATA_DIR.value, "source_dir": _SOURCE_DIR.value})
     logging.get_absl_logger().addFilter(_errors_only)  # tfds logs every step, and warns about every dir not prepared yet
-    derive_arrays(prepare_tfds(data_config))
+    if data.read_arrays(data.prepared_dir(data_config)) is None:
+        derive_arrays(prepare_tfds(data_config))
     print(f"Prepared {os.path.join(data.prepared_dir(data_config), data.ARRAYS_FILE)}")
 
 

@@ -13,7 +13,7 @@ import importlib
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,9 @@ from fmnist_jax.progress import Progress
 from fmnist_jax.augment import Augment
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
+
+if TYPE_CHECKING:
+    from fmnist_jax.board import Board
 
 IMAGE_SHAPE = (28, 28, 1)
 PLOTS_DIR = "plots"
@@ -69,7 +72,7 @@ def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str, 
     )
 
 
-def _write_reports(workdir: str, board: Any, config: ConfigDict, result: dict[str, Any], history: list[dict[str, Any]],
+def _write_reports(workdir: str, board: Board, config: ConfigDict, result: dict[str, Any], history: list[dict[str, Any]],
                    classifier: inference.Classifier, splits: data.Splits) -> None:
     """The run's plots (<workdir>/plots/) and its last TensorBoard entries, from the final weights."""
     from fmnist_jax import plots
