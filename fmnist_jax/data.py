@@ -144,13 +144,13 @@ def load(data_config: ConfigDict) -> Splits:
             f"data.num_validation={num_validation} leaves no training examples (the train split has "
             f"{num_train_total}). Use a value in [0, {num_train_total - 1}]."
         )
-    images, labels = arrays["train_images"], arrays["train_labels"].astype(np.int32)
+    images, labels = arrays["train_images"], arrays["train_labels"]
     return Splits(
         train_images=images[num_validation:],
         train_labels=labels[num_validation:],
         val_images=images[:num_validation],
         val_labels=labels[:num_validation],
         test_images=arrays["test_images"],
-        test_labels=arrays["test_labels"].astype(np.int32),
+        test_labels=arrays["test_labels"],
         class_names=tuple(class_names),
     )

@@ -436,6 +436,13 @@ class EpochRunner:
         return state, sums
 
 
+def eval_batches(num_examples: int, batch_size: int, num_devices: int = 1) -> tuple[int, int]:
+    """(batches, examples per batch) of an evaluation split: batches of at most the split, rounded up
+    to split evenly over the devices; the last one padded."""
+    batch_size = math.ceil(max(1, min(batch_size, num_examples)) / num_devices) * num_devices
+    return math.ceil(num_examples / batch_size), batch_size
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
     """An evaluation split on the device, padded to whole batches with a mask of real examples."""
@@ -448,9 +455,7 @@ class EvalSet:
     def create(cls, images: np.ndarray, labels: np.ndarray, batch_size: int, placement: DataParallel) -> EvalSet:
         """Batches of `batch_size` (at most the split, rounded up to split evenly over the devices)."""
         n = len(labels)
-        devices = placement.num_devices
-        batch_size = math.ceil(max(1, min(batch_size, n)) / devices) * devices
-        num_batches = math.ceil(n / batch_size)
+        num_batches, batch_size = eval_batches(n, batch_size, placement.num_devices)
         pad = num_batches * batch_size - n
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
         labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])

@@ -19,6 +19,7 @@ import urllib.parse
 
 import numpy as np
 from absl import flags, logging
+from ml_collections import ConfigDict
 
 from fmnist_jax import cli, data, staging
 from fmnist_jax.errors import UserError
@@ -135,7 +136,7 @@ def _errors_only(record: std_logging.LogRecord) -> bool:
 
 
 def _prepare() -> None:
-    data_config = data.ConfigDict({"tfds_data_dir": _TFDS_DATA_DIR.value, "source_dir": _SOURCE_DIR.value})
+    data_config = ConfigDict({"tfds_data_dir": _TFDS_DATA_DIR.value, "source_dir": _SOURCE_DIR.value})
     logging.get_absl_logger().addFilter(_errors_only)  # tfds logs every step, and warns about every dir not prepared yet
     if data.read_arrays(data.prepared_dir(data_config)) is None:
         derive_arrays(prepare_tfds(data_config))

@@ -156,7 +156,7 @@ def lower_for(config: ConfigDict, platform: str, num_train: int = 55_000) -> dic
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
     indices = jax.ShapeDtypeStruct((*seeds, steps, config.batch_size), jnp.int32)
-    batches = (10_000 // config.eval_batch_size, config.eval_batch_size)
+    batches = engine.eval_batches(10_000, config.eval_batch_size)
     train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(state, engine.Sums.zeros(config.num_seeds), images, labels, indices, dropout_key)
     weights = state.weights()
     eval_call = jax.jit(eng.eval_program()).trace(

@@ -171,6 +171,8 @@ def markdown(results: dict, peak: float, args) -> str:
         "| recipe | peer | s/epoch (median after 1st) | 1st epoch s | examples/s | test acc | peak RSS MB | fmnist_jax speedup | % of matmul peak |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    if not results:
+        lines = lines[:2]  # only the end-to-end rows were asked for
     for recipe, rows in results.items():
         ours = rows.get("fmnist_jax", {}).get("seconds_per_epoch")
         for peer, r in rows.items():
@@ -186,6 +188,21 @@ def markdown(results: dict, peak: float, args) -> str:
     if checks:
         lines += ["", "Targets (issue 4, CPU):", *checks]
     return "\n".join(lines) + "\n"
+
+
+def save_results(peak: float, results: dict, end_to_end_seconds: dict[str, list[float]]) -> None:
+    """Updates results.json with what this invocation measured, keeping the rest of earlier ones."""
+    path = os.path.join(HERE, "results.json")
+    saved = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+    if results:
+        saved.update(matmul_peak_gflops=peak, results=results)
+    if end_to_end_seconds:
+        saved["end_to_end_seconds"] = end_to_end_seconds
+    with open(path, "w") as f:
+        json.dump(saved, f, indent=2)
 
 
 def main():
@@ -213,11 +230,9 @@ def main():
                 r["fraction_of_peak"] = flops * r["examples_per_second"] / (peak * 1e9)
             results[recipe][peer] = r
             print(recipe, peer, json.dumps({k: v for k, v in r.items() if k != "epoch_seconds"}))
-    with open(os.path.join(HERE, "results.json"), "w") as f:
-        json.dump({"matmul_peak_gflops": peak, "results": results}, f, indent=2)
-    table = markdown(results, peak, args)
-    if args.end_to_end_repeats:
-        table += end_to_end_markdown(end_to_end(args.tfds_data_dir, args.end_to_end_repeats))
+    seconds = end_to_end(args.tfds_data_dir, args.end_to_end_repeats) if args.end_to_end_repeats else {}
+    save_results(peak, results, seconds)
+    table = markdown(results, peak, args) + (end_to_end_markdown(seconds) if seconds else "")
     print(table)
     if not args.no_workspace:
         with open(os.path.join(ROOT, "WORKSPACE.md"), "a") as f:
