@@ -260,8 +260,9 @@ class Engine:
         (state, sums), _ = jax.lax.scan(body, (state, sums), batch_indices, unroll=self.unroll)
         return state, sums
 
-    def eval_sums(self, params: PyTree, batch_stats: PyTree, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Sums:
-        """Loss and accuracy sums over pre-batched `[num_batches, batch, ...]` data; `mask` marks real examples."""
+    def eval_sums(self, params: PyTree, batch_stats: PyTree, sums: Sums, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Sums:
+        """`sums` plus the loss and accuracy sums over pre-batched `[num_batches, batch, ...]` data;
+        `mask` marks real examples. A split evaluated in several calls adds in the same order as in one."""
 
         def body(sums, batch):
             x, y, m = batch
@@ -270,7 +271,7 @@ class Engine:
             correct = (jnp.argmax(logits, -1) == y) & m
             return Sums(sums.loss + jnp.sum(jnp.where(m, loss, 0.0)), sums.correct + jnp.sum(correct), sums.count + jnp.sum(m), sums.first_nonfinite_step), None
 
-        sums, _ = jax.lax.scan(body, Sums.zeros(), (images, labels, mask))
+        sums, _ = jax.lax.scan(body, sums, (images, labels, mask))
         return sums
 
     def train_program(self) -> Callable[..., tuple[TrainState, Sums]]:
@@ -278,12 +279,19 @@ class Engine:
         return self.over_seeds(self.train_steps, (True, True, False, False, True, True))
 
     def eval_program(self) -> Callable[..., Sums]:
-        """`eval_sums` over every seed: (params, batch_stats, images, labels, mask)."""
-        return self.over_seeds(self.eval_sums, (True, True, False, False, False))
+        """`eval_sums` over every seed: (params, batch_stats, sums, images, labels, mask)."""
+        return self.over_seeds(self.eval_sums, (True, True, True, False, False, False))
 
     @functools.cached_property
     def compiled_eval_sums(self) -> Callable[..., Sums]:
         return jax.jit(self.eval_program(), compiler_options=self.compiler_options)
+
+    def evaluate(self, weights: dict[str, PyTree], split: EvalSet) -> Sums:
+        """Loss and accuracy sums of `weights` (see `TrainState.weights`) over `split`, per seed."""
+        sums = Sums.zeros(self.num_seeds)
+        for images, labels, mask in split.calls:
+            sums = self.compiled_eval_sums(eval_params(weights), weights["batch_stats"], sums, images, labels, mask)
+        return sums
 
 
 def epoch_batches(key: jax.Array, epoch: jax.Array, num_examples: int, num_steps: int, batch_size: int) -> jax.Array:
@@ -445,20 +453,36 @@ def eval_batches(num_examples: int, batch_size: int, num_devices: int = 1) -> tu
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
-    """An evaluation split on the device, padded to whole batches with a mask of real examples."""
+    """An evaluation split on the device as `(images, labels, mask)` per evaluation call, padded to
+    whole batches with a mask of real examples."""
 
-    images: jax.Array
-    labels: jax.Array
-    mask: jax.Array
+    calls: tuple[tuple[jax.Array, jax.Array, jax.Array], ...]
+
+    @property
+    def call_shape(self) -> tuple[int, ...]:
+        """The images' shape of one call: splits of one call shape share one compiled program."""
+        return self.calls[0][0].shape
 
     @classmethod
-    def create(cls, images: np.ndarray, labels: np.ndarray, batch_size: int, placement: DataParallel) -> EvalSet:
-        """Batches of `batch_size` (at most the split, rounded up to split evenly over the devices)."""
+    def create(cls, images: np.ndarray, labels: np.ndarray, batch_size: int, placement: DataParallel, batches_per_call: int | None = None) -> EvalSet:
+        """Batches of `batch_size` (at most the split, rounded up to split evenly over the devices),
+        `batches_per_call` (a divisor of the number of batches; default all) per call."""
         n = len(labels)
         num_batches, batch_size = eval_batches(n, batch_size, placement.num_devices)
+        batches_per_call = batches_per_call or num_batches
         pad = num_batches * batch_size - n
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
         labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
         mask = np.arange(num_batches * batch_size) < n
-        shape = (num_batches, batch_size)
-        return cls(*placement.put((images.reshape(*shape, *images.shape[1:]), labels.reshape(shape), mask.reshape(shape)), placement.split(1)))
+        shape = (num_batches // batches_per_call, batches_per_call, batch_size)
+        arrays = (images.reshape(*shape, *images.shape[1:]), labels.reshape(shape), mask.reshape(shape))
+        return cls(tuple(placement.put(tuple(a[i] for a in arrays), placement.split(1)) for i in range(shape[0])))
+
+    @classmethod
+    def create_all(cls, splits: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int, placement: DataParallel) -> dict[str, EvalSet]:
+        """`create` for each named (images, labels) split, in calls of one shape where the batch sizes
+        agree (the greatest common divisor of their batch counts: no padding), so that one compiled
+        program evaluates them all (validation 5 and test 10 batches: 5 per call, one compile less)."""
+        shapes = {name: eval_batches(len(labels), batch_size, placement.num_devices) for name, (_, labels) in splits.items()}
+        per_call = {name: math.gcd(*(b for b, size in shapes.values() if size == shapes[name][1])) for name in splits}
+        return {name: cls.create(images, labels, batch_size, placement, per_call[name]) for name, (images, labels) in splits.items()}

@@ -156,11 +156,11 @@ def lower_for(config: ConfigDict, platform: str, num_train: int = 55_000) -> dic
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
     indices = jax.ShapeDtypeStruct((*seeds, steps, config.batch_size), jnp.int32)
-    batches = engine.eval_batches(10_000, config.eval_batch_size)
+    batches = engine.eval_batches(10_000, config.eval_batch_size)  # the test split in one call
     train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(state, engine.Sums.zeros(config.num_seeds), images, labels, indices, dropout_key)
     weights = state.weights()
     eval_call = jax.jit(eng.eval_program()).trace(
-        engine.eval_params(weights), weights["batch_stats"], jax.ShapeDtypeStruct((*batches, *IMAGE_SHAPE), jnp.uint8),
+        engine.eval_params(weights), weights["batch_stats"], engine.Sums.zeros(config.num_seeds), jax.ShapeDtypeStruct((*batches, *IMAGE_SHAPE), jnp.uint8),
         jax.ShapeDtypeStruct(batches, jnp.int32), jax.ShapeDtypeStruct(batches, jnp.bool_),
     )
     return {"train": train_call.lower(lowering_platforms=(platform,)), "eval": eval_call.lower(lowering_platforms=(platform,))}
@@ -183,8 +183,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     # --- Data: on the devices once, as uint8 ---------------------------------------------------
     splits = data.load(config.data)
     normalizer = engine.Normalizer.fit(splits.train_images, config.data.standardize)
-    val_set = engine.EvalSet.create(splits.val_images, splits.val_labels, config.eval_batch_size, placement) if len(splits.val_labels) else None
-    test_set = engine.EvalSet.create(splits.test_images, splits.test_labels, config.eval_batch_size, placement)
+    eval_splits = {"test": (splits.test_images, splits.test_labels)}
+    if len(splits.val_labels):
+        eval_splits["val"] = (splits.val_images, splits.val_labels)
+    eval_sets = engine.EvalSet.create_all(eval_splits, config.eval_batch_size, placement)
+    test_set, val_set = eval_sets["test"], eval_sets.get("val")
     num_train = len(splits.train_labels)
     steps_per_epoch = num_train // config.batch_size
 
@@ -196,9 +199,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     init_args = (model, eng.tx, init_key, IMAGE_SHAPE, config.ema_decay > 0)
     runner = engine.EpochRunner(eng, splits.train_images, splits.train_labels, config.batch_size, steps_per_call, shuffle_key, dropout_key, placement)
 
-    def evaluate(weights: dict[str, Any], split: engine.EvalSet) -> list[dict[str, float]]:
-        return eng.compiled_eval_sums(engine.eval_params(weights), weights["batch_stats"], split.images, split.labels, split.mask).per_seed()
-
     # XLA releases the GIL while it compiles: the training programs compile beside the initial
     # state and the evaluation programs, and the reports' libraries load meanwhile.
     threading.Thread(target=lambda: [importlib.import_module(m) for m in _REPORT_MODULES], name="import-reports").start()
@@ -206,8 +206,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         training_compiled = pool.submit(runner.compile, placement.abstract(engine.state_shapes(*init_args)))
         state = placement.put(engine.init_states(*init_args))
-        for split in (test_set, val_set) if val_set is not None else (test_set,):
-            evaluate(state.weights(), split)
+        for split in {s.call_shape: s for s in eval_sets.values()}.values():  # compiles each call shape once
+            eng.evaluate(state.weights(), split).per_seed()
         training_compiled.result()
     compile_seconds = time.perf_counter() - start
     logging.info(
@@ -287,7 +287,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             "learning_rate": float(learning_rate(epoch * steps_per_epoch - 1)),  # no device read
         }
         if val_set is not None:
-            row.update(_over_seeds("val", evaluate(state.weights(), val_set)))
+            row.update(_over_seeds("val", eng.evaluate(state.weights(), val_set).per_seed()))
         history.append(row)
         metrics_log.write(row)
         board.epoch(row)
@@ -308,7 +308,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     restored_epoch = reported_epochs if early_stopping and config.num_seeds > 1 else reported_epochs[0]
 
     # --- Test and summary ---------------------------------------------------------------------
-    test = _over_seeds("test", evaluate(final_weights, test_set))
+    test = _over_seeds("test", eng.evaluate(final_weights, test_set).per_seed())
     result = {
         **test,
         "best_val_accuracy": max((r["val_accuracy"] for r in history if "val_accuracy" in r), default=None),

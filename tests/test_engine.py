@@ -148,12 +148,29 @@ def test_eval_set_masks_padding():
     images = np.zeros((5, 28, 28, 1), np.uint8)
     labels = np.arange(5, dtype=np.int32)
     s = engine.EvalSet.create(images, labels, batch_size=2, placement=DataParallel.over_all_devices())
-    assert s.images.shape == (3, 2, 28, 28, 1) and int(s.mask.sum()) == 5
+    (images, _, mask), = s.calls
+    assert images.shape == (3, 2, 28, 28, 1) and int(mask.sum()) == 5
     model = models.create(mlp_config.get_config().model)
     tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
     state = engine.init_states(model, tx, jax.random.key(0), (28, 28, 1))
-    sums = engine.Engine(model, tx, engine.Normalizer()).eval_sums(state.params, state.batch_stats, s.images, s.labels, s.mask)
+    sums = engine.Engine(model, tx, engine.Normalizer()).evaluate(state.weights(), s)
     assert int(sums.count) == 5
+
+
+def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (20, 28, 28, 1), np.uint8), rng.integers(0, 10, 20).astype(np.int32)
+    placement = DataParallel.over_all_devices()
+    sets = engine.EvalSet.create_all({"val": (images[:8], labels[:8]), "test": (images, labels)}, batch_size=2, placement=placement)
+    assert sets["val"].call_shape == sets["test"].call_shape == (2, 2, 28, 28, 1)  # gcd(4, 10) batches per call
+    assert len(sets["test"].calls) == 5
+    model = models.create(mlp_config.get_config().model)
+    tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
+    weights = engine.init_states(model, tx, jax.random.key(0), (28, 28, 1)).weights()
+    eng = engine.Engine(model, tx, engine.Normalizer())
+    in_calls = eng.evaluate(weights, sets["test"])
+    in_one = eng.evaluate(weights, engine.EvalSet.create(images, labels, 2, placement))
+    assert int(in_calls.count) == 20 and float(in_calls.loss) == float(in_one.loss) and int(in_calls.correct) == int(in_one.correct)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adadelta", "rmsprop"])
