@@ -15,13 +15,11 @@ that looks valid.
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -56,27 +54,9 @@ class Checkpoints:
             self._managers = {"latest": manager("latest", keep), "best": manager("best", 1), "final": manager("final", 1)}
         except OSError as e:
             raise UserError(f"Cannot create checkpoint directories in {workdir}: {e}. Pass a writable --workdir.") from e
-        # Starting an Orbax save blocks its caller ~30-70 ms (directories, metadata, thread hand-offs),
-        # twice an epoch: one writer thread starts them, in order, while the next epoch trains.
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
-        self._pending: list[concurrent.futures.Future] = []
 
     def save(self, kind: str, epoch: int, model: PyTree, meta: dict[str, Any], train: PyTree | None = None) -> None:
-        """Queues a save and returns at once; a failed earlier save raises here (or in `wait`).
-
-        The device arrays are copied first: the next training call donates their buffers.
-        """
-        self._raise_failed()
-        copy = jax.tree.map(lambda a: jnp.copy(a) if isinstance(a, jax.Array) else a, (model, train))
-        self._pending.append(self._writer.submit(self._save, kind, epoch, *copy, meta))
-
-    def _raise_failed(self) -> None:
-        finished = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
-        for f in finished:
-            f.result()
-
-    def _save(self, kind: str, epoch: int, model: PyTree, train: PyTree | None, meta: dict[str, Any]) -> None:
+        """Starts saving; the device buffers are copied before this returns, so training may go on."""
         items = {"model": ocp.args.StandardSave(model), "meta": ocp.args.JsonSave(meta)}
         if train is not None:
             items["train"] = ocp.args.StandardSave(train)
@@ -93,10 +73,6 @@ class Checkpoints:
             ) from e
 
     def wait(self) -> None:
-        """Returns when every queued save is on disk; raises the first that failed."""
-        for f in self._pending:
-            f.result()
-        self._pending = []
         try:
             for m in self._managers.values():
                 m.wait_until_finished()
@@ -104,7 +80,6 @@ class Checkpoints:
             raise UserError(f"Writing a checkpoint failed: {e}. Earlier checkpoints are untouched; fix the workdir and rerun.") from e
 
     def close(self) -> None:
-        self._writer.shutdown()
         for m in self._managers.values():
             m.close()
 
