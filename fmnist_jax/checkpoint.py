@@ -79,19 +79,13 @@ class Checkpoints:
         except OSError as e:
             raise UserError(f"Writing a checkpoint failed: {e}. Earlier checkpoints are untouched; fix the workdir and rerun.") from e
 
+    def latest_epoch(self) -> int | None:
+        """The epoch of the newest complete `latest/` checkpoint (None if there is none)."""
+        return self._managers["latest"].latest_step()
+
     def close(self) -> None:
         for m in self._managers.values():
             m.close()
-
-    def saved_config(self) -> dict[str, Any] | None:
-        """The config recorded in the newest `latest/` checkpoint (None if there is none)."""
-        manager = self._managers["latest"]
-        for epoch in sorted(manager.all_steps(), reverse=True):
-            try:
-                return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta["config"]
-            except Exception:  # a damaged one: restore_latest reports it
-                continue
-        return None
 
     def restore_latest(self, model_like: PyTree, train_like: PyTree) -> tuple[int, PyTree, PyTree, dict[str, Any]] | None:
         """(epoch, model, train, meta) of the newest readable `latest/` checkpoint, or None if none."""
@@ -120,6 +114,24 @@ class Checkpoints:
         return None
 
 
+def saved_config(workdir: str) -> dict[str, Any] | None:
+    """The config recorded in the newest readable `latest/` checkpoint of `workdir` (None if there is
+    none); reads only, so a run can check it before it writes anything."""
+    path = directory(workdir, "latest")
+    if not os.path.isdir(path):
+        return None
+    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=_handlers())
+    try:
+        for epoch in sorted(manager.all_steps(), reverse=True):
+            try:
+                return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta["config"]
+            except Exception:  # a damaged one: the run's restore_latest moves it aside and reports it
+                continue
+    finally:
+        manager.close()
+    return None
+
+
 def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
     """(model item, meta) of the newest readable checkpoint of `kind`, on the current backend."""
     path = directory(workdir, kind)
@@ -129,8 +141,9 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
             f"--workdir={workdir}), or pick another checkpoint with which=latest/best/final."
         )
     manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=_handlers())
+    steps = sorted(manager.all_steps(), reverse=True)
     try:
-        for epoch in sorted(manager.all_steps(), reverse=True):
+        for epoch in steps:
             try:
                 # Target: the saved shapes on this process's first device, so a checkpoint written
                 # on GPU/TPU restores on CPU (and vice versa).
@@ -143,7 +156,12 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
             return restored.model, restored.meta
     finally:
         manager.close()
+    if steps:
+        raise UserError(
+            f"The {kind!r} checkpoint in {path} (epoch {', '.join(map(str, steps))}) is damaged (warnings above). "
+            "Pick another with --which=latest (the last epoch's weights), --which=best or --which=final."
+        )
     raise UserError(
-        f"No readable {kind!r} checkpoint in {path}. Train first (python -m fmnist_jax.main "
+        f"No {kind!r} checkpoint in {path}. Train first (python -m fmnist_jax.main "
         f"--config=... --workdir={workdir}), or pick another checkpoint with which=latest/best/final."
     )

@@ -1,15 +1,23 @@
-"""What every command-line entry point shares: readable logs and errors without tracebacks."""
+"""What every command-line entry point shares: readable logs, errors without tracebacks, clean stops.
+
+A failure a user can fix prints one `error:` paragraph and exits 1. `FMNIST_JAX_TRACEBACK=1` in the
+environment prints the traceback behind it too (for bug reports).
+"""
 
 from __future__ import annotations
 
 import logging as std_logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 from absl import app, flags, logging
 
+from fmnist_jax import stopping
 from fmnist_jax.errors import UserError
+
+TRACEBACK_VARIABLE = "FMNIST_JAX_TRACEBACK"
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:
@@ -30,17 +38,56 @@ def _keep_compiled_programs() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def _check_backend() -> None:
+    """A platform named in JAX_PLATFORMS that this machine lacks is one error naming it, not JAX's
+    assertion or its chained RuntimeError."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if not platforms:
+        return
+    import jax
+
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as e:
+        detail = str(e).split("\n")[0] or type(e).__name__
+        raise UserError(
+            f"JAX_PLATFORMS={platforms} asks for a backend this machine cannot start ({detail}). Unset JAX_PLATFORMS "
+            "to use what is present (the CPU at least), or install that backend's jax plugin (e.g. pip install "
+            "'jax[cuda13]' for an NVIDIA GPU, 'jax[tpu]' on a Cloud TPU VM)."
+        ) from e
+
+
+def _exit(status: int, message: str | None = None) -> None:
+    """Leaves at once once the logs are out: Orbax's and JAX's threads would print their own
+    tracebacks while the interpreter tears down."""
+    if message:
+        print(message, file=sys.stderr)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def run(fn: Callable[[], None]) -> None:
-    """Runs `fn`; a `UserError` becomes its message on stderr and exit status 1."""
+    """Runs `fn`; a `UserError` becomes its message on stderr and exit status 1, a stop (SIGINT,
+    SIGTERM) its one line and 128 + the signal's number."""
     logging.get_absl_handler().addFilter(_quiet_orbax)
     # JAX reports each platform it probes and does not find ("Unable to initialize backend 'tpu'"):
     # noise on every healthy CPU or GPU run.
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
     _keep_compiled_programs()
+    stopping.install()
     try:
+        _check_backend()
         fn()
     except UserError as e:
-        sys.exit(f"error: {e}")
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        _exit(1, f"error: {e}")
+    except stopping.Stopped as e:
+        _exit(128 + e.signal_number, str(e))
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, mid-call
+        _exit(128 + signal.SIGINT, "Stopped at once (second Ctrl-C). Re-running the same command resumes from the newest complete checkpoint.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -48,11 +95,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
+        if "Error whilst parsing config file" in str(e):  # the user's own code raised: keep its traceback
+            sys.exit(f"{str(e).partition(':')[2].strip()}\nerror: {str(e).partition(':')[0]} failed to load: its get_config() raised the exception above.")
         sys.exit(f"error: {e}. Pass --helpfull to list the flags and config keys.")
     except (AttributeError, KeyError) as e:
         overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
         hint = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
         sys.exit(f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py.")
+
+
+def load_config(name: str = "config") -> "ConfigDict":  # noqa: F821 - ml_collections loads with the flag
+    """The config that the `config_flags.DEFINE_config_file` flag `name` points to; a missing file is
+    one error (ml_collections would return a placeholder that fails later)."""
+    from ml_collections import config_flags
+
+    path = config_flags.get_config_filename(flags.FLAGS[name])
+    if not os.path.isfile(path):
+        raise UserError(
+            f"Config file {path} does not exist. Pass --{name}=configs/mlp.py (or cnn.py, fast.py, resnet.py), or the "
+            "path of your own file whose get_config() returns fmnist_jax.config.default() with its changes."
+        )
+    return getattr(flags.FLAGS, name)
 
 
 def main(fn: Callable[[], None]) -> None:
@@ -68,9 +131,6 @@ def main(fn: Callable[[], None]) -> None:
 
         if jax.distributed.is_initialized():
             jax.distributed.shutdown()  # the other processes wait for this one to leave
-        logging.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _exit(0)
 
     app.run(_main, flags_parser=parse_flags)

@@ -147,6 +147,11 @@ def apply_overrides(config: ConfigDict, overrides: str) -> None:
 
 def validate(config: ConfigDict) -> None:
     """Raises `UserError` naming the first key whose value cannot work, and the values that can."""
+    _check(
+        isinstance(config, ConfigDict),
+        f"A config must be an ml_collections.ConfigDict, got {type(config).__name__}: a config file's get_config() "
+        "returns fmnist_jax.config.default() with its changes (see configs/mlp.py).",
+    )
     missing = sorted(set(default().keys()) - set(config.keys()))
     _check(not missing, f"The config lacks {', '.join(missing)}; start config files from fmnist_jax.config.default().")
     for key in ("num_epochs", "batch_size", "eval_batch_size"):
@@ -192,6 +197,16 @@ def validate(config: ConfigDict) -> None:
     )
     _check(config.checkpoint.every_epochs >= 1, f"checkpoint.every_epochs must be >= 1, got {config.checkpoint.every_epochs}.")
     _check(config.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}.")
+    for key in ("hidden_sizes", "conv_channels", "stage_channels"):
+        if key in config.model:
+            sizes = config.model[key]
+            _check(
+                isinstance(sizes, (tuple, list)) and all(isinstance(n, int) and n >= 1 for n in sizes),
+                f"model.{key} must be a tuple of positive integers (layer widths), got {sizes!r}; e.g. model.{key}=(128,).",
+            )
+    for key in ("stem_channels", "blocks_per_stage"):
+        if key in config.model:
+            _check(isinstance(config.model[key], int) and config.model[key] >= 1, f"model.{key} must be a positive integer, got {config.model[key]!r}.")
     for key in ("dropout_rate", "conv_dropout_rate"):
         if key in config.model:
             _check_fraction(f"model.{key}", config.model[key])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -32,13 +34,35 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
     return canvas[..., None]
 
 
-def read(path: str) -> np.ndarray:
-    """Reads one image file (PNG, JPEG, ... any size and mode) as a [28, 28, 1] uint8 image."""
+# Decoding is bounded by this many pixels (~12 bytes each at the peak: RGBA, then float32 gray), far
+# below PIL's own bomb limit (89 MP warns, 179 MP refuses). JPEGs above it decode at 1/2-1/8 scale.
+MAX_PIXELS = 16_000_000
+
+
+def read(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Reads one image file (PNG, JPEG, ... any mode; at most `max_pixels` decoded) as a [28, 28, 1]
+    uint8 image. The size is checked from the file's header, before anything is decoded."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_fashion_mnist(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > max_pixels:
+                    image.draft(image.mode, (224, 224))  # JPEG decodes at a reduced scale; other formats keep their size
+                if image.width * image.height > max_pixels:
+                    raise _too_large(path, image.width, image.height, max_pixels)
+                image.load()
+                return to_fashion_mnist(image)
     except FileNotFoundError as e:
         raise UserError(f"Image file {path} does not exist.") from e
-    except (UnidentifiedImageError, OSError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"Image file {path} was not decoded: {e} Downscale it (the model sees 28x28).") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"Image file {path} could not be read as an image ({e}). Pass a PNG or JPEG file.") from e
+
+
+def _too_large(path: str, width: int, height: int, max_pixels: int) -> UserError:
+    return UserError(
+        f"Image file {path} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), above the limit of "
+        f"{max_pixels / 1e6:g} MP that keeps memory bounded; it was not decoded. Downscale it (the model sees 28x28), "
+        "or raise --max_pixels if the machine has the memory."
+    )

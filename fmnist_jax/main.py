@@ -18,7 +18,7 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlp.p
 def _train() -> None:
     from fmnist_jax.train import train_and_evaluate  # after flag parsing: keeps --help fast
 
-    train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    train_and_evaluate(cli.load_config(), _WORKDIR.value)
 
 
 if __name__ == "__main__":

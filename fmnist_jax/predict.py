@@ -4,7 +4,8 @@
     python -m fmnist_jax.predict --workdir=DIR --test_indices=0,17,42
     python -m fmnist_jax.predict --workdir=DIR --random=6 --output=predictions.png
 
-A file that cannot be read is reported by name; the other images are still predicted (exit 1).
+A file that cannot be read, or that is larger than --max_pixels, is reported by name and not
+decoded; the other images are still predicted (exit 1).
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ _RANDOM = flags.DEFINE_integer("random", 0, "Predict this many random test image
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for --random.")
 _OUTPUT = flags.DEFINE_string("output", None, "Figure path (default: <workdir>/predictions.png).")
 _TOP = flags.DEFINE_integer("top", 3, "Classes printed per image.")
+_MAX_PIXELS = flags.DEFINE_integer("max_pixels", images.MAX_PIXELS, "Larger images are reported and skipped, not decoded (JPEGs decode at a reduced scale first).")
+
+
+def _check_output(path: str) -> None:
+    """Refuses an output path that cannot be written before any work starts."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(f"Cannot write the figure to {path}: {'it is a directory' if os.path.isdir(path) else f'{folder} is not a writable directory'}. Pass --output=FILE.png in a writable directory.")
 
 
 def main(argv: list[str]) -> None:
@@ -35,14 +44,16 @@ def main(argv: list[str]) -> None:
     def run():
         if not files and not _TEST_INDICES.value and not _RANDOM.value:
             raise UserError("Nothing to predict: pass --images FILE ..., --test_indices=I,J or --random=N.")
+        output = _OUTPUT.value or os.path.join(_WORKDIR.value, "predictions.png")
+        _check_output(output)
         classifier = inference.load(_WORKDIR.value, _WHICH.value)
         batch, titles, truths = [], [], []
         for path in files:
             try:
-                batch.append(images.read(path))
+                batch.append(images.read(path, _MAX_PIXELS.value))
             except UserError as e:
                 failures.append(str(e))
-                logging.error("%s", e)
+                print(f"error: {e}", file=sys.stderr)
                 continue
             titles.append(os.path.basename(path))
             truths.append(None)
@@ -53,6 +64,8 @@ def main(argv: list[str]) -> None:
                 indices = [int(i) for i in _TEST_INDICES.value]
             except ValueError as e:
                 raise UserError(f"--test_indices must be integers, got {_TEST_INDICES.value}.") from e
+            if not 0 <= _RANDOM.value <= n:
+                raise UserError(f"--random={_RANDOM.value} must be between 0 and the test split's {n} images.")
             indices += np.random.default_rng(_SEED.value).choice(n, _RANDOM.value, replace=False).tolist()
             bad = [i for i in indices if not 0 <= i < n]
             if bad:
@@ -68,13 +81,12 @@ def main(argv: list[str]) -> None:
             top = np.argsort(-p)[: _TOP.value]
             ranked = ", ".join(f"{names[k]} {p[k]:.3f}" for k in top)
             print(f"{title}: {ranked}" + ("" if truth is None else f"  (true: {names[truth]})"))
-        output = _OUTPUT.value or os.path.join(_WORKDIR.value, "predictions.png")
         plots.predictions(output, np.stack(batch), probabilities, names, titles, truths)
         print(f"Figure written to {output}")
 
     cli.run(run)
     if failures:
-        sys.exit(f"error: {len(failures)} image(s) could not be read: " + " ".join(failures))
+        sys.exit(f"error: {len(failures)} of {len(files)} image(s) could not be read (each named above); the others were predicted.")
 
 
 if __name__ == "__main__":

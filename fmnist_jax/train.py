@@ -11,6 +11,7 @@ import concurrent.futures
 import dataclasses
 import importlib
 import os
+import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -21,10 +22,11 @@ import numpy as np
 import optax
 from flax import linen as nn
 from absl import logging
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import checkpoint, data, distributed, engine, inference, models, optim, summary, workdir as workdir_lib
+from fmnist_jax import checkpoint, data, distributed, engine, inference, models, optim, stopping, summary, workdir as workdir_lib
 from fmnist_jax import export as export_lib
 from fmnist_jax.progress import Progress
 from fmnist_jax.augment import Augment
@@ -59,6 +61,35 @@ def _over_seeds(split: str, per_seed: list[dict[str, float]]) -> dict[str, Any]:
             out[f"{split}_{metric}_std"] = float(values.std())
             out[f"{split}_{metric}_seeds"] = values.tolist()
     return out
+
+
+_UNIFORM_GUESS_LOSS = float(np.log(10))  # cross-entropy of predicting 1/10 for every class
+_CHANCE_ACCURACY = 0.15  # 10 balanced classes: 0.1, plus the noise of a few thousand examples
+
+
+def _summary_line(result: dict[str, Any], workdir: str) -> str:
+    """The run's last line: test metrics, epochs, training time, and where its reports are."""
+    seeds = result.get("test_accuracy_seeds")
+    spread = f" (std over {len(seeds)} seeds {result['test_accuracy_std']:.4f})" if seeds else ""
+    return (
+        f"Test loss {result['test_loss']:.4f}, test accuracy {result['test_accuracy']:.4f}{spread} ({result['epochs_run']} epochs, "
+        f"{result['train_seconds']:.1f} s training). Figures in {os.path.join(workdir, PLOTS_DIR)}; tensorboard --logdir={workdir}."
+    )
+
+
+def _check_stop(epoch: int, workdir: str, checkpoints: checkpoint.Checkpoints, mid_epoch: bool = False) -> None:
+    """Raises `stopping.Stopped` saying what is saved, after the in-flight checkpoints finish, if
+    SIGINT/SIGTERM asked for a stop (in every process, or in none, when there are several)."""
+    requested = stopping.requested()
+    if jax.process_count() > 1:
+        requested = int(np.max(multihost_utils.process_allgather(np.int32(requested or 0))))
+    if not requested:
+        return
+    checkpoints.wait()
+    saved = checkpoints.latest_epoch()
+    where = f"during epoch {epoch}" if mid_epoch else f"before epoch {epoch}"
+    kept = f"epoch {saved} is saved in {checkpoint.directory(workdir, 'latest')}" if saved else "no epoch was saved yet"
+    raise stopping.Stopped(requested, f"Stopped by {signal.Signals(requested).name} {where}: {kept}. Re-running the same command resumes from there.")
 
 
 def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str, seed: int | None) -> UserError:
@@ -175,13 +206,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     placement = distributed.DataParallel.over_all_devices()
     backend = jax.default_backend()
     model = models.create(config.model, backend)
-    finished = workdir_lib.open_workdir(workdir, config, primary)
+    splits = data.load(config.data)  # before the workdir changes: a missing dataset refuses the run
+    finished = workdir_lib.open_workdir(workdir, config, lambda: checkpoint.saved_config(workdir), primary)
     if finished is not None:
-        logging.info("Workdir %s already holds this finished run; not retraining.", workdir)
+        logging.info("Workdir %s already holds this finished run; not retraining. %s", workdir, _summary_line(finished, workdir))
         return finished
 
     # --- Data: on the devices once, as uint8 ---------------------------------------------------
-    splits = data.load(config.data)
     normalizer = engine.Normalizer.fit(splits.train_images, config.data.standardize)
     eval_splits = {"test": (splits.test_images, splits.test_labels)}
     if len(splits.val_labels):
@@ -234,10 +265,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         return {"step": state.step, "opt_state": state.opt_state, "early_stopping_best": kept or {}}
 
     history, train_seconds, first_epoch = [], 0.0, 1
-    saved_config = checkpoints.saved_config()
-    if saved_config is not None:
-        where = f"The checkpoint in {checkpoint.directory(workdir, 'latest')}"
-        workdir_lib.refuse_other_config(where, workdir_lib.config_differences(saved_config, workdir_lib.config_as_json(config)))
     restored = checkpoints.restore_latest(model_item(state.weights()), train_item())
     if restored is not None:
         epoch, weights, saved_train, saved = restored
@@ -270,9 +297,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     for epoch in range(first_epoch, config.num_epochs + 1):
         if all_stopped():
             break  # resumed after the stopping epoch's checkpoint
+        _check_stop(epoch, workdir, checkpoints)
         start = time.perf_counter()
         progress = Progress(epoch, config.num_epochs, steps_per_epoch, config.batch_size) if primary else None
-        state, sums = runner.run(state, epoch, progress)
+
+        def between_calls(steps_done: int | None, progress: Progress | None = progress, epoch: int = epoch) -> None:
+            if progress is not None:
+                progress(steps_done)
+            if steps_done is not None and jax.process_count() == 1:  # several processes stop together, at epoch ends
+                _check_stop(epoch, workdir, checkpoints, mid_epoch=True)
+
+        state, sums = runner.run(state, epoch, between_calls)
         train = sums.per_seed()  # waits for the epoch
         seconds = time.perf_counter() - start
         for seed, t in enumerate(train):
@@ -336,6 +371,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     checkpoints.close()
     if primary:
         workdir_lib.write_summary(workdir, result)
-    spread = f" (std over {config.num_seeds} seeds {test['test_accuracy_std']:.4f})" if config.num_seeds > 1 else ""
-    logging.info("Test loss %.4f, test accuracy %.4f%s (%d epochs, %.1f s training).", test["test_loss"], test["test_accuracy"], spread, epochs_run, train_seconds)
+    logging.info("%s", _summary_line(result, workdir))
+    if history[-1]["train_loss"] >= _UNIFORM_GUESS_LOSS or test["test_accuracy"] <= _CHANCE_ACCURACY:
+        logging.warning(
+            "This run did not learn: final training loss %.4f (a uniform guess scores %.4f), test accuracy %.4f "
+            "(chance is 0.1). The usual cause is the learning rate, optimizer.learning_rate=%g here; try 10-100x lower "
+            "(Adam's usual value is 1e-3) or set optimizer.grad_clip_norm=1.0.",
+            history[-1]["train_loss"], _UNIFORM_GUESS_LOSS, test["test_accuracy"], config.optimizer.learning_rate,
+        )
     return result

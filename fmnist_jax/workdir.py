@@ -1,21 +1,31 @@
 """The run's directory: its resolved config, per-epoch metrics and final summary, written safely.
 
-A workdir belongs to one config. A second run with a different config is refused (naming the keys
-that differ) rather than mixing two runs' files; a finished run is reported, not retrained.
+A workdir belongs to one run at a time and to one config. A run holds an exclusive lock on
+`<workdir>/.lock` while it trains, so a second run on the same workdir is refused at once, naming
+the holder. Every check that can refuse a run happens before anything in the workdir changes: a
+run with a different config (from config.json or the newest checkpoint) is refused naming the
+keys that differ; a finished run is reported, not retrained.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
 import json
 import os
+import socket
+from collections.abc import Callable
 from typing import Any
 
+from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
 from fmnist_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
@@ -72,32 +82,75 @@ def write_json(path: str, value: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"{path} is damaged: it is not valid JSON ({e}). It records the run in this workdir; restore it, "
+            "or delete it (the checkpoints' own config is still checked against yours), or pass another --workdir."
+        ) from e
 
 
-def open_workdir(workdir: str, config: ConfigDict, primary: bool = True) -> dict[str, Any] | None:
-    """Claims `workdir` for `config`; returns the summary if this exact run already finished there.
+# The open descriptors of the locks this process holds: the kernel releases a `flock` when its last
+# descriptor closes, so they stay open until the process ends, however it ends (no stale locks).
+_held_locks: dict[str, int] = {}
 
-    Only the `primary` process of a multi-host run writes; the others only check.
+
+def _lock(workdir: str) -> int | None:
+    """Takes the exclusive lock of `workdir` (created if missing), or raises naming its holder.
+
+    `flock` is local to a machine on most file systems; on NFS, Linux maps it to NFS byte-range locks,
+    which hold across clients. Where a file system has no locks at all (some FUSE mounts, e.g. cloud
+    buckets), the run warns and goes on unlocked.
     """
-    config_path, summary_path = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, SUMMARY_FILE)
-    if not primary:
-        return read_json(summary_path) if os.path.exists(summary_path) else None
+    path = os.path.join(workdir, LOCK_FILE)
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise UserError(f"Cannot write to workdir {workdir}: {e.strerror or e}. Pass a writable --workdir=DIR.") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            logging.warning("Cannot lock workdir %s (%s): this file system has no locks, so nothing stops a second run there.", workdir, e.strerror)
+            return None
+        holder = os.pread(fd, 1000, 0).decode(errors="replace").strip() or "a run that has not recorded itself yet"
+        os.close(fd)
+        raise UserError(
+            f"Workdir {workdir} is in use by another run: {holder}. Two runs in one workdir would overwrite each "
+            "other's checkpoints and metrics. Wait for that run to finish (or stop it: re-running its command "
+            "later resumes it), or pass another --workdir."
+        ) from e
+    _held_locks[os.path.abspath(workdir)] = fd
+    return fd
+
+
+def open_workdir(workdir: str, config: ConfigDict, checkpoint_config: Callable[[], dict[str, Any] | None], primary: bool = True) -> dict[str, Any] | None:
+    """Claims `workdir` for `config`; returns the summary if this exact run already finished there.
+
+    The primary process locks the workdir, then checks config.json and `checkpoint_config()` (the
+    config of the newest checkpoint), and only then writes: a refused run changes nothing. The other
+    processes of a multi-host run only check.
+    """
+    config_path, summary_path = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, SUMMARY_FILE)
+    lock = _lock(workdir) if primary else None
     wanted = config_as_json(config)
     if os.path.exists(config_path):
         refuse_other_config(f"Workdir {workdir}", config_differences(read_json(config_path), wanted))
         if os.path.exists(summary_path):
             return read_json(summary_path)
-    write_json(config_path, wanted)
+    saved = checkpoint_config()
+    if saved is not None:
+        refuse_other_config(f"The checkpoints in {workdir}", config_differences(saved, wanted))
+    if primary:
+        if lock is not None:
+            started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            os.ftruncate(lock, 0)
+            os.pwrite(lock, f"host {socket.gethostname()}, PID {os.getpid()}, started {started}\n".encode(), 0)
+        write_json(config_path, wanted)
     return None
 
 
@@ -110,9 +163,10 @@ class MetricsLog:
 
     def __init__(self, workdir: str, history: list[dict[str, Any]], primary: bool = True):
         self._path = os.path.join(workdir, METRICS_FILE) if primary else None
-        if self._path:
-            with open(self._path, "w") as f:
+        if self._path:  # replaced whole, so a crash leaves the old file or the new one
+            with open(f"{self._path}.tmp", "w") as f:
                 f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in history)
+            os.replace(f"{self._path}.tmp", self._path)
 
     def write(self, row: dict[str, Any]) -> None:
         if self._path:
