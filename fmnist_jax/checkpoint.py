@@ -42,6 +42,14 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
     return {"model": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
 
 
+def _write_failed(error: Exception) -> UserError:
+    reason = str(error).split("\n")[0][:400]
+    return UserError(
+        f"Writing a checkpoint failed: {reason}. Earlier checkpoints are untouched; free disk space or fix the "
+        "workdir's permissions, then run the same command again to resume."
+    )
+
+
 class Checkpoints:
     """The run's checkpoint managers; saves are asynchronous, restores fall back past broken ones."""
 
@@ -66,18 +74,15 @@ class Checkpoints:
                 manager.wait_until_finished()
                 manager.delete(epoch)
             manager.save(epoch, args=ocp.args.Composite(**items), force=True)
-        except OSError as e:
-            raise UserError(
-                f"Saving the epoch-{epoch} checkpoint failed: {e}. Earlier checkpoints are untouched; free "
-                "disk space or fix the workdir's permissions, then rerun the same command to resume."
-            ) from e
+        except Exception as e:  # noqa: BLE001 - OSError, or TensorStore's ValueError (e.g. RESOURCE_EXHAUSTED: disk full) of this or the previous save
+            raise _write_failed(e) from e
 
     def wait(self) -> None:
         try:
             for m in self._managers.values():
                 m.wait_until_finished()
-        except OSError as e:
-            raise UserError(f"Writing a checkpoint failed: {e}. Earlier checkpoints are untouched; fix the workdir and rerun.") from e
+        except Exception as e:  # noqa: BLE001 - see save
+            raise _write_failed(e) from e
 
     def latest_epoch(self) -> int | None:
         """The epoch of the newest complete `latest/` checkpoint (None if there is none)."""

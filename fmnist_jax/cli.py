@@ -10,19 +10,26 @@ import logging as std_logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
 
 from fmnist_jax import stopping
 from fmnist_jax.errors import UserError
 
+if TYPE_CHECKING:
+    from ml_collections import ConfigDict
+
 TRACEBACK_VARIABLE = "FMNIST_JAX_TRACEBACK"
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:
-    """Orbax logs every background save at INFO; keep its warnings and errors only."""
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+    """Orbax logs every background save at INFO, and a failed write as an error with a traceback per
+    thread (hundreds of lines when the disk is full); the failure reaches `checkpoint` as an
+    exception and is reported there once. Keep Orbax's warnings only."""
+    return "orbax" not in record.pathname or record.levelno == std_logging.WARNING
 
 
 def _keep_compiled_programs() -> None:
@@ -38,23 +45,25 @@ def _keep_compiled_programs() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def _check_backend() -> None:
-    """A platform named in JAX_PLATFORMS that this machine lacks is one error naming it, not JAX's
-    assertion or its chained RuntimeError."""
-    platforms = os.environ.get("JAX_PLATFORMS", "")
-    if not platforms:
-        return
-    import jax
+def _drop_closed_loop_callbacks(unraisable: sys.UnraisableHookArgs) -> None:
+    """TensorStore completes a failed Orbax write into an asyncio loop that Orbax already closed; the
+    failure itself reaches `checkpoint` and is reported there, so its echo is dropped."""
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
 
-    try:
-        jax.devices()
-    except (RuntimeError, AssertionError) as e:
-        detail = str(e).split("\n")[0] or type(e).__name__
-        raise UserError(
-            f"JAX_PLATFORMS={platforms} asks for a backend this machine cannot start ({detail}). Unset JAX_PLATFORMS "
-            "to use what is present (the CPU at least), or install that backend's jax plugin (e.g. pip install "
-            "'jax[cuda13]' for an NVIDIA GPU, 'jax[tpu]' on a Cloud TPU VM)."
-        ) from e
+
+def _backend_error(error: BaseException) -> UserError | None:
+    """The one error for a platform that JAX cannot start (JAX_PLATFORMS=cuda without a GPU raises a
+    bare AssertionError, =tpu without a TPU a chained RuntimeError), or None for any other failure."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not (isinstance(error, (RuntimeError, AssertionError)) and frames and frames[-1].filename.endswith("xla_bridge.py")):
+        return None
+    detail = str(error).split("\n")[0] or type(error).__name__
+    return UserError(
+        f"JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!s} asks for a backend this machine cannot start ({detail}). Unset "
+        "JAX_PLATFORMS to use what is present (the CPU at least), or install that backend's jax plugin (e.g. pip install "
+        "'jax[cuda13]' for an NVIDIA GPU, 'jax[tpu]' on a Cloud TPU VM)."
+    )
 
 
 def _exit(status: int, message: str | None = None) -> None:
@@ -77,9 +86,12 @@ def run(fn: Callable[[], None]) -> None:
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
     _keep_compiled_programs()
     stopping.install()
+    sys.unraisablehook = _drop_closed_loop_callbacks
     try:
-        _check_backend()
-        fn()
+        try:
+            fn()
+        except (RuntimeError, AssertionError) as e:
+            raise _backend_error(e) or e
     except UserError as e:
         if os.environ.get(TRACEBACK_VARIABLE):
             raise
@@ -104,7 +116,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py.")
 
 
-def load_config(name: str = "config") -> "ConfigDict":  # noqa: F821 - ml_collections loads with the flag
+def load_config(name: str = "config") -> ConfigDict:
     """The config that the `config_flags.DEFINE_config_file` flag `name` points to; a missing file is
     one error (ml_collections would return a placeholder that fails later)."""
     from ml_collections import config_flags

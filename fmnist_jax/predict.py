@@ -14,7 +14,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from fmnist_jax import cli, data, images, inference, plots
 from fmnist_jax.errors import UserError

@@ -20,18 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 from absl import logging
+from flax import linen as nn
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
+from fmnist_jax import checkpoint, data, distributed, engine, inference, models, optim, stopping, summary
 from fmnist_jax import config as config_lib
-from fmnist_jax import checkpoint, data, distributed, engine, inference, models, optim, stopping, summary, workdir as workdir_lib
 from fmnist_jax import export as export_lib
-from fmnist_jax.progress import Progress
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.augment import Augment
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
+from fmnist_jax.progress import Progress
 
 if TYPE_CHECKING:
     from fmnist_jax.board import Board
@@ -199,6 +200,13 @@ def lower_for(config: ConfigDict, platform: str, num_train: int = 55_000) -> dic
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` and returns the summary (also written to summary.json)."""
+    try:
+        return _train_and_evaluate(config, workdir)
+    finally:
+        workdir_lib.unlock(workdir)  # taken by open_workdir
+
+
+def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     # --- Config and workdir -------------------------------------------------------------------
     config_lib.validate(config)
     distributed.initialize(config.distributed)
@@ -375,8 +383,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     if history[-1]["train_loss"] >= _UNIFORM_GUESS_LOSS or test["test_accuracy"] <= _CHANCE_ACCURACY:
         logging.warning(
             "This run did not learn: final training loss %.4f (a uniform guess scores %.4f), test accuracy %.4f "
-            "(chance is 0.1). The usual cause is the learning rate, optimizer.learning_rate=%g here; try 10-100x lower "
-            "(Adam's usual value is 1e-3) or set optimizer.grad_clip_norm=1.0.",
+            "(chance is 0.1). The usual cause is the learning rate, optimizer.learning_rate=%g here (Adam's usual value "
+            "is 1e-3, SGD's 0.01-0.1): too high and training jumps to chance, too low and it never leaves it.",
             history[-1]["train_loss"], _UNIFORM_GUESS_LOSS, test["test_accuracy"], config.optimizer.learning_rate,
         )
     return result

@@ -92,8 +92,8 @@ def read_json(path: str) -> Any:
         ) from e
 
 
-# The open descriptors of the locks this process holds: the kernel releases a `flock` when its last
-# descriptor closes, so they stay open until the process ends, however it ends (no stale locks).
+# The open descriptors of the locks this process holds: the kernel releases a `flock` when its
+# descriptor closes, at `unlock` or when the process ends, however it ends (no stale locks).
 _held_locks: dict[str, int] = {}
 
 
@@ -128,6 +128,13 @@ def _lock(workdir: str) -> int | None:
     return fd
 
 
+def unlock(workdir: str) -> None:
+    """Releases the lock `open_workdir` took on `workdir` in this process, if it holds one."""
+    fd = _held_locks.pop(os.path.abspath(workdir), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def open_workdir(workdir: str, config: ConfigDict, checkpoint_config: Callable[[], dict[str, Any] | None], primary: bool = True) -> dict[str, Any] | None:
     """Claims `workdir` for `config`; returns the summary if this exact run already finished there.
 
@@ -144,7 +151,7 @@ def open_workdir(workdir: str, config: ConfigDict, checkpoint_config: Callable[[
             return read_json(summary_path)
     saved = checkpoint_config()
     if saved is not None:
-        refuse_other_config(f"The checkpoints in {workdir}", config_differences(saved, wanted))
+        refuse_other_config(f"The newest checkpoint in {os.path.join(workdir, 'checkpoints')}", config_differences(saved, wanted))
     if primary:
         if lock is not None:
             started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -75,6 +75,7 @@ def test_two_processes_on_localhost_train_like_one(one_device, prepared_tfds_dir
     assert two["devices"] == 2
     assert abs(two["test_loss"] - one_device["test_loss"]) / one_device["test_loss"] < 1e-3
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert f"PID {processes[0].pid}," in (tmp_path / ".lock").read_text()  # process 0 holds the workdir's lock; the others only read
 
 
 def test_batch_that_does_not_split_over_the_devices_is_a_clear_error(prepared_tfds_dir, tmp_path):
