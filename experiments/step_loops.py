@@ -20,13 +20,14 @@ from fmnist_jax import engine, models, optim
 def ms_per_step(config, steps_per_call: int, unroll: bool, num_steps: int, options: dict | None) -> float:
     model = models.create(config.model)
     tx = optim.optimizer(config.optimizer, config.optimizer.learning_rate)
-    state = engine.init_states(model, tx, jax.random.key(0), (28, 28, 1))
+    init_keys, shuffle_keys, dropout_keys = engine.seed_keys(0, 1)
+    state = engine.init_states(model, tx, init_keys, (28, 28, 1))
     rng = np.random.default_rng(0)
     n = num_steps * config.batch_size
     images = jax.device_put(rng.integers(0, 255, (n, 28, 28, 1), dtype=np.uint8))
     labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
     eng = engine.Engine(model, tx, engine.Normalizer(), unroll=unroll, compiler_options=options)
-    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call, jax.random.key(1), jax.random.key(2))
+    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call, shuffle_keys, dropout_keys)
     runner.compile(state)
     state, sums = runner.run(state, 0)  # warm-up epoch
     jax.block_until_ready(sums)

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -27,6 +28,10 @@ from fmnist_jax.errors import UserError
 
 PyTree = Any
 KINDS = ("latest", "best", "final")
+# Layout of the saved arrays, in each checkpoint's meta: 2 = every array but the normalizer carries
+# the leading run axis (one entry per seed); 1 = releases before it, which saved a single run
+# (num_seeds 1) without that axis. Restoring converts 1 to 2.
+LAYOUT = 2
 
 
 def directory(workdir: str, kind: str) -> str:
@@ -35,6 +40,26 @@ def directory(workdir: str, kind: str) -> str:
 
 def _abstract(tree: PyTree) -> PyTree:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _without_run_axis(meta: dict[str, Any]) -> bool:
+    """Whether a checkpoint was saved by a release that kept a single run's arrays without the run axis."""
+    return meta.get("layout", 1) < LAYOUT and meta["config"].get("num_seeds", 1) == 1
+
+
+def _over_runs(fn: Any, tree: PyTree) -> PyTree:
+    """`fn` on every leaf that carries the run axis: all but the model item's normalizer."""
+    if isinstance(tree, dict) and "normalizer" in tree:
+        return {k: v if k == "normalizer" else jax.tree.map(fn, v) for k, v in tree.items()}
+    return jax.tree.map(fn, tree)
+
+
+def _drop_run_axis(target: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(target.shape[1:], target.dtype, sharding=target.sharding)
+
+
+def _add_run_axis(array: jax.Array) -> jax.Array:
+    return jnp.expand_dims(array, 0)
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
@@ -65,7 +90,7 @@ class Checkpoints:
 
     def save(self, kind: str, epoch: int, model: PyTree, meta: dict[str, Any], train: PyTree | None = None) -> None:
         """Starts saving; the device buffers are copied before this returns, so training may go on."""
-        items = {"model": ocp.args.StandardSave(model), "meta": ocp.args.JsonSave(meta)}
+        items = {"model": ocp.args.StandardSave(model), "meta": ocp.args.JsonSave({**meta, "layout": LAYOUT})}
         if train is not None:
             items["train"] = ocp.args.StandardSave(train)
         manager = self._managers[kind]
@@ -97,13 +122,14 @@ class Checkpoints:
         manager = self._managers["latest"]
         for epoch in sorted(manager.all_steps(), reverse=True):
             try:
+                meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+                convert = _without_run_axis(meta)
+                model_target, train_target = (_abstract(t) for t in (model_like, train_like))
+                if convert:
+                    model_target, train_target = (_over_runs(_drop_run_axis, t) for t in (model_target, train_target))
                 restored = manager.restore(
                     epoch,
-                    args=ocp.args.Composite(
-                        model=ocp.args.StandardRestore(_abstract(model_like)),
-                        train=ocp.args.StandardRestore(_abstract(train_like)),
-                        meta=ocp.args.JsonRestore(),
-                    ),
+                    args=ocp.args.Composite(model=ocp.args.StandardRestore(model_target), train=ocp.args.StandardRestore(train_target)),
                 )
             except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
                 damaged = os.path.join(os.path.dirname(str(manager.directory)), "damaged", f"latest-{epoch}-{int(time.time())}")
@@ -115,7 +141,9 @@ class Checkpoints:
                 os.rename(os.path.join(str(manager.directory), str(epoch)), damaged)
                 manager.reload()
                 continue
-            return epoch, restored.model, restored.train, restored.meta
+            if convert:
+                return epoch, _over_runs(_add_run_axis, restored.model), _over_runs(_add_run_axis, restored.train), meta
+            return epoch, restored.model, restored.train, meta
         return None
 
 
@@ -158,7 +186,7 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
             except Exception as e:  # see restore_latest
                 logging.warning("Checkpoint of epoch %d in %s is unreadable (%s); trying the previous one.", epoch, path, e)
                 continue
-            return restored.model, restored.meta
+            return (_over_runs(_add_run_axis, restored.model) if _without_run_axis(restored.meta) else restored.model), restored.meta
     finally:
         manager.close()
     if steps:

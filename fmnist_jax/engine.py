@@ -65,14 +65,13 @@ class Sums:
     first_nonfinite_step: jax.Array
 
     @classmethod
-    def zeros(cls, num_seeds: int = 1) -> Sums:
-        shape = () if num_seeds == 1 else (num_seeds,)  # NumPy: no compiled op just to make zeros
+    def zeros(cls, num_runs: int) -> Sums:
+        shape = (num_runs,)  # NumPy: no compiled op just to make zeros
         return cls(np.zeros(shape, np.float32), np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.full(shape, -1, np.int32))
 
-    def per_seed(self) -> list[dict[str, float]]:
-        """Host values, read in one transfer: mean loss and accuracy and the first non-finite step, per seed
-        (one entry for an unbatched run)."""
-        loss, correct, count, bad_step = (np.atleast_1d(a) for a in jax.device_get((self.loss, self.correct, self.count, self.first_nonfinite_step)))
+    def per_run(self) -> list[dict[str, float]]:
+        """Host values, read in one transfer: mean loss and accuracy and the first non-finite step, per run."""
+        loss, correct, count, bad_step = jax.device_get((self.loss, self.correct, self.count, self.first_nonfinite_step))
         return [
             {"loss": float(l) / max(int(n), 1), "accuracy": float(c) / max(int(n), 1), "first_nonfinite_step": int(b)}
             for l, c, n, b in zip(loss, correct, count, bad_step)
@@ -112,14 +111,12 @@ def variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
-def seed_keys(seed: int, num_seeds: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(init, shuffle, dropout) keys of run `seed`, or of runs seed..seed+num_seeds-1 stacked.
+def seed_keys(seed: int, num_runs: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(init, shuffle, dropout) keys of the runs with seeds seed..seed+num_runs-1, each `[num_runs]`.
 
-    Seed k of a multi-seed run gets exactly the keys of a single run with seed + k.
+    Run k gets exactly the keys of a run of its own with seed + k.
     """
-    if num_seeds == 1:
-        return tuple(jax.random.split(jax.random.key(seed), 3))
-    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(seed + jnp.arange(num_seeds))
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(seed + jnp.arange(num_runs))
     return keys[:, 0], keys[:, 1], keys[:, 2]
 
 
@@ -133,23 +130,22 @@ def jit_once(fn: Callable[..., Any]) -> Callable[..., Any]:
     return jax.jit(fn, compiler_options=_RUN_ONCE_COMPILER_OPTIONS.get(jax.default_backend()))
 
 
-def _init_fn(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array, image_shape: tuple[int, ...], ema: bool) -> Callable[[jax.Array], TrainState]:
-    one = functools.partial(init_state, model, tx, image_shape=image_shape, ema=ema)
-    return one if init_key.ndim == 0 else jax.vmap(one)
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...], ema: bool) -> Callable[[jax.Array], TrainState]:
+    return jax.vmap(functools.partial(init_state, model, tx, image_shape=image_shape, ema=ema))
 
 
-def init_states(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
-    """`init_state` of one key, or of each key of a stacked batch (a leading seed axis), as one compiled program."""
-    return jit_once(_init_fn(model, tx, init_key, image_shape, ema))(init_key)
+def init_states(model: nn.Module, tx: optax.GradientTransformation, init_keys: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+    """`init_state` of each of the `[num_runs]` keys, stacked on a leading run axis, as one compiled program."""
+    return jit_once(_init_fn(model, tx, image_shape, ema))(init_keys)
 
 
-def state_shapes(model: nn.Module, tx: optax.GradientTransformation, init_key: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+def state_shapes(model: nn.Module, tx: optax.GradientTransformation, init_keys: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
     """The shapes and dtypes of `init_states`' result, computing nothing (to compile against)."""
-    return jax.eval_shape(_init_fn(model, tx, init_key, image_shape, ema), init_key)
+    return jax.eval_shape(_init_fn(model, tx, image_shape, ema), init_keys)
 
 
-def select_seed(tree: PyTree, index: int) -> PyTree:
-    """One seed's slice of a stacked multi-seed tree."""
+def select_run(tree: PyTree, index: int) -> PyTree:
+    """One run's slice of a tree with a leading run axis."""
     return jax.tree.map(lambda a: a[index], tree)
 
 
@@ -193,25 +189,28 @@ class Engine:
     compiler_options: dict[str, str] | None = None
     # Compute dtype of the training steps; weights, optimizer state and evaluation stay float32.
     compute_dtype: str = "float32"
-    # Independent seeds trained at once: states, keys and sums carry a leading seed axis.
-    num_seeds: int = 1
+    # Independent runs trained at once (the seeds): every state, key, sum and batch carries a leading
+    # run axis of this length, 1 for a single run.
+    num_runs: int = 1
     augment: Augment = Augment()
-    # How the seeds share one program: jax.vmap, or one unrolled copy of the math per seed (see `seed_loop`).
-    loop_seeds: bool = False
+    # How the runs share one program: jax.vmap, or one unrolled copy of the math per run (see `seed_loop`).
+    loop_runs: bool = False
     # Moving average of the weights, updated every step (0 = none); see `train_step`.
     ema_decay: float = 0.0
     # Evaluation averages each image's prediction with its mirror image's.
     test_time_flip: bool = False
 
-    def over_seeds(self, fn: Callable[..., Any], seeded: tuple[bool, ...]) -> Callable[..., Any]:
-        """`fn` mapped over the leading seed axis of the arguments marked in `seeded` (as is for one seed)."""
-        if self.num_seeds == 1:
-            return fn
-        if not self.loop_seeds:
-            return jax.vmap(fn, in_axes=tuple(0 if b else None for b in seeded))
+    def over_runs(self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+        """`fn` of one run mapped over the run axis (axis 0) of the arguments whose `in_axes` is 0.
+
+        The one place that chooses how runs share a program: `jax.vmap`, or one copy of `fn` per run
+        (`loop_runs`; and for a single run, where one copy is exactly the plain program).
+        """
+        if not (self.loop_runs or self.num_runs == 1):
+            return jax.vmap(fn, in_axes=in_axes)
 
         def looped(*args):
-            outs = [fn(*(select_seed(a, k) if b else a for a, b in zip(args, seeded))) for k in range(self.num_seeds)]
+            outs = [fn(*(a if axis is None else select_run(a, k) for a, axis in zip(args, in_axes))) for k in range(self.num_runs)]
             return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
         return looped
@@ -275,20 +274,20 @@ class Engine:
         return sums
 
     def train_program(self) -> Callable[..., tuple[TrainState, Sums]]:
-        """`train_steps` over every seed: (state, sums, images, labels, batch_indices, dropout_key)."""
-        return self.over_seeds(self.train_steps, (True, True, False, False, True, True))
+        """`train_steps` over every run: (state, sums, images, labels, batch_indices, dropout_key)."""
+        return self.over_runs(self.train_steps, in_axes=(0, 0, None, None, 0, 0))
 
     def eval_program(self) -> Callable[..., Sums]:
-        """`eval_sums` over every seed: (params, batch_stats, sums, images, labels, mask)."""
-        return self.over_seeds(self.eval_sums, (True, True, True, False, False, False))
+        """`eval_sums` over every run: (params, batch_stats, sums, images, labels, mask)."""
+        return self.over_runs(self.eval_sums, in_axes=(0, 0, 0, None, None, None))
 
     @functools.cached_property
     def compiled_eval_sums(self) -> Callable[..., Sums]:
         return jax.jit(self.eval_program(), compiler_options=self.compiler_options)
 
     def evaluate(self, weights: dict[str, PyTree], split: EvalSet) -> Sums:
-        """Loss and accuracy sums of `weights` (see `TrainState.weights`) over `split`, per seed."""
-        sums = Sums.zeros(self.num_seeds)
+        """Loss and accuracy sums of `weights` (see `TrainState.weights`) over `split`, per run."""
+        sums = Sums.zeros(self.num_runs)
         for images, labels, mask in split.calls:
             sums = self.compiled_eval_sums(eval_params(weights), weights["batch_stats"], sums, images, labels, mask)
         return sums
@@ -350,6 +349,9 @@ def _xla_accepts(option: str, value: str) -> bool:
     return True
 
 
+_BATCH_AXIS = 2  # of the batch indices [run, step, example]: the axis split over the devices
+
+
 @dataclasses.dataclass
 class EpochRunner:
     """Runs training epochs over device-resident data with ahead-of-time compiled step chunks.
@@ -372,8 +374,7 @@ class EpochRunner:
         self.placement.check_batch("batch_size", self.batch_size)
         self.images, self.labels, self.shuffle_key, self.dropout_key = self.placement.put((self.images, self.labels, self.shuffle_key, self.dropout_key))
         shuffle = functools.partial(epoch_batches, num_examples=len(self.labels), num_steps=self.steps_per_epoch, batch_size=self.batch_size)
-        self._batch_axis = 1 if self.engine.num_seeds == 1 else 2  # batches: [seed,] step, example
-        self._shuffle = jax.jit(self.engine.over_seeds(shuffle, (True, False)), out_shardings=self.placement.split(self._batch_axis))
+        self._shuffle = jax.jit(self.engine.over_runs(shuffle, in_axes=(0, None)), out_shardings=self.placement.split(_BATCH_AXIS))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -387,13 +388,12 @@ class EpochRunner:
         return self._shuffle(self.shuffle_key, epoch)
 
     def _zeros(self) -> Sums:
-        return self.placement.put(Sums.zeros(self.engine.num_seeds))
+        return self.placement.put(Sums.zeros(self.engine.num_runs))
 
     def _executable(self, state: TrainState, length: int) -> Any:
         if length not in self._executables:
             jitted = jax.jit(self.engine.train_program(), donate_argnums=(0, 1))
-            shape = (length, self.batch_size) if self.engine.num_seeds == 1 else (self.engine.num_seeds, length, self.batch_size)
-            indices = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.placement.split(self._batch_axis))
+            indices = jax.ShapeDtypeStruct((self.engine.num_runs, length, self.batch_size), jnp.int32, sharding=self.placement.split(_BATCH_AXIS))
             lowered = jitted.lower(state, self._zeros(), self.images, self.labels, indices, self.dropout_key)
             self._executables[length] = lowered.compile(compiler_options=self.engine.compiler_options)
         return self._executables[length]

@@ -81,11 +81,10 @@ def report(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict[s
     }
 
 
-def first_seed(model: dict, config: ml_collections.ConfigDict) -> dict:
-    """The first seed's weights of a multi-seed run's model item (the normalizer is shared)."""
-    if config.get("num_seeds", 1) == 1:
-        return model
-    return {**model, **{key: engine.select_seed(model[key], 0) for key in ("params", "ema_params", "batch_stats") if key in model}}
+def first_run(model: dict) -> dict:
+    """The first run's (seed's) weights of a model item whose weights carry the run axis (the
+    normalizer is shared)."""
+    return {**model, **{key: engine.select_run(model[key], 0) for key in ("params", "ema_params", "batch_stats") if key in model}}
 
 
 def as_batch(images: np.ndarray) -> np.ndarray:
@@ -109,4 +108,4 @@ def load(workdir: str, which: str = "final") -> Classifier:
         raise UserError(f"Workdir {workdir} does not exist. Pass the --workdir of a trained run.")
     model, meta = checkpoint.restore_model(workdir, which)
     config = ml_collections.ConfigDict(meta["config"])
-    return Classifier(config=config, class_names=tuple(meta["class_names"]), epoch=int(meta["epoch"]), variables=first_seed(model, config))
+    return Classifier(config=config, class_names=tuple(meta["class_names"]), epoch=int(meta["epoch"]), variables=first_run(model))

@@ -52,15 +52,12 @@ def _epoch_line(row: dict[str, Any], num_epochs: int) -> str:
     )
 
 
-def _over_seeds(split: str, per_seed: list[dict[str, float]]) -> dict[str, Any]:
-    """`{split}_loss`/`_accuracy`: the value of one seed, or the mean over seeds with `_std` and `_seeds`."""
+def _over_runs(split: str, per_run: list[dict[str, float]]) -> dict[str, Any]:
+    """`{split}_loss`/`_accuracy`: the mean over the runs (seeds), with `_std` and per-seed `_seeds`."""
     out = {}
     for metric in ("loss", "accuracy"):
-        values = np.array([r[metric] for r in per_seed])
-        out[f"{split}_{metric}"] = float(values.mean())
-        if len(values) > 1:
-            out[f"{split}_{metric}_std"] = float(values.std())
-            out[f"{split}_{metric}_seeds"] = values.tolist()
+        values = np.array([r[metric] for r in per_run])
+        out.update({f"{split}_{metric}": float(values.mean()), f"{split}_{metric}_std": float(values.std()), f"{split}_{metric}_seeds": values.tolist()})
     return out
 
 
@@ -70,8 +67,8 @@ _CHANCE_ACCURACY = 0.15  # 10 balanced classes: 0.1, plus the noise of a few tho
 
 def _summary_line(result: dict[str, Any], workdir: str) -> str:
     """The run's last line: test metrics, epochs, training time, and where its reports are."""
-    seeds = result.get("test_accuracy_seeds")
-    spread = f" (std over {len(seeds)} seeds {result['test_accuracy_std']:.4f})" if seeds else ""
+    seeds = result["test_accuracy_seeds"]
+    spread = f" (std over {len(seeds)} seeds {result['test_accuracy_std']:.4f})" if len(seeds) > 1 else ""  # wording only
     return (
         f"Test loss {result['test_loss']:.4f}, test accuracy {result['test_accuracy']:.4f}{spread} ({result['epochs_run']} epochs, "
         f"{result['train_seconds']:.1f} s training). Figures in {os.path.join(workdir, PLOTS_DIR)}; tensorboard --logdir={workdir}."
@@ -93,11 +90,10 @@ def _check_stop(epoch: int, workdir: str, checkpoints: checkpoint.Checkpoints, m
     raise stopping.Stopped(requested, f"Stopped by {signal.Signals(requested).name} {where}: {kept}. Re-running the same command resumes from there.")
 
 
-def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str, seed: int | None) -> UserError:
+def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str, seed: int) -> UserError:
     step_in_epoch = global_step - (epoch - 1) * steps_per_epoch + 1
-    which = "" if seed is None else f" (seed {seed})"
     return UserError(
-        f"Training diverged{which}: the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} of "
+        f"Training diverged (seed {seed}): the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} of "
         f"{steps_per_epoch} (global step {global_step + 1}). Training stopped there; the metrics of the "
         f"earlier epochs are in {workdir}/{workdir_lib.METRICS_FILE}. Lower optimizer.learning_rate, "
         "or set optimizer.grad_clip_norm (e.g. 1.0)."
@@ -122,7 +118,7 @@ def _update_stoppers(stoppers: list[EarlyStopping], row: dict[str, Any], epoch: 
     """Feeds each still-running seed's monitored value to its stopper; returns, per seed, whether the
     weights it reports become this epoch's (an improvement, or every running epoch without restore_best)."""
     monitor = config.early_stopping.monitor
-    values = row.get(f"{monitor}_seeds", [row[monitor]])
+    values = row[f"{monitor}_seeds"]
     take = []
     for seed, (stopper, value) in enumerate(zip(stoppers, values)):
         if stopper.should_stop:
@@ -137,10 +133,8 @@ def _update_stoppers(stoppers: list[EarlyStopping], row: dict[str, Any], epoch: 
 
 
 def _keep(kept: dict[str, Any] | None, current: dict[str, Any], take: list[bool]) -> dict[str, Any]:
-    """Per seed, a copy of `current` where `take`, else `kept` (copies: the next training call
-    donates the buffers of `current`)."""
-    if len(take) == 1:
-        return jax.tree.map(jnp.copy, current) if take[0] else kept
+    """Per run, `current` where `take`, else `kept`, in new buffers (the next training call donates
+    those of `current`)."""
     mask = jnp.array(take)
     return jax.tree.map(lambda k, c: jnp.where(mask.reshape((-1,) + (1,) * (c.ndim - 1)), c, k), kept or current, current)
 
@@ -164,9 +158,9 @@ def make_engine(config: ConfigDict, model: nn.Module, normalizer: engine.Normali
         unroll=unroll,
         compiler_options=engine.compiler_options(backend),
         compute_dtype=config.dtype,
-        num_seeds=config.num_seeds,
+        num_runs=config.num_seeds,
         augment=Augment(**config.augment),
-        loop_seeds=engine.seed_loop(backend, has_convolution),
+        loop_runs=engine.seed_loop(backend, has_convolution),
         ema_decay=config.ema_decay,
         test_time_flip=config.test_time_flip,
     )
@@ -183,11 +177,10 @@ def lower_for(config: ConfigDict, platform: str, num_train: int = 55_000) -> dic
     eng, _, steps_per_call = make_engine(config, model, normalizer, steps_per_epoch, platform)
     init_key, _, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
     state = engine.state_shapes(model, eng.tx, init_key, IMAGE_SHAPE, ema=config.ema_decay > 0)
-    seeds = () if config.num_seeds == 1 else (config.num_seeds,)
     steps = min(steps_per_call, steps_per_epoch)
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
-    indices = jax.ShapeDtypeStruct((*seeds, steps, config.batch_size), jnp.int32)
+    indices = jax.ShapeDtypeStruct((config.num_seeds, steps, config.batch_size), jnp.int32)
     batches = engine.eval_batches(10_000, config.eval_batch_size)  # the test split in one call
     train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(state, engine.Sums.zeros(config.num_seeds), images, labels, indices, dropout_key)
     weights = state.weights()
@@ -246,7 +239,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         training_compiled = pool.submit(runner.compile, placement.abstract(engine.state_shapes(*init_args)))
         state = placement.put(engine.init_states(*init_args))
         for split in {s.call_shape: s for s in eval_sets.values()}.values():  # compiles each call shape once
-            eng.evaluate(state.weights(), split).per_seed()
+            eng.evaluate(state.weights(), split).per_run()
         training_compiled.result()
     compile_seconds = time.perf_counter() - start
     logging.info(
@@ -316,21 +309,21 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
                 _check_stop(epoch, workdir, checkpoints, mid_epoch=True)
 
         state, sums = runner.run(state, epoch, between_calls)
-        train = sums.per_seed()  # waits for the epoch
+        train = sums.per_run()  # waits for the epoch
         seconds = time.perf_counter() - start
         for seed, t in enumerate(train):
             if t["first_nonfinite_step"] >= 0:
-                raise _diverged(epoch, t["first_nonfinite_step"], steps_per_epoch, workdir, config.seed + seed if config.num_seeds > 1 else None)
+                raise _diverged(epoch, t["first_nonfinite_step"], steps_per_epoch, workdir, config.seed + seed)
         train_seconds += seconds
         row = {
             "epoch": epoch,
-            **_over_seeds("train", train),
+            **_over_runs("train", train),
             "epoch_seconds": seconds,
             "examples_per_second": config.num_seeds * steps_per_epoch * config.batch_size / seconds,
             "learning_rate": float(learning_rate(epoch * steps_per_epoch - 1)),  # no device read
         }
         if val_set is not None:
-            row.update(_over_seeds("val", eng.evaluate(state.weights(), val_set).per_seed()))
+            row.update(_over_runs("val", eng.evaluate(state.weights(), val_set).per_run()))
         history.append(row)
         metrics_log.write(row)
         board.epoch(row)
@@ -348,15 +341,15 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     epochs_run = len(history)
     final_weights = kept if early_stopping else state.weights()
     reported_epochs = [_reported_epoch(s, config.early_stopping.restore_best) if early_stopping else epochs_run for s in stoppers]
-    restored_epoch = reported_epochs if early_stopping and config.num_seeds > 1 else reported_epochs[0]
 
     # --- Test and summary ---------------------------------------------------------------------
-    test = _over_seeds("test", eng.evaluate(final_weights, test_set).per_seed())
+    test = _over_runs("test", eng.evaluate(final_weights, test_set).per_run())
     result = {
         **test,
         "best_val_accuracy": max((r["val_accuracy"] for r in history if "val_accuracy" in r), default=None),
         "epochs_run": epochs_run,
-        "restored_epoch": restored_epoch,
+        "restored_epoch": reported_epochs[0],
+        "restored_epoch_seeds": reported_epochs,
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds,
         "examples_per_second": config.num_seeds * epochs_run * steps_per_epoch * config.batch_size / train_seconds,
@@ -369,7 +362,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     final_model = model_item(final_weights)
     checkpoints.save("final", reported_epochs[0], final_model, {**meta(epochs_run), "summary": result})
     if primary:  # the plots draw while the export lowers and the checkpoints finish writing
-        classifier = inference.Classifier(config, splits.class_names, reported_epochs[0], inference.first_seed(jax.device_get(final_model), config))
+        classifier = inference.Classifier(config, splits.class_names, reported_epochs[0], inference.first_run(jax.device_get(final_model)))
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             reports = pool.submit(_write_reports, workdir, board, config, result, history, classifier, splits)
             os.makedirs(os.path.join(workdir, "export"), exist_ok=True)

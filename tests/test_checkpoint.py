@@ -200,3 +200,35 @@ def test_runs_from_before_a_key_existed_count_it_at_its_default():
     assert workdir_lib.config_differences(previous, current) == []
     current["ema_decay"] = 0.999
     assert workdir_lib.config_differences(previous, current) == ["ema_decay: 0.0 there, 0.999 now"]
+
+
+def _write_previous_layout(source, kind, epoch, target):
+    """Rewrites checkpoint `kind/epoch` of workdir `source` into `target` as releases before the run
+    axis wrote a single run: every array but the normalizer without its leading axis, no layout."""
+    import orbax.checkpoint as ocp
+
+    src = ocp.CheckpointManager(checkpoint.directory(str(source), kind), options=ocp.CheckpointManagerOptions(create=False), item_handlers=checkpoint._handlers())
+    meta = src.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    names = ("model", "train") if kind == "latest" else ("model",)
+    restored = src.restore(epoch, args=ocp.args.Composite(**{n: ocp.args.StandardRestore() for n in names}))
+    items = {n: ocp.args.StandardSave(checkpoint._over_runs(lambda a: np.asarray(a)[0], restored[n])) for n in names}
+    src.close()
+    dst = ocp.CheckpointManager(checkpoint.directory(str(target), kind), item_handlers=checkpoint._handlers())
+    dst.save(epoch, args=ocp.args.Composite(**items, meta=ocp.args.JsonSave({k: v for k, v in meta.items() if k != "layout"})))
+    dst.wait_until_finished()
+    dst.close()
+
+
+def test_single_run_checkpoints_of_the_previous_layout_resume_and_restore(tiny_config, tmp_path):
+    reference = train.train_and_evaluate(tiny_config, str(tmp_path / "ref"))
+    old = tmp_path / "old"
+    _write_previous_layout(tmp_path / "ref", "latest", 1, old)
+    _write_previous_layout(tmp_path / "ref", "final", 2, old)
+    shutil.copy(tmp_path / "ref" / "config.json", old / "config.json")
+    images = data.load(tiny_config.data).test_images
+    expected = inference.load(str(tmp_path / "ref")).predict_proba(images)
+    np.testing.assert_array_equal(inference.load(str(old)).predict_proba(images), expected)  # converted on restore
+    resumed = train.train_and_evaluate(tiny_config, str(old))  # resumes after epoch 1
+    assert not (old / "checkpoints" / "damaged").exists()  # converted, not set aside and retrained
+    assert len(list((old / "checkpoints" / "latest").iterdir())) == 2  # epoch 1 (converted) and epoch 2    assert (resumed["test_loss"], resumed["test_accuracy"]) == (reference["test_loss"], reference["test_accuracy"])
+    assert _rows(old) == _rows(tmp_path / "ref")

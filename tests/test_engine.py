@@ -22,7 +22,7 @@ def _setup(config, num_examples=64, seed=0):
         images[i, 2 * y : 2 * y + 3] = 250
     model = models.create(config.model)
     tx = optim.optimizer(config.optimizer, optim.schedule(config.schedule, config.optimizer.learning_rate, 10, 10))
-    state = engine.init_states(model, tx, jax.random.key(config.seed), (28, 28, 1))
+    state = engine.init_states(model, tx, jax.random.key(config.seed)[None], (28, 28, 1))  # one run
     return model, tx, state, jnp.asarray(images), jnp.asarray(labels)
 
 
@@ -31,11 +31,11 @@ def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
     eng = engine.Engine(
         model, tx, engine.Normalizer(), config.loss.label_smoothing, unroll=unroll, compute_dtype=config.dtype, augment=Augment(**config.augment)
     )
-    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call or 10**9, jax.random.key(6), jax.random.key(7))
+    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call or 10**9, jax.random.key(6)[None], jax.random.key(7)[None])
     history = []
     for epoch in range(epochs):
         state, sums = runner.run(state, epoch)
-        history.extend(sums.per_seed())
+        history.extend(sums.per_run())
     return state, history
 
 
@@ -97,7 +97,7 @@ def test_progress_reports_steps_of_long_epochs():
     config.batch_size = 8
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
     model, tx, state, images, labels = _setup(config, num_examples=64)
-    runner = engine.EpochRunner(engine.Engine(model, tx, engine.Normalizer()), images, labels, 8, 2, jax.random.key(6), jax.random.key(7))
+    runner = engine.EpochRunner(engine.Engine(model, tx, engine.Normalizer()), images, labels, 8, 2, jax.random.key(6)[None], jax.random.key(7)[None])
     reported = []
     runner.run(state, 0, reported.append)
     assert reported == [2, 4, 6, 8, None]
@@ -152,9 +152,9 @@ def test_eval_set_masks_padding():
     assert images.shape == (3, 2, 28, 28, 1) and int(mask.sum()) == 5
     model = models.create(mlp_config.get_config().model)
     tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
-    state = engine.init_states(model, tx, jax.random.key(0), (28, 28, 1))
+    state = engine.init_states(model, tx, jax.random.key(0)[None], (28, 28, 1))
     sums = engine.Engine(model, tx, engine.Normalizer()).evaluate(state.weights(), s)
-    assert int(sums.count) == 5
+    assert sums.count.tolist() == [5]
 
 
 def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
@@ -166,11 +166,11 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     assert len(sets["test"].calls) == 5
     model = models.create(mlp_config.get_config().model)
     tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
-    weights = engine.init_states(model, tx, jax.random.key(0), (28, 28, 1)).weights()
+    weights = engine.init_states(model, tx, jax.random.key(0)[None], (28, 28, 1)).weights()
     eng = engine.Engine(model, tx, engine.Normalizer())
     in_calls = eng.evaluate(weights, sets["test"])
     in_one = eng.evaluate(weights, engine.EvalSet.create(images, labels, 2, placement))
-    assert int(in_calls.count) == 20 and float(in_calls.loss) == float(in_one.loss) and int(in_calls.correct) == int(in_one.correct)
+    assert in_calls.count.tolist() == [20] and in_calls.loss.tolist() == in_one.loss.tolist() and in_calls.correct.tolist() == in_one.correct.tolist()
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adadelta", "rmsprop"])
@@ -215,10 +215,10 @@ def test_standardization_centers_the_training_pixels():
 def test_ema_is_the_warmed_up_moving_average_of_the_weights():
     config = mlp_config.get_config()
     model, tx, _, images, labels = _setup(config, num_examples=24)
-    state = engine.init_states(model, tx, jax.random.key(0), (28, 28, 1), ema=True)
+    state = engine.select_run(engine.init_states(model, tx, jax.random.key(0)[None], (28, 28, 1), ema=True), 0)
     eng = engine.Engine(model, tx, engine.Normalizer(), ema_decay=0.5)
-    step = jax.jit(eng.train_step)
-    expected, sums = state.params, engine.Sums.zeros()
+    step = jax.jit(eng.train_step)  # one run's step
+    expected, sums = state.params, engine.select_run(engine.Sums.zeros(1), 0)
     for t in range(3):
         state, sums = step(state, sums, images[8 * t : 8 * t + 8], labels[8 * t : 8 * t + 8], jax.random.key(1))
         decay = min(0.5, (1 + t) / (10 + t))  # 0.1, 0.18..., 0.25
@@ -232,6 +232,7 @@ def test_ema_is_the_warmed_up_moving_average_of_the_weights():
 def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
     config = mlp_config.get_config()
     model, _, state, images, _ = _setup(config, num_examples=4)
+    state = engine.select_run(state, 0)
     norm = engine.Normalizer()
     plain = jnp.exp(engine.log_probabilities(model, norm, state.params, {}, images, flip=False))
     mirrored = jnp.exp(engine.log_probabilities(model, norm, state.params, {}, images[:, :, ::-1], flip=False))
@@ -254,9 +255,9 @@ def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
     batches = jnp.stack([jnp.arange(32).reshape(4, 8), jnp.arange(32)[::-1].reshape(4, 8)])
     keys = jax.random.split(jax.random.key(1), 2)
     results = []
-    for loop_seeds in (False, True):
-        eng = engine.Engine(model, tx, engine.Normalizer(), num_seeds=2, loop_seeds=loop_seeds)
-        steps = jax.jit(eng.over_seeds(eng.train_steps, (True, True, False, False, True, True)))
+    for loop_runs in (False, True):
+        eng = engine.Engine(model, tx, engine.Normalizer(), num_runs=2, loop_runs=loop_runs)
+        steps = jax.jit(eng.train_program())
         results.append(steps(state, engine.Sums.zeros(2), images, labels, batches, keys))
     (vmapped, vsums), (looped, lsums) = results
     np.testing.assert_allclose(vsums.loss, lsums.loss, rtol=1e-5)

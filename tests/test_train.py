@@ -175,7 +175,7 @@ def test_early_stopping_per_seed_equals_single_runs(tiny_config, tmp_path):
     for k in range(2):
         tiny_config.seed = k
         singles.append(_train(tiny_config, tmp_path / f"seed{k}"))
-    assert together["restored_epoch"] == [s["restored_epoch"] for s in singles]
+    assert together["restored_epoch_seeds"] == [s["restored_epoch"] for s in singles]
     assert together["epochs_run"] == max(s["epochs_run"] for s in singles)
     assert together["test_loss_seeds"] == pytest.approx([s["test_loss"] for s in singles], rel=1e-5)
 
