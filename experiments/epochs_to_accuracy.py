@@ -32,7 +32,7 @@ def _epochs_to_accuracy() -> None:
     with open(os.path.join(_WORKDIR.value, workdir_lib.METRICS_FILE)) as f:
         rows = [json.loads(line) for line in f]
     per_seed = {
-        f"seed {config.seed + k}": [r["train_accuracy_seeds"][k] if config.num_seeds > 1 else r["train_accuracy"] for r in rows]
+        f"seed {config.seed + k}": [r["train_accuracy_seeds"][k] for r in rows]
         for k in range(config.num_seeds)
     }
     epochs = [r["epoch"] for r in rows]

@@ -127,7 +127,7 @@ def _update_stoppers(stoppers: list[EarlyStopping], row: dict[str, Any], epoch: 
         improved = stopper.update(epoch, value)
         take.append(improved or not config.early_stopping.restore_best)
         if stopper.should_stop:
-            which = f" (seed {config.seed + seed})" if len(stoppers) > 1 else ""
+            which = f" (seed {config.seed + seed})"
             logging.info("Early stopping%s at epoch %d: best %s %.4f at epoch %d.", which, epoch, monitor, stopper.best, stopper.best_epoch)
     return take
 
