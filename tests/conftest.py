@@ -84,3 +84,10 @@ def without_tensorflow(tmp_path_factory):
 def noise(stderr: str) -> list[str]:
     """The lines of a command's stderr that look like trouble: errors, warnings, tracebacks, probes."""
     return [line for line in stderr.splitlines() if re.match(r"[EWF]\d{4} |Traceback|.*(cuInit|Unable to initialize|CUDA|error)", line)]
+
+
+def pytest_collection_modifyitems(items):
+    """Every test on the real data is in the slow tier: preparing it and training on it take ~40 s."""
+    for item in items:
+        if "prepared_tfds_dir" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)

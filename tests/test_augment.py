@@ -13,6 +13,7 @@ def _batch(n=64):
     return jnp.asarray(rng.integers(1, 256, (n, 28, 28, 1)), jnp.float32)  # no zero pixels: padding is recognizable
 
 
+@pytest.mark.slow
 def test_disabled_augmentation_is_the_identity_and_enabled_is_reproducible():
     x = _batch()
     assert not Augment().enabled
@@ -42,6 +43,7 @@ def test_flip_mirrors_about_half_the_images_left_right():
     assert np.all(flipped | kept) and 0.35 < flipped.mean() < 0.65
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probability", [0.0, 0.5, 1.0])
 def test_random_erasing_replaces_one_rectangle_in_the_expected_share_of_images(probability):
     x = _batch(256)

@@ -43,6 +43,7 @@ def _cli_train(workdir, tfds_dir, *extra):
             f"--config.data.tfds_data_dir={tfds_dir}", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(prepared_tfds_dir, tmp_path):
     args = ("--config.num_epochs=12", "--config.model.hidden_sizes=(64,)")
     reference = subprocess.run(_cli_train(tmp_path / "ref", prepared_tfds_dir, *args), capture_output=True, text=True, timeout=600)
@@ -70,6 +71,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(prepared_tfds_d
     _assert_same_weights(killed, tmp_path / "ref")
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path):
     tiny_config.num_epochs = 3
     reference = _mock_train(tiny_config, tmp_path / "ref")
@@ -86,6 +88,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, t
     assert _rows(run) == _rows(tmp_path / "ref")
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_config_is_refused_naming_the_keys(tiny_config, tmp_path):
     tiny_config.num_epochs = 1
     _mock_train(tiny_config, tmp_path)
@@ -96,6 +99,7 @@ def test_checkpoint_of_another_config_is_refused_naming_the_keys(tiny_config, tm
         _mock_train(tiny_config, tmp_path)
 
 
+@pytest.mark.slow
 def test_asynchronous_saving_does_not_change_results(tiny_config, tmp_path):
     _mock_train(tiny_config, tmp_path / "async")
     tiny_config.checkpoint.asynchronous = False
@@ -115,6 +119,7 @@ def trained(prepared_tfds_dir, tmp_path_factory):
     return workdir, summary, data.load(config.data)
 
 
+@pytest.mark.slow
 def test_restored_classifier_reproduces_the_summary_accuracy(trained):
     workdir, summary, splits = trained
     classifier = inference.load(str(workdir))
@@ -151,6 +156,7 @@ def test_photo_like_image_is_converted_to_light_on_dark(tmp_path):
     assert x[14, 14, 0] > 180 and x[1, 14, 0] < 60
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_clis_agree_without_tensorflow(trained, tmp_path, without_tensorflow):
     workdir, summary, splits = trained
     photo = np.full((480, 640, 3), 240, np.uint8)
@@ -219,6 +225,7 @@ def _write_previous_layout(source, kind, epoch, target):
     dst.close()
 
 
+@pytest.mark.slow
 def test_single_run_checkpoints_of_the_previous_layout_resume_and_restore(tiny_config, tmp_path):
     reference = train.train_and_evaluate(tiny_config, str(tmp_path / "ref"))
     old = tmp_path / "old"

@@ -75,6 +75,7 @@ def _cli(*args, cwd=None):
         ("--config.model.name=transformer", "Unknown model.name='transformer'"),
     ],
 )
+@pytest.mark.slow
 def test_cli_rejects_bad_overrides_in_one_line(override, message, tmp_path):
     result = _cli(f"--workdir={tmp_path}/run", override)
     assert result.returncode == 1
@@ -82,6 +83,7 @@ def test_cli_rejects_bad_overrides_in_one_line(override, message, tmp_path):
     assert line.startswith("error: ") and message in line
 
 
+@pytest.mark.slow
 def test_cli_rejects_stray_arguments_and_unknown_flags_in_one_line(tmp_path):
     stray = _cli(f"--workdir={tmp_path}/run", "num_epochs=3")
     assert stray.returncode != 0 and "unexpected arguments num_epochs=3" in stray.stderr
@@ -91,6 +93,7 @@ def test_cli_rejects_stray_arguments_and_unknown_flags_in_one_line(tmp_path):
     assert "Traceback" not in stray.stderr + unknown.stderr
 
 
+@pytest.mark.slow
 def test_cli_rejects_an_unwritable_workdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -63,6 +63,7 @@ def test_damaged_arrays_file_is_not_trusted(tmp_path):
         assert data.read_arrays(directory) is None  # so `prepare` derives it again from the TFRecords
 
 
+@pytest.mark.slow
 def test_corrupt_prepared_dataset_is_a_clear_error(prepared_tfds_dir, tmp_path):
     copy = tmp_path / "tfds"
     shutil.copytree(prepared_tfds_dir, copy)
@@ -83,6 +84,7 @@ def test_no_data_anywhere_names_both_remedies(tmp_path, monkeypatch):
     assert "--config.data.source_dir=DIR" in message
 
 
+@pytest.mark.slow
 def test_preparing_without_tensorflow_says_what_to_install(tmp_path, without_tensorflow):
     result = subprocess.run(
         [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", f"--workdir={tmp_path / 'run'}",

@@ -52,6 +52,7 @@ def one_device(prepared_tfds_dir, tmp_path_factory):
     return _summary(workdir)
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_one_device_result(one_device, prepared_tfds_dir, tmp_path):
     code, output = _finish(_start(tmp_path, prepared_tfds_dir, devices=8))
     assert code == 0, output
@@ -61,6 +62,7 @@ def test_eight_devices_give_the_one_device_result(one_device, prepared_tfds_dir,
     assert abs(eight["test_accuracy"] - one_device["test_accuracy"]) <= 0.002
 
 
+@pytest.mark.slow
 def test_two_processes_on_localhost_train_like_one(one_device, prepared_tfds_dir, tmp_path):
     address = f"localhost:{_free_port()}"
     processes = [
@@ -90,6 +92,7 @@ def _distributed(address, num_processes, process_id, timeout=3):
             f"--config.distributed.process_id={process_id}", f"--config.distributed.timeout_seconds={timeout}")
 
 
+@pytest.mark.slow
 def test_unreachable_coordinator_is_a_clear_error_after_the_timeout(prepared_tfds_dir, tmp_path):
     start = time.monotonic()
     code, output = _finish(_start(tmp_path, prepared_tfds_dir, *_distributed(f"localhost:{_free_port()}", 2, 1)), timeout=120)
@@ -99,12 +102,14 @@ def test_unreachable_coordinator_is_a_clear_error_after_the_timeout(prepared_tfd
     assert time.monotonic() - start < 60
 
 
+@pytest.mark.slow
 def test_missing_process_is_a_clear_error_on_the_coordinator(prepared_tfds_dir, tmp_path):
     code, output = _finish(_start(tmp_path, prepared_tfds_dir, *_distributed(f"localhost:{_free_port()}", 3, 0)), timeout=120)
     assert code == 1, output
     assert "only 1 of 3 processes joined within 3 s (missing process_id [1, 2])" in output and "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_mismatched_process_count_stops_every_process(prepared_tfds_dir, tmp_path):
     address = f"localhost:{_free_port()}"
     processes = [_start(tmp_path, prepared_tfds_dir, *_distributed(address, n, i, timeout=30)) for i, n in ((0, 2), (1, 3))]

@@ -47,6 +47,7 @@ def test_loss_falls_on_a_small_problem():
     assert history[-1]["accuracy"] > 0.9
 
 
+@pytest.mark.slow
 def test_augmented_training_still_learns_and_differs_from_plain():
     config = mlp_config.get_config()
     config.batch_size = 16
@@ -56,6 +57,7 @@ def test_augmented_training_still_learns_and_differs_from_plain():
     assert augmented[-1]["loss"] < 0.7 * augmented[0]["loss"] and augmented[-1]["loss"] != plain[-1]["loss"]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_results():
     config = mlp_config.get_config()
     config.batch_size = 16
@@ -66,6 +68,7 @@ def test_same_seed_gives_identical_results():
     jax.tree.map(np.testing.assert_array_equal, a_state.params, b_state.params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_bfloat16_compute_keeps_float32_weights_and_learns_like_float32(model):
     config = (mlp_config if model == "mlp" else cnn_config).get_config()
@@ -80,6 +83,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_learns_like_float32(model):
     assert bf16[-1]["accuracy"] >= f32[-1]["accuracy"] - 0.1
 
 
+@pytest.mark.slow
 def test_chunked_unrolled_epochs_equal_one_rolled_scan():
     config = cnn_config.get_config()
     config.batch_size = 8
@@ -92,6 +96,7 @@ def test_chunked_unrolled_epochs_equal_one_rolled_scan():
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), whole_state.params, chunk_state.params)
 
 
+@pytest.mark.slow
 def test_progress_reports_steps_of_long_epochs():
     config = cnn_config.get_config()
     config.batch_size = 8
@@ -173,6 +178,7 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     assert in_calls.count.tolist() == [20] and in_calls.loss.tolist() == in_one.loss.tolist() and in_calls.correct.tolist() == in_one.correct.tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adadelta", "rmsprop"])
 def test_every_optimizer_trains(name):
     config = mlp_config.get_config()
@@ -212,6 +218,7 @@ def test_standardization_centers_the_training_pixels():
     np.testing.assert_allclose(engine.Normalizer.fit(images, False)(jnp.asarray(images)), images / 255.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_ema_is_the_warmed_up_moving_average_of_the_weights():
     config = mlp_config.get_config()
     model, tx, _, images, labels = _setup(config, num_examples=24)
@@ -247,6 +254,7 @@ def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
     )
 
 
+@pytest.mark.slow
 def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
     config = cnn_config.get_config()
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)

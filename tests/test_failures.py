@@ -64,6 +64,7 @@ def test_a_second_lock_on_a_workdir_is_refused_naming_the_holder(tiny_config, tm
         workdir_lib.open_workdir(str(tmp_path), tiny_config, lambda: None)
 
 
+@pytest.mark.slow
 def test_concurrent_run_on_one_workdir_is_refused_and_the_first_finishes(mock_tfds_dir, tmp_path):
     first = subprocess.Popen([sys.executable, "-m", "fmnist_jax.main", f"--workdir={tmp_path}", *_tiny_args(mock_tfds_dir, 60)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -79,6 +80,7 @@ def test_concurrent_run_on_one_workdir_is_refused_and_the_first_finishes(mock_tf
 # --- Checks before writes ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_refused_run_leaves_the_workdir_byte_identical(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, str(tmp_path))
     (tmp_path / "config.json").unlink()
@@ -99,6 +101,7 @@ def test_finished_run_rerun_reports_its_summary_line(tiny_config, tmp_path, capl
     assert f"not retraining. Test loss {summary['test_loss']:.4f}, test accuracy {summary['test_accuracy']:.4f}" in caplog.text
 
 
+@pytest.mark.slow
 def test_run_that_learns_nothing_warns_naming_the_learning_rate(tiny_config, tmp_path, caplog):
     tiny_config.optimizer.name, tiny_config.optimizer.learning_rate = "sgd", 1e-9
     with caplog.at_level(logging.WARNING):
@@ -109,6 +112,7 @@ def test_run_that_learns_nothing_warns_naming_the_learning_rate(tiny_config, tmp
 # --- One paragraph per failure ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_inputs_to_training_are_one_paragraph_without_traceback(mock_tfds_dir, tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
@@ -138,12 +142,22 @@ def test_a_config_files_own_exception_keeps_its_traceback_under_one_line(tmp_pat
 # --- Clean stops ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
-def test_signal_mid_run_stops_in_one_line_and_resumes_identically(mock_tfds_dir, tmp_path, signal_number):
-    args = _tiny_args(mock_tfds_dir, 40)
-    reference = _cli("fmnist_jax.main", f"--workdir={tmp_path / 'ref'}", *args)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+_STOP_EPOCHS = 25
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(mock_tfds_dir, tmp_path_factory):
+    """The workdir of the tiny run that the stopped runs must reproduce."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    reference = _cli("fmnist_jax.main", f"--workdir={workdir}", *_tiny_args(mock_tfds_dir, _STOP_EPOCHS))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_stops_in_one_line_and_resumes_identically(mock_tfds_dir, uninterrupted, tmp_path, signal_number):
+    args = _tiny_args(mock_tfds_dir, _STOP_EPOCHS)
     workdir = tmp_path / "stopped"
     run = subprocess.Popen([sys.executable, "-m", "fmnist_jax.main", f"--workdir={workdir}", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (workdir / "metrics.jsonl").exists() and len(_epochs(workdir)) >= 3, run)
@@ -154,13 +168,13 @@ def test_signal_mid_run_stops_in_one_line_and_resumes_identically(mock_tfds_dir,
     (line,) = [x for x in stderr.splitlines() if x.startswith("Stopped by")]
     assert f"Stopped by {signal.Signals(signal_number).name}" in line and "Re-running the same command resumes" in line
     saved = int(line.split("epoch ")[2].split(" is saved")[0])
-    assert 3 <= saved < 40 and not (workdir / "summary.json").exists()
+    assert 3 <= saved < _STOP_EPOCHS and not (workdir / "summary.json").exists()
 
     resumed = _cli("fmnist_jax.main", f"--workdir={workdir}", *args)
     assert resumed.returncode == 0 and f"Resuming after epoch {saved}" in resumed.stderr, resumed.stderr[-3000:]
-    summary, ref = (json.loads((w / "summary.json").read_text()) for w in (workdir, tmp_path / "ref"))
+    summary, ref = (json.loads((w / "summary.json").read_text()) for w in (workdir, uninterrupted))
     assert (summary["test_loss"], summary["test_accuracy"]) == (ref["test_loss"], ref["test_accuracy"])
-    assert _epochs(workdir) == list(range(1, 41))
+    assert _epochs(workdir) == list(range(1, _STOP_EPOCHS + 1))
 
 
 # --- Images from strangers --------------------------------------------------------------------------
@@ -184,6 +198,7 @@ def test_oversized_images_are_refused_by_name_before_decoding(tmp_path):
     assert images.read(str(tmp_path / "photo.jpg"), max_pixels=4_000_000).shape == (28, 28, 1)
 
 
+@pytest.mark.slow
 def test_predict_skips_bombs_and_bad_flags_are_refused_before_work(tiny_config, tmp_path):
     workdir = tmp_path / "run"
     train.train_and_evaluate(tiny_config, str(workdir))

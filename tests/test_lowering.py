@@ -32,6 +32,7 @@ def test_training_and_evaluation_lower_for_accelerators(name, platform):
     assert engine.compiler_options(platform) is None
 
 
+@pytest.mark.slow
 def test_seeds_are_vmapped_on_accelerators_and_copied_on_cpu():
     config = _config("cnn", num_seeds=3)
     convolutions = {p: train.lower_for(config, p)["train"].as_text().count("stablehlo.convolution") for p in ("cpu", "cuda")}

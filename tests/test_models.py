@@ -48,6 +48,7 @@ def test_mlp_accepts_hwc_batches_of_any_size():
     assert model.apply(variables, jnp.ones((7, 28, 28, 1))).shape == (7, 10)
 
 
+@pytest.mark.slow
 def test_cnn_with_batch_norm_and_dropout_keeps_statistics_apart():
     config = cnn_config.get_config().model
     config.batch_norm, config.dropout_rate, config.conv_dropout_rate = True, 0.5, 0.1
@@ -61,6 +62,7 @@ def test_cnn_with_batch_norm_and_dropout_keeps_statistics_apart():
     np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))  # eval is deterministic
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,size", [((2, 28, 28, 3), 2), ((2, 7, 7, 4), 2), ((2, 8, 7, 2), 3)])
 @pytest.mark.parametrize("ties", [False, True])
 def test_cpu_pooling_equals_native_values_and_gradients(shape, size, ties):
@@ -75,6 +77,7 @@ def test_cpu_pooling_equals_native_values_and_gradients(shape, size, ties):
         np.testing.assert_allclose(*grads, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_cnn_cpu_formulation_trains_like_the_native_ops(batch_norm):
     """The CPU formulation is chosen by backend; on any backend both must give the same loss and gradients."""
@@ -112,6 +115,7 @@ def test_unknown_model_name_and_setting_are_clear_errors():
         models.create(config)
 
 
+@pytest.mark.slow
 def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolution():
     from fmnist_jax.models.resnet import BasicBlock
 

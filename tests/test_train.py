@@ -71,6 +71,7 @@ def test_run_writes_plots_and_tensorboard_events(tiny_config, tmp_path):
     assert any(v.tag.startswith("_hparams_") for e in events for v in e.summary.value)
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_metrics(tiny_config, tmp_path):
     tiny_config.model.dropout_rate = 0.2
     _train(tiny_config, tmp_path / "a")
@@ -79,6 +80,7 @@ def test_same_config_and_seed_give_the_same_metrics(tiny_config, tmp_path):
     assert strip(_rows(tmp_path / "a")) == strip(_rows(tmp_path / "b"))
 
 
+@pytest.mark.slow
 def test_profile_writes_a_trace_and_leaves_training_unchanged(tiny_config, tmp_path):
     _train(tiny_config, tmp_path / "plain")
     tiny_config.profile = True
@@ -89,6 +91,7 @@ def test_profile_writes_a_trace_and_leaves_training_unchanged(tiny_config, tmp_p
     assert strip(_rows(tmp_path / "plain")) == strip(_rows(tmp_path / "profiled"))
 
 
+@pytest.mark.slow
 def test_three_seeds_in_one_program_equal_three_single_runs(tiny_config, tmp_path):
     tiny_config.model.dropout_rate = 0.2
     tiny_config.seed, tiny_config.num_seeds = 5, 3
@@ -130,6 +133,7 @@ def _stop_early(config, num_epochs):
     config.optimizer.learning_rate = 0.05  # mock labels are noise: validation loss soon rises
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_restores_the_best_epoch(tiny_config, tmp_path):
     _stop_early(tiny_config, 30)
     summary = _train(tiny_config, tmp_path)
@@ -148,6 +152,7 @@ def test_divergence_stops_at_once_naming_epoch_and_step(tiny_config, tmp_path):
     assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_real_data_mlp_one_epoch_through_the_cli_without_tensorflow(prepared_tfds_dir, tmp_path, without_tensorflow):
     """The real Fashion-MNIST, the real command, where TensorFlow is not installed: 1 epoch of the seed
     MLP reaches >= 0.80 test accuracy, and stderr holds the log and nothing that looks like trouble."""
@@ -166,6 +171,7 @@ def test_real_data_mlp_one_epoch_through_the_cli_without_tensorflow(prepared_tfd
     assert 0.80 <= summary["best_val_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_early_stopping_per_seed_equals_single_runs(tiny_config, tmp_path):
     _stop_early(tiny_config, 12)
     tiny_config.num_seeds = 2
@@ -180,6 +186,7 @@ def test_early_stopping_per_seed_equals_single_runs(tiny_config, tmp_path):
     assert together["test_loss_seeds"] == pytest.approx([s["test_loss"] for s in singles], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_ema_and_flip_tta_reach_checkpoints_and_inference(tiny_config, tmp_path):
     tiny_config.ema_decay, tiny_config.test_time_flip = 0.9, True
     summary = _train(tiny_config, tmp_path)
@@ -192,6 +199,7 @@ def test_ema_and_flip_tta_reach_checkpoints_and_inference(tiny_config, tmp_path)
     assert not np.allclose(raw.predict_proba(splits.test_images), probabilities, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_strong_configs_train_end_to_end_when_shrunk(tiny_config, tmp_path):
     """configs/fast.py and configs/resnet.py (batch norm, augmentation, EMA, flip TTA) through the
     whole loop on mock data, with their networks narrowed so the test stays fast."""
