@@ -32,7 +32,10 @@ _PLOT = flags.DEFINE_string("plot", None, "Where to write the comparison figure 
 
 def _compare() -> None:
     root = _WORKDIR_ROOT.value or tempfile.mkdtemp(prefix="compare_")
-    rows = ["| variant | test accuracy | test loss | train acc | val acc | epochs | train s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| variant | test accuracy | test loss | train acc | val acc | epochs | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     histories, summaries = {}, {}
     for variant in _VARIANTS.value:
         label, _, overrides = variant.partition(":")
@@ -45,7 +48,10 @@ def _compare() -> None:
             histories[label] = [json.loads(line) for line in f]
         summaries[label] = s
         last = histories[label][-1]
-        std = lambda key: f" ± {s[key + '_std']:.4f}" if key + "_std" in s else ""
+
+        def std(key: str, s: dict = s) -> str:
+            return f" ± {s[key + '_std']:.4f}" if key + "_std" in s else ""
+
         rows.append(
             f"| {label} | {s['test_accuracy']:.4f}{std('test_accuracy')} | {s['test_loss']:.4f}{std('test_loss')} | "
             f"{last['train_accuracy']:.4f} | {last.get('val_accuracy', float('nan')):.4f} | {s['restored_epoch']} | {s['train_seconds']:.1f} |"
@@ -53,7 +59,9 @@ def _compare() -> None:
         logging.info("%s done: %s", label, rows[-1])
     plot = _PLOT.value or os.path.join(root, "comparison.png")
     plots.comparison(plot, histories, summaries)
-    print(f"{_SEEDS.value} seeds per variant; workdirs in {root}; figure {plot}\n" + "\n".join(rows))
+    print(
+        f"{_SEEDS.value} seeds per variant; workdirs in {root}; figure {plot}\n" + "\n".join(rows)
+    )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,16 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from fmnist_jax import cli, plots, train, workdir as workdir_lib
+from fmnist_jax import cli, plots, train
+from fmnist_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Config file.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds trained together (num_seeds).")
 _TARGET = flags.DEFINE_float("target", 0.96, "Training accuracy to reach.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/epochs_to_accuracy", "The run's workdir.")
-_PLOT = flags.DEFINE_string("plot", None, "Figure path (default: <workdir>/plots/epochs_to_accuracy.png).")
+_PLOT = flags.DEFINE_string(
+    "plot", None, "Figure path (default: <workdir>/plots/epochs_to_accuracy.png)."
+)
 
 
 def _epochs_to_accuracy() -> None:
@@ -36,16 +39,25 @@ def _epochs_to_accuracy() -> None:
         for k in range(config.num_seeds)
     }
     epochs = [r["epoch"] for r in rows]
-    table = [f"| seed | first epoch with train accuracy >= {_TARGET.value} | training seconds until then (all seeds) | final train accuracy |",
-             "| --- | --- | --- | --- |"]
+    table = [
+        f"| seed | first epoch with train accuracy >= {_TARGET.value} | training seconds until then (all seeds) | final train accuracy |",
+        "| --- | --- | --- | --- |",
+    ]
     for label, values in per_seed.items():
-        reached = next((e for e, v in zip(epochs, values) if v >= _TARGET.value), None)
-        seconds = sum(r["epoch_seconds"] for r in rows if reached is not None and r["epoch"] <= reached)
+        reached = next(
+            (e for e, v in zip(epochs, values, strict=False) if v >= _TARGET.value), None
+        )
+        seconds = sum(
+            r["epoch_seconds"] for r in rows if reached is not None and r["epoch"] <= reached
+        )
         table.append(f"| {label} | {reached or 'not reached'} | {seconds:.1f} | {values[-1]:.4f} |")
     plot = _PLOT.value or os.path.join(_WORKDIR.value, train.PLOTS_DIR, "epochs_to_accuracy.png")
     plots.curves_to_target(plot, epochs, per_seed, _TARGET.value, "training accuracy")
     std = f" ± {summary['test_accuracy_std']:.4f}" if "test_accuracy_std" in summary else ""
-    print("\n".join(table) + f"\n\ntest accuracy after {len(rows)} epochs: {summary['test_accuracy']:.4f}{std}; figure {plot}")
+    print(
+        "\n".join(table)
+        + f"\n\ntest accuracy after {len(rows)} epochs: {summary['test_accuracy']:.4f}{std}; figure {plot}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def examples_per_second(config: str, epochs: int, devices: int, extra: list[str]) -> tuple[float, float]:
+def examples_per_second(
+    config: str, epochs: int, devices: int, extra: list[str]
+) -> tuple[float, float]:
     """(median examples/s over the epochs after the first, test accuracy) of one run on `devices` devices."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if env.get("JAX_PLATFORMS", "cpu") == "cpu":
@@ -28,18 +30,30 @@ def examples_per_second(config: str, epochs: int, devices: int, extra: list[str]
     else:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(devices)))
     with tempfile.TemporaryDirectory() as workdir:
-        command = [sys.executable, "-m", "fmnist_jax.main", f"--config={config}", f"--workdir={workdir}", f"--config.num_epochs={epochs}", *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "fmnist_jax.main",
+            f"--config={config}",
+            f"--workdir={workdir}",
+            f"--config.num_epochs={epochs}",
+            *extra,
+        ]
         subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f]
         with open(os.path.join(workdir, "summary.json")) as f:
             summary = json.load(f)
     assert summary["devices"] == devices, summary
-    return statistics.median(r["examples_per_second"] for r in rows[1:] or rows), summary["test_accuracy"]
+    return statistics.median(r["examples_per_second"] for r in rows[1:] or rows), summary[
+        "test_accuracy"
+    ]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/mlp.py")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--devices", default="1,2,4,8")

@@ -37,20 +37,39 @@ def run_once(config: str, epochs: int, extra: list[str], cache_dir: str) -> dict
         now = datetime.datetime.now()
         start_of_day = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6
         start = time.perf_counter()
-        command = [sys.executable, "-m", "fmnist_jax.main", f"--config={config}", f"--workdir={workdir}", f"--config.num_epochs={epochs}", *extra]
-        result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir))
+        command = [
+            sys.executable,
+            "-m",
+            "fmnist_jax.main",
+            f"--config={config}",
+            f"--workdir={workdir}",
+            f"--config.num_epochs={epochs}",
+            *extra,
+        ]
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir),
+        )
         wall = time.perf_counter() - start
         if result.returncode != 0:
             raise SystemExit(f"error: {' '.join(command)} failed:\n{result.stderr[-2000:]}")
         with open(os.path.join(workdir, "summary.json")) as f:
             summary = json.load(f)
-    lines = [(_seconds_of_day(m) - start_of_day, m[5]) for m in map(_LOG_LINE.match, result.stderr.splitlines()) if m]
+    lines = [
+        (_seconds_of_day(m) - start_of_day, m[5])
+        for m in map(_LOG_LINE.match, result.stderr.splitlines())
+        if m
+    ]
 
     def first(pattern: str) -> float:
         return next(t for t, text in lines if re.search(pattern, text))
 
     marks = {
-        "start-up: imports, data, model table": first(r"^$"),  # the model table's line starts with a newline
+        "start-up: imports, data, model table": first(
+            r"^$"
+        ),  # the model table's line starts with a newline
         "init and compile": first(r"compiled in"),
         "epochs": first(rf"epoch +{epochs}/{epochs}"),
         "test, export, plots, checkpoints": first(r"^Test loss"),
@@ -60,11 +79,18 @@ def run_once(config: str, epochs: int, extra: list[str], cache_dir: str) -> dict
     for name, at in marks.items():
         phases[name] = at - previous
         previous = at
-    return {"wall": wall, "train_seconds": summary["train_seconds"], "overhead": wall - summary["train_seconds"], **phases}
+    return {
+        "wall": wall,
+        "train_seconds": summary["train_seconds"],
+        "overhead": wall - summary["train_seconds"],
+        **phases,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/mlp.py")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
@@ -78,13 +104,23 @@ def main() -> None:
             cache = os.path.join(scratch, f"cache-{i}")
             runs["empty"].append(run_once(args.config, args.epochs, args.overrides, cache))
             runs["filled"].append(run_once(args.config, args.epochs, args.overrides, cache))
-    print(f"`python -m fmnist_jax.main --config={args.config} --config.num_epochs={args.epochs}`, seconds, {args.repeats} runs each:\n")
-    print("| | " + " | ".join(f"{cache} cache, median" for cache in runs) + " | runs (empty cache) | runs (filled cache) |")
+    print(
+        f"`python -m fmnist_jax.main --config={args.config} --config.num_epochs={args.epochs}`, seconds, {args.repeats} runs each:\n"
+    )
+    print(
+        "| | "
+        + " | ".join(f"{cache} cache, median" for cache in runs)
+        + " | runs (empty cache) | runs (filled cache) |"
+    )
     print("| --- |" + " --- |" * (2 + len(runs)))
     for key in runs["empty"][0]:
         values = {cache: [r[key] for r in rs] for cache, rs in runs.items()}
         medians = " | ".join(f"{statistics.median(v):.2f}" for v in values.values())
-        print(f"| {key} | {medians} | " + " | ".join(", ".join(f"{x:.2f}" for x in v) for v in values.values()) + " |")
+        print(
+            f"| {key} | {medians} | "
+            + " | ".join(", ".join(f"{x:.2f}" for x in v) for v in values.values())
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from configs import cnn, mlp
 from fmnist_jax import engine, models, optim
 
 
-def ms_per_step(config, steps_per_call: int, unroll: bool, num_steps: int, options: dict | None) -> float:
+def ms_per_step(
+    config, steps_per_call: int, unroll: bool, num_steps: int, options: dict | None
+) -> float:
     model = models.create(config.model)
     tx = optim.optimizer(config.optimizer, config.optimizer.learning_rate)
     init_keys, shuffle_keys, dropout_keys = engine.seed_keys(0, 1)
@@ -27,7 +29,9 @@ def ms_per_step(config, steps_per_call: int, unroll: bool, num_steps: int, optio
     images = jax.device_put(rng.integers(0, 255, (n, 28, 28, 1), dtype=np.uint8))
     labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
     eng = engine.Engine(model, tx, engine.Normalizer(), unroll=unroll, compiler_options=options)
-    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call, shuffle_keys, dropout_keys)
+    runner = engine.EpochRunner(
+        eng, images, labels, config.batch_size, steps_per_call, shuffle_keys, dropout_keys
+    )
     runner.compile(state)
     state, sums = runner.run(state, 0)  # warm-up epoch
     jax.block_until_ready(sums)

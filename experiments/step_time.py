@@ -20,8 +20,8 @@ import numpy as np
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from fmnist_jax import config as config_lib
 from fmnist_jax import cli, engine, models, summary, train
+from fmnist_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 16, "Training steps timed (after as many warm-up steps).")
@@ -52,17 +52,23 @@ class StepTime:
 def measure(config: ConfigDict, num_steps: int) -> StepTime:
     """Compiles `config`'s training step and times `num_steps` steps after as many warm-up steps."""
     config_lib.validate(config)
-    steps_per_epoch = (config_lib.NUM_TRAIN_EXAMPLES - config.data.num_validation) // config.batch_size
+    steps_per_epoch = (
+        config_lib.NUM_TRAIN_EXAMPLES - config.data.num_validation
+    ) // config.batch_size
     backend = jax.default_backend()
     model = models.create(config.model, backend)
-    eng, _, steps_per_call = train.make_engine(config, model, engine.Normalizer(), steps_per_epoch, backend)
+    eng, _, steps_per_call = train.make_engine(
+        config, model, engine.Normalizer(), steps_per_epoch, backend
+    )
     init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
     state = engine.init_states(model, eng.tx, init_key, train.IMAGE_SHAPE, ema=config.ema_decay > 0)
     rng = np.random.default_rng(0)
     n = num_steps * config.batch_size
     images = rng.integers(0, 256, (n, *train.IMAGE_SHAPE), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int32)
-    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call, shuffle_key, dropout_key)
+    runner = engine.EpochRunner(
+        eng, images, labels, config.batch_size, steps_per_call, shuffle_key, dropout_key
+    )
 
     start = time.perf_counter()
     runner.compile(state)
@@ -84,7 +90,13 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+    return (
+        f"{seconds:.1f} s"
+        if seconds < 120
+        else f"{seconds / 60:.1f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.2f} h"
+    )
 
 
 def _report() -> None:

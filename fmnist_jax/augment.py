@@ -17,9 +17,13 @@ import jax.numpy as jnp
 class Augment:
     """Random crop after zero padding, horizontal flip, random erasing (Zhong et al. 2017)."""
 
-    crop_padding: int = 0  # pixels of black border added before a random crop back to the input size
+    crop_padding: int = (
+        0  # pixels of black border added before a random crop back to the input size
+    )
     flip: bool = False  # mirror left-right with probability 1/2
-    erasing: float = 0.0  # probability of erasing one random rectangle (2-33% of the area) with noise
+    erasing: float = (
+        0.0  # probability of erasing one random rectangle (2-33% of the area) with noise
+    )
 
     @property
     def enabled(self) -> bool:
@@ -44,11 +48,16 @@ def random_crop(x: jax.Array, key: jax.Array, padding: int) -> jax.Array:
     n, h, w, c = x.shape
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
-    crop = lambda image, offset: jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+
     return jax.vmap(crop)(padded, offsets)
 
 
-def random_erasing(x: jax.Array, key: jax.Array, probability: float, max_value: float = 255.0) -> jax.Array:
+def random_erasing(
+    x: jax.Array, key: jax.Array, probability: float, max_value: float = 255.0
+) -> jax.Array:
     """With `probability` per image, replaces a random rectangle (2-33% of the area, aspect 0.3-3.3) by uniform noise."""
     n, h, w, _ = x.shape
     keys = jax.random.split(key, 6)
@@ -59,7 +68,12 @@ def random_erasing(x: jax.Array, key: jax.Array, probability: float, max_value: 
     top = (jax.random.uniform(keys[2], (n,)) * (h - height + 1)).astype(jnp.int32)
     left = (jax.random.uniform(keys[3], (n,)) * (w - width + 1)).astype(jnp.int32)
     rows, cols = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
-    inside = (rows >= top[:, None, None]) & (rows < (top + height)[:, None, None]) & (cols >= left[:, None, None]) & (cols < (left + width)[:, None, None])
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < (top + height)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + width)[:, None, None])
+    )
     erase = inside & jax.random.bernoulli(keys[4], probability, (n, 1, 1))
     noise = jax.random.uniform(keys[5], x.shape, maxval=max_value)
     return jnp.where(erase[..., None], noise, x)

@@ -64,7 +64,11 @@ def _add_run_axis(array: jax.Array) -> jax.Array:
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
     """Declared up front so that Orbax can read items' metadata and restore any subset of them."""
-    return {"model": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return {
+        "model": ocp.StandardCheckpointHandler(),
+        "train": ocp.StandardCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+    }
 
 
 def _write_failed(error: Exception) -> UserError:
@@ -80,22 +84,46 @@ class Checkpoints:
 
     def __init__(self, workdir: str, keep: int, asynchronous: bool = True):
         def manager(kind: str, max_to_keep: int) -> ocp.CheckpointManager:
-            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True)
-            return ocp.CheckpointManager(directory(workdir, kind), options=options, item_handlers=_handlers())
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                enable_async_checkpointing=asynchronous,
+                cleanup_tmp_directories=True,
+            )
+            return ocp.CheckpointManager(
+                directory(workdir, kind), options=options, item_handlers=_handlers()
+            )
 
         try:
-            self._managers = {"latest": manager("latest", keep), "best": manager("best", 1), "final": manager("final", 1)}
+            self._managers = {
+                "latest": manager("latest", keep),
+                "best": manager("best", 1),
+                "final": manager("final", 1),
+            }
         except OSError as e:
-            raise UserError(f"Cannot create checkpoint directories in {workdir}: {e}. Pass a writable --workdir.") from e
+            raise UserError(
+                f"Cannot create checkpoint directories in {workdir}: {e}. Pass a writable --workdir."
+            ) from e
 
-    def save(self, kind: str, epoch: int, model: PyTree, meta: dict[str, Any], train: PyTree | None = None) -> None:
+    def save(
+        self,
+        kind: str,
+        epoch: int,
+        model: PyTree,
+        meta: dict[str, Any],
+        train: PyTree | None = None,
+    ) -> None:
         """Starts saving; the device buffers are copied before this returns, so training may go on."""
-        items = {"model": ocp.args.StandardSave(model), "meta": ocp.args.JsonSave({**meta, "layout": LAYOUT})}
+        items = {
+            "model": ocp.args.StandardSave(model),
+            "meta": ocp.args.JsonSave({**meta, "layout": LAYOUT}),
+        }
         if train is not None:
             items["train"] = ocp.args.StandardSave(train)
         manager = self._managers[kind]
         try:
-            if epoch in manager.all_steps():  # a resumed run redoing an epoch saved after the resume point
+            if (
+                epoch in manager.all_steps()
+            ):  # a resumed run redoing an epoch saved after the resume point
                 manager.wait_until_finished()
                 manager.delete(epoch)
             manager.save(epoch, args=ocp.args.Composite(**items), force=True)
@@ -117,32 +145,53 @@ class Checkpoints:
         for m in self._managers.values():
             m.close()
 
-    def restore_latest(self, model_like: PyTree, train_like: PyTree) -> tuple[int, PyTree, PyTree, dict[str, Any]] | None:
+    def restore_latest(
+        self, model_like: PyTree, train_like: PyTree
+    ) -> tuple[int, PyTree, PyTree, dict[str, Any]] | None:
         """(epoch, model, train, meta) of the newest readable `latest/` checkpoint, or None if none."""
         manager = self._managers["latest"]
         for epoch in sorted(manager.all_steps(), reverse=True):
             try:
-                meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+                meta = manager.restore(
+                    epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                ).meta
                 convert = _without_run_axis(meta)
                 model_target, train_target = (_abstract(t) for t in (model_like, train_like))
                 if convert:
-                    model_target, train_target = (_over_runs(_drop_run_axis, t) for t in (model_target, train_target))
+                    model_target, train_target = (
+                        _over_runs(_drop_run_axis, t) for t in (model_target, train_target)
+                    )
                 restored = manager.restore(
                     epoch,
-                    args=ocp.args.Composite(model=ocp.args.StandardRestore(model_target), train=ocp.args.StandardRestore(train_target)),
+                    args=ocp.args.Composite(
+                        model=ocp.args.StandardRestore(model_target),
+                        train=ocp.args.StandardRestore(train_target),
+                    ),
                 )
             except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
-                damaged = os.path.join(os.path.dirname(str(manager.directory)), "damaged", f"latest-{epoch}-{int(time.time())}")
+                damaged = os.path.join(
+                    os.path.dirname(str(manager.directory)),
+                    "damaged",
+                    f"latest-{epoch}-{int(time.time())}",
+                )
                 logging.warning(
                     "Checkpoint of epoch %d in %s is unreadable (%s); moved it to %s and trying the previous one.",
-                    epoch, manager.directory, e, damaged,
+                    epoch,
+                    manager.directory,
+                    e,
+                    damaged,
                 )
                 os.makedirs(os.path.dirname(damaged), exist_ok=True)
                 os.rename(os.path.join(str(manager.directory), str(epoch)), damaged)
                 manager.reload()
                 continue
             if convert:
-                return epoch, _over_runs(_add_run_axis, restored.model), _over_runs(_add_run_axis, restored.train), meta
+                return (
+                    epoch,
+                    _over_runs(_add_run_axis, restored.model),
+                    _over_runs(_add_run_axis, restored.train),
+                    meta,
+                )
             return epoch, restored.model, restored.train, meta
         return None
 
@@ -153,12 +202,18 @@ def saved_config(workdir: str) -> dict[str, Any] | None:
     path = directory(workdir, "latest")
     if not os.path.isdir(path):
         return None
-    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=_handlers())
+    manager = ocp.CheckpointManager(
+        path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=_handlers()
+    )
     try:
         for epoch in sorted(manager.all_steps(), reverse=True):
             try:
-                return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta["config"]
-            except Exception:  # a damaged one: the run's restore_latest moves it aside and reports it
+                return manager.restore(
+                    epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                ).meta["config"]
+            except (
+                Exception
+            ):  # a damaged one: the run's restore_latest moves it aside and reports it
                 continue
     finally:
         manager.close()
@@ -173,20 +228,39 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
             f"No {kind!r} checkpoint in {path}. Train first (python -m fmnist_jax.main --config=... "
             f"--workdir={workdir}), or pick another checkpoint with which=latest/best/final."
         )
-    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=_handlers())
+    manager = ocp.CheckpointManager(
+        path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=_handlers()
+    )
     steps = sorted(manager.all_steps(), reverse=True)
+    # Target: the saved shapes on this process's first device, so a checkpoint written on GPU/TPU
+    # restores on CPU (and vice versa).
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     try:
         for epoch in steps:
             try:
-                # Target: the saved shapes on this process's first device, so a checkpoint written
-                # on GPU/TPU restores on CPU (and vice versa).
-                device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-                target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), manager.item_metadata(epoch).model)
-                restored = manager.restore(epoch, args=ocp.args.Composite(model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+                target = jax.tree.map(
+                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                    manager.item_metadata(epoch).model,
+                )
+                restored = manager.restore(
+                    epoch,
+                    args=ocp.args.Composite(
+                        model=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                    ),
+                )
             except Exception as e:  # see restore_latest
-                logging.warning("Checkpoint of epoch %d in %s is unreadable (%s); trying the previous one.", epoch, path, e)
+                logging.warning(
+                    "Checkpoint of epoch %d in %s is unreadable (%s); trying the previous one.",
+                    epoch,
+                    path,
+                    e,
+                )
                 continue
-            return (_over_runs(_add_run_axis, restored.model) if _without_run_axis(restored.meta) else restored.model), restored.meta
+            return (
+                _over_runs(_add_run_axis, restored.model)
+                if _without_run_axis(restored.meta)
+                else restored.model
+            ), restored.meta
     finally:
         manager.close()
     if steps:

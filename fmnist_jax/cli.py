@@ -40,7 +40,10 @@ def _keep_compiled_programs() -> None:
     import jax
 
     if jax.config.jax_compilation_cache_dir is None:
-        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "fmnist_jax", "xla"))
+        jax.config.update(
+            "jax_compilation_cache_dir",
+            os.path.join(os.path.expanduser("~"), ".cache", "fmnist_jax", "xla"),
+        )
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
@@ -48,7 +51,10 @@ def _keep_compiled_programs() -> None:
 def _drop_closed_loop_callbacks(unraisable: sys.UnraisableHookArgs) -> None:
     """TensorStore completes a failed Orbax write into an asyncio loop that Orbax already closed; the
     failure itself reaches `checkpoint` and is reported there, so its echo is dropped."""
-    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+    if not (
+        isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"
+    ):
         sys.__unraisablehook__(unraisable)
 
 
@@ -56,7 +62,11 @@ def _backend_error(error: BaseException) -> UserError | None:
     """The one error for a platform that JAX cannot start (JAX_PLATFORMS=cuda without a GPU raises a
     bare AssertionError, =tpu without a TPU a chained RuntimeError), or None for any other failure."""
     frames = traceback.extract_tb(error.__traceback__)
-    if not (isinstance(error, (RuntimeError, AssertionError)) and frames and frames[-1].filename.endswith("xla_bridge.py")):
+    if not (
+        isinstance(error, (RuntimeError, AssertionError))
+        and frames
+        and frames[-1].filename.endswith("xla_bridge.py")
+    ):
         return None
     detail = str(error).split("\n")[0] or type(error).__name__
     return UserError(
@@ -91,7 +101,10 @@ def run(fn: Callable[[], None]) -> None:
         try:
             fn()
         except (RuntimeError, AssertionError) as e:
-            raise _backend_error(e) or e
+            error = _backend_error(e)
+            if error is None:
+                raise
+            raise error from e
     except UserError as e:
         if os.environ.get(TRACEBACK_VARIABLE):
             raise
@@ -99,7 +112,10 @@ def run(fn: Callable[[], None]) -> None:
     except stopping.Stopped as e:
         _exit(128 + e.signal_number, str(e))
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, mid-call
-        _exit(128 + signal.SIGINT, "Stopped at once (second Ctrl-C). Re-running the same command resumes from the newest complete checkpoint.")
+        _exit(
+            128 + signal.SIGINT,
+            "Stopped at once (second Ctrl-C). Re-running the same command resumes from the newest complete checkpoint.",
+        )
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -107,13 +123,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        if "Error whilst parsing config file" in str(e):  # the user's own code raised: keep its traceback
-            sys.exit(f"{str(e).partition(':')[2].strip()}\nerror: {str(e).partition(':')[0]} failed to load: its get_config() raised the exception above.")
+        if "Error whilst parsing config file" in str(
+            e
+        ):  # the user's own code raised: keep its traceback
+            sys.exit(
+                f"{str(e).partition(':')[2].strip()}\nerror: {str(e).partition(':')[0]} failed to load: its get_config() raised the exception above."
+            )
         sys.exit(f"error: {e}. Pass --helpfull to list the flags and config keys.")
     except (AttributeError, KeyError) as e:
         overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
         hint = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        sys.exit(f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py.")
+        sys.exit(
+            f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py."
+        )
 
 
 def load_config(name: str = "config") -> ConfigDict:
@@ -135,7 +157,9 @@ def main(fn: Callable[[], None]) -> None:
 
     def _main(argv: list[str]) -> None:
         if len(argv) > 1:
-            sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}: every option is a --flag=value.")
+            sys.exit(
+                f"error: unexpected arguments {' '.join(argv[1:])}: every option is a --flag=value."
+            )
         run(fn)
         # Everything is written and closed by now; tearing down the interpreter's modules and XLA's
         # backends would only add ~0.5 s before the prompt returns.

@@ -38,7 +38,9 @@ def default() -> ConfigDict:
 
     # Multi-host runs (README "Multiple devices and hosts"); one process needs none of this.
     c.distributed = ConfigDict()
-    c.distributed.coordinator_address = ""  # "host:port" of process 0, or "auto" (Cloud TPU, SLURM).
+    c.distributed.coordinator_address = (
+        ""  # "host:port" of process 0, or "auto" (Cloud TPU, SLURM).
+    )
     c.distributed.num_processes = 1
     c.distributed.process_id = 0
     c.distributed.timeout_seconds = 60  # How long to wait for every process to join.
@@ -76,7 +78,9 @@ def default() -> ConfigDict:
     c.schedule.scales = (0.1, 0.1)  # ... by these factors (cumulative).
 
     c.augment = ConfigDict()  # On the device, training batches only (fmnist_jax/augment.py).
-    c.augment.crop_padding = 0  # Pixels of padding before a random 28x28 crop; 0 = off (4 is usual).
+    c.augment.crop_padding = (
+        0  # Pixels of padding before a random 28x28 crop; 0 = off (4 is usual).
+    )
     c.augment.flip = False  # Random horizontal flips.
     c.augment.erasing = 0.0  # Probability of random erasing per image.
 
@@ -125,7 +129,9 @@ def apply_overrides(config: ConfigDict, overrides: str) -> None:
     for pair in filter(None, overrides.split(";")):
         key, sep, value = pair.partition("=")
         if not sep:
-            raise UserError(f"Setting {pair!r} is not key=value; write e.g. model.hidden_sizes=(256,);num_epochs=20.")
+            raise UserError(
+                f"Setting {pair!r} is not key=value; write e.g. model.hidden_sizes=(256,);num_epochs=20."
+            )
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -153,10 +159,19 @@ def validate(config: ConfigDict) -> None:
         "returns fmnist_jax.config.default() with its changes (see configs/mlp.py).",
     )
     missing = sorted(set(default().keys()) - set(config.keys()))
-    _check(not missing, f"The config lacks {', '.join(missing)}; start config files from fmnist_jax.config.default().")
+    _check(
+        not missing,
+        f"The config lacks {', '.join(missing)}; start config files from fmnist_jax.config.default().",
+    )
     for key in ("num_epochs", "batch_size", "eval_batch_size"):
-        _check(isinstance(config[key], int) and config[key] > 0, f"{key} must be a positive integer, got {config[key]!r}.")
-    _check(config.steps_per_call >= 0, f"steps_per_call must be >= 0 (0 = automatic), got {config.steps_per_call}.")
+        _check(
+            isinstance(config[key], int) and config[key] > 0,
+            f"{key} must be a positive integer, got {config[key]!r}.",
+        )
+    _check(
+        config.steps_per_call >= 0,
+        f"steps_per_call must be >= 0 (0 = automatic), got {config.steps_per_call}.",
+    )
     _check(
         0 <= config.data.num_validation < NUM_TRAIN_EXAMPLES,
         f"data.num_validation must be in [0, {NUM_TRAIN_EXAMPLES - 1}], got {config.data.num_validation}.",
@@ -168,18 +183,30 @@ def validate(config: ConfigDict) -> None:
         f"{config.data.num_validation}); use a smaller batch_size.",
     )
     _check_choice("dtype", config.dtype, DTYPES)
-    _check(isinstance(config.num_seeds, int) and config.num_seeds >= 1, f"num_seeds must be a positive integer, got {config.num_seeds!r}.")
+    _check(
+        isinstance(config.num_seeds, int) and config.num_seeds >= 1,
+        f"num_seeds must be a positive integer, got {config.num_seeds!r}.",
+    )
     d = config.distributed
     _check(d.num_processes >= 1, f"distributed.num_processes must be >= 1, got {d.num_processes}.")
     _check(
         0 <= d.process_id < d.num_processes,
         f"distributed.process_id must be in [0, {d.num_processes - 1}] for num_processes={d.num_processes}, got {d.process_id}.",
     )
-    _check(d.timeout_seconds >= 1, f"distributed.timeout_seconds must be >= 1, got {d.timeout_seconds}.")
+    _check(
+        d.timeout_seconds >= 1,
+        f"distributed.timeout_seconds must be >= 1, got {d.timeout_seconds}.",
+    )
     _check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
     _check_positive("optimizer.learning_rate", config.optimizer.learning_rate)
-    _check(config.optimizer.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}.")
-    _check(config.optimizer.grad_clip_norm >= 0, f"optimizer.grad_clip_norm must be >= 0 (0 = off), got {config.optimizer.grad_clip_norm}.")
+    _check(
+        config.optimizer.weight_decay >= 0,
+        f"optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}.",
+    )
+    _check(
+        config.optimizer.grad_clip_norm >= 0,
+        f"optimizer.grad_clip_norm must be >= 0 (0 = off), got {config.optimizer.grad_clip_norm}.",
+    )
     _check_choice("schedule.name", config.schedule.name, SCHEDULES)
     _check(
         len(config.schedule.boundaries_epochs) == len(config.schedule.scales),
@@ -187,26 +214,44 @@ def validate(config: ConfigDict) -> None:
     )
     _check_fraction("loss.label_smoothing", config.loss.label_smoothing)
     _check_fraction("ema_decay", config.ema_decay)
-    _check(0 <= config.augment.crop_padding <= 14, f"augment.crop_padding must be in [0, 14] pixels, got {config.augment.crop_padding}.")
-    _check(0.0 <= config.augment.erasing <= 1.0, f"augment.erasing must be a probability in [0, 1], got {config.augment.erasing}.")
+    _check(
+        0 <= config.augment.crop_padding <= 14,
+        f"augment.crop_padding must be in [0, 14] pixels, got {config.augment.crop_padding}.",
+    )
+    _check(
+        0.0 <= config.augment.erasing <= 1.0,
+        f"augment.erasing must be a probability in [0, 1], got {config.augment.erasing}.",
+    )
     _check_choice("early_stopping.monitor", config.early_stopping.monitor, MONITORS)
-    _check(config.early_stopping.patience >= 1, f"early_stopping.patience must be >= 1, got {config.early_stopping.patience}.")
+    _check(
+        config.early_stopping.patience >= 1,
+        f"early_stopping.patience must be >= 1, got {config.early_stopping.patience}.",
+    )
     _check(
         not config.early_stopping.enabled or config.data.num_validation > 0,
         "early_stopping.enabled needs a validation split: set data.num_validation > 0.",
     )
-    _check(config.checkpoint.every_epochs >= 1, f"checkpoint.every_epochs must be >= 1, got {config.checkpoint.every_epochs}.")
-    _check(config.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}.")
+    _check(
+        config.checkpoint.every_epochs >= 1,
+        f"checkpoint.every_epochs must be >= 1, got {config.checkpoint.every_epochs}.",
+    )
+    _check(
+        config.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}."
+    )
     for key in ("hidden_sizes", "conv_channels", "stage_channels"):
         if key in config.model:
             sizes = config.model[key]
             _check(
-                isinstance(sizes, (tuple, list)) and all(isinstance(n, int) and n >= 1 for n in sizes),
+                isinstance(sizes, (tuple, list))
+                and all(isinstance(n, int) and n >= 1 for n in sizes),
                 f"model.{key} must be a tuple of positive integers (layer widths), got {sizes!r}; e.g. model.{key}=(128,).",
             )
     for key in ("stem_channels", "blocks_per_stage"):
         if key in config.model:
-            _check(isinstance(config.model[key], int) and config.model[key] >= 1, f"model.{key} must be a positive integer, got {config.model[key]!r}.")
+            _check(
+                isinstance(config.model[key], int) and config.model[key] >= 1,
+                f"model.{key} must be a positive integer, got {config.model[key]!r}.",
+            )
     for key in ("dropout_rate", "conv_dropout_rate"):
         if key in config.model:
             _check_fraction(f"model.{key}", config.model[key])

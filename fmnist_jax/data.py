@@ -48,7 +48,9 @@ class Splits:
 
 def tfds_data_dir(data_config: ConfigDict) -> str:
     """The configured tfds data dir, else tfds' own default ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-    return data_config.tfds_data_dir or os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+    return data_config.tfds_data_dir or os.environ.get(
+        "TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+    )
 
 
 def prepared_dir(data_config: ConfigDict) -> str:
@@ -57,7 +59,9 @@ def prepared_dir(data_config: ConfigDict) -> str:
 
 
 def _sha256(data: bytes | np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data).hexdigest()
+    return hashlib.sha256(
+        memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
+    ).hexdigest()
 
 
 def _dataset_info_digest(directory: str) -> str | None:
@@ -91,12 +95,20 @@ def read_arrays(directory: str) -> tuple[dict[str, np.ndarray], list[str]] | Non
     except FileNotFoundError:
         return None
     except Exception as e:  # NumPy and zipfile raise many types for a damaged file.
-        logging.warning("%s is unreadable (%s: %s); deriving it again.", os.path.join(directory, ARRAYS_FILE), type(e).__name__, e)
+        logging.warning(
+            "%s is unreadable (%s: %s); deriving it again.",
+            os.path.join(directory, ARRAYS_FILE),
+            type(e).__name__,
+            e,
+        )
         return None
     if manifest["dataset_info_sha256"] != _dataset_info_digest(directory) or any(
         _sha256(a) != manifest["arrays_sha256"][name] for name, a in arrays.items()
     ):
-        logging.warning("%s does not match its checksums or the prepared dataset; deriving it again.", os.path.join(directory, ARRAYS_FILE))
+        logging.warning(
+            "%s does not match its checksums or the prepared dataset; deriving it again.",
+            os.path.join(directory, ARRAYS_FILE),
+        )
         return None
     return arrays, manifest["class_names"]
 
@@ -107,19 +119,34 @@ def prepare(data_config: ConfigDict) -> tuple[dict[str, np.ndarray], list[str]]:
     loaded = read_arrays(directory)
     if loaded is not None:
         return loaded
-    logging.info("Preparing Fashion-MNIST in %s (once per data dir, about 30 s; needs TensorFlow).", directory)
+    logging.info(
+        "Preparing Fashion-MNIST in %s (once per data dir, about 30 s; needs TensorFlow).",
+        directory,
+    )
     start = time.perf_counter()
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (package_parent, os.environ.get("PYTHONPATH")) if p
+        ),
         "CUDA_VISIBLE_DEVICES": "",  # TensorFlow must not touch the accelerator JAX owns
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
-    command = [sys.executable, "-m", "fmnist_jax.prepare", f"--tfds_data_dir={tfds_data_dir(data_config)}", f"--source_dir={data_config.source_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "fmnist_jax.prepare",
+        f"--tfds_data_dir={tfds_data_dir(data_config)}",
+        f"--source_dir={data_config.source_dir}",
+    ]
     child = subprocess.run(command, capture_output=True, text=True, env=env)
     if child.returncode != 0:
-        errors = [line.removeprefix("error: ") for line in child.stderr.splitlines() if line.startswith("error: ")]
+        errors = [
+            line.removeprefix("error: ")
+            for line in child.stderr.splitlines()
+            if line.startswith("error: ")
+        ]
         if errors:
             raise UserError(errors[-1])
         tail = " | ".join(child.stderr.strip().splitlines()[-5:])
@@ -129,7 +156,9 @@ def prepare(data_config: ConfigDict) -> tuple[dict[str, np.ndarray], list[str]]:
         )
     loaded = read_arrays(directory)
     if loaded is None:
-        raise UserError(f"Preparing Fashion-MNIST wrote no readable {ARRAYS_FILE} in {directory}. Delete that directory and run again.")
+        raise UserError(
+            f"Preparing Fashion-MNIST wrote no readable {ARRAYS_FILE} in {directory}. Delete that directory and run again."
+        )
     logging.info("Prepared Fashion-MNIST in %.1f s.", time.perf_counter() - start)
     return loaded
 

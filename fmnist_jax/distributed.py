@@ -38,7 +38,11 @@ def initialize(cfg: ConfigDict) -> None:
     kwargs = {}
     if cfg.coordinator_address != "auto":
         _rendezvous(cfg.coordinator_address, cfg.num_processes, cfg.process_id, cfg.timeout_seconds)
-        kwargs = {"coordinator_address": cfg.coordinator_address, "num_processes": cfg.num_processes, "process_id": cfg.process_id}
+        kwargs = {
+            "coordinator_address": cfg.coordinator_address,
+            "num_processes": cfg.num_processes,
+            "process_id": cfg.process_id,
+        }
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=cfg.timeout_seconds)
     except Exception as e:  # JAX raises RuntimeError or its XLA error types here
@@ -61,9 +65,18 @@ def _rendezvous(address: str, num_processes: int, process_id: int, timeout: floa
     if process_id != 0:
         while True:
             try:
-                with socket.create_connection((host, int(port)), timeout=max(0.1, deadline - time.monotonic())) as conn:
-                    conn.sendall(json.dumps({"process_id": process_id, "num_processes": num_processes}).encode() + b"\n")
-                    verdict = json.loads(conn.makefile().readline() or '{"error": "process 0 closed the connection"}')
+                with socket.create_connection(
+                    (host, int(port)), timeout=max(0.1, deadline - time.monotonic())
+                ) as conn:
+                    conn.sendall(
+                        json.dumps(
+                            {"process_id": process_id, "num_processes": num_processes}
+                        ).encode()
+                        + b"\n"
+                    )
+                    verdict = json.loads(
+                        conn.makefile().readline() or '{"error": "process 0 closed the connection"}'
+                    )
                 break
             except OSError as e:
                 if time.monotonic() >= deadline:
@@ -74,7 +87,9 @@ def _rendezvous(address: str, num_processes: int, process_id: int, timeout: floa
                     ) from e
                 time.sleep(0.2)
         if verdict.get("error"):
-            raise UserError(f"The multi-host run at {address} refused this process: {verdict['error']}")
+            raise UserError(
+                f"The multi-host run at {address} refused this process: {verdict['error']}"
+            )
         return
     peers, connections, error = set(), [], None
     with socket.create_server(("", int(port))) as server:
@@ -140,7 +155,9 @@ class DataParallel:
 
     def abstract(self, tree: PyTree) -> PyTree:
         """Shapes and dtypes of `tree`, replicated: enough to compile for arrays that `put` will place."""
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), tree)
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), tree
+        )
 
     def put(self, tree: PyTree, sharding: NamedSharding | None = None) -> PyTree:
         """Global arrays from host values that every process holds in full (replicated by default)."""
@@ -148,7 +165,9 @@ class DataParallel:
 
         def place(x: Any) -> Any:
             if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-                return jax.random.wrap_key_data(place(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+                return jax.random.wrap_key_data(
+                    place(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+                )
             value = np.asarray(x)
             return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 

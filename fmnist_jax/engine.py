@@ -67,14 +67,25 @@ class Sums:
     @classmethod
     def zeros(cls, num_runs: int) -> Sums:
         shape = (num_runs,)  # NumPy: no compiled op just to make zeros
-        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.full(shape, -1, np.int32))
+        return cls(
+            np.zeros(shape, np.float32),
+            np.zeros(shape, np.int32),
+            np.zeros(shape, np.int32),
+            np.full(shape, -1, np.int32),
+        )
 
     def per_run(self) -> list[dict[str, float]]:
         """Host values, read in one transfer: mean loss and accuracy and the first non-finite step, per run."""
-        loss, correct, count, bad_step = jax.device_get((self.loss, self.correct, self.count, self.first_nonfinite_step))
+        loss, correct, count, bad_step = jax.device_get(
+            (self.loss, self.correct, self.count, self.first_nonfinite_step)
+        )
         return [
-            {"loss": float(l) / max(int(n), 1), "accuracy": float(c) / max(int(n), 1), "first_nonfinite_step": int(b)}
-            for l, c, n, b in zip(loss, correct, count, bad_step)
+            {
+                "loss": float(total) / max(int(n), 1),
+                "accuracy": float(c) / max(int(n), 1),
+                "first_nonfinite_step": int(b),
+            }
+            for total, c, n, b in zip(loss, correct, count, bad_step, strict=True)
         ]
 
 
@@ -130,16 +141,30 @@ def jit_once(fn: Callable[..., Any]) -> Callable[..., Any]:
     return jax.jit(fn, compiler_options=_RUN_ONCE_COMPILER_OPTIONS.get(jax.default_backend()))
 
 
-def _init_fn(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...], ema: bool) -> Callable[[jax.Array], TrainState]:
+def _init_fn(
+    model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...], ema: bool
+) -> Callable[[jax.Array], TrainState]:
     return jax.vmap(functools.partial(init_state, model, tx, image_shape=image_shape, ema=ema))
 
 
-def init_states(model: nn.Module, tx: optax.GradientTransformation, init_keys: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+def init_states(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    init_keys: jax.Array,
+    image_shape: tuple[int, ...],
+    ema: bool = False,
+) -> TrainState:
     """`init_state` of each of the `[num_runs]` keys, stacked on a leading run axis, as one compiled program."""
     return jit_once(_init_fn(model, tx, image_shape, ema))(init_keys)
 
 
-def state_shapes(model: nn.Module, tx: optax.GradientTransformation, init_keys: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+def state_shapes(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    init_keys: jax.Array,
+    image_shape: tuple[int, ...],
+    ema: bool = False,
+) -> TrainState:
     """The shapes and dtypes of `init_states`' result, computing nothing (to compile against)."""
     return jax.eval_shape(_init_fn(model, tx, image_shape, ema), init_keys)
 
@@ -149,15 +174,30 @@ def select_run(tree: PyTree, index: int) -> PyTree:
     return jax.tree.map(lambda a: a[index], tree)
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, ...], ema: bool = False) -> TrainState:
+def init_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    image_shape: tuple[int, ...],
+    ema: bool = False,
+) -> TrainState:
     """Initial parameters (and batch-norm statistics) for one example of `image_shape` (HWC)."""
     v = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = v["params"]
     ema_params = jax.tree.map(jnp.copy, params) if ema else {}
-    return TrainState(jnp.zeros((), jnp.int32), params, v.get("batch_stats", {}), tx.init(params), ema_params)
+    return TrainState(
+        jnp.zeros((), jnp.int32), params, v.get("batch_stats", {}), tx.init(params), ema_params
+    )
 
 
-def log_probabilities(model: nn.Module, normalizer: Normalizer, params: PyTree, batch_stats: PyTree, images: jax.Array, flip: bool) -> jax.Array:
+def log_probabilities(
+    model: nn.Module,
+    normalizer: Normalizer,
+    params: PyTree,
+    batch_stats: PyTree,
+    images: jax.Array,
+    flip: bool,
+) -> jax.Array:
     """Inference log-probabilities for uint8 images; with `flip`, of the mean of the probabilities
     of each image and its mirror image (test-time augmentation)."""
     x = normalizer(images)
@@ -200,7 +240,9 @@ class Engine:
     # Evaluation averages each image's prediction with its mirror image's.
     test_time_flip: bool = False
 
-    def over_runs(self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+    def over_runs(
+        self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]
+    ) -> Callable[..., Any]:
         """`fn` of one run mapped over the run axis (axis 0) of the arguments whose `in_axes` is 0.
 
         The one place that chooses how runs share a program: `jax.vmap`, or one copy of `fn` per run
@@ -210,47 +252,87 @@ class Engine:
             return jax.vmap(fn, in_axes=in_axes)
 
         def looped(*args):
-            outs = [fn(*(a if axis is None else select_run(a, k) for a, axis in zip(args, in_axes))) for k in range(self.num_runs)]
+            outs = [
+                fn(
+                    *(
+                        a if axis is None else select_run(a, k)
+                        for a, axis in zip(args, in_axes, strict=False)
+                    )
+                )
+                for k in range(self.num_runs)
+            ]
             return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
         return looped
 
     def _compute(self, tree: PyTree) -> PyTree:
-        return jax.tree.map(lambda a: a.astype(self.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+        return jax.tree.map(
+            lambda a: a.astype(self.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+            tree,
+        )
 
-    def train_step(self, state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array, dropout_key: jax.Array) -> tuple[TrainState, Sums]:
+    def train_step(
+        self,
+        state: TrainState,
+        sums: Sums,
+        images: jax.Array,
+        labels: jax.Array,
+        dropout_key: jax.Array,
+    ) -> tuple[TrainState, Sums]:
         """One optimizer update on a uint8 batch; adds its loss and accuracy to `sums`."""
         rng = jax.random.fold_in(dropout_key, state.step)
-        x = self.normalizer(self.augment(images, jax.random.fold_in(rng, 1)) if self.augment.enabled else images)
+        x = self.normalizer(
+            self.augment(images, jax.random.fold_in(rng, 1)) if self.augment.enabled else images
+        )
 
         def loss_fn(params):
             logits, updates = self.model.apply(
-                self._compute(variables(params, state.batch_stats)), self._compute(x), train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+                self._compute(variables(params, state.batch_stats)),
+                self._compute(x),
+                train=True,
+                rngs={"dropout": rng},
+                mutable=["batch_stats"],
             )
             logits = logits.astype(jnp.float32)
             loss = cross_entropy(logits, labels, self.label_smoothing).mean()
-            batch_stats = jax.tree.map(lambda a: a.astype(jnp.float32), updates.get("batch_stats", {}))
+            batch_stats = jax.tree.map(
+                lambda a: a.astype(jnp.float32), updates.get("batch_stats", {})
+            )
             return loss, (logits, batch_stats)
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
         if self.ema_decay:
             # TensorFlow's ExponentialMovingAverage warm-up: early steps average over fewer steps.
             decay = jnp.minimum(self.ema_decay, (1.0 + state.step) / (10.0 + state.step))
-            ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+            ema_params = jax.tree.map(
+                lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params
+            )
         n = labels.shape[0]
         finite = jnp.isfinite(loss)
         sums = Sums(
             loss=sums.loss + loss * n,
             correct=sums.correct + jnp.sum(jnp.argmax(logits, -1) == labels),
             count=sums.count + n,
-            first_nonfinite_step=jnp.where((sums.first_nonfinite_step < 0) & ~finite, state.step, sums.first_nonfinite_step),
+            first_nonfinite_step=jnp.where(
+                (sums.first_nonfinite_step < 0) & ~finite, state.step, sums.first_nonfinite_step
+            ),
         )
         return TrainState(state.step + 1, params, batch_stats, opt_state, ema_params), sums
 
-    def train_steps(self, state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array, batch_indices: jax.Array, dropout_key: jax.Array) -> tuple[TrainState, Sums]:
+    def train_steps(
+        self,
+        state: TrainState,
+        sums: Sums,
+        images: jax.Array,
+        labels: jax.Array,
+        batch_indices: jax.Array,
+        dropout_key: jax.Array,
+    ) -> tuple[TrainState, Sums]:
         """`len(batch_indices)` steps; batch i gathers the examples `batch_indices[i]` on the device."""
 
         def body(carry, idx):
@@ -259,16 +341,31 @@ class Engine:
         (state, sums), _ = jax.lax.scan(body, (state, sums), batch_indices, unroll=self.unroll)
         return state, sums
 
-    def eval_sums(self, params: PyTree, batch_stats: PyTree, sums: Sums, images: jax.Array, labels: jax.Array, mask: jax.Array) -> Sums:
+    def eval_sums(
+        self,
+        params: PyTree,
+        batch_stats: PyTree,
+        sums: Sums,
+        images: jax.Array,
+        labels: jax.Array,
+        mask: jax.Array,
+    ) -> Sums:
         """`sums` plus the loss and accuracy sums over pre-batched `[num_batches, batch, ...]` data;
         `mask` marks real examples. A split evaluated in several calls adds in the same order as in one."""
 
         def body(sums, batch):
             x, y, m = batch
-            logits = log_probabilities(self.model, self.normalizer, params, batch_stats, x, self.test_time_flip)
+            logits = log_probabilities(
+                self.model, self.normalizer, params, batch_stats, x, self.test_time_flip
+            )
             loss = cross_entropy(logits, y, 0.0)
             correct = (jnp.argmax(logits, -1) == y) & m
-            return Sums(sums.loss + jnp.sum(jnp.where(m, loss, 0.0)), sums.correct + jnp.sum(correct), sums.count + jnp.sum(m), sums.first_nonfinite_step), None
+            return Sums(
+                sums.loss + jnp.sum(jnp.where(m, loss, 0.0)),
+                sums.correct + jnp.sum(correct),
+                sums.count + jnp.sum(m),
+                sums.first_nonfinite_step,
+            ), None
 
         sums, _ = jax.lax.scan(body, sums, (images, labels, mask))
         return sums
@@ -289,11 +386,15 @@ class Engine:
         """Loss and accuracy sums of `weights` (see `TrainState.weights`) over `split`, per run."""
         sums = Sums.zeros(self.num_runs)
         for images, labels, mask in split.calls:
-            sums = self.compiled_eval_sums(eval_params(weights), weights["batch_stats"], sums, images, labels, mask)
+            sums = self.compiled_eval_sums(
+                eval_params(weights), weights["batch_stats"], sums, images, labels, mask
+            )
         return sums
 
 
-def epoch_batches(key: jax.Array, epoch: jax.Array, num_examples: int, num_steps: int, batch_size: int) -> jax.Array:
+def epoch_batches(
+    key: jax.Array, epoch: jax.Array, num_examples: int, num_steps: int, batch_size: int
+) -> jax.Array:
     """Epoch `epoch`'s shuffle of the training indices as `[num_steps, batch_size]`; the remainder is left out."""
     order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
     return order[: num_steps * batch_size].reshape(num_steps, batch_size)
@@ -301,7 +402,9 @@ def epoch_batches(key: jax.Array, epoch: jax.Array, num_examples: int, num_steps
 
 def uses_convolution(model: nn.Module, image_shape: tuple[int, ...]) -> bool:
     """Whether the model's forward pass contains a convolution (read from its jaxpr, nothing runs)."""
-    jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(jnp.zeros((1, *image_shape)))
+    jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(
+        jnp.zeros((1, *image_shape))
+    )
     return "conv_general_dilated" in str(jaxpr)
 
 
@@ -372,9 +475,19 @@ class EpochRunner:
 
     def __post_init__(self):
         self.placement.check_batch("batch_size", self.batch_size)
-        self.images, self.labels, self.shuffle_key, self.dropout_key = self.placement.put((self.images, self.labels, self.shuffle_key, self.dropout_key))
-        shuffle = functools.partial(epoch_batches, num_examples=len(self.labels), num_steps=self.steps_per_epoch, batch_size=self.batch_size)
-        self._shuffle = jax.jit(self.engine.over_runs(shuffle, in_axes=(0, None)), out_shardings=self.placement.split(_BATCH_AXIS))
+        self.images, self.labels, self.shuffle_key, self.dropout_key = self.placement.put(
+            (self.images, self.labels, self.shuffle_key, self.dropout_key)
+        )
+        shuffle = functools.partial(
+            epoch_batches,
+            num_examples=len(self.labels),
+            num_steps=self.steps_per_epoch,
+            batch_size=self.batch_size,
+        )
+        self._shuffle = jax.jit(
+            self.engine.over_runs(shuffle, in_axes=(0, None)),
+            out_shardings=self.placement.split(_BATCH_AXIS),
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -382,7 +495,10 @@ class EpochRunner:
 
     def _chunks(self) -> list[tuple[int, int]]:
         steps = self.steps_per_epoch
-        return [(start, min(start + self.steps_per_call, steps)) for start in range(0, steps, self.steps_per_call)]
+        return [
+            (start, min(start + self.steps_per_call, steps))
+            for start in range(0, steps, self.steps_per_call)
+        ]
 
     def _batches(self, epoch: int) -> jax.Array:
         return self._shuffle(self.shuffle_key, epoch)
@@ -393,9 +509,17 @@ class EpochRunner:
     def _executable(self, state: TrainState, length: int) -> Any:
         if length not in self._executables:
             jitted = jax.jit(self.engine.train_program(), donate_argnums=(0, 1))
-            indices = jax.ShapeDtypeStruct((self.engine.num_runs, length, self.batch_size), jnp.int32, sharding=self.placement.split(_BATCH_AXIS))
-            lowered = jitted.lower(state, self._zeros(), self.images, self.labels, indices, self.dropout_key)
-            self._executables[length] = lowered.compile(compiler_options=self.engine.compiler_options)
+            indices = jax.ShapeDtypeStruct(
+                (self.engine.num_runs, length, self.batch_size),
+                jnp.int32,
+                sharding=self.placement.split(_BATCH_AXIS),
+            )
+            lowered = jitted.lower(
+                state, self._zeros(), self.images, self.labels, indices, self.dropout_key
+            )
+            self._executables[length] = lowered.compile(
+                compiler_options=self.engine.compiler_options
+            )
         return self._executables[length]
 
     def compile(self, state: TrainState) -> None:
@@ -413,17 +537,37 @@ class EpochRunner:
         length = min(num_steps, self.steps_per_call, self.steps_per_epoch)
         executable = self._executable(state, length)
         batches = self._batches(0)
-        calls = range(0, min(math.ceil(num_steps / length) * length, self.steps_per_epoch - length + 1), length)
+        calls = range(
+            0,
+            min(math.ceil(num_steps / length) * length, self.steps_per_epoch - length + 1),
+            length,
+        )
         copy = jax.tree.map(jnp.copy, state)
-        copy, sums = executable(copy, self._zeros(), self.images, self.labels, batches[..., :length, :], self.dropout_key)
+        copy, sums = executable(
+            copy,
+            self._zeros(),
+            self.images,
+            self.labels,
+            batches[..., :length, :],
+            self.dropout_key,
+        )
         jax.block_until_ready(sums)
         with jax.profiler.trace(log_dir):
             for start in calls:
-                copy, sums = executable(copy, sums, self.images, self.labels, batches[..., start : start + length, :], self.dropout_key)
+                copy, sums = executable(
+                    copy,
+                    sums,
+                    self.images,
+                    self.labels,
+                    batches[..., start : start + length, :],
+                    self.dropout_key,
+                )
             jax.block_until_ready(sums)
         return len(calls) * length
 
-    def run(self, state: TrainState, epoch: int, progress: Callable[[int | None], None] | None = None) -> tuple[TrainState, Sums]:
+    def run(
+        self, state: TrainState, epoch: int, progress: Callable[[int | None], None] | None = None
+    ) -> tuple[TrainState, Sums]:
         """Epoch `epoch` in its own shuffled order; returns without waiting for the devices.
 
         With `progress`, epochs of several calls wait for the devices about 20 times to report the
@@ -435,7 +579,9 @@ class EpochRunner:
         chunks = self._chunks()
         report_every = max(1, len(chunks) // 20)
         for i, (start, end) in enumerate(chunks):
-            state, sums = self._executables[end - start](state, sums, self.images, self.labels, batches[..., start:end, :], self.dropout_key)
+            state, sums = self._executables[end - start](
+                state, sums, self.images, self.labels, batches[..., start:end, :], self.dropout_key
+            )
             if progress is not None and len(chunks) > 1 and (i + 1) % report_every == 0:
                 jax.block_until_ready(sums)
                 progress(end)
@@ -464,7 +610,14 @@ class EvalSet:
         return self.calls[0][0].shape
 
     @classmethod
-    def create(cls, images: np.ndarray, labels: np.ndarray, batch_size: int, placement: DataParallel, batches_per_call: int | None = None) -> EvalSet:
+    def create(
+        cls,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        placement: DataParallel,
+        batches_per_call: int | None = None,
+    ) -> EvalSet:
         """Batches of `batch_size` (at most the split, rounded up to split evenly over the devices),
         `batches_per_call` (a divisor of the number of batches; default all) per call."""
         n = len(labels)
@@ -475,14 +628,37 @@ class EvalSet:
         labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
         mask = np.arange(num_batches * batch_size) < n
         shape = (num_batches // batches_per_call, batches_per_call, batch_size)
-        arrays = (images.reshape(*shape, *images.shape[1:]), labels.reshape(shape), mask.reshape(shape))
-        return cls(tuple(placement.put(tuple(a[i] for a in arrays), placement.split(1)) for i in range(shape[0])))
+        arrays = (
+            images.reshape(*shape, *images.shape[1:]),
+            labels.reshape(shape),
+            mask.reshape(shape),
+        )
+        return cls(
+            tuple(
+                placement.put(tuple(a[i] for a in arrays), placement.split(1))
+                for i in range(shape[0])
+            )
+        )
 
     @classmethod
-    def create_all(cls, splits: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int, placement: DataParallel) -> dict[str, EvalSet]:
+    def create_all(
+        cls,
+        splits: dict[str, tuple[np.ndarray, np.ndarray]],
+        batch_size: int,
+        placement: DataParallel,
+    ) -> dict[str, EvalSet]:
         """`create` for each named (images, labels) split, in calls of one shape where the batch sizes
         agree (the greatest common divisor of their batch counts: no padding), so that one compiled
         program evaluates them all (validation 5 and test 10 batches: 5 per call, one compile less)."""
-        shapes = {name: eval_batches(len(labels), batch_size, placement.num_devices) for name, (_, labels) in splits.items()}
-        per_call = {name: math.gcd(*(b for b, size in shapes.values() if size == shapes[name][1])) for name in splits}
-        return {name: cls.create(images, labels, batch_size, placement, per_call[name]) for name, (images, labels) in splits.items()}
+        shapes = {
+            name: eval_batches(len(labels), batch_size, placement.num_devices)
+            for name, (_, labels) in splits.items()
+        }
+        per_call = {
+            name: math.gcd(*(b for b, size in shapes.values() if size == shapes[name][1]))
+            for name in splits
+        }
+        return {
+            name: cls.create(images, labels, batch_size, placement, per_call[name])
+            for name, (images, labels) in splits.items()
+        }

@@ -14,15 +14,23 @@ from typing import Any
 import numpy as np
 from absl import flags, logging
 
-from fmnist_jax import cli, data, inference, plots, workdir as workdir_lib
+from fmnist_jax import cli, data, inference, plots
+from fmnist_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
-_WHICH = flags.DEFINE_enum("which", "final", ["final", "best", "latest"], "Which checkpoint to evaluate.")
+_WHICH = flags.DEFINE_enum(
+    "which", "final", ["final", "best", "latest"], "Which checkpoint to evaluate."
+)
 
 
-def evaluate(classifier: inference.Classifier, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def evaluate(
+    classifier: inference.Classifier, images: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
     """`report` of the classifier's predictions on `images`."""
-    return {**inference.report(classifier.predict_proba(images), labels, classifier.class_names), "epoch": classifier.epoch}
+    return {
+        **inference.report(classifier.predict_proba(images), labels, classifier.class_names),
+        "epoch": classifier.epoch,
+    }
 
 
 def _evaluate_checkpoint() -> None:
@@ -33,11 +41,20 @@ def _evaluate_checkpoint() -> None:
     out = os.path.join(_WORKDIR.value, "eval", _WHICH.value)
     os.makedirs(out, exist_ok=True)
     workdir_lib.write_json(os.path.join(out, "metrics.json"), result)
-    plots.confusion_matrix(os.path.join(out, "confusion_matrix.png"), np.array(result["confusion_matrix"]), classifier.class_names)
+    plots.confusion_matrix(
+        os.path.join(out, "confusion_matrix.png"),
+        np.array(result["confusion_matrix"]),
+        classifier.class_names,
+    )
     lines = [f"{name:<12} {acc:.4f}" for name, acc in result["per_class_accuracy"].items()]
     logging.info(
         "Checkpoint %r (epoch %d): test accuracy %.4f, loss %.4f\nPer-class accuracy:\n%s\nWritten to %s",
-        _WHICH.value, result["epoch"], result["accuracy"], result["loss"], "\n".join(lines), out,
+        _WHICH.value,
+        result["epoch"],
+        result["accuracy"],
+        result["loss"],
+        "\n".join(lines),
+        out,
     )
 
 

@@ -15,7 +15,9 @@ def export(classifier: Classifier, path: str) -> None:
     """Writes uint8 [batch, 28, 28, 1] -> float32 [batch, 10] for any batch size, on CPU, GPU or TPU."""
     (batch,) = jax_export.symbolic_shape("batch")
     spec = jax.ShapeDtypeStruct((batch, *IMAGE_SHAPE), jnp.uint8)
-    exported = jax_export.export(jax.jit(classifier.proba_fn), platforms=("cpu", "cuda", "tpu"))(spec)
+    exported = jax_export.export(jax.jit(classifier.proba_fn), platforms=("cpu", "cuda", "tpu"))(
+        spec
+    )
     with open(path, "wb") as f:
         f.write(exported.serialize())
 

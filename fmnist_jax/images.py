@@ -18,7 +18,9 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
     """
     if image.mode in ("RGBA", "LA", "P"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparency reads as background
+        background = Image.new(
+            "RGBA", rgba.size, (255, 255, 255, 255)
+        )  # transparency reads as background
         image = Image.alpha_composite(background, rgba)
     gray = np.asarray(image.convert("L"), dtype=np.float32)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
@@ -27,7 +29,9 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
     h, w = gray.shape
     scale = 28 / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    resized = np.asarray(Image.fromarray(gray.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS))
+    resized = np.asarray(
+        Image.fromarray(gray.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+    )
     canvas = np.zeros((28, 28), np.uint8)
     top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
     canvas[top : top + size[1], left : left + size[0]] = resized
@@ -47,7 +51,9 @@ def read(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.width * image.height > max_pixels:
-                    image.draft(image.mode, (224, 224))  # JPEG decodes at a reduced scale; other formats keep their size
+                    image.draft(
+                        image.mode, (224, 224)
+                    )  # JPEG decodes at a reduced scale; other formats keep their size
                 if image.width * image.height > max_pixels:
                     raise _too_large(path, image.width, image.height, max_pixels)
                 image.load()
@@ -55,9 +61,13 @@ def read(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except FileNotFoundError as e:
         raise UserError(f"Image file {path} does not exist.") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UserError(f"Image file {path} was not decoded: {e} Downscale it (the model sees 28x28).") from e
+        raise UserError(
+            f"Image file {path} was not decoded: {e} Downscale it (the model sees 28x28)."
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"Image file {path} could not be read as an image ({e}). Pass a PNG or JPEG file.") from e
+        raise UserError(
+            f"Image file {path} could not be read as an image ({e}). Pass a PNG or JPEG file."
+        ) from e
 
 
 def _too_large(path: str, width: int, height: int, max_pixels: int) -> UserError:

@@ -45,7 +45,11 @@ class Classifier:
         x = images if images.dtype == jnp.uint8 else images * 255.0
         params = engine.eval_params(self.variables)
         flip = self.config.get("test_time_flip", False)
-        return jnp.exp(engine.log_probabilities(self._model, self._normalizer, params, self.variables["batch_stats"], x, flip))
+        return jnp.exp(
+            engine.log_probabilities(
+                self._model, self._normalizer, params, self.variables["batch_stats"], x, flip
+            )
+        )
 
     @functools.cached_property
     def _jitted(self):
@@ -57,7 +61,9 @@ class Classifier:
         out = []
         for start in range(0, len(x), _BATCH):
             chunk = x[start : start + _BATCH]
-            padded = np.concatenate([chunk, np.zeros((_BATCH - len(chunk), *IMAGE_SHAPE), chunk.dtype)])
+            padded = np.concatenate(
+                [chunk, np.zeros((_BATCH - len(chunk), *IMAGE_SHAPE), chunk.dtype)]
+            )
             out.append(np.asarray(self._jitted(padded))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
@@ -74,8 +80,12 @@ def report(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict[s
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
     return {
         "accuracy": float((predicted == labels).mean()),
-        "loss": float(-np.log(np.maximum(probabilities[np.arange(len(labels)), labels], 1e-12)).mean()),
-        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
+        "loss": float(
+            -np.log(np.maximum(probabilities[np.arange(len(labels)), labels], 1e-12)).mean()
+        ),
+        "per_class_accuracy": {
+            name: float(a) for name, a in zip(class_names, per_class, strict=False)
+        },
         "confusion_matrix": confusion.tolist(),
         "predictions": predicted.tolist(),
     }
@@ -84,7 +94,14 @@ def report(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict[s
 def first_run(model: dict) -> dict:
     """The first run's (seed's) weights of a model item whose weights carry the run axis (the
     normalizer is shared)."""
-    return {**model, **{key: engine.select_run(model[key], 0) for key in ("params", "ema_params", "batch_stats") if key in model}}
+    return {
+        **model,
+        **{
+            key: engine.select_run(model[key], 0)
+            for key in ("params", "ema_params", "batch_stats")
+            if key in model
+        },
+    }
 
 
 def as_batch(images: np.ndarray) -> np.ndarray:
@@ -95,7 +112,9 @@ def as_batch(images: np.ndarray) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     if x.shape[1:] != IMAGE_SHAPE:
-        raise UserError(f"Expected 28x28 grayscale images (HW, HWC, NHW or NHWC), got shape {np.shape(images)}.")
+        raise UserError(
+            f"Expected 28x28 grayscale images (HW, HWC, NHW or NHWC), got shape {np.shape(images)}."
+        )
     return x if x.dtype == np.uint8 else x.astype(np.float32)
 
 
@@ -103,9 +122,16 @@ def load(workdir: str, which: str = "final") -> Classifier:
     """Restores the `which` checkpoint of a run: 'final' (what summary.json reports), 'best'
     (best validation accuracy) or 'latest'."""
     if which not in checkpoint.KINDS:
-        raise UserError(f"Unknown checkpoint {which!r}; choose one of {', '.join(checkpoint.KINDS)}.")
+        raise UserError(
+            f"Unknown checkpoint {which!r}; choose one of {', '.join(checkpoint.KINDS)}."
+        )
     if not os.path.isdir(workdir):
         raise UserError(f"Workdir {workdir} does not exist. Pass the --workdir of a trained run.")
     model, meta = checkpoint.restore_model(workdir, which)
     config = ml_collections.ConfigDict(meta["config"])
-    return Classifier(config=config, class_names=tuple(meta["class_names"]), epoch=int(meta["epoch"]), variables=first_run(model))
+    return Classifier(
+        config=config,
+        class_names=tuple(meta["class_names"]),
+        epoch=int(meta["epoch"]),
+        variables=first_run(model),
+    )

@@ -11,8 +11,12 @@ from ml_collections import config_flags
 
 from fmnist_jax import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics.jsonl and summary.json.", required=True)
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlp.py.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for config.json, metrics.jsonl and summary.json.", required=True
+)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/mlp.py.", lock_config=True
+)
 
 
 def _train() -> None:

@@ -6,7 +6,9 @@ import optax
 from ml_collections import ConfigDict
 
 
-def schedule(schedule_config: ConfigDict, learning_rate: float, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+def schedule(
+    schedule_config: ConfigDict, learning_rate: float, steps_per_epoch: int, num_epochs: int
+) -> optax.Schedule:
     """Learning rate as a function of the step; the config states durations in epochs."""
     name = schedule_config.name
     total_steps = steps_per_epoch * num_epochs
@@ -22,9 +24,14 @@ def schedule(schedule_config: ConfigDict, learning_rate: float, steps_per_epoch:
             end_value=learning_rate * schedule_config.end_factor,
         )
     if name == "exponential":
-        return optax.exponential_decay(learning_rate, transition_steps=steps_per_epoch, decay_rate=schedule_config.decay_rate)
+        return optax.exponential_decay(
+            learning_rate, transition_steps=steps_per_epoch, decay_rate=schedule_config.decay_rate
+        )
     if name == "piecewise":
-        boundaries = {int(e * steps_per_epoch): s for e, s in zip(schedule_config.boundaries_epochs, schedule_config.scales)}
+        boundaries = {
+            int(e * steps_per_epoch): s
+            for e, s in zip(schedule_config.boundaries_epochs, schedule_config.scales, strict=False)
+        }
         return optax.piecewise_constant_schedule(learning_rate, boundaries)
     raise ValueError(f"unknown schedule {name!r}")  # config.validate rejects it first.
 

@@ -14,7 +14,9 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def predictions(path: str, images: np.ndarray, probabilities: np.ndarray, class_names, titles, true_labels=None) -> None:
+def predictions(
+    path: str, images: np.ndarray, probabilities: np.ndarray, class_names, titles, true_labels=None
+) -> None:
     """One row per image: the image with predicted class, confidence and true class (green right,
     red wrong, black unknown), and a bar chart of the 10 class probabilities."""
     n = len(images)
@@ -27,7 +29,10 @@ def predictions(path: str, images: np.ndarray, probabilities: np.ndarray, class_
         ax.imshow(images[i][..., 0], cmap=plt.cm.binary)
         ax.set_xticks([]), ax.set_yticks([])
         truth_text = "" if truth is None else f" (true: {class_names[truth]})"
-        ax.set_xlabel(f"{class_names[predicted]} {100 * probabilities[i, predicted]:.0f}%{truth_text}", color=color)
+        ax.set_xlabel(
+            f"{class_names[predicted]} {100 * probabilities[i, predicted]:.0f}%{truth_text}",
+            color=color,
+        )
         ax.set_title(titles[i], fontsize=8)
         ax = axes[i, 1]
         bars = ax.bar(range(len(class_names)), probabilities[i], color="#777777")
@@ -48,7 +53,15 @@ def confusion_matrix(path: str, matrix: np.ndarray, class_names) -> None:
     ax.set_xticks(ticks, class_names, rotation=45, ha="right"), ax.set_yticks(ticks, class_names)
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     for (r, c), count in np.ndenumerate(matrix):
-        ax.text(c, r, str(count), ha="center", va="center", fontsize=7, color="white" if count > matrix.max() / 2 else "black")
+        ax.text(
+            c,
+            r,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if count > matrix.max() / 2 else "black",
+        )
     _save(fig, path)
 
 
@@ -65,7 +78,7 @@ def learning_curves(history: list[dict[str, Any]]):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.97, wspace=0.22)
     epochs = [r["epoch"] for r in history]
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=False):
         ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train")
         if all(f"val_{metric}" in r for r in history):
             ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="validation")
@@ -74,10 +87,14 @@ def learning_curves(history: list[dict[str, Any]]):
     return fig
 
 
-def comparison(path: str, histories: dict[str, list[dict[str, Any]]], summaries: dict[str, dict[str, Any]]) -> None:
+def comparison(
+    path: str, histories: dict[str, list[dict[str, Any]]], summaries: dict[str, dict[str, Any]]
+) -> None:
     """Variants side by side: validation accuracy per epoch (mean over seeds, +-1 std band; train
     dashed) and test accuracy (mean +- std over seeds)."""
-    fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]}, layout="tight")
+    fig, (curves, bars) = plt.subplots(
+        1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]}, layout="tight"
+    )
     for i, (label, history) in enumerate(histories.items()):
         color = f"C{i}"
         epochs = np.array([r["epoch"] for r in history])
@@ -87,30 +104,48 @@ def comparison(path: str, histories: dict[str, list[dict[str, Any]]], summaries:
             std = np.array([r.get("val_accuracy_std", 0.0) for r in history])
             curves.plot(epochs, mean, "o-", color=color, label=label, markersize=3)
             curves.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
-    curves.set_xlabel("epoch"), curves.set_ylabel("accuracy (validation solid, train dashed)"), curves.grid(alpha=0.3)
+    (
+        curves.set_xlabel("epoch"),
+        curves.set_ylabel("accuracy (validation solid, train dashed)"),
+        curves.grid(alpha=0.3),
+    )
     curves.legend(fontsize=8)
     labels = list(summaries)
     means = [summaries[k]["test_accuracy"] for k in labels]
     stds = [summaries[k].get("test_accuracy_std", 0.0) for k in labels]
-    bars.barh(range(len(labels)), means, xerr=stds, color=[f"C{i}" for i in range(len(labels))], capsize=3)
+    bars.barh(
+        range(len(labels)), means, xerr=stds, color=[f"C{i}" for i in range(len(labels))], capsize=3
+    )
     bars.set_yticks(range(len(labels)), labels, fontsize=8), bars.invert_yaxis()
-    low, high = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
+    low, high = (
+        min(m - s for m, s in zip(means, stds, strict=False)),
+        max(m + s for m, s in zip(means, stds, strict=False)),
+    )
     bars.set_xlim(max(0.0, low - 0.01), high + 0.3 * (high - low) + 0.01)
     bars.set_xlabel("test accuracy (mean +- std over seeds)"), bars.grid(alpha=0.3, axis="x")
-    for i, (m, s) in enumerate(zip(means, stds)):
+    for i, (m, s) in enumerate(zip(means, stds, strict=False)):
         bars.text(m + s + 0.002, i, f"{m:.4f}", va="center", fontsize=8)
     _save(fig, path)
 
 
-def curves_to_target(path: str, epochs: list[int], curves: dict[str, list[float]], target: float, ylabel: str) -> None:
+def curves_to_target(
+    path: str, epochs: list[int], curves: dict[str, list[float]], target: float, ylabel: str
+) -> None:
     """One curve per seed against a horizontal target line, each marked where it first reaches it."""
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="tight")
     for i, (label, values) in enumerate(curves.items()):
         ax.plot(epochs, values, "-", color=f"C{i}", label=label)
-        reached = next((e for e, v in zip(epochs, values) if v >= target), None)
+        reached = next((e for e, v in zip(epochs, values, strict=False) if v >= target), None)
         if reached is not None:
             ax.plot([reached], [values[epochs.index(reached)]], "o", color=f"C{i}")
-            ax.annotate(f"epoch {reached}", (reached, target), textcoords="offset points", xytext=(0, -14 - 10 * i), fontsize=8, color=f"C{i}")
+            ax.annotate(
+                f"epoch {reached}",
+                (reached, target),
+                textcoords="offset points",
+                xytext=(0, -14 - 10 * i),
+                fontsize=8,
+                color=f"C{i}",
+            )
     ax.axhline(target, color="gray", linestyle=":", label=f"target {target}")
     ax.set_xlabel("epoch"), ax.set_ylabel(ylabel), ax.grid(alpha=0.3), ax.legend(fontsize=8)
     _save(fig, path)
@@ -127,7 +162,9 @@ def per_class_accuracy(accuracies: dict[str, float]):
     return fig
 
 
-def image_grid(images: np.ndarray, captions: list[str], colors: list[str] | None = None, columns: int = 5):
+def image_grid(
+    images: np.ndarray, captions: list[str], colors: list[str] | None = None, columns: int = 5
+):
     """Images in a grid with a caption under each (training samples, mistakes).
 
     One montage in one axes, not an axes per image: a quarter of the drawing time.
@@ -140,20 +177,43 @@ def image_grid(images: np.ndarray, captions: list[str], colors: list[str] | None
     for i, image in enumerate(images):
         top, left = (i // columns) * cell_h + 2, (i % columns) * cell_w + 6
         montage[top : top + 28, left : left + 28] = image[..., 0]
-        ax.text(left + 14, top + 29, captions[i], ha="center", va="top", fontsize=8, color=(colors or ["black"] * len(images))[i])
+        ax.text(
+            left + 14,
+            top + 29,
+            captions[i],
+            ha="center",
+            va="top",
+            fontsize=8,
+            color=(colors or ["black"] * len(images))[i],
+        )
     ax.imshow(montage, cmap="binary", vmin=0, vmax=255, interpolation="nearest")
     ax.axis("off")
     return fig
 
 
-def prediction_grid(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names, indices: np.ndarray):
+def prediction_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    class_names,
+    indices: np.ndarray,
+):
     """Images `indices` captioned with prediction, confidence and true class (green right, red wrong)."""
     predicted = probabilities.argmax(-1)
-    captions = [f"{class_names[predicted[i]]} {100 * probabilities[i, predicted[i]]:.0f}%\n(true: {class_names[labels[i]]})" for i in indices]
-    return image_grid(images[indices], captions, ["green" if predicted[i] == labels[i] else "red" for i in indices])
+    captions = [
+        f"{class_names[predicted[i]]} {100 * probabilities[i, predicted[i]]:.0f}%\n(true: {class_names[labels[i]]})"
+        for i in indices
+    ]
+    return image_grid(
+        images[indices],
+        captions,
+        ["green" if predicted[i] == labels[i] else "red" for i in indices],
+    )
 
 
-def confident_mistakes(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names, count: int = 25):
+def confident_mistakes(
+    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names, count: int = 25
+):
     """The `count` wrong predictions made with the highest probability."""
     predicted = probabilities.argmax(-1)
     wrong = np.flatnonzero(predicted != labels)
@@ -161,20 +221,36 @@ def confident_mistakes(images: np.ndarray, labels: np.ndarray, probabilities: np
     return prediction_grid(images, labels, probabilities, class_names, worst)
 
 
-def write_run_plots(directory: str, history: list[dict[str, Any]], report: dict[str, Any], test_images: np.ndarray,
-                    test_labels: np.ndarray, probabilities: np.ndarray, train_images: np.ndarray, train_labels: np.ndarray,
-                    class_names) -> list[str]:
+def write_run_plots(
+    directory: str,
+    history: list[dict[str, Any]],
+    report: dict[str, Any],
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    probabilities: np.ndarray,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    class_names,
+) -> list[str]:
     """Writes the per-run PNGs into `directory` and returns their paths."""
     os.makedirs(directory, exist_ok=True)
     figures = {
         "learning_curves.png": learning_curves(history),
         "per_class_accuracy.png": per_class_accuracy(report["per_class_accuracy"]),
-        "confident_mistakes.png": confident_mistakes(test_images, test_labels, probabilities, class_names),
-        "training_images.png": image_grid(train_images[:25], [class_names[y] for y in train_labels[:25]]),
+        "confident_mistakes.png": confident_mistakes(
+            test_images, test_labels, probabilities, class_names
+        ),
+        "training_images.png": image_grid(
+            train_images[:25], [class_names[y] for y in train_labels[:25]]
+        ),
     }
     paths = []
     for name, fig in figures.items():
         paths.append(os.path.join(directory, name))
         _save(fig, paths[-1])
-    confusion_matrix(os.path.join(directory, "confusion_matrix.png"), np.array(report["confusion_matrix"]), class_names)
+    confusion_matrix(
+        os.path.join(directory, "confusion_matrix.png"),
+        np.array(report["confusion_matrix"]),
+        class_names,
+    )
     return [*paths, os.path.join(directory, "confusion_matrix.png")]

@@ -20,21 +20,31 @@ from fmnist_jax import cli, data, images, inference, plots
 from fmnist_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
-_WHICH = flags.DEFINE_enum("which", "final", ["final", "best", "latest"], "Which checkpoint to use.")
-_IMAGES = flags.DEFINE_list("images", [], "Image files (PNG, JPEG, ...); more may follow as plain arguments.")
+_WHICH = flags.DEFINE_enum(
+    "which", "final", ["final", "best", "latest"], "Which checkpoint to use."
+)
+_IMAGES = flags.DEFINE_list(
+    "images", [], "Image files (PNG, JPEG, ...); more may follow as plain arguments."
+)
 _TEST_INDICES = flags.DEFINE_list("test_indices", [], "Indices into the test split, e.g. 0,17,42.")
 _RANDOM = flags.DEFINE_integer("random", 0, "Predict this many random test images.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for --random.")
 _OUTPUT = flags.DEFINE_string("output", None, "Figure path (default: <workdir>/predictions.png).")
 _TOP = flags.DEFINE_integer("top", 3, "Classes printed per image.")
-_MAX_PIXELS = flags.DEFINE_integer("max_pixels", images.MAX_PIXELS, "Larger images are reported and skipped, not decoded (JPEGs decode at a reduced scale first).")
+_MAX_PIXELS = flags.DEFINE_integer(
+    "max_pixels",
+    images.MAX_PIXELS,
+    "Larger images are reported and skipped, not decoded (JPEGs decode at a reduced scale first).",
+)
 
 
 def _check_output(path: str) -> None:
     """Refuses an output path that cannot be written before any work starts."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UserError(f"Cannot write the figure to {path}: {'it is a directory' if os.path.isdir(path) else f'{folder} is not a writable directory'}. Pass --output=FILE.png in a writable directory.")
+        raise UserError(
+            f"Cannot write the figure to {path}: {'it is a directory' if os.path.isdir(path) else f'{folder} is not a writable directory'}. Pass --output=FILE.png in a writable directory."
+        )
 
 
 def main(argv: list[str]) -> None:
@@ -43,7 +53,9 @@ def main(argv: list[str]) -> None:
 
     def run():
         if not files and not _TEST_INDICES.value and not _RANDOM.value:
-            raise UserError("Nothing to predict: pass --images FILE ..., --test_indices=I,J or --random=N.")
+            raise UserError(
+                "Nothing to predict: pass --images FILE ..., --test_indices=I,J or --random=N."
+            )
         output = _OUTPUT.value or os.path.join(_WORKDIR.value, "predictions.png")
         _check_output(output)
         classifier = inference.load(_WORKDIR.value, _WHICH.value)
@@ -63,13 +75,21 @@ def main(argv: list[str]) -> None:
             try:
                 indices = [int(i) for i in _TEST_INDICES.value]
             except ValueError as e:
-                raise UserError(f"--test_indices must be integers, got {_TEST_INDICES.value}.") from e
+                raise UserError(
+                    f"--test_indices must be integers, got {_TEST_INDICES.value}."
+                ) from e
             if not 0 <= _RANDOM.value <= n:
-                raise UserError(f"--random={_RANDOM.value} must be between 0 and the test split's {n} images.")
-            indices += np.random.default_rng(_SEED.value).choice(n, _RANDOM.value, replace=False).tolist()
+                raise UserError(
+                    f"--random={_RANDOM.value} must be between 0 and the test split's {n} images."
+                )
+            indices += (
+                np.random.default_rng(_SEED.value).choice(n, _RANDOM.value, replace=False).tolist()
+            )
             bad = [i for i in indices if not 0 <= i < n]
             if bad:
-                raise UserError(f"Test indices {bad} are out of range: the test split has {n} images (0..{n - 1}).")
+                raise UserError(
+                    f"Test indices {bad} are out of range: the test split has {n} images (0..{n - 1})."
+                )
             batch += [splits.test_images[i] for i in indices]
             titles += [f"test #{i}" for i in indices]
             truths += [int(splits.test_labels[i]) for i in indices]
@@ -77,7 +97,7 @@ def main(argv: list[str]) -> None:
             raise UserError("None of the images could be read; nothing was predicted.")
         probabilities = classifier.predict_proba(np.stack(batch))
         names = classifier.class_names
-        for title, p, truth in zip(titles, probabilities, truths):
+        for title, p, truth in zip(titles, probabilities, truths, strict=False):
             top = np.argsort(-p)[: _TOP.value]
             ranked = ", ".join(f"{names[k]} {p[k]:.3f}" for k in top)
             print(f"{title}: {ranked}" + ("" if truth is None else f"  (true: {names[truth]})"))
@@ -86,7 +106,9 @@ def main(argv: list[str]) -> None:
 
     cli.run(run)
     if failures:
-        sys.exit(f"error: {len(failures)} of {len(files)} image(s) could not be read (each named above); the others were predicted.")
+        sys.exit(
+            f"error: {len(failures)} of {len(files)} image(s) could not be read (each named above); the others were predicted."
+        )
 
 
 if __name__ == "__main__":

@@ -77,23 +77,39 @@ def prepare_tfds(data_config):
     """The prepared tfds builder, preparing it first if needed (see the module docstring)."""
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(f"{data.DATASET}:{data.VERSION}", data_dir=data.tfds_data_dir(data_config))
+    builder = tfds.builder(
+        f"{data.DATASET}:{data.VERSION}", data_dir=data.tfds_data_dir(data_config)
+    )
     if builder.is_prepared():
         return builder
     source_dir = staging.find_source_dir(data_config.source_dir)
     manual_dir = os.path.join(data.tfds_data_dir(data_config), "downloads", "manual")
-    expected = [staging.ExpectedFile(i.filename, i.size, i.checksum) for i in builder.url_infos.values()]
+    expected = [
+        staging.ExpectedFile(i.filename, i.size, i.checksum) for i in builder.url_infos.values()
+    ]
     if source_dir is not None:
         if not os.path.isdir(source_dir):
-            raise UserError(_no_data_message(f"--config.data.source_dir={source_dir} is not a directory"))
+            raise UserError(
+                _no_data_message(f"--config.data.source_dir={source_dir} is not a directory")
+            )
         staging.stage(source_dir, manual_dir, expected)
     elif not _can_reach(next(iter(builder.url_infos))):
-        raise UserError(_no_data_message("it is not prepared, there is no local copy, and its download host cannot be reached"))
+        raise UserError(
+            _no_data_message(
+                "it is not prepared, there is no local copy, and its download host cannot be reached"
+            )
+        )
     _tensorflow()
     try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, try_download_gcs=False
+            )
+        )
     except PermissionError as e:
-        raise UserError(f"Cannot write the prepared dataset: {e}. Pass a writable --config.data.tfds_data_dir=DIR.") from e
+        raise UserError(
+            f"Cannot write the prepared dataset: {e}. Pass a writable --config.data.tfds_data_dir=DIR."
+        ) from e
     return builder
 
 
@@ -105,9 +121,15 @@ def derive_arrays(builder) -> None:
     arrays = {}
     try:
         for split in data.SPLITS:
-            batches = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).batch(10_000)))
-            arrays[f"{split}_images"] = np.concatenate([b["image"] for b in batches]).astype(np.uint8)
-            arrays[f"{split}_labels"] = np.concatenate([b["label"] for b in batches]).astype(np.int32)
+            batches = list(
+                tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).batch(10_000))
+            )
+            arrays[f"{split}_images"] = np.concatenate([b["image"] for b in batches]).astype(
+                np.uint8
+            )
+            arrays[f"{split}_labels"] = np.concatenate([b["label"] for b in batches]).astype(
+                np.int32
+            )
     except (tf.errors.OpError, OSError) as e:
         raise UserError(
             f"The prepared Fashion-MNIST in {builder.data_dir} cannot be read ({type(e).__name__}: "
@@ -124,11 +146,17 @@ def derive_arrays(builder) -> None:
     try:
         data.write_arrays(builder.data_dir, arrays, builder.info.features["label"].names)
     except OSError as e:
-        raise UserError(f"Cannot write {data.ARRAYS_FILE} in {builder.data_dir}: {e}. Pass a writable --config.data.tfds_data_dir=DIR.") from e
+        raise UserError(
+            f"Cannot write {data.ARRAYS_FILE} in {builder.data_dir}: {e}. Pass a writable --config.data.tfds_data_dir=DIR."
+        ) from e
 
 
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "tfds data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
-_SOURCE_DIR = flags.DEFINE_string("source_dir", "", "Directory of the four upstream files (default: Debian's copy).")
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    "tfds_data_dir", "", "tfds data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)."
+)
+_SOURCE_DIR = flags.DEFINE_string(
+    "source_dir", "", "Directory of the four upstream files (default: Debian's copy)."
+)
 
 
 def _errors_only(record: std_logging.LogRecord) -> bool:
@@ -136,8 +164,12 @@ def _errors_only(record: std_logging.LogRecord) -> bool:
 
 
 def _prepare() -> None:
-    data_config = ConfigDict({"tfds_data_dir": _TFDS_DATA_DIR.value, "source_dir": _SOURCE_DIR.value})
-    logging.get_absl_logger().addFilter(_errors_only)  # tfds logs every step, and warns about every dir not prepared yet
+    data_config = ConfigDict(
+        {"tfds_data_dir": _TFDS_DATA_DIR.value, "source_dir": _SOURCE_DIR.value}
+    )
+    logging.get_absl_logger().addFilter(
+        _errors_only
+    )  # tfds logs every step, and warns about every dir not prepared yet
     if data.read_arrays(data.prepared_dir(data_config)) is None:
         derive_arrays(prepare_tfds(data_config))
     print(f"Prepared {os.path.join(data.prepared_dir(data_config), data.ARRAYS_FILE)}")

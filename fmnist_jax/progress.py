@@ -16,7 +16,14 @@ from absl import logging
 class Progress:
     """Called with the steps done so far in the current epoch; `None` ends the epoch's line."""
 
-    def __init__(self, epoch: int, num_epochs: int, steps_per_epoch: int, batch_size: int, stream: TextIO | None = None):
+    def __init__(
+        self,
+        epoch: int,
+        num_epochs: int,
+        steps_per_epoch: int,
+        batch_size: int,
+        stream: TextIO | None = None,
+    ):
         self._stream = stream or sys.stderr
         self._live = self._stream.isatty()
         self._label = f"epoch {epoch:>3}/{num_epochs}"

@@ -55,7 +55,14 @@ def upstream_header(filename: str) -> bytes:
     """The gzip header the upstream release used for `filename` (e.g. 'train-images-idx3-ubyte.gz')."""
     mtime = next(t for prefix, t in _UPSTREAM_MTIME.items() if filename.startswith(prefix))
     original_name = filename.removesuffix(".gz").encode()
-    return b"\x1f\x8b\x08" + bytes([_FNAME]) + struct.pack("<I", mtime) + b"\x00\x03" + original_name + b"\x00"
+    return (
+        b"\x1f\x8b\x08"
+        + bytes([_FNAME])
+        + struct.pack("<I", mtime)
+        + b"\x00\x03"
+        + original_name
+        + b"\x00"
+    )
 
 
 def restore_upstream(filename: str, data: bytes) -> bytes:
@@ -116,7 +123,11 @@ def stage(source_dir: str, manual_dir: str, expected_files: Iterable[ExpectedFil
     so an interrupted stage never leaves a half-written file that looks staged.
     """
     expected_files = list(expected_files)
-    missing = [e.filename for e in expected_files if not os.path.isfile(os.path.join(source_dir, e.filename))]
+    missing = [
+        e.filename
+        for e in expected_files
+        if not os.path.isfile(os.path.join(source_dir, e.filename))
+    ]
     if missing:
         raise UserError(
             f"Fashion-MNIST source directory {source_dir} lacks {', '.join(missing)}. It must hold the four "

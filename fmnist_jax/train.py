@@ -25,7 +25,17 @@ from flax import linen as nn
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, data, distributed, engine, inference, models, optim, stopping, summary
+from fmnist_jax import (
+    checkpoint,
+    data,
+    distributed,
+    engine,
+    inference,
+    models,
+    optim,
+    stopping,
+    summary,
+)
 from fmnist_jax import config as config_lib
 from fmnist_jax import export as export_lib
 from fmnist_jax import workdir as workdir_lib
@@ -45,7 +55,11 @@ _REPORT_MODULES = ("fmnist_jax.plots", "fmnist_jax.board")
 
 
 def _epoch_line(row: dict[str, Any], num_epochs: int) -> str:
-    val = f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if "val_loss" in row else ""
+    val = (
+        f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+        if "val_loss" in row
+        else ""
+    )
     return (
         f"epoch {row['epoch']:>3}/{num_epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}{val}"
         f"  {row['epoch_seconds']:.2f} s  {row['examples_per_second']:,.0f} ex/s  lr {row['learning_rate']:.2e}"
@@ -57,7 +71,13 @@ def _over_runs(split: str, per_run: list[dict[str, float]]) -> dict[str, Any]:
     out = {}
     for metric in ("loss", "accuracy"):
         values = np.array([r[metric] for r in per_run])
-        out.update({f"{split}_{metric}": float(values.mean()), f"{split}_{metric}_std": float(values.std()), f"{split}_{metric}_seeds": values.tolist()})
+        out.update(
+            {
+                f"{split}_{metric}": float(values.mean()),
+                f"{split}_{metric}_std": float(values.std()),
+                f"{split}_{metric}_seeds": values.tolist(),
+            }
+        )
     return out
 
 
@@ -68,14 +88,20 @@ _CHANCE_ACCURACY = 0.15  # 10 balanced classes: 0.1, plus the noise of a few tho
 def _summary_line(result: dict[str, Any], workdir: str) -> str:
     """The run's last line: test metrics, epochs, training time, and where its reports are."""
     seeds = result["test_accuracy_seeds"]
-    spread = f" (std over {len(seeds)} seeds {result['test_accuracy_std']:.4f})" if len(seeds) > 1 else ""  # wording only
+    spread = (
+        f" (std over {len(seeds)} seeds {result['test_accuracy_std']:.4f})"
+        if len(seeds) > 1
+        else ""
+    )  # wording only
     return (
         f"Test loss {result['test_loss']:.4f}, test accuracy {result['test_accuracy']:.4f}{spread} ({result['epochs_run']} epochs, "
         f"{result['train_seconds']:.1f} s training). Figures in {os.path.join(workdir, PLOTS_DIR)}; tensorboard --logdir={workdir}."
     )
 
 
-def _check_stop(epoch: int, workdir: str, checkpoints: checkpoint.Checkpoints, mid_epoch: bool = False) -> None:
+def _check_stop(
+    epoch: int, workdir: str, checkpoints: checkpoint.Checkpoints, mid_epoch: bool = False
+) -> None:
     """Raises `stopping.Stopped` saying what is saved, after the in-flight checkpoints finish, if
     SIGINT/SIGTERM asked for a stop (in every process, or in none, when there are several)."""
     requested = stopping.requested()
@@ -86,11 +112,20 @@ def _check_stop(epoch: int, workdir: str, checkpoints: checkpoint.Checkpoints, m
     checkpoints.wait()
     saved = checkpoints.latest_epoch()
     where = f"during epoch {epoch}" if mid_epoch else f"before epoch {epoch}"
-    kept = f"epoch {saved} is saved in {checkpoint.directory(workdir, 'latest')}" if saved else "no epoch was saved yet"
-    raise stopping.Stopped(requested, f"Stopped by {signal.Signals(requested).name} {where}: {kept}. Re-running the same command resumes from there.")
+    kept = (
+        f"epoch {saved} is saved in {checkpoint.directory(workdir, 'latest')}"
+        if saved
+        else "no epoch was saved yet"
+    )
+    raise stopping.Stopped(
+        requested,
+        f"Stopped by {signal.Signals(requested).name} {where}: {kept}. Re-running the same command resumes from there.",
+    )
 
 
-def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str, seed: int) -> UserError:
+def _diverged(
+    epoch: int, global_step: int, steps_per_epoch: int, workdir: str, seed: int
+) -> UserError:
     step_in_epoch = global_step - (epoch - 1) * steps_per_epoch + 1
     return UserError(
         f"Training diverged (seed {seed}): the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} of "
@@ -100,27 +135,50 @@ def _diverged(epoch: int, global_step: int, steps_per_epoch: int, workdir: str, 
     )
 
 
-def _write_reports(workdir: str, board: Board, config: ConfigDict, result: dict[str, Any], history: list[dict[str, Any]],
-                   classifier: inference.Classifier, splits: data.Splits) -> None:
+def _write_reports(
+    workdir: str,
+    board: Board,
+    config: ConfigDict,
+    result: dict[str, Any],
+    history: list[dict[str, Any]],
+    classifier: inference.Classifier,
+    splits: data.Splits,
+) -> None:
     """The run's plots (<workdir>/plots/) and its last TensorBoard entries, from the final weights."""
     from fmnist_jax import plots
 
     probabilities = classifier.predict_proba(splits.test_images)
     report = inference.report(probabilities, splits.test_labels, splits.class_names)
-    plots.write_run_plots(os.path.join(workdir, PLOTS_DIR), history, report, splits.test_images, splits.test_labels, probabilities,
-                          splits.train_images, splits.train_labels, splits.class_names)
-    samples = plots.prediction_grid(splits.test_images, splits.test_labels, probabilities, splits.class_names, np.arange(10))
-    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in workdir_lib.flatten(workdir_lib.config_as_json(config)).items()}
+    plots.write_run_plots(
+        os.path.join(workdir, PLOTS_DIR),
+        history,
+        report,
+        splits.test_images,
+        splits.test_labels,
+        probabilities,
+        splits.train_images,
+        splits.train_labels,
+        splits.class_names,
+    )
+    samples = plots.prediction_grid(
+        splits.test_images, splits.test_labels, probabilities, splits.class_names, np.arange(10)
+    )
+    hparams = {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in workdir_lib.flatten(workdir_lib.config_as_json(config)).items()
+    }
     board.finish(hparams, result, {"test/sample_predictions": samples})
 
 
-def _update_stoppers(stoppers: list[EarlyStopping], row: dict[str, Any], epoch: int, config: ConfigDict) -> list[bool]:
+def _update_stoppers(
+    stoppers: list[EarlyStopping], row: dict[str, Any], epoch: int, config: ConfigDict
+) -> list[bool]:
     """Feeds each still-running seed's monitored value to its stopper; returns, per seed, whether the
     weights it reports become this epoch's (an improvement, or every running epoch without restore_best)."""
     monitor = config.early_stopping.monitor
     values = row[f"{monitor}_seeds"]
     take = []
-    for seed, (stopper, value) in enumerate(zip(stoppers, values)):
+    for seed, (stopper, value) in enumerate(zip(stoppers, values, strict=False)):
         if stopper.should_stop:
             take.append(False)
             continue
@@ -128,7 +186,14 @@ def _update_stoppers(stoppers: list[EarlyStopping], row: dict[str, Any], epoch: 
         take.append(improved or not config.early_stopping.restore_best)
         if stopper.should_stop:
             which = f" (seed {config.seed + seed})"
-            logging.info("Early stopping%s at epoch %d: best %s %.4f at epoch %d.", which, epoch, monitor, stopper.best, stopper.best_epoch)
+            logging.info(
+                "Early stopping%s at epoch %d: best %s %.4f at epoch %d.",
+                which,
+                epoch,
+                monitor,
+                stopper.best,
+                stopper.best_epoch,
+            )
     return take
 
 
@@ -136,18 +201,34 @@ def _keep(kept: dict[str, Any] | None, current: dict[str, Any], take: list[bool]
     """Per run, `current` where `take`, else `kept`, in new buffers (the next training call donates
     those of `current`)."""
     mask = jnp.array(take)
-    return jax.tree.map(lambda k, c: jnp.where(mask.reshape((-1,) + (1,) * (c.ndim - 1)), c, k), kept or current, current)
+    return jax.tree.map(
+        lambda k, c: jnp.where(mask.reshape((-1,) + (1,) * (c.ndim - 1)), c, k),
+        kept or current,
+        current,
+    )
 
 
 def _reported_epoch(stopper: EarlyStopping, restore_best: bool) -> int:
     """The epoch whose weights a seed reports: its best, or the last it trained before stopping."""
-    return stopper.best_epoch if restore_best else stopper.best_epoch + stopper.epochs_without_improvement
+    return (
+        stopper.best_epoch
+        if restore_best
+        else stopper.best_epoch + stopper.epochs_without_improvement
+    )
 
 
-def make_engine(config: ConfigDict, model: nn.Module, normalizer: engine.Normalizer, steps_per_epoch: int, backend: str) -> tuple[engine.Engine, optax.Schedule, int]:
+def make_engine(
+    config: ConfigDict,
+    model: nn.Module,
+    normalizer: engine.Normalizer,
+    steps_per_epoch: int,
+    backend: str,
+) -> tuple[engine.Engine, optax.Schedule, int]:
     """The config's optimizer and compiled math as they are built for `backend` (pass a model created
     for it), with the learning-rate schedule and the training steps per compiled call."""
-    learning_rate = optim.schedule(config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs)
+    learning_rate = optim.schedule(
+        config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs
+    )
     has_convolution = engine.uses_convolution(model, IMAGE_SHAPE)
     steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, has_convolution)
     eng = engine.Engine(
@@ -167,12 +248,18 @@ def make_engine(config: ConfigDict, model: nn.Module, normalizer: engine.Normali
     return eng, learning_rate, steps_per_call
 
 
-def lower_for(config: ConfigDict, platform: str, num_train: int = 55_000) -> dict[str, jax.stages.Lowered]:
+def lower_for(
+    config: ConfigDict, platform: str, num_train: int = 55_000
+) -> dict[str, jax.stages.Lowered]:
     """The training call and the evaluation program of `config` exactly as a run on `platform` ("cpu",
     "cuda", "tpu") builds them, lowered on this machine without compiling: proves that every backend's
     programs build, with that backend's choices (steps per call, unrolling, seed loop, pooling ops)."""
     model = models.create(config.model, platform)
-    normalizer = engine.Normalizer(np.zeros(IMAGE_SHAPE, np.float32), np.ones(IMAGE_SHAPE, np.float32)) if config.data.standardize else engine.Normalizer()
+    normalizer = (
+        engine.Normalizer(np.zeros(IMAGE_SHAPE, np.float32), np.ones(IMAGE_SHAPE, np.float32))
+        if config.data.standardize
+        else engine.Normalizer()
+    )
     steps_per_epoch = num_train // config.batch_size
     eng, _, steps_per_call = make_engine(config, model, normalizer, steps_per_epoch, platform)
     init_key, _, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
@@ -182,13 +269,22 @@ def lower_for(config: ConfigDict, platform: str, num_train: int = 55_000) -> dic
     labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
     indices = jax.ShapeDtypeStruct((config.num_seeds, steps, config.batch_size), jnp.int32)
     batches = engine.eval_batches(10_000, config.eval_batch_size)  # the test split in one call
-    train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(state, engine.Sums.zeros(config.num_seeds), images, labels, indices, dropout_key)
+    train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(
+        state, engine.Sums.zeros(config.num_seeds), images, labels, indices, dropout_key
+    )
     weights = state.weights()
     eval_call = jax.jit(eng.eval_program()).trace(
-        engine.eval_params(weights), weights["batch_stats"], engine.Sums.zeros(config.num_seeds), jax.ShapeDtypeStruct((*batches, *IMAGE_SHAPE), jnp.uint8),
-        jax.ShapeDtypeStruct(batches, jnp.int32), jax.ShapeDtypeStruct(batches, jnp.bool_),
+        engine.eval_params(weights),
+        weights["batch_stats"],
+        engine.Sums.zeros(config.num_seeds),
+        jax.ShapeDtypeStruct((*batches, *IMAGE_SHAPE), jnp.uint8),
+        jax.ShapeDtypeStruct(batches, jnp.int32),
+        jax.ShapeDtypeStruct(batches, jnp.bool_),
     )
-    return {"train": train_call.lower(lowering_platforms=(platform,)), "eval": eval_call.lower(lowering_platforms=(platform,))}
+    return {
+        "train": train_call.lower(lowering_platforms=(platform,)),
+        "eval": eval_call.lower(lowering_platforms=(platform,)),
+    }
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
@@ -208,9 +304,15 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     backend = jax.default_backend()
     model = models.create(config.model, backend)
     splits = data.load(config.data)  # before the workdir changes: a missing dataset refuses the run
-    finished = workdir_lib.open_workdir(workdir, config, lambda: checkpoint.saved_config(workdir), primary)
+    finished = workdir_lib.open_workdir(
+        workdir, config, lambda: checkpoint.saved_config(workdir), primary
+    )
     if finished is not None:
-        logging.info("Workdir %s already holds this finished run; not retraining. %s", workdir, _summary_line(finished, workdir))
+        logging.info(
+            "Workdir %s already holds this finished run; not retraining. %s",
+            workdir,
+            _summary_line(finished, workdir),
+        )
         return finished
 
     # --- Data: on the devices once, as uint8 ---------------------------------------------------
@@ -226,36 +328,73 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     # --- Model, optimizer, state ---------------------------------------------------------------
     table, num_params = summary.model_table(model, IMAGE_SHAPE)
     logging.info("\n%s", table)
-    eng, learning_rate, steps_per_call = make_engine(config, model, normalizer, steps_per_epoch, backend)
+    eng, learning_rate, steps_per_call = make_engine(
+        config, model, normalizer, steps_per_epoch, backend
+    )
     init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
     init_args = (model, eng.tx, init_key, IMAGE_SHAPE, config.ema_decay > 0)
-    runner = engine.EpochRunner(eng, splits.train_images, splits.train_labels, config.batch_size, steps_per_call, shuffle_key, dropout_key, placement)
+    runner = engine.EpochRunner(
+        eng,
+        splits.train_images,
+        splits.train_labels,
+        config.batch_size,
+        steps_per_call,
+        shuffle_key,
+        dropout_key,
+        placement,
+    )
 
     # XLA releases the GIL while it compiles: the training programs compile beside the initial
     # state and the evaluation programs, and the reports' libraries load meanwhile.
-    threading.Thread(target=lambda: [importlib.import_module(m) for m in _REPORT_MODULES], name="import-reports").start()
+    threading.Thread(
+        target=lambda: [importlib.import_module(m) for m in _REPORT_MODULES], name="import-reports"
+    ).start()
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        training_compiled = pool.submit(runner.compile, placement.abstract(engine.state_shapes(*init_args)))
+        training_compiled = pool.submit(
+            runner.compile, placement.abstract(engine.state_shapes(*init_args))
+        )
         state = placement.put(engine.init_states(*init_args))
-        for split in {s.call_shape: s for s in eval_sets.values()}.values():  # compiles each call shape once
+        for split in {
+            s.call_shape: s for s in eval_sets.values()
+        }.values():  # compiles each call shape once
             eng.evaluate(state.weights(), split).per_run()
         training_compiled.result()
     compile_seconds = time.perf_counter() - start
     logging.info(
         "Backend %s (%d device(s), %d process(es)); %d steps per epoch, %s steps per call%s; compiled in %.1f s.",
-        backend, jax.device_count(), jax.process_count(), steps_per_epoch, min(steps_per_call, steps_per_epoch), " (unrolled)" if eng.unroll else "", compile_seconds,
+        backend,
+        jax.device_count(),
+        jax.process_count(),
+        steps_per_epoch,
+        min(steps_per_call, steps_per_epoch),
+        " (unrolled)" if eng.unroll else "",
+        compile_seconds,
     )
 
     if config.profile:
         profile_dir = os.path.join(workdir, "profile")
         traced = runner.trace(state, profile_dir)
-        logging.info("Wrote a profile of %d training steps to %s: tensorboard --logdir=%s (needs `pip install xprof`).", traced, profile_dir, profile_dir)
+        logging.info(
+            "Wrote a profile of %d training steps to %s: tensorboard --logdir=%s (needs `pip install xprof`).",
+            traced,
+            profile_dir,
+            profile_dir,
+        )
 
     # --- Checkpoints: resume where the last good one left off ---------------------------------
-    checkpoints = checkpoint.Checkpoints(workdir, config.checkpoint.keep, config.checkpoint.asynchronous)
+    checkpoints = checkpoint.Checkpoints(
+        workdir, config.checkpoint.keep, config.checkpoint.asynchronous
+    )
     early_stopping = config.early_stopping.enabled
-    stoppers = [EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience, config.early_stopping.min_delta) for _ in range(config.num_seeds)]
+    stoppers = [
+        EarlyStopping(
+            config.early_stopping.monitor,
+            config.early_stopping.patience,
+            config.early_stopping.min_delta,
+        )
+        for _ in range(config.num_seeds)
+    ]
     # With early stopping, the weights each seed reports: its best epoch's (restore_best) or its stopping epoch's.
     kept = _keep(None, state.weights(), [True] * config.num_seeds) if early_stopping else None
 
@@ -269,13 +408,25 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     restored = checkpoints.restore_latest(model_item(state.weights()), train_item())
     if restored is not None:
         epoch, weights, saved_train, saved = restored
-        state = engine.TrainState(saved_train["step"], weights["params"], weights["batch_stats"], saved_train["opt_state"], weights.get("ema_params", {}))
+        state = engine.TrainState(
+            saved_train["step"],
+            weights["params"],
+            weights["batch_stats"],
+            saved_train["opt_state"],
+            weights.get("ema_params", {}),
+        )
         history, train_seconds, first_epoch = saved["history"], saved["train_seconds"], epoch + 1
         # One stopper per seed; checkpoints written before per-seed early stopping hold a single one.
-        saved_stoppers = saved["early_stopping"] if isinstance(saved["early_stopping"], list) else [saved["early_stopping"]]
+        saved_stoppers = (
+            saved["early_stopping"]
+            if isinstance(saved["early_stopping"], list)
+            else [saved["early_stopping"]]
+        )
         stoppers = [EarlyStopping(**s) for s in saved_stoppers]
         kept = saved_train["early_stopping_best"] or None
-        logging.info("Resuming after epoch %d from %s.", epoch, checkpoint.directory(workdir, "latest"))
+        logging.info(
+            "Resuming after epoch %d from %s.", epoch, checkpoint.directory(workdir, "latest")
+        )
     metrics_log = workdir_lib.MetricsLog(workdir, history, primary)
     from fmnist_jax import board as board_lib  # loaded by the import-reports thread
 
@@ -300,12 +451,20 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             break  # resumed after the stopping epoch's checkpoint
         _check_stop(epoch, workdir, checkpoints)
         start = time.perf_counter()
-        progress = Progress(epoch, config.num_epochs, steps_per_epoch, config.batch_size) if primary else None
+        progress = (
+            Progress(epoch, config.num_epochs, steps_per_epoch, config.batch_size)
+            if primary
+            else None
+        )
 
-        def between_calls(steps_done: int | None, progress: Progress | None = progress, epoch: int = epoch) -> None:
+        def between_calls(
+            steps_done: int | None, progress: Progress | None = progress, epoch: int = epoch
+        ) -> None:
             if progress is not None:
                 progress(steps_done)
-            if steps_done is not None and jax.process_count() == 1:  # several processes stop together, at epoch ends
+            if (
+                steps_done is not None and jax.process_count() == 1
+            ):  # several processes stop together, at epoch ends
                 _check_stop(epoch, workdir, checkpoints, mid_epoch=True)
 
         state, sums = runner.run(state, epoch, between_calls)
@@ -313,7 +472,9 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         for seed, t in enumerate(train):
             if t["first_nonfinite_step"] >= 0:
-                raise _diverged(epoch, t["first_nonfinite_step"], steps_per_epoch, workdir, config.seed + seed)
+                raise _diverged(
+                    epoch, t["first_nonfinite_step"], steps_per_epoch, workdir, config.seed + seed
+                )
         train_seconds += seconds
         row = {
             "epoch": epoch,
@@ -333,26 +494,39 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
         last = epoch == config.num_epochs or all_stopped()
         if epoch % config.checkpoint.every_epochs == 0 or last:
-            checkpoints.save("latest", epoch, model_item(state.weights()), meta(epoch), train_item())
-        if val_set is not None and row["val_accuracy"] > max((r["val_accuracy"] for r in history[:-1]), default=-1.0):
+            checkpoints.save(
+                "latest", epoch, model_item(state.weights()), meta(epoch), train_item()
+            )
+        if val_set is not None and row["val_accuracy"] > max(
+            (r["val_accuracy"] for r in history[:-1]), default=-1.0
+        ):
             checkpoints.save("best", epoch, model_item(state.weights()), meta(epoch))
         if last:
             break
     epochs_run = len(history)
     final_weights = kept if early_stopping else state.weights()
-    reported_epochs = [_reported_epoch(s, config.early_stopping.restore_best) if early_stopping else epochs_run for s in stoppers]
+    reported_epochs = [
+        _reported_epoch(s, config.early_stopping.restore_best) if early_stopping else epochs_run
+        for s in stoppers
+    ]
 
     # --- Test and summary ---------------------------------------------------------------------
     test = _over_runs("test", eng.evaluate(final_weights, test_set).per_run())
     result = {
         **test,
-        "best_val_accuracy": max((r["val_accuracy"] for r in history if "val_accuracy" in r), default=None),
+        "best_val_accuracy": max(
+            (r["val_accuracy"] for r in history if "val_accuracy" in r), default=None
+        ),
         "epochs_run": epochs_run,
         "restored_epoch": reported_epochs[0],
         "restored_epoch_seeds": reported_epochs,
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds,
-        "examples_per_second": config.num_seeds * epochs_run * steps_per_epoch * config.batch_size / train_seconds,
+        "examples_per_second": config.num_seeds
+        * epochs_run
+        * steps_per_epoch
+        * config.batch_size
+        / train_seconds,
         "num_params": num_params,
         "backend": backend,
         "devices": jax.device_count(),
@@ -360,11 +534,20 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "jax_version": jax.__version__,
     }
     final_model = model_item(final_weights)
-    checkpoints.save("final", reported_epochs[0], final_model, {**meta(epochs_run), "summary": result})
+    checkpoints.save(
+        "final", reported_epochs[0], final_model, {**meta(epochs_run), "summary": result}
+    )
     if primary:  # the plots draw while the export lowers and the checkpoints finish writing
-        classifier = inference.Classifier(config, splits.class_names, reported_epochs[0], inference.first_run(jax.device_get(final_model)))
+        classifier = inference.Classifier(
+            config,
+            splits.class_names,
+            reported_epochs[0],
+            inference.first_run(jax.device_get(final_model)),
+        )
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            reports = pool.submit(_write_reports, workdir, board, config, result, history, classifier, splits)
+            reports = pool.submit(
+                _write_reports, workdir, board, config, result, history, classifier, splits
+            )
             os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
             export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
             reports.result()
@@ -373,11 +556,17 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     if primary:
         workdir_lib.write_summary(workdir, result)
     logging.info("%s", _summary_line(result, workdir))
-    if history[-1]["train_loss"] >= _UNIFORM_GUESS_LOSS or test["test_accuracy"] <= _CHANCE_ACCURACY:
+    if (
+        history[-1]["train_loss"] >= _UNIFORM_GUESS_LOSS
+        or test["test_accuracy"] <= _CHANCE_ACCURACY
+    ):
         logging.warning(
             "This run did not learn: final training loss %.4f (a uniform guess scores %.4f), test accuracy %.4f "
             "(chance is 0.1). The usual cause is the learning rate, optimizer.learning_rate=%g here (Adam's usual value "
             "is 1e-3, SGD's 0.01-0.1): too high and training jumps to chance, too low and it never leaves it.",
-            history[-1]["train_loss"], _UNIFORM_GUESS_LOSS, test["test_accuracy"], config.optimizer.learning_rate,
+            history[-1]["train_loss"],
+            _UNIFORM_GUESS_LOSS,
+            test["test_accuracy"],
+            config.optimizer.learning_rate,
         )
     return result

@@ -49,7 +49,15 @@ def config_as_json(config: ConfigDict) -> dict[str, Any]:
 # Keys that change what a run writes besides its results, so a run may resume with another value.
 # The distributed keys too: they differ between the processes of one run, and the results do not
 # depend on the device count.
-RESUMABLE_KEYS = frozenset({"profile", *(f"distributed.{k}" for k in ("coordinator_address", "num_processes", "process_id", "timeout_seconds"))})
+RESUMABLE_KEYS = frozenset(
+    {
+        "profile",
+        *(
+            f"distributed.{k}"
+            for k in ("coordinator_address", "num_processes", "process_id", "timeout_seconds")
+        ),
+    }
+)
 
 
 def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -60,7 +68,9 @@ def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> lis
     old = {**flatten(config_as_json(config_lib.default())), **flatten(previous)}
     new = flatten(current)
     keys = sorted((flatten(previous).keys() | new.keys()) - RESUMABLE_KEYS)
-    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+    return [
+        f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
+    ]
 
 
 def refuse_other_config(where: str, differences: list[str]) -> None:
@@ -109,15 +119,24 @@ def _lock(workdir: str) -> int | None:
         os.makedirs(workdir, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise UserError(f"Cannot write to workdir {workdir}: {e.strerror or e}. Pass a writable --workdir=DIR.") from e
+        raise UserError(
+            f"Cannot write to workdir {workdir}: {e.strerror or e}. Pass a writable --workdir=DIR."
+        ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             os.close(fd)
-            logging.warning("Cannot lock workdir %s (%s): this file system has no locks, so nothing stops a second run there.", workdir, e.strerror)
+            logging.warning(
+                "Cannot lock workdir %s (%s): this file system has no locks, so nothing stops a second run there.",
+                workdir,
+                e.strerror,
+            )
             return None
-        holder = os.pread(fd, 1000, 0).decode(errors="replace").strip() or "a run that has not recorded itself yet"
+        holder = (
+            os.pread(fd, 1000, 0).decode(errors="replace").strip()
+            or "a run that has not recorded itself yet"
+        )
         os.close(fd)
         raise UserError(
             f"Workdir {workdir} is in use by another run: {holder}. Two runs in one workdir would overwrite each "
@@ -135,28 +154,45 @@ def unlock(workdir: str) -> None:
         os.close(fd)
 
 
-def open_workdir(workdir: str, config: ConfigDict, checkpoint_config: Callable[[], dict[str, Any] | None], primary: bool = True) -> dict[str, Any] | None:
+def open_workdir(
+    workdir: str,
+    config: ConfigDict,
+    checkpoint_config: Callable[[], dict[str, Any] | None],
+    primary: bool = True,
+) -> dict[str, Any] | None:
     """Claims `workdir` for `config`; returns the summary if this exact run already finished there.
 
     The primary process locks the workdir, then checks config.json and `checkpoint_config()` (the
     config of the newest checkpoint), and only then writes: a refused run changes nothing. The other
     processes of a multi-host run only check.
     """
-    config_path, summary_path = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, SUMMARY_FILE)
+    config_path, summary_path = (
+        os.path.join(workdir, CONFIG_FILE),
+        os.path.join(workdir, SUMMARY_FILE),
+    )
     lock = _lock(workdir) if primary else None
     wanted = config_as_json(config)
     if os.path.exists(config_path):
-        refuse_other_config(f"Workdir {workdir}", config_differences(read_json(config_path), wanted))
+        refuse_other_config(
+            f"Workdir {workdir}", config_differences(read_json(config_path), wanted)
+        )
         if os.path.exists(summary_path):
             return read_json(summary_path)
     saved = checkpoint_config()
     if saved is not None:
-        refuse_other_config(f"The newest checkpoint in {os.path.join(workdir, 'checkpoints')}", config_differences(saved, wanted))
+        refuse_other_config(
+            f"The newest checkpoint in {os.path.join(workdir, 'checkpoints')}",
+            config_differences(saved, wanted),
+        )
     if primary:
         if lock is not None:
             started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
             os.ftruncate(lock, 0)
-            os.pwrite(lock, f"host {socket.gethostname()}, PID {os.getpid()}, started {started}\n".encode(), 0)
+            os.pwrite(
+                lock,
+                f"host {socket.gethostname()}, PID {os.getpid()}, started {started}\n".encode(),
+                0,
+            )
         write_json(config_path, wanted)
     return None
 

@@ -31,7 +31,9 @@ def prepared_tfds_dir(tmp_path_factory):
     tests are the ones that prove the whole path works. $FMNIST_JAX_PREPARED_TFDS_DIR names a data
     dir prepared already (CI's lower-bounds environment has no TensorFlow to prepare one).
     """
-    data_dir = os.environ.get("FMNIST_JAX_PREPARED_TFDS_DIR") or str(tmp_path_factory.mktemp("tfds"))
+    data_dir = os.environ.get("FMNIST_JAX_PREPARED_TFDS_DIR") or str(
+        tmp_path_factory.mktemp("tfds")
+    )
     cfg = config_lib.default().data
     cfg.tfds_data_dir = data_dir
     data.prepare(cfg)
@@ -77,13 +79,19 @@ def without_tensorflow(tmp_path_factory):
     """The environment of a machine without TensorFlow, for subprocesses: `import tensorflow` fails."""
     blocker = tmp_path_factory.mktemp("no_tensorflow")
     (blocker / "tensorflow").mkdir()
-    (blocker / "tensorflow" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'tensorflow'\", name='tensorflow')\n")
+    (blocker / "tensorflow" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'tensorflow'\", name='tensorflow')\n"
+    )
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.getcwd()])}
 
 
 def noise(stderr: str) -> list[str]:
     """The lines of a command's stderr that look like trouble: errors, warnings, tracebacks, probes."""
-    return [line for line in stderr.splitlines() if re.match(r"[EWF]\d{4} |Traceback|.*(cuInit|Unable to initialize|CUDA|error)", line)]
+    return [
+        line
+        for line in stderr.splitlines()
+        if re.match(r"[EWF]\d{4} |Traceback|.*(cuInit|Unable to initialize|CUDA|error)", line)
+    ]
 
 
 def pytest_collection_modifyitems(items):

@@ -10,7 +10,9 @@ from fmnist_jax.augment import Augment
 
 def _batch(n=64):
     rng = np.random.default_rng(0)
-    return jnp.asarray(rng.integers(1, 256, (n, 28, 28, 1)), jnp.float32)  # no zero pixels: padding is recognizable
+    return jnp.asarray(
+        rng.integers(1, 256, (n, 28, 28, 1)), jnp.float32
+    )  # no zero pixels: padding is recognizable
 
 
 @pytest.mark.slow
@@ -29,7 +31,12 @@ def test_random_crop_is_a_shift_with_black_fill():
     padded = np.pad(np.asarray(x), ((0, 0), (3, 3), (3, 3), (0, 0)))
     shifts = set()
     for i in range(len(x)):
-        matches = [(dy, dx) for dy in range(7) for dx in range(7) if np.array_equal(y[i], padded[i, dy : dy + 28, dx : dx + 28])]
+        matches = [
+            (dy, dx)
+            for dy in range(7)
+            for dx in range(7)
+            if np.array_equal(y[i], padded[i, dy : dy + 28, dx : dx + 28])
+        ]
         assert len(matches) == 1
         shifts.add(matches[0])
     assert len(shifts) > 4  # offsets differ between examples

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import mlp as mlp_config
 from fmnist_jax import checkpoint, data, export, images, inference, train
 from fmnist_jax.errors import UserError
-
-from configs import mlp as mlp_config
 
 
 def _mock_train(config, workdir):
@@ -25,7 +24,14 @@ def _mock_train(config, workdir):
 
 def _rows(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_seconds", "examples_per_second")} for line in f]
+        return [
+            {
+                k: v
+                for k, v in json.loads(line).items()
+                if k not in ("epoch_seconds", "examples_per_second")
+            }
+            for line in f
+        ]
 
 
 def _assert_same_weights(a_workdir, b_workdir):
@@ -39,21 +45,39 @@ def _assert_same_weights(a_workdir, b_workdir):
 
 
 def _cli_train(workdir, tfds_dir, *extra):
-    return [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", f"--workdir={workdir}",
-            f"--config.data.tfds_data_dir={tfds_dir}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fmnist_jax.main",
+        "--config=configs/mlp.py",
+        f"--workdir={workdir}",
+        f"--config.data.tfds_data_dir={tfds_dir}",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(prepared_tfds_dir, tmp_path):
     args = ("--config.num_epochs=12", "--config.model.hidden_sizes=(64,)")
-    reference = subprocess.run(_cli_train(tmp_path / "ref", prepared_tfds_dir, *args), capture_output=True, text=True, timeout=600)
+    reference = subprocess.run(
+        _cli_train(tmp_path / "ref", prepared_tfds_dir, *args),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_cli_train(killed, prepared_tfds_dir, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _cli_train(killed, prepared_tfds_dir, *args),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 300
-    while time.time() < deadline and not (latest.is_dir() and any(p.name.isdigit() and int(p.name) >= 3 for p in latest.iterdir())):
+    while time.time() < deadline and not (
+        latest.is_dir() and any(p.name.isdigit() and int(p.name) >= 3 for p in latest.iterdir())
+    ):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -61,13 +85,18 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(prepared_tfds_d
     epochs_done = len(_rows(killed))
     assert 3 <= epochs_done < 12
 
-    resumed = subprocess.run(_cli_train(killed, prepared_tfds_dir, *args), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _cli_train(killed, prepared_tfds_dir, *args), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming after epoch" in resumed.stderr
     assert _rows(killed) == _rows(tmp_path / "ref")
     ref_summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     summary = json.loads((killed / "summary.json").read_text())
-    assert (summary["test_accuracy"], summary["test_loss"]) == (ref_summary["test_accuracy"], ref_summary["test_loss"])
+    assert (summary["test_accuracy"], summary["test_loss"]) == (
+        ref_summary["test_accuracy"],
+        ref_summary["test_loss"],
+    )
     _assert_same_weights(killed, tmp_path / "ref")
 
 
@@ -84,7 +113,10 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, t
     shutil.rmtree(run / "checkpoints" / "final")
     (run / "summary.json").unlink()
     resumed = _mock_train(tiny_config, run)
-    assert resumed["test_accuracy"] == reference["test_accuracy"] and resumed["test_loss"] == reference["test_loss"]
+    assert (
+        resumed["test_accuracy"] == reference["test_accuracy"]
+        and resumed["test_loss"] == reference["test_loss"]
+    )
     assert _rows(run) == _rows(tmp_path / "ref")
 
 
@@ -95,7 +127,10 @@ def test_checkpoint_of_another_config_is_refused_naming_the_keys(tiny_config, tm
     (tmp_path / "config.json").unlink()
     (tmp_path / "summary.json").unlink()
     tiny_config.model.hidden_sizes = (32,)
-    with pytest.raises(UserError, match="checkpoint .* different config \\(model.hidden_sizes: \\[16\\] there, \\[32\\] now\\)"):
+    with pytest.raises(
+        UserError,
+        match="checkpoint .* different config \\(model.hidden_sizes: \\[16\\] there, \\[32\\] now\\)",
+    ):
         _mock_train(tiny_config, tmp_path)
 
 
@@ -136,7 +171,9 @@ def test_predict_proba_accepts_hw_hwc_nhwc_uint8_and_float(trained):
     assert p.shape == (5, 10) and np.allclose(p.sum(-1), 1, atol=1e-5)
     np.testing.assert_allclose(classifier.predict_proba(batch[0]), p[:1], atol=1e-6)
     np.testing.assert_allclose(classifier.predict_proba(batch[0, ..., 0]), p[:1], atol=1e-6)
-    np.testing.assert_allclose(classifier.predict_proba(batch.astype(np.float32) / 255.0), p, atol=1e-5)
+    np.testing.assert_allclose(
+        classifier.predict_proba(batch.astype(np.float32) / 255.0), p, atol=1e-5
+    )
     assert classifier.predict_proba(np.repeat(batch, 120, axis=0)).shape == (600, 10)
 
 
@@ -144,7 +181,9 @@ def test_exported_function_gives_the_restored_probabilities(trained):
     workdir, _, splits = trained
     exported = export.load(str(workdir / "export" / export.FILENAME))
     expected = inference.load(str(workdir)).predict_proba(splits.test_images[:7])
-    np.testing.assert_allclose(np.asarray(exported.call(splits.test_images[:7])), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(exported.call(splits.test_images[:7])), expected, atol=1e-6
+    )
 
 
 def test_photo_like_image_is_converted_to_light_on_dark(tmp_path):
@@ -163,26 +202,53 @@ def test_predict_and_evaluate_clis_agree_without_tensorflow(trained, tmp_path, w
     photo[100:400, 200:440] = (20, 20, 20)
     Image.fromarray(photo).save(tmp_path / "big_photo.jpg")
     Image.fromarray(splits.test_images[3][..., 0]).save(tmp_path / "item.png")
-    Image.fromarray(np.dstack([splits.test_images[3][..., 0]] * 3 + [np.full((28, 28), 255, np.uint8)]), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(
+        np.dstack([splits.test_images[3][..., 0]] * 3 + [np.full((28, 28), 255, np.uint8)]), "RGBA"
+    ).save(tmp_path / "rgba.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     figure = tmp_path / "predictions.png"
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist_jax.predict", f"--workdir={workdir}", "--images", str(tmp_path / "big_photo.jpg"),
-         str(tmp_path / "broken.png"), str(tmp_path / "item.png"), str(tmp_path / "rgba.png"), "--test_indices=0,17,42", f"--output={figure}"],
-        capture_output=True, text=True, timeout=600, env=without_tensorflow,
+        [
+            sys.executable,
+            "-m",
+            "fmnist_jax.predict",
+            f"--workdir={workdir}",
+            "--images",
+            str(tmp_path / "big_photo.jpg"),
+            str(tmp_path / "broken.png"),
+            str(tmp_path / "item.png"),
+            str(tmp_path / "rgba.png"),
+            "--test_indices=0,17,42",
+            f"--output={figure}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=without_tensorflow,
     )
-    assert result.returncode == 1 and "broken.png could not be read" in result.stderr  # the others still predicted
+    assert (
+        result.returncode == 1 and "broken.png could not be read" in result.stderr
+    )  # the others still predicted
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if ":" in line}
-    assert {"big_photo.jpg", "item.png", "rgba.png", "test #0", "test #17", "test #42"} <= set(lines)
+    assert {"big_photo.jpg", "item.png", "rgba.png", "test #0", "test #17", "test #42"} <= set(
+        lines
+    )
     assert Image.open(figure).size[0] > 100
 
     evaluation = subprocess.run(
-        [sys.executable, "-m", "fmnist_jax.evaluate", f"--workdir={workdir}"], capture_output=True, text=True, timeout=600, env=without_tensorflow
+        [sys.executable, "-m", "fmnist_jax.evaluate", f"--workdir={workdir}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=without_tensorflow,
     )
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
     metrics = json.loads((workdir / "eval" / "final" / "metrics.json").read_text())
     assert metrics["accuracy"] == summary["test_accuracy"]
-    assert np.array(metrics["confusion_matrix"]).sum() == 10_000 and len(metrics["per_class_accuracy"]) == 10
+    assert (
+        np.array(metrics["confusion_matrix"]).sum() == 10_000
+        and len(metrics["per_class_accuracy"]) == 10
+    )
     Image.open(workdir / "eval" / "final" / "confusion_matrix.png").verify()
     names = inference.load(str(workdir)).class_names
     for i in (0, 17, 42):
@@ -213,14 +279,30 @@ def _write_previous_layout(source, kind, epoch, target):
     axis wrote a single run: every array but the normalizer without its leading axis, no layout."""
     import orbax.checkpoint as ocp
 
-    src = ocp.CheckpointManager(checkpoint.directory(str(source), kind), options=ocp.CheckpointManagerOptions(create=False), item_handlers=checkpoint._handlers())
+    src = ocp.CheckpointManager(
+        checkpoint.directory(str(source), kind),
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers=checkpoint._handlers(),
+    )
     meta = src.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     names = ("model", "train") if kind == "latest" else ("model",)
-    restored = src.restore(epoch, args=ocp.args.Composite(**{n: ocp.args.StandardRestore() for n in names}))
-    items = {n: ocp.args.StandardSave(checkpoint._over_runs(lambda a: np.asarray(a)[0], restored[n])) for n in names}
+    restored = src.restore(
+        epoch, args=ocp.args.Composite(**{n: ocp.args.StandardRestore() for n in names})
+    )
+    items = {
+        n: ocp.args.StandardSave(checkpoint._over_runs(lambda a: np.asarray(a)[0], restored[n]))
+        for n in names
+    }
     src.close()
-    dst = ocp.CheckpointManager(checkpoint.directory(str(target), kind), item_handlers=checkpoint._handlers())
-    dst.save(epoch, args=ocp.args.Composite(**items, meta=ocp.args.JsonSave({k: v for k, v in meta.items() if k != "layout"})))
+    dst = ocp.CheckpointManager(
+        checkpoint.directory(str(target), kind), item_handlers=checkpoint._handlers()
+    )
+    dst.save(
+        epoch,
+        args=ocp.args.Composite(
+            **items, meta=ocp.args.JsonSave({k: v for k, v in meta.items() if k != "layout"})
+        ),
+    )
     dst.wait_until_finished()
     dst.close()
 
@@ -234,8 +316,12 @@ def test_single_run_checkpoints_of_the_previous_layout_resume_and_restore(tiny_c
     shutil.copy(tmp_path / "ref" / "config.json", old / "config.json")
     images = data.load(tiny_config.data).test_images
     expected = inference.load(str(tmp_path / "ref")).predict_proba(images)
-    np.testing.assert_array_equal(inference.load(str(old)).predict_proba(images), expected)  # converted on restore
+    converted = inference.load(str(old)).predict_proba(images)  # converted on restore
+    np.testing.assert_array_equal(converted, expected)
     resumed = train.train_and_evaluate(tiny_config, str(old))  # resumes after epoch 1
     assert not (old / "checkpoints" / "damaged").exists()  # converted, not set aside and retrained
-    assert len(list((old / "checkpoints" / "latest").iterdir())) == 2  # epoch 1 (converted) and epoch 2    assert (resumed["test_loss"], resumed["test_accuracy"]) == (reference["test_loss"], reference["test_accuracy"])
+    assert (resumed["test_loss"], resumed["test_accuracy"]) == (
+        reference["test_loss"],
+        reference["test_accuracy"],
+    )
     assert _rows(old) == _rows(tmp_path / "ref")

@@ -7,18 +7,22 @@ import sys
 
 import pytest
 
+from configs import cnn as cnn_config
+from configs import mlp as mlp_config
 from fmnist_jax import config as config_lib
 from fmnist_jax import models
 from fmnist_jax.errors import UserError
-
-from configs import cnn as cnn_config
-from configs import mlp as mlp_config
 
 
 def test_seed_configs_are_valid_and_match_their_recipes():
     mlp = mlp_config.get_config()
     config_lib.validate(mlp)
-    assert (mlp.model.name, mlp.model.hidden_sizes, mlp.optimizer.name, mlp.optimizer.learning_rate) == ("mlp", (128,), "adam", 1e-3)
+    assert (
+        mlp.model.name,
+        mlp.model.hidden_sizes,
+        mlp.optimizer.name,
+        mlp.optimizer.learning_rate,
+    ) == ("mlp", (128,), "adam", 1e-3)
     assert (mlp.batch_size, mlp.num_epochs, mlp.data.num_validation) == (32, 10, 5000)
     cnn = cnn_config.get_config()
     config_lib.validate(cnn)
@@ -62,7 +66,10 @@ def test_early_stopping_needs_a_validation_split():
 def _cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", *args],
-        capture_output=True, text=True, timeout=300, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
     )
 
 
@@ -71,7 +78,10 @@ def _cli(*args, cwd=None):
     [
         ("--config.optimizer.lerning_rate=0.1", "lerning_rate"),  # unknown key
         ("--config.batch_size=lots", "batch_size"),  # wrong type
-        ("--config.optimizer.learning_rate=-1", "optimizer.learning_rate must be a positive number"),
+        (
+            "--config.optimizer.learning_rate=-1",
+            "optimizer.learning_rate must be a positive number",
+        ),
         ("--config.model.name=transformer", "Unknown model.name='transformer'"),
     ],
 )
@@ -88,7 +98,12 @@ def test_cli_rejects_stray_arguments_and_unknown_flags_in_one_line(tmp_path):
     stray = _cli(f"--workdir={tmp_path}/run", "num_epochs=3")
     assert stray.returncode != 0 and "unexpected arguments num_epochs=3" in stray.stderr
     assert not (tmp_path / "run").exists()
-    unknown = subprocess.run([sys.executable, "-m", "fmnist_jax.evaluate", "--workdir=x", "--wich=best"], capture_output=True, text=True, timeout=300)
+    unknown = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.evaluate", "--workdir=x", "--wich=best"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert unknown.returncode != 0 and "Unknown command line flag 'wich'" in unknown.stderr
     assert "Traceback" not in stray.stderr + unknown.stderr
 
@@ -102,7 +117,14 @@ def test_cli_rejects_an_unwritable_workdir(tmp_path):
     assert "Cannot write to workdir" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py") if p.stem != "__init__"))
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        p.stem
+        for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
+        if p.stem != "__init__"
+    ),
+)
 def test_every_config_is_valid_and_its_docstring_says_how_to_run_it(name):
     module = importlib.import_module(f"configs.{name}")
     config = module.get_config()
@@ -114,8 +136,14 @@ def test_every_config_is_valid_and_its_docstring_says_how_to_run_it(name):
 def test_key_value_overrides_set_known_keys_and_refuse_others_clearly():
     config = config_lib.default()
     config.lock()
-    config_lib.apply_overrides(config, "num_epochs=3;model.hidden_sizes=(256, 128);optimizer.name=sgd")
-    assert (config.num_epochs, config.model.hidden_sizes, config.optimizer.name) == (3, (256, 128), "sgd")
+    config_lib.apply_overrides(
+        config, "num_epochs=3;model.hidden_sizes=(256, 128);optimizer.name=sgd"
+    )
+    assert (config.num_epochs, config.model.hidden_sizes, config.optimizer.name) == (
+        3,
+        (256, 128),
+        "sgd",
+    )
     for overrides, message in (
         ("model.widht=3", "'model.widht' is not a key"),
         ("num_epochs.x=3", "'num_epochs.x' is not a key"),

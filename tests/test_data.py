@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import write_mock_dataset
+
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, prepare, staging
 from fmnist_jax.errors import UserError
@@ -23,8 +23,15 @@ def _data_config(tfds_dir, num_validation=5000):
 
 def test_real_splits_keep_tfds_order_with_validation_first(prepared_tfds_dir):
     splits = data.load(_data_config(prepared_tfds_dir))
-    assert splits.train_images.shape == (55_000, 28, 28, 1) and splits.train_images.dtype == np.uint8
-    assert splits.val_images.shape == (5_000, 28, 28, 1) and splits.test_images.shape == (10_000, 28, 28, 1)
+    assert (
+        splits.train_images.shape == (55_000, 28, 28, 1) and splits.train_images.dtype == np.uint8
+    )
+    assert splits.val_images.shape == (5_000, 28, 28, 1) and splits.test_images.shape == (
+        10_000,
+        28,
+        28,
+        1,
+    )
     assert splits.train_labels.dtype == splits.test_labels.dtype == np.int32
     assert splits.class_names[0] == "T-shirt/top" and splits.class_names[9] == "Ankle boot"
     # tfds' example order is deterministic; validation is its first 5,000 training examples.
@@ -45,10 +52,19 @@ def test_arrays_that_no_longer_match_are_not_trusted(tmp_path):
     write_mock_dataset(str(tmp_path))
     arrays, names = data.read_arrays(directory)
     arrays["train_labels"][0] += 1
-    np.savez(os.path.join(directory, data.ARRAYS_FILE), manifest=json.dumps({
-        "dataset_info_sha256": data._dataset_info_digest(directory),
-        "arrays_sha256": json.loads(str(np.load(os.path.join(directory, data.ARRAYS_FILE))["manifest"]))["arrays_sha256"],
-        "class_names": names}), **arrays)
+    np.savez(
+        os.path.join(directory, data.ARRAYS_FILE),
+        manifest=json.dumps(
+            {
+                "dataset_info_sha256": data._dataset_info_digest(directory),
+                "arrays_sha256": json.loads(
+                    str(np.load(os.path.join(directory, data.ARRAYS_FILE))["manifest"])
+                )["arrays_sha256"],
+                "class_names": names,
+            }
+        ),
+        **arrays,
+    )
     assert data.read_arrays(directory) is None
 
 
@@ -60,7 +76,9 @@ def test_damaged_arrays_file_is_not_trusted(tmp_path):
     for damaged in (raw[: len(raw) // 2], raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:]):
         with open(path, "wb") as f:
             f.write(damaged)
-        assert data.read_arrays(directory) is None  # so `prepare` derives it again from the TFRecords
+        assert (
+            data.read_arrays(directory) is None
+        )  # so `prepare` derives it again from the TFRecords
 
 
 @pytest.mark.slow
@@ -87,10 +105,21 @@ def test_no_data_anywhere_names_both_remedies(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_preparing_without_tensorflow_says_what_to_install(tmp_path, without_tensorflow):
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", f"--workdir={tmp_path / 'run'}",
-         f"--config.data.tfds_data_dir={tmp_path / 'tfds'}"],
-        capture_output=True, text=True, timeout=600, env=without_tensorflow,
+        [
+            sys.executable,
+            "-m",
+            "fmnist_jax.main",
+            "--config=configs/mlp.py",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.data.tfds_data_dir={tmp_path / 'tfds'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=without_tensorflow,
     )
     assert result.returncode == 1
-    assert "needs TensorFlow" in result.stderr and "pip install 'fmnist_jax[prepare]'" in result.stderr
+    assert (
+        "needs TensorFlow" in result.stderr and "pip install 'fmnist_jax[prepare]'" in result.stderr
+    )
     assert "Traceback" not in result.stderr

@@ -5,12 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import cnn as cnn_config
+from configs import mlp as mlp_config
 from fmnist_jax import engine, models, optim
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
-
-from configs import cnn as cnn_config
-from configs import mlp as mlp_config
 
 
 def _setup(config, num_examples=64, seed=0):
@@ -21,7 +20,9 @@ def _setup(config, num_examples=64, seed=0):
     for i, y in enumerate(labels):
         images[i, 2 * y : 2 * y + 3] = 250
     model = models.create(config.model)
-    tx = optim.optimizer(config.optimizer, optim.schedule(config.schedule, config.optimizer.learning_rate, 10, 10))
+    tx = optim.optimizer(
+        config.optimizer, optim.schedule(config.schedule, config.optimizer.learning_rate, 10, 10)
+    )
     state = engine.init_states(model, tx, jax.random.key(config.seed)[None], (28, 28, 1))  # one run
     return model, tx, state, jnp.asarray(images), jnp.asarray(labels)
 
@@ -29,9 +30,23 @@ def _setup(config, num_examples=64, seed=0):
 def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
     model, tx, state, images, labels = _setup(config, num_examples)
     eng = engine.Engine(
-        model, tx, engine.Normalizer(), config.loss.label_smoothing, unroll=unroll, compute_dtype=config.dtype, augment=Augment(**config.augment)
+        model,
+        tx,
+        engine.Normalizer(),
+        config.loss.label_smoothing,
+        unroll=unroll,
+        compute_dtype=config.dtype,
+        augment=Augment(**config.augment),
     )
-    runner = engine.EpochRunner(eng, images, labels, config.batch_size, steps_per_call or 10**9, jax.random.key(6)[None], jax.random.key(7)[None])
+    runner = engine.EpochRunner(
+        eng,
+        images,
+        labels,
+        config.batch_size,
+        steps_per_call or 10**9,
+        jax.random.key(6)[None],
+        jax.random.key(7)[None],
+    )
     history = []
     for epoch in range(epochs):
         state, sums = runner.run(state, epoch)
@@ -54,7 +69,10 @@ def test_augmented_training_still_learns_and_differs_from_plain():
     _, plain = _run(config, epochs=5)
     config.augment.crop_padding, config.augment.flip, config.augment.erasing = 2, True, 0.3
     _, augmented = _run(config, epochs=5)
-    assert augmented[-1]["loss"] < 0.7 * augmented[0]["loss"] and augmented[-1]["loss"] != plain[-1]["loss"]
+    assert (
+        augmented[-1]["loss"] < 0.7 * augmented[0]["loss"]
+        and augmented[-1]["loss"] != plain[-1]["loss"]
+    )
 
 
 @pytest.mark.slow
@@ -78,7 +96,11 @@ def test_bfloat16_compute_keeps_float32_weights_and_learns_like_float32(model):
     _, f32 = _run(config, epochs=4)
     config.dtype = "bfloat16"
     state, bf16 = _run(config, epochs=4)
-    assert {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(leaf.dtype, jnp.floating)} == {jnp.dtype("float32")}
+    assert {
+        leaf.dtype
+        for leaf in jax.tree.leaves((state.params, state.opt_state))
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+    } == {jnp.dtype("float32")}
     assert bf16[-1]["loss"] == pytest.approx(f32[-1]["loss"], rel=0.1, abs=0.02)
     assert bf16[-1]["accuracy"] >= f32[-1]["accuracy"] - 0.1
 
@@ -89,11 +111,17 @@ def test_chunked_unrolled_epochs_equal_one_rolled_scan():
     config.batch_size = 8
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
     whole_state, whole = _run(config, epochs=2, num_examples=56)
-    chunk_state, chunked = _run(config, epochs=2, steps_per_call=3, unroll=True, num_examples=56)  # 7 steps: 3+3+1
-    for w, c in zip(whole, chunked):
+    chunk_state, chunked = _run(
+        config, epochs=2, steps_per_call=3, unroll=True, num_examples=56
+    )  # 7 steps: 3+3+1
+    for w, c in zip(whole, chunked, strict=False):
         assert w["loss"] == pytest.approx(c["loss"], rel=1e-5)
         assert w["accuracy"] == c["accuracy"]
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), whole_state.params, chunk_state.params)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+        whole_state.params,
+        chunk_state.params,
+    )
 
 
 @pytest.mark.slow
@@ -102,7 +130,15 @@ def test_progress_reports_steps_of_long_epochs():
     config.batch_size = 8
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
     model, tx, state, images, labels = _setup(config, num_examples=64)
-    runner = engine.EpochRunner(engine.Engine(model, tx, engine.Normalizer()), images, labels, 8, 2, jax.random.key(6)[None], jax.random.key(7)[None])
+    runner = engine.EpochRunner(
+        engine.Engine(model, tx, engine.Normalizer()),
+        images,
+        labels,
+        8,
+        2,
+        jax.random.key(6)[None],
+        jax.random.key(7)[None],
+    )
     reported = []
     runner.run(state, 0, reported.append)
     assert reported == [2, 4, 6, 8, None]
@@ -122,7 +158,9 @@ def test_progress_line_is_live_on_a_terminal_and_quarterly_log_lines_elsewhere(c
     progress = Progress(3, 10, 100, 64, terminal)
     progress(50)
     progress(None)
-    assert "epoch   3/10  50/100 steps (50%)" in terminal.getvalue() and "ETA" in terminal.getvalue()
+    assert (
+        "epoch   3/10  50/100 steps (50%)" in terminal.getvalue() and "ETA" in terminal.getvalue()
+    )
     caplog.set_level(logging.INFO)
     progress = Progress(3, 10, 100, 64, io.StringIO())
     for steps in range(5, 101, 5):
@@ -134,7 +172,9 @@ def test_progress_line_is_live_on_a_terminal_and_quarterly_log_lines_elsewhere(c
 def test_call_plan_unrolls_convolutions_only_on_cpu():
     cnn = models.create(cnn_config.get_config().model)
     mlp = models.create(mlp_config.get_config().model)
-    assert engine.uses_convolution(cnn, (28, 28, 1)) and not engine.uses_convolution(mlp, (28, 28, 1))
+    assert engine.uses_convolution(cnn, (28, 28, 1)) and not engine.uses_convolution(
+        mlp, (28, 28, 1)
+    )
     assert engine.plan_calls(0, "cpu", True) == (8, True)
     assert engine.plan_calls(0, "gpu", True)[1] is False
     assert engine.plan_calls(0, "cpu", False)[0] >= 10**6
@@ -152,8 +192,10 @@ def test_first_nonfinite_step_is_reported():
 def test_eval_set_masks_padding():
     images = np.zeros((5, 28, 28, 1), np.uint8)
     labels = np.arange(5, dtype=np.int32)
-    s = engine.EvalSet.create(images, labels, batch_size=2, placement=DataParallel.over_all_devices())
-    (images, _, mask), = s.calls
+    s = engine.EvalSet.create(
+        images, labels, batch_size=2, placement=DataParallel.over_all_devices()
+    )
+    ((images, _, mask),) = s.calls
     assert images.shape == (3, 2, 28, 28, 1) and int(mask.sum()) == 5
     model = models.create(mlp_config.get_config().model)
     tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
@@ -164,10 +206,19 @@ def test_eval_set_masks_padding():
 
 def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, (20, 28, 28, 1), np.uint8), rng.integers(0, 10, 20).astype(np.int32)
+    images, labels = (
+        rng.integers(0, 256, (20, 28, 28, 1), np.uint8),
+        rng.integers(0, 10, 20).astype(np.int32),
+    )
     placement = DataParallel.over_all_devices()
-    sets = engine.EvalSet.create_all({"val": (images[:8], labels[:8]), "test": (images, labels)}, batch_size=2, placement=placement)
-    assert sets["val"].call_shape == sets["test"].call_shape == (2, 2, 28, 28, 1)  # gcd(4, 10) batches per call
+    sets = engine.EvalSet.create_all(
+        {"val": (images[:8], labels[:8]), "test": (images, labels)},
+        batch_size=2,
+        placement=placement,
+    )
+    assert (
+        sets["val"].call_shape == sets["test"].call_shape == (2, 2, 28, 28, 1)
+    )  # gcd(4, 10) batches per call
     assert len(sets["test"].calls) == 5
     model = models.create(mlp_config.get_config().model)
     tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
@@ -175,7 +226,11 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     eng = engine.Engine(model, tx, engine.Normalizer())
     in_calls = eng.evaluate(weights, sets["test"])
     in_one = eng.evaluate(weights, engine.EvalSet.create(images, labels, 2, placement))
-    assert in_calls.count.tolist() == [20] and in_calls.loss.tolist() == in_one.loss.tolist() and in_calls.correct.tolist() == in_one.correct.tolist()
+    assert (
+        in_calls.count.tolist() == [20]
+        and in_calls.loss.tolist() == in_one.loss.tolist()
+        and in_calls.correct.tolist() == in_one.correct.tolist()
+    )
 
 
 @pytest.mark.slow
@@ -192,7 +247,10 @@ def test_every_optimizer_trains(name):
     assert history[-1]["loss"] < history[0]["loss"]
 
 
-@pytest.mark.parametrize("name, at_end", [("constant", 1.0), ("cosine", 0.0), ("exponential", 0.9**10), ("piecewise", 0.01)])
+@pytest.mark.parametrize(
+    "name, at_end",
+    [("constant", 1.0), ("cosine", 0.0), ("exponential", 0.9**10), ("piecewise", 0.01)],
+)
 def test_schedules_in_epochs(name, at_end):
     config = mlp_config.get_config()
     config.schedule.name = name
@@ -208,29 +266,39 @@ def test_schedules_in_epochs(name, at_end):
 def test_label_smoothing_raises_the_loss_of_confident_predictions():
     logits = jnp.array([[10.0, 0.0, 0.0]])
     labels = jnp.array([0])
-    assert engine.cross_entropy(logits, labels, 0.1)[0] > engine.cross_entropy(logits, labels, 0.0)[0]
+    assert (
+        engine.cross_entropy(logits, labels, 0.1)[0] > engine.cross_entropy(logits, labels, 0.0)[0]
+    )
 
 
 def test_standardization_centers_the_training_pixels():
     images = np.random.default_rng(0).integers(0, 255, (50, 28, 28, 1)).astype(np.uint8)
     x = np.asarray(engine.Normalizer.fit(images, standardize=True)(jnp.asarray(images)))
     assert abs(x.mean()) < 1e-4 and x.std() == pytest.approx(1.0, rel=1e-3)
-    np.testing.assert_allclose(engine.Normalizer.fit(images, False)(jnp.asarray(images)), images / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        engine.Normalizer.fit(images, False)(jnp.asarray(images)), images / 255.0, rtol=1e-6
+    )
 
 
 @pytest.mark.slow
 def test_ema_is_the_warmed_up_moving_average_of_the_weights():
     config = mlp_config.get_config()
     model, tx, _, images, labels = _setup(config, num_examples=24)
-    state = engine.select_run(engine.init_states(model, tx, jax.random.key(0)[None], (28, 28, 1), ema=True), 0)
+    state = engine.select_run(
+        engine.init_states(model, tx, jax.random.key(0)[None], (28, 28, 1), ema=True), 0
+    )
     eng = engine.Engine(model, tx, engine.Normalizer(), ema_decay=0.5)
     step = jax.jit(eng.train_step)  # one run's step
     expected, sums = state.params, engine.select_run(engine.Sums.zeros(1), 0)
     for t in range(3):
-        state, sums = step(state, sums, images[8 * t : 8 * t + 8], labels[8 * t : 8 * t + 8], jax.random.key(1))
+        state, sums = step(
+            state, sums, images[8 * t : 8 * t + 8], labels[8 * t : 8 * t + 8], jax.random.key(1)
+        )
         decay = min(0.5, (1 + t) / (10 + t))  # 0.1, 0.18..., 0.25
-        expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, expected, state.params)
-    for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
+        expected = jax.tree.map(lambda e, p, d=decay: d * e + (1 - d) * p, expected, state.params)
+    for got, want in zip(
+        jax.tree.leaves(state.ema_params), jax.tree.leaves(expected), strict=False
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     assert engine.eval_params(state.weights()) is state.ema_params
     assert engine.eval_params({"params": state.params, "ema_params": {}}) is state.params
@@ -242,7 +310,9 @@ def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
     state = engine.select_run(state, 0)
     norm = engine.Normalizer()
     plain = jnp.exp(engine.log_probabilities(model, norm, state.params, {}, images, flip=False))
-    mirrored = jnp.exp(engine.log_probabilities(model, norm, state.params, {}, images[:, :, ::-1], flip=False))
+    mirrored = jnp.exp(
+        engine.log_probabilities(model, norm, state.params, {}, images[:, :, ::-1], flip=False)
+    )
     tta = jnp.exp(engine.log_probabilities(model, norm, state.params, {}, images, flip=True))
     np.testing.assert_allclose(tta, (plain + mirrored) / 2, rtol=1e-5)
     assert not np.allclose(tta, plain, rtol=1e-3)
@@ -250,7 +320,8 @@ def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
     np.testing.assert_allclose(
         engine.log_probabilities(model, norm, state.params, {}, symmetric, flip=True),
         engine.log_probabilities(model, norm, state.params, {}, symmetric, flip=False),
-        rtol=1e-5, atol=1e-6,
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -269,6 +340,10 @@ def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
         results.append(steps(state, engine.Sums.zeros(2), images, labels, batches, keys))
     (vmapped, vsums), (looped, lsums) = results
     np.testing.assert_allclose(vsums.loss, lsums.loss, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(vmapped.params), jax.tree.leaves(looped.params)):
+    for a, b in zip(jax.tree.leaves(vmapped.params), jax.tree.leaves(looped.params), strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert engine.seed_loop("cpu", True) and not engine.seed_loop("gpu", True) and not engine.seed_loop("cpu", False)
+    assert (
+        engine.seed_loop("cpu", True)
+        and not engine.seed_loop("gpu", True)
+        and not engine.seed_loop("cpu", False)
+    )

@@ -21,13 +21,27 @@ from fmnist_jax.errors import UserError
 
 
 def _cli(module, *args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 def _tiny_args(tfds_dir, epochs):
     """The tiny config (conftest) as command-line overrides of configs/mlp.py."""
-    return ["--config=configs/mlp.py", f"--config.data.tfds_data_dir={tfds_dir}", f"--config.num_epochs={epochs}", "--config.batch_size=8",
-            "--config.eval_batch_size=16", "--config.data.num_validation=16", "--config.model.hidden_sizes=(16,)"]
+    return [
+        "--config=configs/mlp.py",
+        f"--config.data.tfds_data_dir={tfds_dir}",
+        f"--config.num_epochs={epochs}",
+        "--config.batch_size=8",
+        "--config.eval_batch_size=16",
+        "--config.data.num_validation=16",
+        "--config.model.hidden_sizes=(16,)",
+    ]
 
 
 def _assert_one_clear_error(result, *phrases, code=1):
@@ -40,7 +54,11 @@ def _assert_one_clear_error(result, *phrases, code=1):
 
 
 def _snapshot(directory):
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _epochs(workdir):
@@ -60,17 +78,31 @@ def _wait_for(condition, process, timeout=120):
 
 def test_a_second_lock_on_a_workdir_is_refused_naming_the_holder(tiny_config, tmp_path):
     workdir_lib.open_workdir(str(tmp_path), tiny_config, lambda: None)
-    with pytest.raises(UserError, match=rf"in use by another run: host .*, PID {os.getpid()}, started "):
+    with pytest.raises(
+        UserError, match=rf"in use by another run: host .*, PID {os.getpid()}, started "
+    ):
         workdir_lib.open_workdir(str(tmp_path), tiny_config, lambda: None)
 
 
 @pytest.mark.slow
 def test_concurrent_run_on_one_workdir_is_refused_and_the_first_finishes(mock_tfds_dir, tmp_path):
-    first = subprocess.Popen([sys.executable, "-m", "fmnist_jax.main", f"--workdir={tmp_path}", *_tiny_args(mock_tfds_dir, 60)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fmnist_jax.main",
+            f"--workdir={tmp_path}",
+            *_tiny_args(mock_tfds_dir, 60),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(lambda: (tmp_path / "metrics.jsonl").exists(), first)
     second = _cli("fmnist_jax.main", f"--workdir={tmp_path}", *_tiny_args(mock_tfds_dir, 60))
-    _assert_one_clear_error(second, f"Workdir {tmp_path} is in use by another run", f"PID {first.pid}")
+    _assert_one_clear_error(
+        second, f"Workdir {tmp_path} is in use by another run", f"PID {first.pid}"
+    )
     assert first.poll() is None, "the second run must be refused while the first trains"
     _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr[-3000:]
@@ -88,17 +120,24 @@ def test_refused_run_leaves_the_workdir_byte_identical(tiny_config, tmp_path):
     before = _snapshot(tmp_path)
     other = tiny_config.copy_and_resolve_references()
     other.model.hidden_sizes = (8,)
-    with pytest.raises(UserError, match=r"The newest checkpoint in .* different config \(model.hidden_sizes"):
+    with pytest.raises(
+        UserError, match=r"The newest checkpoint in .* different config \(model.hidden_sizes"
+    ):
         train.train_and_evaluate(other, str(tmp_path))
     assert _snapshot(tmp_path) == before
-    assert train.train_and_evaluate(tiny_config, str(tmp_path))["epochs_run"] == 2  # the matching run still resumes
+    assert (
+        train.train_and_evaluate(tiny_config, str(tmp_path))["epochs_run"] == 2
+    )  # the matching run still resumes
 
 
 def test_finished_run_rerun_reports_its_summary_line(tiny_config, tmp_path, caplog):
     summary = train.train_and_evaluate(tiny_config, str(tmp_path))
     with caplog.at_level(logging.INFO):
         assert train.train_and_evaluate(tiny_config, str(tmp_path)) == summary
-    assert f"not retraining. Test loss {summary['test_loss']:.4f}, test accuracy {summary['test_accuracy']:.4f}" in caplog.text
+    assert (
+        f"not retraining. Test loss {summary['test_loss']:.4f}, test accuracy {summary['test_accuracy']:.4f}"
+        in caplog.text
+    )
 
 
 @pytest.mark.slow
@@ -106,7 +145,9 @@ def test_run_that_learns_nothing_warns_naming_the_learning_rate(tiny_config, tmp
     tiny_config.optimizer.name, tiny_config.optimizer.learning_rate = "sgd", 1e-9
     with caplog.at_level(logging.WARNING):
         train.train_and_evaluate(tiny_config, str(tmp_path))
-    assert "This run did not learn" in caplog.text and "optimizer.learning_rate=1e-09" in caplog.text
+    assert (
+        "This run did not learn" in caplog.text and "optimizer.learning_rate=1e-09" in caplog.text
+    )
 
 
 # --- One paragraph per failure ------------------------------------------------------------------
@@ -120,15 +161,38 @@ def test_bad_inputs_to_training_are_one_paragraph_without_traceback(mock_tfds_di
     returns_int.write_text("def get_config():\n    return 42\n")
     base = _tiny_args(mock_tfds_dir, 1)
     cases = [
-        (["--workdir=" + str(tmp_path / "broken"), *base], {}, ["config.json is damaged", "not valid JSON"]),
-        ([f"--workdir={tmp_path / 'a'}", "--config=/no/such/config.py"], {}, ["Config file /no/such/config.py does not exist"]),
-        ([f"--workdir={tmp_path / 'b'}", f"--config={returns_int}"], {}, ["must be an ml_collections.ConfigDict, got int"]),
-        ([f"--workdir={tmp_path / 'c'}", *base, "--config.model.hidden_sizes=(0,)"], {}, ["model.hidden_sizes must be a tuple of positive integers"]),
-        ([f"--workdir={tmp_path / 'd'}", *base], {"JAX_PLATFORMS": "cuda"}, ["JAX_PLATFORMS=cuda asks for a backend", "Unset JAX_PLATFORMS"]),
+        (
+            ["--workdir=" + str(tmp_path / "broken"), *base],
+            {},
+            ["config.json is damaged", "not valid JSON"],
+        ),
+        (
+            [f"--workdir={tmp_path / 'a'}", "--config=/no/such/config.py"],
+            {},
+            ["Config file /no/such/config.py does not exist"],
+        ),
+        (
+            [f"--workdir={tmp_path / 'b'}", f"--config={returns_int}"],
+            {},
+            ["must be an ml_collections.ConfigDict, got int"],
+        ),
+        (
+            [f"--workdir={tmp_path / 'c'}", *base, "--config.model.hidden_sizes=(0,)"],
+            {},
+            ["model.hidden_sizes must be a tuple of positive integers"],
+        ),
+        (
+            [f"--workdir={tmp_path / 'd'}", *base],
+            {"JAX_PLATFORMS": "cuda"},
+            ["JAX_PLATFORMS=cuda asks for a backend", "Unset JAX_PLATFORMS"],
+        ),
     ]
     for args, env, phrases in cases:
         _assert_one_clear_error(_cli("fmnist_jax.main", *args, env={**os.environ, **env}), *phrases)
-    assert not (tmp_path / "c").exists() and (tmp_path / "broken" / "config.json").read_text() == "{not json"
+    assert (
+        not (tmp_path / "c").exists()
+        and (tmp_path / "broken" / "config.json").read_text() == "{not json"
+    )
 
 
 def test_a_config_files_own_exception_keeps_its_traceback_under_one_line(tmp_path):
@@ -136,7 +200,10 @@ def test_a_config_files_own_exception_keeps_its_traceback_under_one_line(tmp_pat
     raises.write_text("def get_config():\n    raise ValueError('my own bug')\n")
     result = _cli("fmnist_jax.main", f"--workdir={tmp_path / 'w'}", f"--config={raises}")
     assert result.returncode == 1 and "ValueError: my own bug" in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"error: flag --config={raises} failed to load: its get_config() raised the exception above."
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: flag --config={raises} failed to load: its get_config() raised the exception above."
+    )
 
 
 # --- Clean stops ------------------------------------------------------------------------------------
@@ -149,31 +216,48 @@ _STOP_EPOCHS = 25
 def uninterrupted(mock_tfds_dir, tmp_path_factory):
     """The workdir of the tiny run that the stopped runs must reproduce."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    reference = _cli("fmnist_jax.main", f"--workdir={workdir}", *_tiny_args(mock_tfds_dir, _STOP_EPOCHS))
+    reference = _cli(
+        "fmnist_jax.main", f"--workdir={workdir}", *_tiny_args(mock_tfds_dir, _STOP_EPOCHS)
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
     return workdir
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
-def test_signal_mid_run_stops_in_one_line_and_resumes_identically(mock_tfds_dir, uninterrupted, tmp_path, signal_number):
+def test_signal_mid_run_stops_in_one_line_and_resumes_identically(
+    mock_tfds_dir, uninterrupted, tmp_path, signal_number
+):
     args = _tiny_args(mock_tfds_dir, _STOP_EPOCHS)
     workdir = tmp_path / "stopped"
-    run = subprocess.Popen([sys.executable, "-m", "fmnist_jax.main", f"--workdir={workdir}", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_jax.main", f"--workdir={workdir}", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(lambda: (workdir / "metrics.jsonl").exists() and len(_epochs(workdir)) >= 3, run)
     run.send_signal(signal_number)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 128 + signal_number, stderr[-3000:]
     assert "Traceback" not in stderr and "Exception in thread" not in stderr, stderr[-3000:]
     (line,) = [x for x in stderr.splitlines() if x.startswith("Stopped by")]
-    assert f"Stopped by {signal.Signals(signal_number).name}" in line and "Re-running the same command resumes" in line
+    assert (
+        f"Stopped by {signal.Signals(signal_number).name}" in line
+        and "Re-running the same command resumes" in line
+    )
     saved = int(line.split("epoch ")[2].split(" is saved")[0])
     assert 3 <= saved < _STOP_EPOCHS and not (workdir / "summary.json").exists()
 
     resumed = _cli("fmnist_jax.main", f"--workdir={workdir}", *args)
-    assert resumed.returncode == 0 and f"Resuming after epoch {saved}" in resumed.stderr, resumed.stderr[-3000:]
+    assert resumed.returncode == 0 and f"Resuming after epoch {saved}" in resumed.stderr, (
+        resumed.stderr[-3000:]
+    )
     summary, ref = (json.loads((w / "summary.json").read_text()) for w in (workdir, uninterrupted))
-    assert (summary["test_loss"], summary["test_accuracy"]) == (ref["test_loss"], ref["test_accuracy"])
+    assert (summary["test_loss"], summary["test_accuracy"]) == (
+        ref["test_loss"],
+        ref["test_accuracy"],
+    )
     assert _epochs(workdir) == list(range(1, _STOP_EPOCHS + 1))
 
 
@@ -182,10 +266,19 @@ def test_signal_mid_run_stops_in_one_line_and_resumes_identically(mock_tfds_dir,
 
 def _png_header_only(path, width, height):
     """A tiny PNG whose header claims width x height pixels (a decompression bomb's shape)."""
+
     def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_oversized_images_are_refused_by_name_before_decoding(tmp_path):
@@ -194,7 +287,9 @@ def test_oversized_images_are_refused_by_name_before_decoding(tmp_path):
     for name in ("bomb.png", "large.png"):
         with pytest.raises(UserError, match=f"{name} .*(was not decoded|above the limit)"):
             images.read(str(tmp_path / name), max_pixels=4_000_000)
-    Image.fromarray(np.full((3000, 4000, 3), 200, np.uint8)).save(tmp_path / "photo.jpg")  # 12 MP JPEG: decoded at a reduced scale
+    Image.fromarray(np.full((3000, 4000, 3), 200, np.uint8)).save(
+        tmp_path / "photo.jpg"
+    )  # 12 MP JPEG: decoded at a reduced scale
     assert images.read(str(tmp_path / "photo.jpg"), max_pixels=4_000_000).shape == (28, 28, 1)
 
 
@@ -204,11 +299,25 @@ def test_predict_skips_bombs_and_bad_flags_are_refused_before_work(tiny_config, 
     train.train_and_evaluate(tiny_config, str(workdir))
     _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
     Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "ok.png")
-    result = _cli("fmnist_jax.predict", f"--workdir={workdir}", "--images", str(tmp_path / "bomb.png"), str(tmp_path / "ok.png"))
+    result = _cli(
+        "fmnist_jax.predict",
+        f"--workdir={workdir}",
+        "--images",
+        str(tmp_path / "bomb.png"),
+        str(tmp_path / "ok.png"),
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "bomb.png was not decoded" in result.stderr and result.stdout.startswith("ok.png: ")
-    for flag, phrase in [("--random=1000000", "--random=1000000 must be between 0 and"), ("--random=-3", "--random=-3 must be between 0 and")]:
+    for flag, phrase in [
+        ("--random=1000000", "--random=1000000 must be between 0 and"),
+        ("--random=-3", "--random=-3 must be between 0 and"),
+    ]:
         _assert_one_clear_error(_cli("fmnist_jax.predict", f"--workdir={workdir}", flag), phrase)
-    unwritable = _cli("fmnist_jax.predict", f"--workdir={workdir}", "--test_indices=0", f"--output={tmp_path / 'missing' / 'p.png'}")
+    unwritable = _cli(
+        "fmnist_jax.predict",
+        f"--workdir={workdir}",
+        "--test_indices=0",
+        f"--output={tmp_path / 'missing' / 'p.png'}",
+    )
     _assert_one_clear_error(unwritable, "Cannot write the figure")
     assert unwritable.stdout == ""  # refused before predicting anything

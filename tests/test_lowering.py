@@ -7,7 +7,11 @@ import pytest
 
 from fmnist_jax import engine, train
 
-CONFIGS = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py") if p.stem != "__init__")
+CONFIGS = sorted(
+    p.stem
+    for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
+    if p.stem != "__init__"
+)
 
 
 def _config(name, num_seeds=1):
@@ -20,7 +24,9 @@ def _config(name, num_seeds=1):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_training_and_evaluation_lower_for_accelerators(name, platform):
     config = _config(name)
-    lowered = {kind: program.as_text() for kind, program in train.lower_for(config, platform).items()}
+    lowered = {
+        kind: program.as_text() for kind, program in train.lower_for(config, platform).items()
+    }
     steps_per_epoch = 55_000 // config.batch_size
     # The whole epoch is one rolled loop: no CPU chunking or unrolling.
     assert f"tensor<{steps_per_epoch}x{config.batch_size}xi32>" in lowered["train"]
@@ -35,7 +41,12 @@ def test_training_and_evaluation_lower_for_accelerators(name, platform):
 @pytest.mark.slow
 def test_seeds_are_vmapped_on_accelerators_and_copied_on_cpu():
     config = _config("cnn", num_seeds=3)
-    convolutions = {p: train.lower_for(config, p)["train"].as_text().count("stablehlo.convolution") for p in ("cpu", "cuda")}
+    convolutions = {
+        p: train.lower_for(config, p)["train"].as_text().count("stablehlo.convolution")
+        for p in ("cpu", "cuda")
+    }
     assert convolutions["cuda"] * 3 == convolutions["cpu"]  # one batched copy vs one copy per seed
     cpu = train.lower_for(_config("cnn"), "cpu")["train"].as_text()
-    assert "stablehlo.while" not in cpu and "reduce_window" not in cpu  # unrolled chunks, CPU pooling
+    assert (
+        "stablehlo.while" not in cpu and "reduce_window" not in cpu
+    )  # unrolled chunks, CPU pooling

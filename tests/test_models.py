@@ -9,13 +9,12 @@ import numpy as np
 import optax
 import pytest
 
+from configs import cnn as cnn_config
+from configs import mlp as mlp_config
 from fmnist_jax import engine, models, summary
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import layers
 from fmnist_jax.models.cnn import CNN
-
-from configs import cnn as cnn_config
-from configs import mlp as mlp_config
 
 
 def _logits(model, batch=3):
@@ -24,7 +23,9 @@ def _logits(model, batch=3):
     return jax.jit(model.apply)(variables, x), variables
 
 
-@pytest.mark.parametrize("config_module, num_params", [(mlp_config, 101_770), (cnn_config, 421_642)])
+@pytest.mark.parametrize(
+    "config_module, num_params", [(mlp_config, 101_770), (cnn_config, 421_642)]
+)
 def test_seed_models_have_the_seeds_parameter_counts(config_module, num_params):
     model = models.create(config_module.get_config().model)
     logits, variables = _logits(model)
@@ -56,10 +57,16 @@ def test_cnn_with_batch_norm_and_dropout_keeps_statistics_apart():
     _, variables = _logits(model)
     assert set(variables) == {"params", "batch_stats"}
     x = jnp.ones((2, 28, 28, 1))
-    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])[0]
-    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])[0]
+    a = model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"]
+    )[0]
+    b = model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
+    )[0]
     assert not np.allclose(a, b)  # dropout follows the RNG
-    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))  # eval is deterministic
+    np.testing.assert_array_equal(
+        model.apply(variables, x), model.apply(variables, x)
+    )  # eval is deterministic
 
 
 @pytest.mark.slow
@@ -71,9 +78,14 @@ def test_cpu_pooling_equals_native_values_and_gradients(shape, size, ties):
         x = jnp.round(x)
     pool = functools.partial(layers.pool, size=size)
     for kind in ("max", "avg"):
-        np.testing.assert_allclose(pool(x, kind, formulation="cpu"), pool(x, kind, formulation="native"), rtol=1e-6)
+        np.testing.assert_allclose(
+            pool(x, kind, formulation="cpu"), pool(x, kind, formulation="native"), rtol=1e-6
+        )
         cot = jax.random.normal(jax.random.key(1), pool(x, kind, formulation="native").shape)
-        grads = [jax.grad(lambda v, f=f: (pool(v, kind, formulation=f) * cot).sum())(x) for f in ("cpu", "native")]
+        grads = [
+            jax.grad(lambda v, f=f, k=kind, t=cot: (pool(v, k, formulation=f) * t).sum())(x)
+            for f in ("cpu", "native")
+        ]
         np.testing.assert_allclose(*grads, rtol=1e-6)
 
 
@@ -81,7 +93,14 @@ def test_cpu_pooling_equals_native_values_and_gradients(shape, size, ties):
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_cnn_cpu_formulation_trains_like_the_native_ops(batch_norm):
     """The CPU formulation is chosen by backend; on any backend both must give the same loss and gradients."""
-    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)) * (np.arange(28) % 3 == 0)[:, None, None], jnp.float32) / 255
+    images = (
+        jnp.asarray(
+            np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1))
+            * (np.arange(28) % 3 == 0)[:, None, None],
+            jnp.float32,
+        )
+        / 255
+    )
     labels = jnp.arange(8) % 10
     results = []
     for formulation in ("cpu", "native"):
@@ -89,24 +108,33 @@ def test_cnn_cpu_formulation_trains_like_the_native_ops(batch_norm):
         variables = engine.jit_once(model.init)(jax.random.key(0), images)
 
         def loss(params, model=model, variables=variables):
-            logits, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
+            logits, _ = model.apply(
+                {**variables, "params": params}, images, train=True, mutable=["batch_stats"]
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
         results.append(jax.jit(jax.value_and_grad(loss))(variables["params"]))
     (loss_cpu, grads_cpu), (loss_native, grads_native) = results
     np.testing.assert_allclose(loss_cpu, loss_native, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_cpu, grads_native)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_cpu, grads_native
+    )
 
 
 def test_unknown_formulation_is_a_clear_error():
-    with pytest.raises(UserError, match="Unknown formulation 'gpu'; choose one of auto, native, cpu"):
+    with pytest.raises(
+        UserError, match="Unknown formulation 'gpu'; choose one of auto, native, cpu"
+    ):
         layers.pool(jnp.zeros((1, 4, 4, 1)), "max", 2, formulation="gpu")
 
 
 def test_unknown_model_name_and_setting_are_clear_errors():
     config = mlp_config.get_config().model
     config.name = "resnet9000"
-    with pytest.raises(UserError, match="Unknown model.name='resnet9000'; choose one of \\['cnn', 'mlp', 'resnet'\\]"):
+    with pytest.raises(
+        UserError,
+        match="Unknown model.name='resnet9000'; choose one of \\['cnn', 'mlp', 'resnet'\\]",
+    ):
         models.create(config)
     config = mlp_config.get_config().model
     config.unlock()
@@ -122,12 +150,27 @@ def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolu
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 8))
     block = BasicBlock(8, 1, "relu")
     variables = engine.jit_once(functools.partial(block.init, train=False))(jax.random.key(1), x)
-    np.testing.assert_allclose(jax.jit(functools.partial(block.apply, train=False))(variables, x), jax.nn.relu(x), atol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(functools.partial(block.apply, train=False))(variables, x),
+        jax.nn.relu(x),
+        atol=1e-5,
+    )
     down = BasicBlock(16, 2, "relu")
     train_apply = jax.jit(functools.partial(down.apply, train=True, mutable=["batch_stats"]))
-    out, updates = train_apply(engine.jit_once(functools.partial(down.init, train=False))(jax.random.key(1), x), x)
+    out, updates = train_apply(
+        engine.jit_once(functools.partial(down.init, train=False))(jax.random.key(1), x), x
+    )
     assert out.shape == (2, 7, 7, 16) and "shortcut_bn" in updates["batch_stats"]
-    model = models.create(ml_collections.ConfigDict({"name": "resnet", "stage_channels": (8, 16, 32), "blocks_per_stage": 1, "stem_channels": 8}))
+    model = models.create(
+        ml_collections.ConfigDict(
+            {
+                "name": "resnet",
+                "stage_channels": (8, 16, 32),
+                "blocks_per_stage": 1,
+                "stem_channels": 8,
+            }
+        )
+    )
     logits, variables = _logits(model)
     assert logits.shape == (3, 10) and set(variables) == {"params", "batch_stats"}
     table, _ = summary.model_table(model, (28, 28, 1))
@@ -138,5 +181,15 @@ def test_cnn_blocks_of_two_convolutions():
     config = cnn_config.get_config().model
     config.convs_per_block, config.batch_norm = 2, True
     _, variables = _logits(models.create(config))
-    assert sorted(variables["params"]) == ["bn0_0", "bn0_1", "bn1_0", "bn1_1", "conv0_0", "conv0_1", "conv1_0", "conv1_1", "head"]
+    assert sorted(variables["params"]) == [
+        "bn0_0",
+        "bn0_1",
+        "bn1_0",
+        "bn1_1",
+        "conv0_0",
+        "conv0_1",
+        "conv1_0",
+        "conv1_1",
+        "head",
+    ]
     assert variables["params"]["conv1_1"]["kernel"].shape == (3, 3, 64, 64)

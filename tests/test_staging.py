@@ -21,8 +21,15 @@ def expected():
 
 
 def test_debian_files_exist():
-    for name in ("train-images-idx3-ubyte.gz", TRAIN_LABELS, "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        assert os.path.isfile(os.path.join(staging.DEBIAN_SOURCE_DIR, name)), "apt-get install dataset-fashion-mnist"
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        TRAIN_LABELS,
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
+        assert os.path.isfile(os.path.join(staging.DEBIAN_SOURCE_DIR, name)), (
+            "apt-get install dataset-fashion-mnist"
+        )
 
 
 def test_restored_headers_match_registered_checksums(expected, tmp_path):
@@ -32,7 +39,9 @@ def test_restored_headers_match_registered_checksums(expected, tmp_path):
         assert len(staged) == e.size
         assert staging._sha256(staged) == e.sha256
         # Same data as Debian's file: only the header changed.
-        assert gzip.decompress(staged) == gzip.decompress((open(os.path.join(staging.DEBIAN_SOURCE_DIR, e.filename), "rb")).read())
+        assert gzip.decompress(staged) == gzip.decompress(
+            (open(os.path.join(staging.DEBIAN_SOURCE_DIR, e.filename), "rb")).read()
+        )
 
 
 def test_upstream_file_passes_through_unchanged(expected, tmp_path):
@@ -45,7 +54,15 @@ def test_upstream_file_passes_through_unchanged(expected, tmp_path):
 
 def test_header_parser_skips_optional_fields():
     body = gzip.compress(b"payload", mtime=0)[10:]
-    header = b"\x1f\x8b\x08" + bytes([2 | 4 | 8 | 16]) + b"\0\0\0\0\x00\x03" + b"\x02\x00ab" + b"name\x00" + b"comment\x00" + b"\x00\x00"
+    header = (
+        b"\x1f\x8b\x08"
+        + bytes([2 | 4 | 8 | 16])
+        + b"\0\0\0\0\x00\x03"
+        + b"\x02\x00ab"
+        + b"name\x00"
+        + b"comment\x00"
+        + b"\x00\x00"
+    )
     assert staging.gzip_payload(header + body) == body
 
 

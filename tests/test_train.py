@@ -9,15 +9,21 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import noise
 
 from fmnist_jax import data, inference, train
 from fmnist_jax.errors import UserError
 
-from conftest import noise
-
 
 def _train(config, workdir):
     return train.train_and_evaluate(config, str(workdir))
+
+
+def _without_timings(rows):
+    return [
+        {k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")}
+        for r in rows
+    ]
 
 
 def _rows(workdir):
@@ -29,11 +35,29 @@ def test_mock_run_writes_config_metrics_and_summary(tiny_config, tmp_path):
     summary = _train(tiny_config, tmp_path)
     rows = _rows(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds", "examples_per_second", "learning_rate"):
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "epoch_seconds",
+        "examples_per_second",
+        "learning_rate",
+    ):
         assert all(key in r for r in rows)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == pytest.approx(summary)
-    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "epochs_run", "train_seconds", "examples_per_second", "num_params", "backend", "devices"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "best_val_accuracy",
+        "epochs_run",
+        "train_seconds",
+        "examples_per_second",
+        "num_params",
+        "backend",
+        "devices",
+    ):
         assert key in summary
     assert summary["epochs_run"] == 2 and summary["backend"] == "cpu" and summary["devices"] == 1
     assert summary["num_params"] == 784 * 16 + 16 + 16 * 10 + 10
@@ -56,7 +80,13 @@ def test_run_writes_plots_and_tensorboard_events(tiny_config, tmp_path):
     from PIL import Image
 
     _train(tiny_config, tmp_path)
-    names = {"learning_curves", "confusion_matrix", "per_class_accuracy", "confident_mistakes", "training_images"}
+    names = {
+        "learning_curves",
+        "confusion_matrix",
+        "per_class_accuracy",
+        "confident_mistakes",
+        "training_images",
+    }
     for name in names:
         with Image.open(tmp_path / "plots" / f"{name}.png") as image:
             image.verify()
@@ -65,7 +95,15 @@ def test_run_writes_plots_and_tensorboard_events(tiny_config, tmp_path):
     events = [e for f in files for e in _events(f)]
     values = {(v.tag, e.step): v for e in events for v in e.summary.value}
     tags = {tag for tag, _ in values}
-    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "learning_rate", "test/accuracy", "test/sample_predictions"} <= tags
+    assert {
+        "train/loss",
+        "train/accuracy",
+        "val/loss",
+        "val/accuracy",
+        "learning_rate",
+        "test/accuracy",
+        "test/sample_predictions",
+    } <= tags
     assert values[("train/loss", 2)].simple_value == pytest.approx(_rows(tmp_path)[1]["train_loss"])
     assert values[("test/sample_predictions", 2)].image.encoded_image_string.startswith(b"\x89PNG")
     assert any(v.tag.startswith("_hparams_") for e in events for v in e.summary.value)
@@ -76,8 +114,7 @@ def test_same_config_and_seed_give_the_same_metrics(tiny_config, tmp_path):
     tiny_config.model.dropout_rate = 0.2
     _train(tiny_config, tmp_path / "a")
     _train(tiny_config, tmp_path / "b")
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")} for r in rows]
-    assert strip(_rows(tmp_path / "a")) == strip(_rows(tmp_path / "b"))
+    assert _without_timings(_rows(tmp_path / "a")) == _without_timings(_rows(tmp_path / "b"))
 
 
 @pytest.mark.slow
@@ -87,8 +124,9 @@ def test_profile_writes_a_trace_and_leaves_training_unchanged(tiny_config, tmp_p
     _train(tiny_config, tmp_path / "profiled")
     traces = list((tmp_path / "profiled" / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")} for r in rows]
-    assert strip(_rows(tmp_path / "plain")) == strip(_rows(tmp_path / "profiled"))
+    assert _without_timings(_rows(tmp_path / "plain")) == _without_timings(
+        _rows(tmp_path / "profiled")
+    )
 
 
 @pytest.mark.slow
@@ -105,22 +143,30 @@ def test_three_seeds_in_one_program_equal_three_single_runs(tiny_config, tmp_pat
         single = _train(tiny_config, tmp_path / f"seed{k}")
         single_rows = _rows(tmp_path / f"seed{k}")
         for key in ("train_loss", "val_loss", "val_accuracy"):
-            assert [r[f"{key}_seeds"][k] for r in rows] == pytest.approx([r[key] for r in single_rows], rel=1e-5)
+            assert [r[f"{key}_seeds"][k] for r in rows] == pytest.approx(
+                [r[key] for r in single_rows], rel=1e-5
+            )
         assert together["test_loss_seeds"][k] == pytest.approx(single["test_loss"], rel=1e-5)
         assert together["test_accuracy_seeds"][k] == single["test_accuracy"]
     images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
     np.testing.assert_allclose(  # inference restores the first seed
-        inference.load(str(tmp_path / "together")).predict_proba(images), inference.load(str(tmp_path / "seed0")).predict_proba(images), rtol=1e-5
+        inference.load(str(tmp_path / "together")).predict_proba(images),
+        inference.load(str(tmp_path / "seed0")).predict_proba(images),
+        rtol=1e-5,
     )
 
 
-def test_finished_run_is_reported_not_retrained_and_other_configs_are_refused(tiny_config, tmp_path):
+def test_finished_run_is_reported_not_retrained_and_other_configs_are_refused(
+    tiny_config, tmp_path
+):
     first = _train(tiny_config, tmp_path)
     metrics_before = (tmp_path / "metrics.jsonl").read_text()
     assert _train(tiny_config, tmp_path) == first
     assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
     tiny_config.optimizer.learning_rate = 0.05
-    with pytest.raises(UserError, match="different config \\(optimizer.learning_rate: 0.001 there, 0.05 now\\)"):
+    with pytest.raises(
+        UserError, match="different config \\(optimizer.learning_rate: 0.001 there, 0.05 now\\)"
+    ):
         _train(tiny_config, tmp_path)
     assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
 
@@ -153,14 +199,26 @@ def test_divergence_stops_at_once_naming_epoch_and_step(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_data_mlp_one_epoch_through_the_cli_without_tensorflow(prepared_tfds_dir, tmp_path, without_tensorflow):
+def test_real_data_mlp_one_epoch_through_the_cli_without_tensorflow(
+    prepared_tfds_dir, tmp_path, without_tensorflow
+):
     """The real Fashion-MNIST, the real command, where TensorFlow is not installed: 1 epoch of the seed
     MLP reaches >= 0.80 test accuracy, and stderr holds the log and nothing that looks like trouble."""
     workdir = tmp_path / "mlp"
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", f"--workdir={workdir}",
-         "--config.num_epochs=1", f"--config.data.tfds_data_dir={prepared_tfds_dir}"],
-        capture_output=True, text=True, timeout=600, env=without_tensorflow,
+        [
+            sys.executable,
+            "-m",
+            "fmnist_jax.main",
+            "--config=configs/mlp.py",
+            f"--workdir={workdir}",
+            "--config.num_epochs=1",
+            f"--config.data.tfds_data_dir={prepared_tfds_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=without_tensorflow,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Total params: 101,770" in result.stderr
@@ -191,11 +249,17 @@ def test_ema_and_flip_tta_reach_checkpoints_and_inference(tiny_config, tmp_path)
     tiny_config.ema_decay, tiny_config.test_time_flip = 0.9, True
     summary = _train(tiny_config, tmp_path)
     classifier = inference.load(str(tmp_path))
-    assert jax.tree.structure(classifier.variables["ema_params"]) == jax.tree.structure(classifier.variables["params"])
+    assert jax.tree.structure(classifier.variables["ema_params"]) == jax.tree.structure(
+        classifier.variables["params"]
+    )
     splits = data.load(tiny_config.data)
     probabilities = classifier.predict_proba(splits.test_images)
-    assert (probabilities.argmax(-1) == splits.test_labels).mean() == pytest.approx(summary["test_accuracy"])
-    raw = inference.Classifier(classifier.config, classifier.class_names, 0, {**classifier.variables, "ema_params": {}})
+    assert (probabilities.argmax(-1) == splits.test_labels).mean() == pytest.approx(
+        summary["test_accuracy"]
+    )
+    raw = inference.Classifier(
+        classifier.config, classifier.class_names, 0, {**classifier.variables, "ema_params": {}}
+    )
     assert not np.allclose(raw.predict_proba(splits.test_images), probabilities, rtol=1e-3)
 
 
@@ -205,8 +269,10 @@ def test_strong_configs_train_end_to_end_when_shrunk(tiny_config, tmp_path):
     whole loop on mock data, with their networks narrowed so the test stays fast."""
     from configs import fast, resnet
 
-    for name, module, narrow in (("fast", fast, {"conv_channels": (4, 8), "hidden_sizes": (8,)}),
-                                 ("resnet", resnet, {"stage_channels": (4, 8), "stem_channels": 4, "blocks_per_stage": 1})):
+    for name, module, narrow in (
+        ("fast", fast, {"conv_channels": (4, 8), "hidden_sizes": (8,)}),
+        ("resnet", resnet, {"stage_channels": (4, 8), "stem_channels": 4, "blocks_per_stage": 1}),
+    ):
         config = module.get_config()
         config.update({k: tiny_config[k] for k in ("num_epochs", "batch_size", "eval_batch_size")})
         config.steps_per_call = 1  # the smallest program to compile; chunking has tests of its own

@@ -70,14 +70,27 @@ def train_flops_per_example(model_name: str) -> float:
 
 
 def run_peer(peer: str, model_name: str, epochs: int, batch_size: int, tfds_data_dir: str) -> dict:
-    env = dict(os.environ, KERAS_BACKEND=KERAS_BACKEND.get(peer, "jax"), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    command = [sys.executable, "-m", "experiments.benchmark.peers", f"--peer={peer}", f"--recipe={model_name}",
-               f"--epochs={epochs}", f"--batch_size={batch_size}", f"--tfds_data_dir={tfds_data_dir}"]
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=KERAS_BACKEND.get(peer, "jax"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=ROOT,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.benchmark.peers",
+        f"--peer={peer}",
+        f"--recipe={model_name}",
+        f"--epochs={epochs}",
+        f"--batch_size={batch_size}",
+        f"--tfds_data_dir={tfds_data_dir}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("BENCHMARK ")]
     if result.returncode != 0 or not lines:
         return {"error": (result.stderr or result.stdout)[-600:]}
-    out = json.loads(lines[-1][len("BENCHMARK "):])
+    out = json.loads(lines[-1][len("BENCHMARK ") :])
     seconds = out["epoch_seconds"]
     out["first_epoch_seconds"] = seconds[0]
     out["seconds_per_epoch"] = statistics.median(seconds[1:] or seconds)
@@ -99,7 +112,10 @@ def target_lines(results: dict) -> list[str]:
     def verdict(ok: bool, measured: str, target: str) -> str:
         return f"{'met' if ok else 'MISSED'}: {measured} (target {target})"
 
-    ok_rows = {recipe: {p: r for p, r in rows.items() if "error" not in r} for recipe, rows in results.items()}
+    ok_rows = {
+        recipe: {p: r for p, r in rows.items() if "error" not in r}
+        for recipe, rows in results.items()
+    }
     lines = []
     for recipe, peer, minimum in SPEEDUP_TARGETS:
         rows = ok_rows.get(recipe, {})
@@ -107,16 +123,34 @@ def target_lines(results: dict) -> list[str]:
             ratio = rows[peer]["seconds_per_epoch"] / rows["fmnist_jax"]["seconds_per_epoch"]
             accuracy_gap = 100 * (rows[peer]["test_accuracy"] - rows["fmnist_jax"]["test_accuracy"])
             target = f">= {minimum:g}x" if minimum > 1 else "faster"
-            lines.append(f"- {recipe} vs {peer}: " + verdict(ratio >= minimum and ratio > 1, f"{ratio:.2f}x", target) + f"; test accuracy {accuracy_gap:+.2f} points for the peer")
+            lines.append(
+                f"- {recipe} vs {peer}: "
+                + verdict(ratio >= minimum and ratio > 1, f"{ratio:.2f}x", target)
+                + f"; test accuracy {accuracy_gap:+.2f} points for the peer"
+            )
     for recipe, minimum in PEAK_TARGETS.items():
         ours = ok_rows.get(recipe, {}).get("fmnist_jax")
         if ours:
-            lines.append(f"- {recipe} % of matmul peak: " + verdict(ours["fraction_of_peak"] >= minimum, f"{100 * ours['fraction_of_peak']:.1f}%", f">= {100 * minimum:.0f}%"))
+            lines.append(
+                f"- {recipe} % of matmul peak: "
+                + verdict(
+                    ours["fraction_of_peak"] >= minimum,
+                    f"{100 * ours['fraction_of_peak']:.1f}%",
+                    f">= {100 * minimum:.0f}%",
+                )
+            )
     rows = ok_rows.get("mlp", {})
     if "fmnist_jax" in rows and len(rows) > 1:
         lightest = min(r["peak_rss_mb"] for p, r in rows.items() if p != "fmnist_jax")
         ours = rows["fmnist_jax"]["peak_rss_mb"]
-        lines.append("- mlp peak RSS: " + verdict(ours <= lightest + MEMORY_SLACK_MB, f"{ours:.0f} MB", f"<= lightest peer {lightest:.0f} + {MEMORY_SLACK_MB} MB"))
+        lines.append(
+            "- mlp peak RSS: "
+            + verdict(
+                ours <= lightest + MEMORY_SLACK_MB,
+                f"{ours:.0f} MB",
+                f"<= lightest peer {lightest:.0f} + {MEMORY_SLACK_MB} MB",
+            )
+        )
     return lines
 
 
@@ -128,18 +162,40 @@ def end_to_end(tfds_data_dir: str, repeats: int) -> dict[str, list[float]]:
     seconds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         jobs = {
-            "fmnist_jax, empty compilation cache": ("fmnist_jax.main", ["--config=configs/mlp.py", *data], True),
-            "fmnist_jax, compilation cache filled by an earlier run": ("fmnist_jax.main", ["--config=configs/mlp.py", *data], False),
+            "fmnist_jax, empty compilation cache": (
+                "fmnist_jax.main",
+                ["--config=configs/mlp.py", *data],
+                True,
+            ),
+            "fmnist_jax, compilation cache filled by an earlier run": (
+                "fmnist_jax.main",
+                ["--config=configs/mlp.py", *data],
+                False,
+            ),
             "keras_tf notebook job": ("experiments.benchmark.notebook", notebook_data, False),
         }
         for label, (module, args, fresh_cache) in jobs.items():
             seconds[label] = []
             for i in range(repeats):
                 workdir = os.path.join(scratch, f"{module}-{i}-{len(seconds)}")
-                cache = os.path.join(scratch, f"cache-{i}" if fresh_cache else "cache-0")  # cache-0: filled by the first run
-                env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=cache, PYTHONPATH=ROOT)
+                cache = os.path.join(
+                    scratch, f"cache-{i}" if fresh_cache else "cache-0"
+                )  # cache-0: filled by the first run
+                env = dict(
+                    os.environ,
+                    KERAS_BACKEND="tensorflow",
+                    TF_CPP_MIN_LOG_LEVEL="3",
+                    JAX_COMPILATION_CACHE_DIR=cache,
+                    PYTHONPATH=ROOT,
+                )
                 start = time.perf_counter()
-                result = subprocess.run([sys.executable, "-m", module, f"--workdir={workdir}", *args], capture_output=True, text=True, cwd=ROOT, env=env)
+                result = subprocess.run(
+                    [sys.executable, "-m", module, f"--workdir={workdir}", *args],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                    env=env,
+                )
                 if result.returncode != 0:
                     raise SystemExit(f"error: {module} failed:\n{result.stderr[-2000:]}")
                 seconds[label].append(time.perf_counter() - start)
@@ -158,7 +214,9 @@ def end_to_end_markdown(seconds: dict[str, list[float]]) -> str:
     ]
     for label, values in seconds.items():
         median = statistics.median(values)
-        lines.append(f"| {label} | {', '.join(f'{v:.1f}' for v in values)} | {median:.1f} | {keras / median:.2f}x |")
+        lines.append(
+            f"| {label} | {', '.join(f'{v:.1f}' for v in values)} | {median:.1f} | {keras / median:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -177,7 +235,9 @@ def markdown(results: dict, peak: float, args) -> str:
         ours = rows.get("fmnist_jax", {}).get("seconds_per_epoch")
         for peer, r in rows.items():
             if "error" in r:
-                lines.append(f"| {recipe} | {peer} | failed: {r['error'].splitlines()[-1][:80] if r['error'] else ''} | | | | | | |")
+                lines.append(
+                    f"| {recipe} | {peer} | failed: {r['error'].splitlines()[-1][:80] if r['error'] else ''} | | | | | | |"
+                )
                 continue
             ratio = f"{r['seconds_per_epoch'] / ours:.2f}x" if ours else ""
             lines.append(
@@ -206,14 +266,28 @@ def save_results(peak: float, results: dict, end_to_end_seconds: dict[str, list[
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipes", default="mlp,cnn,mlp512,cnn512")
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--mlp_epochs", type=int, default=10)
-    parser.add_argument("--cnn_epochs", type=int, default=3, help="CNN epochs per peer (slow peers take minutes each)")
+    parser.add_argument(
+        "--cnn_epochs",
+        type=int,
+        default=3,
+        help="CNN epochs per peer (slow peers take minutes each)",
+    )
     parser.add_argument("--tfds_data_dir", default="")
-    parser.add_argument("--no_workspace", action="store_true", help="do not append the table to WORKSPACE.md")
-    parser.add_argument("--end_to_end_repeats", type=int, default=3, help="runs of each whole command (0 = skip the end-to-end rows)")
+    parser.add_argument(
+        "--no_workspace", action="store_true", help="do not append the table to WORKSPACE.md"
+    )
+    parser.add_argument(
+        "--end_to_end_repeats",
+        type=int,
+        default=3,
+        help="runs of each whole command (0 = skip the end-to-end rows)",
+    )
     args = parser.parse_args()
 
     peak = matmul_peak_gflops()
@@ -230,7 +304,9 @@ def main():
                 r["fraction_of_peak"] = flops * r["examples_per_second"] / (peak * 1e9)
             results[recipe][peer] = r
             print(recipe, peer, json.dumps({k: v for k, v in r.items() if k != "epoch_seconds"}))
-    seconds = end_to_end(args.tfds_data_dir, args.end_to_end_repeats) if args.end_to_end_repeats else {}
+    seconds = (
+        end_to_end(args.tfds_data_dir, args.end_to_end_repeats) if args.end_to_end_repeats else {}
+    )
     save_results(peak, results, seconds)
     table = markdown(results, peak, args) + (end_to_end_markdown(seconds) if seconds else "")
     print(table)

@@ -26,12 +26,37 @@ def main() -> None:
     import tensorflow_datasets as tfds
 
     (train_images, train_labels), (test_images, test_labels) = tfds.as_numpy(
-        tfds.load("fashion_mnist", split=["train", "test"], batch_size=-1, as_supervised=True, data_dir=args.tfds_data_dir, download=False)
+        tfds.load(
+            "fashion_mnist",
+            split=["train", "test"],
+            batch_size=-1,
+            as_supervised=True,
+            data_dir=args.tfds_data_dir,
+            download=False,
+        )
     )
     train_images, test_images = train_images / 255.0, test_images / 255.0
-    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(train_images, train_labels, epochs=args.epochs, batch_size=32, validation_split=5000 / 60000, verbose=2)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(
+        train_images,
+        train_labels,
+        epochs=args.epochs,
+        batch_size=32,
+        validation_split=5000 / 60000,
+        verbose=2,
+    )
     _, accuracy = model.evaluate(test_images, test_labels, verbose=2)
     os.makedirs(args.workdir, exist_ok=True)
     model.save(os.path.join(args.workdir, "model.keras"))

@@ -31,7 +31,9 @@ def _splits(tfds_data_dir: str):
     return data.load(cfg)
 
 
-def timed_epochs(epochs: int, num_examples: int, batch_size: int, permutation, step, wait=lambda: None) -> list[float]:
+def timed_epochs(
+    epochs: int, num_examples: int, batch_size: int, permutation, step, wait=lambda: None
+) -> list[float]:
     """Seconds of each epoch of a per-step loop: a fresh `permutation(n)`, `step(indices)` per full batch, `wait()`."""
     seconds = []
     for _ in range(epochs):
@@ -49,8 +51,14 @@ def run_fmnist_jax(recipe, epochs, batch_size, tfds_data_dir):
     from fmnist_jax import train
 
     config = (mlp if recipe == "mlp" else cnn).get_config()
-    config.num_epochs, config.batch_size, config.data.tfds_data_dir = epochs, batch_size, tfds_data_dir
-    config.checkpoint.every_epochs = epochs  # one checkpoint at the end: no save thread overlaps the timed epochs
+    config.num_epochs, config.batch_size, config.data.tfds_data_dir = (
+        epochs,
+        batch_size,
+        tfds_data_dir,
+    )
+    config.checkpoint.every_epochs = (
+        epochs  # one checkpoint at the end: no save thread overlaps the timed epochs
+    )
     with tempfile.TemporaryDirectory() as workdir:
         summary = train.train_and_evaluate(config, workdir)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -64,11 +72,23 @@ def run_keras(recipe, epochs, batch_size, tfds_data_dir):
 
     layers = [keras.Input((28, 28, 1))]
     if recipe == "cnn":
-        layers += [keras.layers.Conv2D(32, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(),
-                   keras.layers.Conv2D(64, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D()]
-    layers += [keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)]
+        layers += [
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+        ]
+    layers += [
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(10),
+    ]
     model = keras.Sequential(layers)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     seconds = []
 
     class Timer(keras.callbacks.Callback):
@@ -79,8 +99,18 @@ def run_keras(recipe, epochs, batch_size, tfds_data_dir):
             seconds.append(time.perf_counter() - self.start)
 
     x = s.train_images.astype(np.float32) / 255.0
-    model.fit(x, s.train_labels, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0, callbacks=[Timer()])
-    _, accuracy = model.evaluate(s.test_images.astype(np.float32) / 255.0, s.test_labels, batch_size=1000, verbose=0)
+    model.fit(
+        x,
+        s.train_labels,
+        batch_size=batch_size,
+        epochs=epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[Timer()],
+    )
+    _, accuracy = model.evaluate(
+        s.test_images.astype(np.float32) / 255.0, s.test_labels, batch_size=1000, verbose=0
+    )
     return seconds, float(accuracy), None
 
 
@@ -92,7 +122,14 @@ def run_torch(recipe, epochs, batch_size, tfds_data_dir):
     torch.manual_seed(0)
     layers = []
     if recipe == "cnn":
-        layers += [nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
     layers += [nn.Flatten(), nn.LazyLinear(128), nn.ReLU(), nn.Linear(128, 10)]
     model = nn.Sequential(*layers)
     x = torch.from_numpy(s.train_images).permute(0, 3, 1, 2).float() / 255.0
@@ -123,7 +160,11 @@ def run_nnx(recipe, epochs, batch_size, tfds_data_dir):
 
     class Net(nnx.Module):
         def __init__(self, rngs):
-            convs = [nnx.Conv(1, 32, (3, 3), rngs=rngs), nnx.Conv(32, 64, (3, 3), rngs=rngs)] if recipe == "cnn" else []
+            convs = (
+                [nnx.Conv(1, 32, (3, 3), rngs=rngs), nnx.Conv(32, 64, (3, 3), rngs=rngs)]
+                if recipe == "cnn"
+                else []
+            )
             self.convs = nnx.List(convs)
             self.dense1 = nnx.Linear(3136 if recipe == "cnn" else 784, 128, rngs=rngs)
             self.dense2 = nnx.Linear(128, 10, rngs=rngs)
@@ -145,15 +186,30 @@ def run_nnx(recipe, epochs, batch_size, tfds_data_dir):
         optimizer.update(model, grads)
 
     x_all = s.train_images.astype(np.float32) / 255.0
-    step = lambda idx: train_step(model, optimizer, jnp.asarray(x_all[idx]), jnp.asarray(s.train_labels[idx]))
-    wait = lambda: jax.block_until_ready(nnx.state(model))
-    seconds = timed_epochs(epochs, len(x_all), batch_size, np.random.default_rng(0).permutation, step, wait)
+
+    def step(idx):
+        return train_step(
+            model, optimizer, jnp.asarray(x_all[idx]), jnp.asarray(s.train_labels[idx])
+        )
+
+    def wait():
+        return jax.block_until_ready(nnx.state(model))
+
+    seconds = timed_epochs(
+        epochs, len(x_all), batch_size, np.random.default_rng(0).permutation, step, wait
+    )
     logits = model(jnp.asarray(s.test_images.astype(np.float32) / 255.0))
     accuracy = float((np.asarray(logits).argmax(-1) == s.test_labels).mean())
     return seconds, accuracy, None
 
 
-PEERS = {"fmnist_jax": run_fmnist_jax, "keras_tf": run_keras, "keras_jax": run_keras, "torch": run_torch, "flax_nnx_loop": run_nnx}
+PEERS = {
+    "fmnist_jax": run_fmnist_jax,
+    "keras_tf": run_keras,
+    "keras_jax": run_keras,
+    "torch": run_torch,
+    "flax_nnx_loop": run_nnx,
+}
 
 
 def main():
@@ -164,9 +220,21 @@ def main():
     parser.add_argument("--batch_size", type=int, required=True)
     parser.add_argument("--tfds_data_dir", default="")
     args = parser.parse_args()
-    seconds, accuracy, compile_seconds = PEERS[args.peer](args.recipe, args.epochs, args.batch_size, args.tfds_data_dir)
+    seconds, accuracy, compile_seconds = PEERS[args.peer](
+        args.recipe, args.epochs, args.batch_size, args.tfds_data_dir
+    )
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("BENCHMARK " + json.dumps({"epoch_seconds": seconds, "test_accuracy": accuracy, "compile_seconds": compile_seconds, "peak_rss_mb": peak_rss_mb}))
+    print(
+        "BENCHMARK "
+        + json.dumps(
+            {
+                "epoch_seconds": seconds,
+                "test_accuracy": accuracy,
+                "compile_seconds": compile_seconds,
+                "peak_rss_mb": peak_rss_mb,
+            }
+        )
+    )
     sys.stdout.flush()
 
 

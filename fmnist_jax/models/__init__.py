@@ -24,11 +24,15 @@ def create(model_config: ConfigDict, backend: str | None = None) -> nn.Module:
     if name not in MODELS:
         raise UserError(f"Unknown model.name={name!r}; choose one of {sorted(MODELS)}.")
     cls = MODELS[name]
-    accepted = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+    accepted = {
+        f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")
+    }
     kwargs = {k: v for k, v in model_config.items() if k != "name"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise UserError(f"model.name={name!r} has no setting {', '.join(unknown)}; its settings are {sorted(accepted)}.")
+        raise UserError(
+            f"model.name={name!r} has no setting {', '.join(unknown)}; its settings are {sorted(accepted)}."
+        )
     if kwargs.get("formulation") == "auto":
         kwargs["formulation"] = formulation_for(backend or jax.default_backend())
     return cls(**kwargs)

@@ -33,10 +33,17 @@ class CNN(nn.Module):
         for i, channels in enumerate(self.conv_channels):
             for j in range(self.convs_per_block):
                 suffix = f"{i}" if self.convs_per_block == 1 else f"{i}_{j}"
-                x, bias = Conv(channels, self.kernel_size, use_bias=not self.batch_norm, name=f"conv{suffix}")(x)
+                x, bias = Conv(
+                    channels, self.kernel_size, use_bias=not self.batch_norm, name=f"conv{suffix}"
+                )(x)
                 if self.batch_norm:
                     # Keras' BatchNormalization defaults.
-                    x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, name=f"bn{suffix}")(x)
+                    x = nn.BatchNorm(
+                        use_running_average=not train,
+                        momentum=0.99,
+                        epsilon=1e-3,
+                        name=f"bn{suffix}",
+                    )(x)
                 if j < self.convs_per_block - 1:
                     x = act(x if bias is None else x + bias)
             if self.pooling == "max" and self.activation in MONOTONE:
@@ -44,8 +51,19 @@ class CNN(nn.Module):
                 x = pool(x, self.pooling, self.pool_size, self.formulation)
                 x = act(x if bias is None else x + bias)
             else:
-                x = pool(act(x if bias is None else x + bias), self.pooling, self.pool_size, self.formulation)
+                x = pool(
+                    act(x if bias is None else x + bias),
+                    self.pooling,
+                    self.pool_size,
+                    self.formulation,
+                )
             if self.conv_dropout_rate > 0:
                 x = nn.Dropout(self.conv_dropout_rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))
-        return DenseStack(tuple(self.hidden_sizes), self.activation, self.dropout_rate, self.num_classes, name="head")(x, train)
+        return DenseStack(
+            tuple(self.hidden_sizes),
+            self.activation,
+            self.dropout_rate,
+            self.num_classes,
+            name="head",
+        )(x, train)

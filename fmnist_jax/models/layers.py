@@ -45,14 +45,20 @@ def formulation_for(backend: str) -> str:
 def use_cpu_formulation(formulation: str) -> bool:
     """Whether to use the XLA:CPU-friendly formulation of pooling ("auto": on the backend JAX runs on)."""
     if formulation not in FORMULATIONS:
-        raise UserError(f"Unknown formulation {formulation!r}; choose one of {', '.join(FORMULATIONS)}.")
-    return (formulation_for(jax.default_backend()) if formulation == "auto" else formulation) == "cpu"
+        raise UserError(
+            f"Unknown formulation {formulation!r}; choose one of {', '.join(FORMULATIONS)}."
+        )
+    return (
+        formulation_for(jax.default_backend()) if formulation == "auto" else formulation
+    ) == "cpu"
 
 
 def _windows(x: jax.Array, size: int) -> jax.Array:
     """NHWC -> [n, h/size, size, w/size, size, c], dropping the odd row/column like 'VALID' pooling."""
     n, h, w, c = x.shape
-    return x[:, : h // size * size, : w // size * size, :].reshape(n, h // size, size, w // size, size, c)
+    return x[:, : h // size * size, : w // size * size, :].reshape(
+        n, h // size, size, w // size, size, c
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -60,7 +66,9 @@ def _max_pool_cpu(x: jax.Array, size: int) -> jax.Array:
     return _windows(x, size).max(axis=(2, 4))
 
 
-def _max_pool_cpu_fwd(x: jax.Array, size: int) -> tuple[jax.Array, tuple[jax.Array, tuple[int, ...]]]:
+def _max_pool_cpu_fwd(
+    x: jax.Array, size: int
+) -> tuple[jax.Array, tuple[jax.Array, tuple[int, ...]]]:
     windows = _windows(x, size)
     pooled = windows.max(axis=(2, 4))
     # Keep only where the first maximum of each window is (row-major), as the native gradient does.
@@ -70,10 +78,16 @@ def _max_pool_cpu_fwd(x: jax.Array, size: int) -> tuple[jax.Array, tuple[jax.Arr
     return pooled, (first, x.shape)
 
 
-def _max_pool_cpu_bwd(size: int, residuals: tuple[jax.Array, tuple[int, ...]], g: jax.Array) -> tuple[jax.Array]:
+def _max_pool_cpu_bwd(
+    size: int, residuals: tuple[jax.Array, tuple[int, ...]], g: jax.Array
+) -> tuple[jax.Array]:
     first, shape = residuals
-    positions = jnp.arange(size * size, dtype=first.dtype).reshape(size, size)[None, None, :, None, :, None]
-    grads = jnp.where(first[:, :, None, :, None, :] == positions, g[:, :, None, :, None, :], 0).astype(g.dtype)
+    positions = jnp.arange(size * size, dtype=first.dtype).reshape(size, size)[
+        None, None, :, None, :, None
+    ]
+    grads = jnp.where(
+        first[:, :, None, :, None, :] == positions, g[:, :, None, :, None, :], 0
+    ).astype(g.dtype)
     n, hp, _, wp, _, c = grads.shape
     grads = grads.reshape(n, hp * size, wp * size, c)
     return (jnp.pad(grads, ((0, 0), (0, shape[1] - hp * size), (0, shape[2] - wp * size), (0, 0))),)
@@ -96,7 +110,11 @@ def pool(x: jax.Array, kind: str, size: int, formulation: str = "auto") -> jax.A
     if kind == "max":
         return _max_pool_cpu(x, size) if cpu else nn.max_pool(x, (size, size), (size, size))
     if kind == "avg":
-        return _windows(x, size).mean(axis=(2, 4)) if cpu else nn.avg_pool(x, (size, size), (size, size))
+        return (
+            _windows(x, size).mean(axis=(2, 4))
+            if cpu
+            else nn.avg_pool(x, (size, size), (size, size))
+        )
     raise UserError(f"Unknown pooling {kind!r}; choose 'max', 'avg' or 'none'.")
 
 
@@ -115,8 +133,12 @@ class Conv(nn.Module):
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         k = self.kernel_size
         kernel = self.param("kernel", kernel_init, (k, k, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
-        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        )
+        y = jax.lax.conv_general_dilated(
+            x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         return y, bias
 
 

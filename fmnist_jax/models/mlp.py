@@ -19,4 +19,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         x = images.reshape((images.shape[0], -1))
-        return DenseStack(tuple(self.hidden_sizes), self.activation, self.dropout_rate, self.num_classes, name="head")(x, train)
+        return DenseStack(
+            tuple(self.hidden_sizes),
+            self.activation,
+            self.dropout_rate,
+            self.num_classes,
+            name="head",
+        )(x, train)

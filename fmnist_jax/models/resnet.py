@@ -19,7 +19,9 @@ def _conv(features: int, size: int, stride: int, name: str) -> nn.Conv:
 
 def _batch_norm(train: bool, name: str, **kwargs) -> nn.BatchNorm:
     """Batch norm with the ResNet papers' momentum and epsilon."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name, **kwargs)
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name, **kwargs
+    )
 
 
 class BasicBlock(nn.Module):
@@ -34,9 +36,13 @@ class BasicBlock(nn.Module):
         act = activation(self.activation)
         y = act(_batch_norm(train, "bn0")(_conv(self.channels, 3, self.stride, "conv0")(x)))
         # Zero-initialized last scale: each block starts as the identity (Goyal et al. 2017).
-        y = _batch_norm(train, "bn1", scale_init=nn.initializers.zeros)(_conv(self.channels, 3, 1, "conv1")(y))
+        y = _batch_norm(train, "bn1", scale_init=nn.initializers.zeros)(
+            _conv(self.channels, 3, 1, "conv1")(y)
+        )
         if self.stride != 1 or x.shape[-1] != self.channels:
-            x = _batch_norm(train, "shortcut_bn")(_conv(self.channels, 1, self.stride, "shortcut")(x))
+            x = _batch_norm(train, "shortcut_bn")(
+                _conv(self.channels, 1, self.stride, "shortcut")(x)
+            )
         return act(x + y)
 
 
@@ -58,7 +64,9 @@ class ResNet(nn.Module):
         for i, channels in enumerate(self.stage_channels):
             for j in range(self.blocks_per_stage):
                 stride = 2 if i > 0 and j == 0 else 1
-                x = BasicBlock(channels, stride, self.activation, name=f"stage{i}_block{j}")(x, train)
+                x = BasicBlock(channels, stride, self.activation, name=f"stage{i}_block{j}")(
+                    x, train
+                )
         x = x.mean(axis=(1, 2))
         if self.dropout_rate > 0:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
