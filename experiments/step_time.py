@@ -22,6 +22,7 @@ from ml_collections import ConfigDict, config_flags
 
 from fmnist_jax import cli, engine, models, summary, train
 from fmnist_jax import config as config_lib
+from fmnist_jax.shapes import IMAGE_SHAPE
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 16, "Training steps timed (after as many warm-up steps).")
@@ -61,10 +62,10 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
         config, model, engine.Normalizer(), steps_per_epoch, backend
     )
     init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
-    state = engine.init_states(model, eng.tx, init_key, train.IMAGE_SHAPE, ema=config.ema_decay > 0)
+    state = engine.init_states(model, eng.tx, init_key, IMAGE_SHAPE, ema=config.ema_decay > 0)
     rng = np.random.default_rng(0)
     n = num_steps * config.batch_size
-    images = rng.integers(0, 256, (n, *train.IMAGE_SHAPE), dtype=np.uint8)
+    images = rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int32)
     runner = engine.EpochRunner(
         eng, images, labels, config.batch_size, steps_per_call, shuffle_key, dropout_key
@@ -80,7 +81,7 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
     jax.block_until_ready(sums)
     step_seconds = (time.perf_counter() - start) / num_steps
     return StepTime(
-        num_params=summary.model_table(model, train.IMAGE_SHAPE)[1],
+        num_params=summary.model_table(model, IMAGE_SHAPE)[1],
         compile_seconds=compile_seconds,
         step_seconds=step_seconds,
         images_per_step=config.batch_size * config.num_seeds,

@@ -25,8 +25,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fmnist_jax.errors import UserError
+from fmnist_jax.shapes import PyTree
 
-PyTree = Any
 KINDS = ("latest", "best", "final")
 # Layout of the saved arrays, in each checkpoint's meta: 2 = every array but the normalizer carries
 # the leading run axis (one entry per seed); 1 = releases before it, which saved a single run

@@ -21,9 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError
+from fmnist_jax.shapes import PyTree
 
 DATA_AXIS = "data"
-PyTree = Any
 
 
 def initialize(cfg: ConfigDict) -> None:

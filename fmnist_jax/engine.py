@@ -23,8 +23,7 @@ import optax
 
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
-
-PyTree = Any
+from fmnist_jax.shapes import PyTree
 
 
 @flax.struct.dataclass

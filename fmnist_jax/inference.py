@@ -18,8 +18,8 @@ import numpy as np
 
 from fmnist_jax import checkpoint, engine, models
 from fmnist_jax.errors import UserError
+from fmnist_jax.shapes import IMAGE_SHAPE
 
-IMAGE_SHAPE = (28, 28, 1)
 _BATCH = 256  # predictions run in fixed-size batches: one compile for any number of images
 
 

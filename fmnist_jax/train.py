@@ -43,11 +43,11 @@ from fmnist_jax.augment import Augment
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
 from fmnist_jax.progress import Progress
+from fmnist_jax.shapes import IMAGE_SHAPE
 
 if TYPE_CHECKING:
     from fmnist_jax.board import Board
 
-IMAGE_SHAPE = (28, 28, 1)
 PLOTS_DIR = "plots"
 # The reports' libraries (matplotlib, tensorboardX) take ~1 s to import: a thread loads them while
 # the programs compile, and the loop imports them from there.
