@@ -20,8 +20,9 @@ import tempfile
 from absl import flags, logging
 from ml_collections import config_flags
 
-from fmnist_jax import cli, plots, train
+from fmnist_jax import cli, train
 from fmnist_jax import config as config_lib
+from fmnist_jax.reports import plots
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Base config file.")
 _VARIANTS = flags.DEFINE_multi_string("variant", [], "label:key=value[;key=value...]")

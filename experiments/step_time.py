@@ -20,8 +20,9 @@ import numpy as np
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from fmnist_jax import cli, engine, models, summary, train
+from fmnist_jax import cli, engine, models, train
 from fmnist_jax import config as config_lib
+from fmnist_jax.reports import tables
 from fmnist_jax.shapes import IMAGE_SHAPE
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config file.")
@@ -81,7 +82,7 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
     jax.block_until_ready(sums)
     step_seconds = (time.perf_counter() - start) / num_steps
     return StepTime(
-        num_params=summary.model_table(model, IMAGE_SHAPE)[1],
+        num_params=tables.model_table(model, IMAGE_SHAPE)[1],
         compile_seconds=compile_seconds,
         step_seconds=step_seconds,
         images_per_step=config.batch_size * config.num_seeds,

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from absl import flags, logging
 
-from fmnist_jax import cli, data, inference, plots
+from fmnist_jax import cli, data, inference
 from fmnist_jax import workdir as workdir_lib
+from fmnist_jax.reports import plots
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
 _WHICH = flags.DEFINE_enum(

@@ -16,8 +16,9 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from fmnist_jax import cli, data, images, inference, plots
+from fmnist_jax import cli, data, images, inference
 from fmnist_jax.errors import UserError
+from fmnist_jax.reports import plots
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
 _WHICH = flags.DEFINE_enum(

@@ -34,7 +34,6 @@ from fmnist_jax import (
     models,
     optim,
     stopping,
-    summary,
 )
 from fmnist_jax import config as config_lib
 from fmnist_jax import export as export_lib
@@ -42,16 +41,17 @@ from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.augment import Augment
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
-from fmnist_jax.progress import Progress
+from fmnist_jax.reports import tables
+from fmnist_jax.reports.progress import Progress
 from fmnist_jax.shapes import IMAGE_SHAPE
 
 if TYPE_CHECKING:
-    from fmnist_jax.board import Board
+    from fmnist_jax.reports.board import Board
 
 PLOTS_DIR = "plots"
 # The reports' libraries (matplotlib, tensorboardX) take ~1 s to import: a thread loads them while
 # the programs compile, and the loop imports them from there.
-_REPORT_MODULES = ("fmnist_jax.plots", "fmnist_jax.board")
+_REPORT_MODULES = ("fmnist_jax.reports.plots", "fmnist_jax.reports.board")
 
 
 def _epoch_line(row: dict[str, Any], num_epochs: int) -> str:
@@ -145,7 +145,7 @@ def _write_reports(
     splits: data.Splits,
 ) -> None:
     """The run's plots (<workdir>/plots/) and its last TensorBoard entries, from the final weights."""
-    from fmnist_jax import plots
+    from fmnist_jax.reports import plots
 
     probabilities = classifier.predict_proba(splits.test_images)
     report = inference.report(probabilities, splits.test_labels, splits.class_names)
@@ -326,7 +326,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     steps_per_epoch = num_train // config.batch_size
 
     # --- Model, optimizer, state ---------------------------------------------------------------
-    table, num_params = summary.model_table(model, IMAGE_SHAPE)
+    table, num_params = tables.model_table(model, IMAGE_SHAPE)
     logging.info("\n%s", table)
     eng, learning_rate, steps_per_call = make_engine(
         config, model, normalizer, steps_per_epoch, backend
@@ -428,7 +428,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             "Resuming after epoch %d from %s.", epoch, checkpoint.directory(workdir, "latest")
         )
     metrics_log = workdir_lib.MetricsLog(workdir, history, primary)
-    from fmnist_jax import board as board_lib  # loaded by the import-reports thread
+    from fmnist_jax.reports import board as board_lib  # loaded by the import-reports thread
 
     board = board_lib.Board(workdir, primary)
 

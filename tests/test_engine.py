@@ -148,7 +148,7 @@ def test_progress_line_is_live_on_a_terminal_and_quarterly_log_lines_elsewhere(c
     import io
     import logging
 
-    from fmnist_jax.progress import Progress
+    from fmnist_jax.reports.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -11,10 +11,11 @@ import pytest
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
-from fmnist_jax import engine, models, summary
+from fmnist_jax import engine, models
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import layers
 from fmnist_jax.models.cnn import CNN
+from fmnist_jax.reports import tables
 
 
 def _logits(model, batch=3):
@@ -30,13 +31,13 @@ def test_seed_models_have_the_seeds_parameter_counts(config_module, num_params):
     model = models.create(config_module.get_config().model)
     logits, variables = _logits(model)
     assert logits.shape == (3, 10)
-    table, total = summary.model_table(model, (28, 28, 1))
-    assert total == num_params == summary.count_params(variables["params"])
+    table, total = tables.model_table(model, (28, 28, 1))
+    assert total == num_params == tables.count_params(variables["params"])
     assert f"Total params: {num_params:,}" in table
 
 
 def test_summary_lists_layers_in_call_order_with_shapes():
-    table, _ = summary.model_table(models.create(cnn_config.get_config().model), (28, 28, 1))
+    table, _ = tables.model_table(models.create(cnn_config.get_config().model), (28, 28, 1))
     lines = table.splitlines()
     conv0 = next(i for i, line in enumerate(lines) if line.startswith("conv0 (Conv)"))
     assert "(None, 28, 28, 32)" in lines[conv0] and "320" in lines[conv0]
@@ -173,7 +174,7 @@ def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolu
     )
     logits, variables = _logits(model)
     assert logits.shape == (3, 10) and set(variables) == {"params", "batch_stats"}
-    table, _ = summary.model_table(model, (28, 28, 1))
+    table, _ = tables.model_table(model, (28, 28, 1))
     assert "(None, 7, 7, 32)" in table and "(None, 14, 14, 16)" in table
 
 

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from fmnist_jax import plots
+from fmnist_jax.reports import plots
 
 
 def test_comparison_figure_of_variants_with_seed_spread(tmp_path):
