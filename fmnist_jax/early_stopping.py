@@ -1,4 +1,10 @@
-"""Early stopping on a validation metric, as a small explicit state machine (Keras semantics)."""
+"""Early stopping on a validation metric, as a small explicit state machine (Keras semantics).
+
+Not `flax.training.early_stopping.EarlyStopping`: that one only minimizes, and keeps neither the
+epoch of the best value nor the monitored key, which a run needs to restore its best epoch's
+weights (`restore_best`), to report `restored_epoch`, and to resume from the JSON in a checkpoint's
+meta. One instance per run of the run axis; each stops on its own.
+"""
 
 from __future__ import annotations
 
