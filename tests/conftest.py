@@ -85,6 +85,19 @@ def without_tensorflow(tmp_path_factory):
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.getcwd()])}
 
 
+def tiny_cli_args(tfds_dir: str, epochs: int) -> list[str]:
+    """`tiny_config` as command-line flags over configs/mlp.py (for tests that start processes)."""
+    return [
+        "--config=configs/mlp.py",
+        f"--config.data.tfds_data_dir={tfds_dir}",
+        f"--config.num_epochs={epochs}",
+        "--config.batch_size=8",
+        "--config.eval_batch_size=16",
+        "--config.data.num_validation=16",
+        "--config.model.hidden_sizes=(16,)",
+    ]
+
+
 def noise(stderr: str) -> list[str]:
     """The lines of a command's stderr that look like trouble: errors, warnings, tracebacks, probes."""
     return [

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import tiny_cli_args
 from PIL import Image
 
 from configs import mlp as mlp_config
@@ -44,34 +45,25 @@ def _assert_same_weights(a_workdir, b_workdir):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def _cli_train(workdir, tfds_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "fmnist_jax.main",
-        "--config=configs/mlp.py",
-        f"--workdir={workdir}",
-        f"--config.data.tfds_data_dir={tfds_dir}",
-        *extra,
-    ]
-
-
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(prepared_tfds_dir, tmp_path):
-    args = ("--config.num_epochs=12", "--config.model.hidden_sizes=(64,)")
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(mock_tfds_dir, tmp_path):
+    def command(workdir):
+        return [
+            sys.executable,
+            "-m",
+            "fmnist_jax.main",
+            f"--workdir={workdir}",
+            *tiny_cli_args(mock_tfds_dir, 25),
+        ]
+
     reference = subprocess.run(
-        _cli_train(tmp_path / "ref", prepared_tfds_dir, *args),
-        capture_output=True,
-        text=True,
-        timeout=600,
+        command(tmp_path / "ref"), capture_output=True, text=True, timeout=600
     )
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        _cli_train(killed, prepared_tfds_dir, *args),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 300
@@ -83,11 +75,9 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(prepared_tfds_d
     process.wait()
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
     epochs_done = len(_rows(killed))
-    assert 3 <= epochs_done < 12
+    assert 3 <= epochs_done < 25
 
-    resumed = subprocess.run(
-        _cli_train(killed, prepared_tfds_dir, *args), capture_output=True, text=True, timeout=600
-    )
+    resumed = subprocess.run(command(killed), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming after epoch" in resumed.stderr
     assert _rows(killed) == _rows(tmp_path / "ref")

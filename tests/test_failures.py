@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import tiny_cli_args
 from PIL import Image
 
 from fmnist_jax import images, train
@@ -29,19 +30,6 @@ def _cli(module, *args, env=None, timeout=300):
         env=env,
         check=False,
     )
-
-
-def _tiny_args(tfds_dir, epochs):
-    """The tiny config (conftest) as command-line overrides of configs/mlp.py."""
-    return [
-        "--config=configs/mlp.py",
-        f"--config.data.tfds_data_dir={tfds_dir}",
-        f"--config.num_epochs={epochs}",
-        "--config.batch_size=8",
-        "--config.eval_batch_size=16",
-        "--config.data.num_validation=16",
-        "--config.model.hidden_sizes=(16,)",
-    ]
 
 
 def _assert_one_clear_error(result, *phrases, code=1):
@@ -92,14 +80,14 @@ def test_concurrent_run_on_one_workdir_is_refused_and_the_first_finishes(mock_tf
             "-m",
             "fmnist_jax.main",
             f"--workdir={tmp_path}",
-            *_tiny_args(mock_tfds_dir, 60),
+            *tiny_cli_args(mock_tfds_dir, 60),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     _wait_for(lambda: (tmp_path / "metrics.jsonl").exists(), first)
-    second = _cli("fmnist_jax.main", f"--workdir={tmp_path}", *_tiny_args(mock_tfds_dir, 60))
+    second = _cli("fmnist_jax.main", f"--workdir={tmp_path}", *tiny_cli_args(mock_tfds_dir, 60))
     _assert_one_clear_error(
         second, f"Workdir {tmp_path} is in use by another run", f"PID {first.pid}"
     )
@@ -159,7 +147,7 @@ def test_bad_inputs_to_training_are_one_paragraph_without_traceback(mock_tfds_di
     (tmp_path / "broken" / "config.json").write_text("{not json")
     returns_int = tmp_path / "returns_int.py"
     returns_int.write_text("def get_config():\n    return 42\n")
-    base = _tiny_args(mock_tfds_dir, 1)
+    base = tiny_cli_args(mock_tfds_dir, 1)
     cases = [
         (
             ["--workdir=" + str(tmp_path / "broken"), *base],
@@ -217,7 +205,7 @@ def uninterrupted(mock_tfds_dir, tmp_path_factory):
     """The workdir of the tiny run that the stopped runs must reproduce."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
     reference = _cli(
-        "fmnist_jax.main", f"--workdir={workdir}", *_tiny_args(mock_tfds_dir, _STOP_EPOCHS)
+        "fmnist_jax.main", f"--workdir={workdir}", *tiny_cli_args(mock_tfds_dir, _STOP_EPOCHS)
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
     return workdir
@@ -228,7 +216,7 @@ def uninterrupted(mock_tfds_dir, tmp_path_factory):
 def test_signal_mid_run_stops_in_one_line_and_resumes_identically(
     mock_tfds_dir, uninterrupted, tmp_path, signal_number
 ):
-    args = _tiny_args(mock_tfds_dir, _STOP_EPOCHS)
+    args = tiny_cli_args(mock_tfds_dir, _STOP_EPOCHS)
     workdir = tmp_path / "stopped"
     run = subprocess.Popen(
         [sys.executable, "-m", "fmnist_jax.main", f"--workdir={workdir}", *args],
