@@ -1,4 +1,4 @@
-"""Speed config: >= 0.94 test accuracy as fast as possible (issue 6's speed bar).
+"""Speed config: >= 0.94 test accuracy as fast as possible (the project's speed bar).
 
 VGG-style CNN (three blocks of two 3x3 convolutions with batch norm, 32, 64 and 128 channels, max
 pooling 28 -> 14 -> 7 -> 3, Dense 256 with dropout 0.3), Adam 2e-3 with a 1-epoch warm-up and

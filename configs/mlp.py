@@ -1,4 +1,4 @@
-"""The seeds' baseline MLP (TensorFlow tutorial "Classify images of clothing").
+"""The reference notebooks' baseline MLP (TensorFlow tutorial "Classify images of clothing").
 
 Flatten -> Dense(128, relu) -> Dense(10): 101,770 parameters; Adam 1e-3, batch 32, 10 epochs,
 5,000 validation examples carved from train.

@@ -1,4 +1,4 @@
-"""Strong config: a residual network with batch norm, aiming at >= 0.955 test accuracy (issue 6's bar).
+"""Strong config: a residual network with batch norm, aiming at >= 0.955 test accuracy (the project's accuracy bar).
 
 ResNet for 28x28 inputs: 3x3 stem (64), three stages of two basic blocks (64, 128, 256 channels;
 28 -> 14 -> 7), global average pooling; 2.8M parameters. SGD with Nesterov momentum 0.9, lr 0.1

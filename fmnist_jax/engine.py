@@ -131,7 +131,7 @@ def seed_keys(seed: int, num_runs: int) -> tuple[jax.Array, jax.Array, jax.Array
 
 
 # XLA:CPU's optimization passes cost more than they save in a program that runs once: the initial
-# state compiles ~4x faster without them (seed MLP 1.0 -> 0.23 s, ResNet 4.0 -> 1.1 s).
+# state compiles ~4x faster without them (reference MLP 1.0 -> 0.23 s, ResNet 4.0 -> 1.1 s).
 _RUN_ONCE_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": "0"}}
 
 
@@ -410,10 +410,10 @@ def uses_convolution(model: nn.Module, image_shape: tuple[int, ...]) -> bool:
 def plan_calls(steps_per_call: int, backend: str, has_convolution: bool) -> tuple[int, bool]:
     """(steps per compiled call, whether to unroll them); `steps_per_call` 0 means choose.
 
-    XLA:CPU runs convolutions inside a rolled loop ~25x slower than outside one (seed CNN, batch 64:
-    330 vs 13 ms/step, WORKSPACE.md), so on CPU conv models run calls of 8 unrolled steps (same
+    XLA:CPU runs convolutions inside a rolled loop ~25x slower than outside one (reference CNN, batch 64:
+    330 vs 13 ms/step), so on CPU conv models run calls of 8 unrolled steps (same
     speed as 16 or 32, less compile time). Everything else runs a whole epoch as one rolled scan
-    (seed MLP: 0.13 ms/step rolled vs 0.23 ms/step in unrolled chunks).
+    (reference MLP: 0.13 ms/step rolled vs 0.23 ms/step in unrolled chunks).
     """
     if backend == "cpu" and has_convolution:
         return steps_per_call or 8, True
@@ -424,7 +424,7 @@ def seed_loop(backend: str, has_convolution: bool) -> bool:
     """Whether several seeds run as one unrolled copy of the step per seed instead of `jax.vmap`.
 
     vmap turns a convolution over per-seed weights into a grouped convolution, which XLA:CPU runs
-    slowly (seed CNN, 3 seeds: 58 s per epoch vmapped vs ~27 s for three copies; WORKSPACE.md).
+    slowly (reference CNN, 3 seeds: 58 s per epoch vmapped vs ~27 s for three copies).
     """
     return backend == "cpu" and has_convolution
 
@@ -432,7 +432,7 @@ def seed_loop(backend: str, has_convolution: bool) -> bool:
 def compiler_options(backend: str) -> dict[str, str] | None:
     """XLA options for the train and eval programs of `backend`.
 
-    On XLA:CPU, YNNPACK convolutions are slower than the Eigen ones (seed CNN Adam step at batch 64:
+    On XLA:CPU, YNNPACK convolutions are slower than the Eigen ones (reference CNN Adam step at batch 64:
     13 ms with the defaults vs 8.6 ms with YNNPACK kept for reductions only; the MLP is unchanged),
     so YNNPACK is kept for reductions only, where this XLA has YNNPACK at all (jaxlib 0.7 has not).
     """

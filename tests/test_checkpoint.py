@@ -135,7 +135,7 @@ def test_asynchronous_saving_does_not_change_results(tiny_config, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(prepared_tfds_dir, tmp_path_factory):
-    """A seed MLP trained 2 epochs on the real data; (workdir, summary, test split)."""
+    """The reference MLP trained 2 epochs on the real data; (workdir, summary, test split)."""
     config = mlp_config.get_config()
     config.num_epochs = 2
     config.data.tfds_data_dir = prepared_tfds_dir

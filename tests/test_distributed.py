@@ -14,7 +14,7 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The seed MLP with dropout, so that the dropout RNG is checked too.
+# The reference MLP with dropout, so that the dropout RNG is checked too.
 ARGS = [
     "--config=configs/mlp.py",
     "--config.num_epochs=1",

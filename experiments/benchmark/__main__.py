@@ -7,7 +7,7 @@ Prints and saves (experiments/benchmark/results.json, and a Markdown table appen
 WORKSPACE.md) per recipe and peer: median seconds per epoch after the first, first-epoch seconds
 (compile included for JIT peers), examples/s, test accuracy, peak RSS, speed ratio to fmnist_jax,
 and the fraction of this machine's measured float32 matmul peak the training reaches. Then the
-end-to-end rows: the whole seed MLP command against the same notebook job in Keras 3 + TensorFlow,
+end-to-end rows: the whole reference MLP command against the same notebook job in Keras 3 + TensorFlow,
 side by side in this one invocation.
 """
 
@@ -155,7 +155,7 @@ def target_lines(results: dict) -> list[str]:
 
 
 def end_to_end(tfds_data_dir: str, repeats: int) -> dict[str, list[float]]:
-    """Whole-process wall seconds of the seed MLP command (with an empty and with a filled compilation
+    """Whole-process wall seconds of the reference MLP command (with an empty and with a filled compilation
     cache) and of the same notebook job in Keras 3 + TensorFlow (`experiments.benchmark.notebook`)."""
     data = [f"--config.data.tfds_data_dir={tfds_data_dir}"] if tfds_data_dir else []
     notebook_data = [f"--tfds_data_dir={tfds_data_dir}"] if tfds_data_dir else []
@@ -208,7 +208,7 @@ def end_to_end_markdown(seconds: dict[str, list[float]]) -> str:
     lines = [
         "\nEnd to end, whole process (import, load the prepared data, fit 10 epochs with 5,000 validation images, "
         "evaluate on the test set, save; fmnist_jax also writes its checkpoints, plots, TensorBoard events and export, "
-        "Keras predicts one image), seed MLP, median wall seconds:\n",
+        "Keras predicts one image), reference MLP, median wall seconds:\n",
         "| job | runs (s) | median s | Keras + TF / this |",
         "| --- | --- | --- | --- |",
     ]

@@ -1,9 +1,9 @@
-"""The seeds' Keras notebook job as one script, for the end-to-end row of the benchmark.
+"""The reference notebooks' Keras notebook job as one script, for the end-to-end row of the benchmark.
 
     KERAS_BACKEND=tensorflow python -m experiments.benchmark.notebook [--tfds_data_dir=DIR] [--workdir=DIR]
 
 What "Classify images of clothing" does, in its order: import Keras and TensorFlow, load
-Fashion-MNIST through tfds, fit the seed MLP (Flatten, Dense 128 ReLU, Dense 10; Adam 1e-3, batch
+Fashion-MNIST through tfds, fit the reference MLP (Flatten, Dense 128 ReLU, Dense 10; Adam 1e-3, batch
 32) for 10 epochs holding out 5,000 training images for validation, evaluate on the test set, save
 the model, predict one image. The benchmark times the whole process from outside.
 """

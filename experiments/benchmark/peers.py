@@ -2,7 +2,7 @@
 
     python -m experiments.benchmark.peers --peer=torch --recipe=mlp --epochs=10 --batch_size=32
 
-Every peer trains the same model (the seeds' MLP or CNN, Keras' initializers, Adam 1e-3) on the
+Every peer trains the same model (the reference notebooks' MLP or CNN, Keras' initializers, Adam 1e-3) on the
 same real training split (55,000 images after 5,000 for validation), shuffled every epoch, without
 per-epoch validation, then reports test accuracy. Epoch times cover the training steps only
 (fmnist_jax evaluates the validation split between epochs, untimed, and saves one checkpoint at

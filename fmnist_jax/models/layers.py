@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from fmnist_jax.errors import UserError
 
-# Keras' defaults, so the seeds' recipes train the same way here.
+# Keras' defaults, so the reference notebooks' recipes train the same way here.
 kernel_init = nn.initializers.xavier_uniform()
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -102,7 +102,7 @@ def pool(x: jax.Array, kind: str, size: int, formulation: str = "auto") -> jax.A
     The native ops (`reduce_window`, whose max gradient is a select-and-scatter) are the fast path
     on GPU and TPU. On XLA:CPU that gradient is slow, so there max pooling is a reshape and a
     reduction whose gradient scatters through the stored index of each window's first maximum
-    (one pass; same numbers as the native gradient; seed CNN step at batch 64 in WORKSPACE.md).
+    (one pass; same numbers as the native gradient; measured on the reference CNN's step at batch 64).
     """
     if kind == "none" or size == 1:
         return x
