@@ -139,17 +139,21 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def load_config(name: str = "config") -> ConfigDict:
-    """The config that the `config_flags.DEFINE_config_file` flag `name` points to; a missing file is
-    one error (ml_collections would return a placeholder that fails later)."""
+    """The config that the `config_flags.DEFINE_config_file` flag `name` points to; a file that
+    cannot be read is one error (ml_collections returns a placeholder that fails on first use)."""
     from ml_collections import config_flags
 
-    path = config_flags.get_config_filename(flags.FLAGS[name])
-    if not os.path.isfile(path):
+    config = getattr(flags.FLAGS, name)
+    try:
+        getattr(config, "keys", None)  # the placeholder raises the loading error here
+    except OSError as e:
+        path = config_flags.get_config_filename(flags.FLAGS[name])
         raise UserError(
-            f"Config file {path} does not exist. Pass --{name}=configs/mlp.py (or cnn.py, fast.py, resnet.py), or the "
-            "path of your own file whose get_config() returns fmnist_jax.config.default() with its changes."
-        )
-    return getattr(flags.FLAGS, name)
+            f"Config file {path} does not exist or cannot be read. Pass --{name}=configs/mlp.py (or cnn.py, "
+            "fast.py, resnet.py), or the path of your own file whose get_config() returns "
+            "fmnist_jax.config.default() with its changes."
+        ) from e
+    return config
 
 
 def main(fn: Callable[[], None]) -> None:

@@ -280,7 +280,9 @@ def _write_previous_layout(source, kind, epoch, target):
         epoch, args=ocp.args.Composite(**{n: ocp.args.StandardRestore() for n in names})
     )
     items = {
-        n: ocp.args.StandardSave(checkpoint._over_runs(lambda a: np.asarray(a)[0], restored[n]))
+        n: ocp.args.StandardSave(
+            checkpoint._over_runs(lambda a: np.array(np.asarray(a)[0]), restored[n])
+        )
         for n in names
     }
     src.close()

@@ -157,7 +157,7 @@ def test_bad_inputs_to_training_are_one_paragraph_without_traceback(mock_tfds_di
         (
             [f"--workdir={tmp_path / 'a'}", "--config=/no/such/config.py"],
             {},
-            ["Config file /no/such/config.py does not exist"],
+            ["Config file /no/such/config.py does not exist or cannot be read"],
         ),
         (
             [f"--workdir={tmp_path / 'b'}", f"--config={returns_int}"],
