@@ -164,7 +164,16 @@ def prepare(data_config: ConfigDict) -> tuple[dict[str, np.ndarray], list[str]]:
 
 
 def load(data_config: ConfigDict) -> Splits:
-    """The three splits; validation is the first `num_validation` examples of tfds' train split."""
+    """The train, validation and test splits as uint8 NHWC images and int32 labels, in tfds' order.
+
+    Args:
+        data_config: `config.data` (where tfds keeps the data, `num_validation`).
+
+    Returns:
+        `Splits`; validation is the first `num_validation` examples of tfds' train split. The
+        verified arrays file is read without TensorFlow; it is prepared first (in a child process,
+        with TensorFlow) when missing, damaged or stale.
+    """
     arrays, class_names = prepare(data_config)
     num_validation = data_config.num_validation
     num_train_total = len(arrays["train_labels"])

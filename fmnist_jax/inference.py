@@ -56,7 +56,15 @@ class Classifier:
         return jax.jit(self.proba_fn)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities [N, 10] for N images, HWC or NHWC (or HW / NHW), uint8 or float in [0, 1]."""
+        """Class probabilities of images.
+
+        Args:
+            images: N images as NHWC [N, 28, 28, 1] (or HWC, NHW, HW), uint8 in 0-255 or float
+                in [0, 1].
+
+        Returns:
+            float32 [N, 10], each row summing to 1.
+        """
         x = as_batch(images)
         out = []
         for start in range(0, len(x), _BATCH):
@@ -119,8 +127,19 @@ def as_batch(images: np.ndarray) -> np.ndarray:
 
 
 def load(workdir: str, which: str = "final") -> Classifier:
-    """Restores the `which` checkpoint of a run: 'final' (what summary.json reports), 'best'
-    (best validation accuracy) or 'latest'."""
+    """Restores a trained run's model for inference, on whatever backend is present.
+
+    Args:
+        workdir: the run's directory.
+        which: 'final' (the weights summary.json reports), 'best' (best validation accuracy) or
+            'latest' (the newest epoch's).
+
+    Returns:
+        A `Classifier` with the first seed's weights, the run's config and class names.
+
+    Raises:
+        UserError: no such workdir or checkpoint, or every checkpoint of that kind is damaged.
+    """
     if which not in checkpoint.KINDS:
         raise UserError(
             f"Unknown checkpoint {which!r}; choose one of {', '.join(checkpoint.KINDS)}."

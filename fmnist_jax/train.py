@@ -288,7 +288,23 @@ def lower_for(
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains `config` in `workdir` and returns the summary (also written to summary.json)."""
+    """Trains `config` in `workdir`, or resumes it there, and evaluates it on the test split.
+
+    Args:
+        config: the run's settings, `fmnist_jax.config.default()` with changes (a config file's
+            `get_config()`); checked before anything is written.
+        workdir: the run's directory, locked while this runs; created if missing. Holds
+            config.json, metrics.jsonl, summary.json, checkpoints/, plots/, tensorboard/, export/.
+
+    Returns:
+        The summary (also written to summary.json): test loss and accuracy (mean over the seeds,
+        with `_std` and per-seed `_seeds`), epochs run, timings, parameters, backend. A workdir
+        that already holds this finished run returns its summary without training.
+
+    Raises:
+        UserError: a failure the user can fix (config, workdir, data, backend, divergence).
+        stopping.Stopped: SIGINT/SIGTERM asked the run to stop (command-line programs only).
+    """
     try:
         return _train_and_evaluate(config, workdir)
     finally:
