@@ -47,7 +47,7 @@ def _without_run_axis(meta: dict[str, Any]) -> bool:
     return meta.get("layout", 1) < LAYOUT and meta["config"].get("num_seeds", 1) == 1
 
 
-def _over_runs(fn: Any, tree: PyTree) -> PyTree:
+def _map_run_arrays(fn: Any, tree: PyTree) -> PyTree:
     """`fn` on every leaf that carries the run axis: all but the model item's normalizer."""
     if isinstance(tree, dict) and "normalizer" in tree:
         return {k: v if k == "normalizer" else jax.tree.map(fn, v) for k, v in tree.items()}
@@ -159,7 +159,7 @@ class Checkpoints:
                 model_target, train_target = (_abstract(t) for t in (model_like, train_like))
                 if convert:
                     model_target, train_target = (
-                        _over_runs(_drop_run_axis, t) for t in (model_target, train_target)
+                        _map_run_arrays(_drop_run_axis, t) for t in (model_target, train_target)
                     )
                 restored = manager.restore(
                     epoch,
@@ -188,8 +188,8 @@ class Checkpoints:
             if convert:
                 return (
                     epoch,
-                    _over_runs(_add_run_axis, restored.model),
-                    _over_runs(_add_run_axis, restored.train),
+                    _map_run_arrays(_add_run_axis, restored.model),
+                    _map_run_arrays(_add_run_axis, restored.train),
                     meta,
                 )
             return epoch, restored.model, restored.train, meta
@@ -257,7 +257,7 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
                 )
                 continue
             return (
-                _over_runs(_add_run_axis, restored.model)
+                _map_run_arrays(_add_run_axis, restored.model)
                 if _without_run_axis(restored.meta)
                 else restored.model
             ), restored.meta

@@ -58,15 +58,11 @@ def _drop_closed_loop_callbacks(unraisable: sys.UnraisableHookArgs) -> None:
         sys.__unraisablehook__(unraisable)
 
 
-def _backend_error(error: BaseException) -> UserError | None:
+def _backend_error(error: RuntimeError | AssertionError) -> UserError | None:
     """The one error for a platform that JAX cannot start (JAX_PLATFORMS=cuda without a GPU raises a
     bare AssertionError, =tpu without a TPU a chained RuntimeError), or None for any other failure."""
     frames = traceback.extract_tb(error.__traceback__)
-    if not (
-        isinstance(error, (RuntimeError, AssertionError))
-        and frames
-        and frames[-1].filename.endswith("xla_bridge.py")
-    ):
+    if not (frames and frames[-1].filename.endswith("xla_bridge.py")):
         return None
     detail = str(error).split("\n")[0] or type(error).__name__
     return UserError(
@@ -87,6 +83,13 @@ def _exit(status: int, message: str | None = None) -> None:
     os._exit(status)
 
 
+def _fail(error: UserError) -> None:
+    """Exit 1 with the error's paragraph, or with its traceback when FMNIST_JAX_TRACEBACK is set."""
+    if os.environ.get(TRACEBACK_VARIABLE):
+        raise error
+    _exit(1, f"error: {error}")
+
+
 def run(fn: Callable[[], None]) -> None:
     """Runs `fn`; a `UserError` becomes its message on stderr and exit status 1, a stop (SIGINT,
     SIGTERM) its one line and 128 + the signal's number."""
@@ -98,17 +101,15 @@ def run(fn: Callable[[], None]) -> None:
     stopping.install()
     sys.unraisablehook = _drop_closed_loop_callbacks
     try:
-        try:
-            fn()
-        except (RuntimeError, AssertionError) as e:
-            error = _backend_error(e)
-            if error is None:
-                raise
-            raise error from e
+        fn()
     except UserError as e:
-        if os.environ.get(TRACEBACK_VARIABLE):
+        _fail(e)
+    except (RuntimeError, AssertionError) as e:
+        error = _backend_error(e)
+        if error is None:
             raise
-        _exit(1, f"error: {e}")
+        error.__cause__ = e
+        _fail(error)
     except stopping.Stopped as e:
         _exit(128 + e.signal_number, str(e))
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, mid-call
@@ -123,11 +124,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        if "Error whilst parsing config file" in str(
-            e
+        flag, _, detail = str(e).partition(":")
+        if (
+            "Error whilst parsing config file" in detail
         ):  # the user's own code raised: keep its traceback
             sys.exit(
-                f"{str(e).partition(':')[2].strip()}\nerror: {str(e).partition(':')[0]} failed to load: its get_config() raised the exception above."
+                f"{detail.strip()}\nerror: {flag} failed to load: its get_config() raised the exception above."
             )
         sys.exit(f"error: {e}. Pass --helpfull to list the flags and config keys.")
     except (AttributeError, KeyError) as e:

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -123,6 +124,20 @@ def _check_stop(
     )
 
 
+def _between_calls(
+    progress: Progress, epoch: int, workdir: str, checkpoints: checkpoint.Checkpoints
+) -> Callable[[int | None], None]:
+    """The primary process's hook between an epoch's compiled calls: the progress line and, in a
+    single-process run, a requested stop (several processes stop together, at epoch ends)."""
+
+    def hook(steps_done: int | None) -> None:
+        progress(steps_done)
+        if steps_done is not None and jax.process_count() == 1:
+            _check_stop(epoch, workdir, checkpoints, mid_epoch=True)
+
+    return hook
+
+
 def _diverged(
     epoch: int, global_step: int, steps_per_epoch: int, workdir: str, seed: int
 ) -> UserError:
@@ -185,10 +200,9 @@ def _update_stoppers(
         improved = stopper.update(epoch, value)
         take.append(improved or not config.early_stopping.restore_best)
         if stopper.should_stop:
-            which = f" (seed {config.seed + seed})"
             logging.info(
-                "Early stopping%s at epoch %d: best %s %.4f at epoch %d.",
-                which,
+                "Early stopping (seed %d) at epoch %d: best %s %.4f at epoch %d.",
+                config.seed + seed,
                 epoch,
                 monitor,
                 stopper.best,
@@ -371,9 +385,8 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             runner.compile, placement.abstract(engine.state_shapes(*init_args))
         )
         state = placement.put(engine.init_states(*init_args))
-        for split in {
-            s.call_shape: s for s in eval_sets.values()
-        }.values():  # compiles each call shape once
+        one_per_call_shape = {s.call_shape: s for s in eval_sets.values()}.values()
+        for split in one_per_call_shape:  # compiles each evaluation program once
             eng.evaluate(state.weights(), split).per_run()
         training_compiled.result()
     compile_seconds = time.perf_counter() - start
@@ -467,23 +480,9 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             break  # resumed after the stopping epoch's checkpoint
         _check_stop(epoch, workdir, checkpoints)
         start = time.perf_counter()
-        progress = (
-            Progress(epoch, config.num_epochs, steps_per_epoch, config.batch_size)
-            if primary
-            else None
-        )
-
-        def between_calls(
-            steps_done: int | None, progress: Progress | None = progress, epoch: int = epoch
-        ) -> None:
-            if progress is not None:
-                progress(steps_done)
-            if (
-                steps_done is not None and jax.process_count() == 1
-            ):  # several processes stop together, at epoch ends
-                _check_stop(epoch, workdir, checkpoints, mid_epoch=True)
-
-        state, sums = runner.run(state, epoch, between_calls)
+        progress = Progress(epoch, config.num_epochs, steps_per_epoch, config.batch_size)
+        hook = _between_calls(progress, epoch, workdir, checkpoints) if primary else None
+        state, sums = runner.run(state, epoch, hook)
         train = sums.per_run()  # waits for the epoch
         seconds = time.perf_counter() - start
         for seed, t in enumerate(train):

@@ -82,13 +82,15 @@ def refuse_other_config(where: str, differences: list[str]) -> None:
         )
 
 
-def write_json(path: str, value: Any) -> None:
+def _replace(path: str, text: str) -> None:
     """Writes atomically: readers see the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    with open(f"{path}.tmp", "w") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp", path)
+
+
+def write_json(path: str, value: Any) -> None:
+    _replace(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str) -> Any:
@@ -206,15 +208,17 @@ class MetricsLog:
 
     def __init__(self, workdir: str, history: list[dict[str, Any]], primary: bool = True):
         self._path = os.path.join(workdir, METRICS_FILE) if primary else None
-        if self._path:  # replaced whole, so a crash leaves the old file or the new one
-            with open(f"{self._path}.tmp", "w") as f:
-                f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in history)
-            os.replace(f"{self._path}.tmp", self._path)
+        if self._path:
+            _replace(self._path, "".join(map(_line, history)))
 
     def write(self, row: dict[str, Any]) -> None:
-        if self._path:
+        if self._path:  # a whole line per append
             with open(self._path, "a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.write(_line(row))
+
+
+def _line(row: dict[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True) + "\n"
 
 
 def write_summary(workdir: str, summary: dict[str, Any]) -> None:

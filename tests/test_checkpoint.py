@@ -281,7 +281,7 @@ def _write_previous_layout(source, kind, epoch, target):
     )
     items = {
         n: ocp.args.StandardSave(
-            checkpoint._over_runs(lambda a: np.array(np.asarray(a)[0]), restored[n])
+            checkpoint._map_run_arrays(lambda a: np.array(np.asarray(a)[0]), restored[n])
         )
         for n in names
     }
