@@ -8,30 +8,25 @@ unrolled steps, for those with XLA's default options instead of `engine.compiler
     python -m experiments.step_loops
 """
 
+import dataclasses
 import time
 
 import jax
-import numpy as np
 
 from configs import cnn, mlp
-from fmnist_jax import engine, models, optim
+from fmnist_jax import data, engine
+from fmnist_jax import program as program_lib
 
 
 def ms_per_step(
     config, steps_per_call: int, unroll: bool, num_steps: int, options: dict | None
 ) -> float:
-    model = models.create(config.model)
-    tx = optim.optimizer(config.optimizer, config.optimizer.learning_rate)
-    init_keys, shuffle_keys, dropout_keys = engine.seed_keys(0, 1)
-    state = engine.init_states(model, tx, init_keys, (28, 28, 1))
-    rng = np.random.default_rng(0)
-    n = num_steps * config.batch_size
-    images = jax.device_put(rng.integers(0, 255, (n, 28, 28, 1), dtype=np.uint8))
-    labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
-    eng = engine.Engine(model, tx, engine.Normalizer(), unroll=unroll, compiler_options=options)
-    runner = engine.EpochRunner(
-        eng, images, labels, config.batch_size, steps_per_call, shuffle_keys, dropout_keys
-    )
+    splits = data.random_splits(num_steps * config.batch_size, 1)
+    config.steps_per_call = steps_per_call
+    program = program_lib.build(config, splits)
+    eng = dataclasses.replace(program.engine, unroll=unroll, compiler_options=options)
+    runner = dataclasses.replace(program.runner, engine=eng, _executables={})
+    state, _ = program.compile()
     runner.compile(state)
     state, sums = runner.run(state, 0)  # warm-up epoch
     jax.block_until_ready(sums)

@@ -16,14 +16,12 @@ import dataclasses
 import time
 
 import jax
-import numpy as np
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from fmnist_jax import cli, engine, models, train
+from fmnist_jax import cli, data
 from fmnist_jax import config as config_lib
-from fmnist_jax.reports import tables
-from fmnist_jax.shapes import IMAGE_SHAPE
+from fmnist_jax import program as program_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 16, "Training steps timed (after as many warm-up steps).")
@@ -57,24 +55,10 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
     steps_per_epoch = (
         config_lib.NUM_TRAIN_EXAMPLES - config.data.num_validation
     ) // config.batch_size
-    backend = jax.default_backend()
-    model = models.create(config.model, backend)
-    eng, _, steps_per_call = train.make_engine(
-        config, model, engine.Normalizer(), steps_per_epoch, backend
-    )
-    init_key, shuffle_key, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
-    state = engine.init_states(model, eng.tx, init_key, IMAGE_SHAPE, ema=config.ema_decay > 0)
-    rng = np.random.default_rng(0)
-    n = num_steps * config.batch_size
-    images = rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
-    labels = rng.integers(0, 10, n).astype(np.int32)
-    runner = engine.EpochRunner(
-        eng, images, labels, config.batch_size, steps_per_call, shuffle_key, dropout_key
-    )
-
-    start = time.perf_counter()
-    runner.compile(state)
-    compile_seconds = time.perf_counter() - start
+    splits = data.random_splits(num_steps * config.batch_size, config.batch_size)
+    program = program_lib.build(config, splits)
+    state, compile_seconds = program.compile()
+    runner = program.runner
     state, sums = runner.run(state, 0)  # warm-up
     jax.block_until_ready(sums)
     start = time.perf_counter()
@@ -82,7 +66,7 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
     jax.block_until_ready(sums)
     step_seconds = (time.perf_counter() - start) / num_steps
     return StepTime(
-        num_params=tables.model_table(model, IMAGE_SHAPE)[1],
+        num_params=program.model_table()[1],
         compile_seconds=compile_seconds,
         step_seconds=step_seconds,
         images_per_step=config.batch_size * config.num_seeds,

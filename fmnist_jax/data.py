@@ -26,6 +26,7 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError
+from fmnist_jax.shapes import IMAGE_SHAPE
 
 DATASET, VERSION = "fashion_mnist", "3.0.1"
 ARRAYS_FILE = "fmnist_jax_arrays.npz"
@@ -191,4 +192,21 @@ def load(data_config: ConfigDict) -> Splits:
         test_images=arrays["test_images"],
         test_labels=arrays["test_labels"],
         class_names=tuple(class_names),
+    )
+
+
+def random_splits(num_train: int, num_test: int, seed: int = 0) -> Splits:
+    """Random uint8 images and labels in the dataset's shapes, without validation: to time and
+    compile programs where the data does not matter."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (num_train + num_test, *IMAGE_SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, 10, num_train + num_test).astype(np.int32)
+    return Splits(
+        train_images=images[:num_train],
+        train_labels=labels[:num_train],
+        val_images=images[:0],
+        val_labels=labels[:0],
+        test_images=images[num_train:],
+        test_labels=labels[num_train:],
+        class_names=tuple(f"class {i}" for i in range(10)),
     )

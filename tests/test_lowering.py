@@ -5,7 +5,8 @@ import pathlib
 
 import pytest
 
-from fmnist_jax import engine, train
+from fmnist_jax import engine
+from fmnist_jax import program as program_lib
 
 CONFIGS = sorted(
     p.stem
@@ -25,7 +26,7 @@ def _config(name, num_seeds=1):
 def test_training_and_evaluation_lower_for_accelerators(name, platform):
     config = _config(name)
     lowered = {
-        kind: program.as_text() for kind, program in train.lower_for(config, platform).items()
+        kind: program.as_text() for kind, program in program_lib.lower_for(config, platform).items()
     }
     steps_per_epoch = 55_000 // config.batch_size
     # The whole epoch is one rolled loop: no CPU chunking or unrolling.
@@ -42,11 +43,11 @@ def test_training_and_evaluation_lower_for_accelerators(name, platform):
 def test_seeds_are_vmapped_on_accelerators_and_copied_on_cpu():
     config = _config("cnn", num_seeds=3)
     convolutions = {
-        p: train.lower_for(config, p)["train"].as_text().count("stablehlo.convolution")
+        p: program_lib.lower_for(config, p)["train"].as_text().count("stablehlo.convolution")
         for p in ("cpu", "cuda")
     }
     assert convolutions["cuda"] * 3 == convolutions["cpu"]  # one batched copy vs one copy per seed
-    cpu = train.lower_for(_config("cnn"), "cpu")["train"].as_text()
+    cpu = program_lib.lower_for(_config("cnn"), "cpu")["train"].as_text()
     assert (
         "stablehlo.while" not in cpu and "reduce_window" not in cpu
     )  # unrolled chunks, CPU pooling

@@ -1,0 +1,191 @@
+"""A run's compiled program, built in one trip from its config.
+
+`build(config, splits)` gives the model, the optimizer and its schedule, the engine (the compiled
+math), the epoch runner over the device-resident training data and the evaluation sets;
+`Program.compile()` then compiles every program a run calls and creates the initial state.
+`lower_for(config, platform)` builds the same programs for another platform without data, to
+prove they build there. This is the public way to get a run's programs (experiments use it).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from ml_collections import ConfigDict
+
+from fmnist_jax import data, engine, models, optim
+from fmnist_jax.augment import Augment
+from fmnist_jax.distributed import DataParallel
+from fmnist_jax.reports import tables
+from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
+
+
+def _engine(
+    config: ConfigDict,
+    model: nn.Module,
+    normalizer: engine.Normalizer,
+    steps_per_epoch: int,
+    backend: str,
+) -> tuple[engine.Engine, optax.Schedule, int]:
+    """The config's optimizer and compiled math as built for `backend`, with the learning-rate
+    schedule and the training steps per compiled call."""
+    learning_rate = optim.schedule(
+        config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs
+    )
+    has_convolution = engine.uses_convolution(model, IMAGE_SHAPE)
+    steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, has_convolution)
+    eng = engine.Engine(
+        model=model,
+        tx=optim.optimizer(config.optimizer, learning_rate),
+        normalizer=normalizer,
+        label_smoothing=config.loss.label_smoothing,
+        unroll=unroll,
+        compiler_options=engine.compiler_options(backend),
+        compute_dtype=config.dtype,
+        num_runs=config.num_seeds,
+        augment=Augment(**config.augment),
+        loop_runs=engine.seed_loop(backend, has_convolution),
+        ema_decay=config.ema_decay,
+        test_time_flip=config.test_time_flip,
+    )
+    return eng, learning_rate, steps_per_call
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Everything a run compiles: built by `build`, compiled by `compile`."""
+
+    config: ConfigDict
+    model: nn.Module
+    engine: engine.Engine
+    runner: engine.EpochRunner
+    # "test", and "val" when the config holds out a validation split.
+    eval_sets: dict[str, engine.EvalSet]
+    learning_rate: optax.Schedule
+    init_keys: jax.Array
+    placement: DataParallel
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.runner.steps_per_epoch
+
+    def _init_args(self) -> tuple:
+        return (self.model, self.engine.tx, self.init_keys, IMAGE_SHAPE, self.config.ema_decay > 0)
+
+    def compile(self) -> tuple[engine.TrainState, float]:
+        """(the initial state of every run, on the devices; the seconds spent).
+
+        Compiles every training and evaluation program before the first epoch, so epochs never
+        compile. XLA releases the GIL while it compiles: the training programs compile beside
+        the initial state and the evaluation programs.
+        """
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            shapes = self.placement.abstract(engine.state_shapes(*self._init_args()))
+            training = pool.submit(self.runner.compile, shapes)
+            state = self.placement.put(engine.init_states(*self._init_args()))
+            for split in {s.call_shape: s for s in self.eval_sets.values()}.values():
+                self.evaluate(state.weights(), split)  # one compile per call shape
+            training.result()
+        return state, time.perf_counter() - start
+
+    def evaluate(self, weights: dict[str, PyTree], split: str | engine.EvalSet) -> list[dict]:
+        """Per run: mean loss and accuracy of `weights` over an evaluation split."""
+        eval_set = self.eval_sets[split] if isinstance(split, str) else split
+        return self.engine.evaluate(weights, eval_set).per_run()
+
+    def model_item(self, weights: dict[str, PyTree]) -> dict[str, PyTree]:
+        """What checkpoints keep of a model: its weights and the input normalization."""
+        return {**weights, "normalizer": self.engine.normalizer.as_tree()}
+
+    def model_table(self) -> tuple[str, int]:
+        """(the Keras-style summary table, the number of parameters) of one run's model."""
+        return tables.model_table(self.model, IMAGE_SHAPE)
+
+
+def build(
+    config: ConfigDict,
+    splits: data.Splits,
+    placement: DataParallel | None = None,
+    backend: str | None = None,
+) -> Program:
+    """The programs of `config` over `splits`, for `backend` (default: the one JAX runs on), with
+    the data on `placement`'s devices (default: all of them)."""
+    backend = backend or jax.default_backend()
+    placement = placement or DataParallel.over_all_devices()
+    model = models.create(config.model, backend)
+    normalizer = engine.Normalizer.fit(splits.train_images, config.data.standardize)
+    steps_per_epoch = len(splits.train_labels) // config.batch_size
+    eng, learning_rate, steps_per_call = _engine(
+        config, model, normalizer, steps_per_epoch, backend
+    )
+    init_keys, shuffle_keys, dropout_keys = engine.seed_keys(config.seed, config.num_seeds)
+    runner = engine.EpochRunner(
+        engine=eng,
+        images=splits.train_images,
+        labels=splits.train_labels,
+        batch_size=config.batch_size,
+        steps_per_call=steps_per_call,
+        shuffle_key=shuffle_keys,
+        dropout_key=dropout_keys,
+        placement=placement,
+    )
+    eval_splits = {"test": (splits.test_images, splits.test_labels)}
+    if len(splits.val_labels):
+        eval_splits["val"] = (splits.val_images, splits.val_labels)
+    return Program(
+        config=config,
+        model=model,
+        engine=eng,
+        runner=runner,
+        eval_sets=engine.EvalSet.create_all(eval_splits, config.eval_batch_size, placement),
+        learning_rate=learning_rate,
+        init_keys=init_keys,
+        placement=placement,
+    )
+
+
+def lower_for(
+    config: ConfigDict, platform: str, num_train: int = 55_000
+) -> dict[str, jax.stages.Lowered]:
+    """The training call and the evaluation program of `config` exactly as a run on `platform` ("cpu",
+    "cuda", "tpu") builds them, lowered on this machine without compiling: proves that every backend's
+    programs build, with that backend's choices (steps per call, unrolling, seed loop, pooling ops)."""
+    model = models.create(config.model, platform)
+    normalizer = (
+        engine.Normalizer(np.zeros(IMAGE_SHAPE, np.float32), np.ones(IMAGE_SHAPE, np.float32))
+        if config.data.standardize
+        else engine.Normalizer()
+    )
+    steps_per_epoch = num_train // config.batch_size
+    eng, _, steps_per_call = _engine(config, model, normalizer, steps_per_epoch, platform)
+    init_key, _, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
+    state = engine.state_shapes(model, eng.tx, init_key, IMAGE_SHAPE, ema=config.ema_decay > 0)
+    steps = min(steps_per_call, steps_per_epoch)
+    images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
+    indices = jax.ShapeDtypeStruct((config.num_seeds, steps, config.batch_size), jnp.int32)
+    batches = engine.eval_batches(10_000, config.eval_batch_size)  # the test split in one call
+    train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(
+        state, engine.Sums.zeros(config.num_seeds), images, labels, indices, dropout_key
+    )
+    weights = state.weights()
+    eval_call = jax.jit(eng.eval_program()).trace(
+        engine.eval_params(weights),
+        weights["batch_stats"],
+        engine.Sums.zeros(config.num_seeds),
+        jax.ShapeDtypeStruct((*batches, *IMAGE_SHAPE), jnp.uint8),
+        jax.ShapeDtypeStruct(batches, jnp.int32),
+        jax.ShapeDtypeStruct(batches, jnp.bool_),
+    )
+    return {
+        "train": train_call.lower(lowering_platforms=(platform,)),
+        "eval": eval_call.lower(lowering_platforms=(platform,)),
+    }

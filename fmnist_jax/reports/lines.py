@@ -1,0 +1,37 @@
+"""The run's log lines: one per epoch, one at the end."""
+
+from __future__ import annotations
+
+import os
+
+from fmnist_jax.records import EpochRow, Summary
+
+PLOTS_DIR = "plots"
+
+
+def epoch_line(row: EpochRow, num_epochs: int) -> str:
+    val = (
+        f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+        if "val_loss" in row
+        else ""
+    )
+    return (
+        f"epoch {row['epoch']:>3}/{num_epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_accuracy']:.4f}{val}  {row['epoch_seconds']:.2f} s  "
+        f"{row['examples_per_second']:,.0f} ex/s  lr {row['learning_rate']:.2e}"
+    )
+
+
+def summary_line(summary: Summary, workdir: str) -> str:
+    """Test metrics, epochs, training time, and where the run's reports are."""
+    seeds = summary["test_accuracy_seeds"]
+    spread = (
+        f" (std over {len(seeds)} seeds {summary['test_accuracy_std']:.4f})"
+        if len(seeds) > 1
+        else ""
+    )
+    return (
+        f"Test loss {summary['test_loss']:.4f}, test accuracy {summary['test_accuracy']:.4f}{spread} "
+        f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f} s training). "
+        f"Figures in {os.path.join(workdir, PLOTS_DIR)}; tensorboard --logdir={workdir}."
+    )
