@@ -1,4 +1,4 @@
-"""The seed-style CNN: two conv blocks and a dense head, trained with Adam.
+"""The reference notebooks' CNN: two conv blocks and a dense head, trained with Adam.
 
 conv 32 3x3 SAME + 2x2 max pool, conv 64 3x3 SAME + 2x2 max pool, Dense 128 relu, Dense 10:
 421,642 parameters; Adam 1e-3, batch 64, 10 epochs, 5,000 validation examples.

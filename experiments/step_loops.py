@@ -1,6 +1,6 @@
 """Measures how the training steps of an epoch should be looped on this backend.
 
-For each seed model: ms per step for a whole epoch as one rolled `lax.scan`, for calls of 8
+For each reference model (MLP, CNN): ms per step for a whole epoch as one rolled `lax.scan`, for calls of 8
 unrolled steps, for those with XLA's default options instead of `engine.compiler_options`, and
 (CNN) with the native pooling ops instead of the CPU formulation. This is the measurement behind
 `fmnist_jax.engine.plan_calls`, `engine.compiler_options` and `models.layers.pool`.

@@ -1,0 +1,16 @@
+"""fmnist_jax: Fashion-MNIST classifiers (MLPs, CNNs, ResNets) trained with JAX, Flax NNX and Optax.
+
+The public API, what `experiments/`, notebooks and tests use (each documented where it lives):
+
+- `train.train_and_evaluate(config, workdir) -> records.Summary`: a whole run, resumable.
+- `config.default()`, `config.validate(config)`: every key, its default and its checks.
+- `data.load(data_config) -> data.Splits`; `data.random_splits(...)` to time programs.
+- `program.build(config, splits) -> program.Program`: model, optimizer, engine, epoch runner and
+  evaluation sets; `Program.compile()`, `Program.runner.run(state, epoch)`, `Program.evaluate`.
+  `program.lower_for(config, platform)`: the same programs lowered for cuda/tpu.
+- `models.create(model_config) -> models.Model` (`init(key)`, `apply(weights, images)`).
+- `inference.load(workdir) -> inference.Classifier` (`predict_proba`); `export.export`/`load`.
+- `reports.plots`, `reports.tables.model_table`: the run's figures and model table.
+
+Modules import lazily (nothing here), so a command pays only for what it uses.
+"""

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +22,7 @@ import optax
 
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
+from fmnist_jax.models import Model
 from fmnist_jax.shapes import PyTree
 
 
@@ -118,7 +118,7 @@ class Normalizer:
 
 
 def variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
-    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+    return {"params": params, "batch_stats": batch_stats}
 
 
 def seed_keys(seed: int, num_runs: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -141,13 +141,13 @@ def jit_once(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _init_fn(
-    model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...], ema: bool
+    model: Model, tx: optax.GradientTransformation, image_shape: tuple[int, ...], ema: bool
 ) -> Callable[[jax.Array], TrainState]:
     return jax.vmap(functools.partial(init_state, model, tx, image_shape=image_shape, ema=ema))
 
 
 def init_states(
-    model: nn.Module,
+    model: Model,
     tx: optax.GradientTransformation,
     init_keys: jax.Array,
     image_shape: tuple[int, ...],
@@ -158,7 +158,7 @@ def init_states(
 
 
 def state_shapes(
-    model: nn.Module,
+    model: Model,
     tx: optax.GradientTransformation,
     init_keys: jax.Array,
     image_shape: tuple[int, ...],
@@ -174,23 +174,27 @@ def select_run(tree: PyTree, index: int) -> PyTree:
 
 
 def init_state(
-    model: nn.Module,
+    model: Model,
     tx: optax.GradientTransformation,
     key: jax.Array,
     image_shape: tuple[int, ...],
     ema: bool = False,
 ) -> TrainState:
     """Initial parameters (and batch-norm statistics) for one example of `image_shape` (HWC)."""
-    v = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = v["params"]
-    ema_params = jax.tree.map(jnp.copy, params) if ema else {}
+    del image_shape  # the model knows its input shape
+    weights = model.init(key)
+    params = weights["params"]
     return TrainState(
-        jnp.zeros((), jnp.int32), params, v.get("batch_stats", {}), tx.init(params), ema_params
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=weights["batch_stats"],
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else {},
     )
 
 
 def log_probabilities(
-    model: nn.Module,
+    model: Model,
     normalizer: Normalizer,
     params: PyTree,
     batch_stats: PyTree,
@@ -201,9 +205,9 @@ def log_probabilities(
     of each image and its mirror image (test-time augmentation)."""
     x = normalizer(images)
     v = variables(params, batch_stats)
-    out = jax.nn.log_softmax(model.apply(v, x, train=False))
+    out = jax.nn.log_softmax(model.apply(v, x)[0])
     if flip:
-        mirrored = jax.nn.log_softmax(model.apply(v, x[:, :, ::-1, :], train=False))
+        mirrored = jax.nn.log_softmax(model.apply(v, x[:, :, ::-1, :])[0])
         out = jnp.logaddexp(out, mirrored) - jnp.log(2.0)
     return out
 
@@ -220,7 +224,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
 class Engine:
     """Builds the compiled train and eval functions for one model, optimizer and normalizer."""
 
-    model: nn.Module
+    model: Model
     tx: optax.GradientTransformation
     normalizer: Normalizer
     label_smoothing: float = 0.0
@@ -279,24 +283,19 @@ class Engine:
         dropout_key: jax.Array,
     ) -> tuple[TrainState, Sums]:
         """One optimizer update on a uint8 batch; adds its loss and accuracy to `sums`."""
-        rng = jax.random.fold_in(dropout_key, state.step)
-        x = self.normalizer(
-            self.augment(images, jax.random.fold_in(rng, 1)) if self.augment.enabled else images
-        )
+        augment_key, model_key = jax.random.split(jax.random.fold_in(dropout_key, state.step))
+        x = self.normalizer(self.augment(images, augment_key) if self.augment.enabled else images)
 
         def loss_fn(params):
-            logits, updates = self.model.apply(
+            logits, batch_stats = self.model.apply(
                 self._compute(variables(params, state.batch_stats)),
                 self._compute(x),
                 train=True,
-                rngs={"dropout": rng},
-                mutable=["batch_stats"],
+                dropout_key=model_key,
             )
             logits = logits.astype(jnp.float32)
             loss = cross_entropy(logits, labels, self.label_smoothing).mean()
-            batch_stats = jax.tree.map(
-                lambda a: a.astype(jnp.float32), updates.get("batch_stats", {})
-            )
+            batch_stats = jax.tree.map(lambda a: a.astype(jnp.float32), batch_stats)
             return loss, (logits, batch_stats)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -399,11 +398,10 @@ def epoch_batches(
     return order[: num_steps * batch_size].reshape(num_steps, batch_size)
 
 
-def uses_convolution(model: nn.Module, image_shape: tuple[int, ...]) -> bool:
+def uses_convolution(model: Model, image_shape: tuple[int, ...]) -> bool:
     """Whether the model's forward pass contains a convolution (read from its jaxpr, nothing runs)."""
-    jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(
-        jnp.zeros((1, *image_shape))
-    )
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    jaxpr = jax.make_jaxpr(model.apply)(model.shapes(), x)
     return "conv_general_dilated" in str(jaxpr)
 
 

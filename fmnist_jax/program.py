@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 from ml_collections import ConfigDict
 
 from fmnist_jax import data, engine, models, optim
@@ -29,7 +28,7 @@ from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
 
 def _engine(
     config: ConfigDict,
-    model: nn.Module,
+    model: models.Model,
     normalizer: engine.Normalizer,
     steps_per_epoch: int,
     backend: str,
@@ -63,7 +62,7 @@ class Program:
     """Everything a run compiles: built by `build`, compiled by `compile`."""
 
     config: ConfigDict
-    model: nn.Module
+    model: models.Model
     engine: engine.Engine
     runner: engine.EpochRunner
     # "test", and "val" when the config holds out a validation split.

@@ -14,13 +14,18 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The reference MLP with dropout, so that the dropout RNG is checked too.
+# The reference MLP with dropout, so that the dropout RNG is checked too, for one short epoch
+# (2,000 training examples, 62 steps): too short for float rounding, which partitioned sums change,
+# to grow (over a whole epoch it reaches ~0.3% of the loss with dropout), while a dropout mask or
+# batch that depended on the device count would change the loss at once.
 ARGS = [
     "--config=configs/mlp.py",
     "--config.num_epochs=1",
     "--config.model.dropout_rate=0.2",
+    "--config.data.num_validation=58000",
     "--config.checkpoint.asynchronous=False",
 ]
+TOLERANCE = 1e-4  # relative, on the test loss
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -78,7 +83,7 @@ def test_eight_devices_give_the_one_device_result(one_device, prepared_tfds_dir,
     assert code == 0, output
     eight = _summary(tmp_path)
     assert (one_device["devices"], eight["devices"]) == (1, 8)
-    assert abs(eight["test_loss"] - one_device["test_loss"]) / one_device["test_loss"] < 1e-3
+    assert abs(eight["test_loss"] - one_device["test_loss"]) / one_device["test_loss"] < TOLERANCE
     assert abs(eight["test_accuracy"] - one_device["test_accuracy"]) <= 0.002
 
 
@@ -100,7 +105,7 @@ def test_two_processes_on_localhost_train_like_one(one_device, prepared_tfds_dir
         assert code == 0, output
     two = _summary(tmp_path)  # written by process 0 only
     assert two["devices"] == 2
-    assert abs(two["test_loss"] - one_device["test_loss"]) / one_device["test_loss"] < 1e-3
+    assert abs(two["test_loss"] - one_device["test_loss"]) / one_device["test_loss"] < TOLERANCE
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
     assert (
         f"PID {processes[0].pid}," in (tmp_path / ".lock").read_text()

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
@@ -19,9 +20,8 @@ from fmnist_jax.reports import tables
 
 
 def _logits(model, batch=3):
-    x = jnp.zeros((batch, 28, 28, 1))
-    variables = engine.jit_once(model.init)(jax.random.key(0), x)
-    return jax.jit(model.apply)(variables, x), variables
+    variables = engine.jit_once(model.init)(jax.random.key(0))
+    return jax.jit(model.apply)(variables, jnp.zeros((batch, 28, 28, 1)))[0], variables
 
 
 @pytest.mark.parametrize(
@@ -33,21 +33,24 @@ def test_seed_models_have_the_seeds_parameter_counts(config_module, num_params):
     assert logits.shape == (3, 10)
     table, total = tables.model_table(model, (28, 28, 1))
     assert total == num_params == tables.count_params(variables["params"])
-    assert f"Total params: {num_params:,}" in table
+    assert f"Total Parameters: {num_params:,}" in table
 
 
 def test_summary_lists_layers_in_call_order_with_shapes():
     table, _ = tables.model_table(models.create(cnn_config.get_config().model), (28, 28, 1))
-    lines = table.splitlines()
-    conv0 = next(i for i, line in enumerate(lines) if line.startswith("conv0 (Conv)"))
-    assert "(None, 28, 28, 32)" in lines[conv0] and "320" in lines[conv0]
-    assert lines[conv0 + 1].startswith("conv1 (Conv)") and "(None, 14, 14, 64)" in lines[conv0 + 1]
+    assert "\x1b" not in table  # plain text for log files
+    rows = [line.split("│")[1:4] for line in table.splitlines() if line.count("│") > 4]
+    layers_in_order = [(path.strip(), kind.strip()) for path, kind, _ in rows if path.strip()]
+    assert layers_in_order[:3] == [("conv0", "Conv"), ("conv1", "Conv"), ("head", "DenseStack")]
+    conv1 = next(i for i, line in enumerate(table.splitlines()) if "│ conv1 " in line)
+    assert "float32[1,28,28,32]" in table.splitlines()[conv1] or "28,28,32" in table
+    assert "18,496" in table  # conv1's parameters: 3*3*32*64 + 64
 
 
 def test_mlp_accepts_hwc_batches_of_any_size():
     model = models.create(mlp_config.get_config().model)
-    variables = engine.jit_once(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    assert model.apply(variables, jnp.ones((7, 28, 28, 1))).shape == (7, 10)
+    variables = engine.jit_once(model.init)(jax.random.key(0))
+    assert model.apply(variables, jnp.ones((7, 28, 28, 1)))[0].shape == (7, 10)
 
 
 @pytest.mark.slow
@@ -58,15 +61,12 @@ def test_cnn_with_batch_norm_and_dropout_keeps_statistics_apart():
     _, variables = _logits(model)
     assert set(variables) == {"params", "batch_stats"}
     x = jnp.ones((2, 28, 28, 1))
-    a = model.apply(
-        variables, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"]
-    )[0]
-    b = model.apply(
-        variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
-    )[0]
+    a, stats = model.apply(variables, x, train=True, dropout_key=jax.random.key(1))
+    b, _ = model.apply(variables, x, train=True, dropout_key=jax.random.key(2))
     assert not np.allclose(a, b)  # dropout follows the RNG
+    assert not np.allclose(stats["bn0"]["mean"], variables["batch_stats"]["bn0"]["mean"])
     np.testing.assert_array_equal(
-        model.apply(variables, x), model.apply(variables, x)
+        model.apply(variables, x)[0], model.apply(variables, x)[0]
     )  # eval is deterministic
 
 
@@ -105,13 +105,11 @@ def test_cnn_cpu_formulation_trains_like_the_native_ops(batch_norm):
     labels = jnp.arange(8) % 10
     results = []
     for formulation in ("cpu", "native"):
-        model = CNN(batch_norm=batch_norm, formulation=formulation)
-        variables = engine.jit_once(model.init)(jax.random.key(0), images)
+        model = models.Model(CNN, {"batch_norm": batch_norm, "formulation": formulation})
+        variables = engine.jit_once(model.init)(jax.random.key(0))
 
         def loss(params, model=model, variables=variables):
-            logits, _ = model.apply(
-                {**variables, "params": params}, images, train=True, mutable=["batch_stats"]
-            )
+            logits, _ = model.apply({**variables, "params": params}, images, train=True)
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
         results.append(jax.jit(jax.value_and_grad(loss))(variables["params"]))
@@ -149,19 +147,11 @@ def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolu
     from fmnist_jax.models.resnet import BasicBlock
 
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 8))
-    block = BasicBlock(8, 1, "relu")
-    variables = engine.jit_once(functools.partial(block.init, train=False))(jax.random.key(1), x)
-    np.testing.assert_allclose(
-        jax.jit(functools.partial(block.apply, train=False))(variables, x),
-        jax.nn.relu(x),
-        atol=1e-5,
-    )
-    down = BasicBlock(16, 2, "relu")
-    train_apply = jax.jit(functools.partial(down.apply, train=True, mutable=["batch_stats"]))
-    out, updates = train_apply(
-        engine.jit_once(functools.partial(down.init, train=False))(jax.random.key(1), x), x
-    )
-    assert out.shape == (2, 7, 7, 16) and "shortcut_bn" in updates["batch_stats"]
+    block = BasicBlock(8, 8, 1, "relu", rngs=nnx.Rngs(1))
+    np.testing.assert_allclose(block(x, train=False), jax.nn.relu(x), atol=1e-5)
+    down = BasicBlock(8, 16, 2, "relu", rngs=nnx.Rngs(1))
+    out = down(x, train=True)
+    assert out.shape == (2, 7, 7, 16) and "shortcut_bn" in nnx.state(down, nnx.BatchStat)
     model = models.create(
         ml_collections.ConfigDict(
             {
@@ -175,7 +165,7 @@ def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolu
     logits, variables = _logits(model)
     assert logits.shape == (3, 10) and set(variables) == {"params", "batch_stats"}
     table, _ = tables.model_table(model, (28, 28, 1))
-    assert "(None, 7, 7, 32)" in table and "(None, 14, 14, 16)" in table
+    assert "[1,7,7,32]" in table and "[1,14,14,16]" in table
 
 
 def test_cnn_blocks_of_two_convolutions():
@@ -194,3 +184,26 @@ def test_cnn_blocks_of_two_convolutions():
         "head",
     ]
     assert variables["params"]["conv1_1"]["kernel"].shape == (3, 3, 64, 64)
+
+
+def _paths(tree):
+    return sorted("/".join(str(k.key) for k in path) for path, _ in jax.tree.leaves_with_path(tree))
+
+
+def test_weights_keep_the_names_of_the_linen_release():
+    """Checkpoints written before the models moved to Flax NNX restore as they are: same names."""
+    mlp = jax.eval_shape(models.create(mlp_config.get_config().model).init, jax.random.key(0))
+    assert _paths(mlp["params"]) == [
+        f"head/Dense_{i}/{p}" for i in (0, 1) for p in ("bias", "kernel")
+    ]
+    config = cnn_config.get_config().model
+    config.batch_norm = True
+    cnn = jax.eval_shape(models.create(config).init, jax.random.key(0))
+    assert _paths(cnn["batch_stats"]) == [f"bn{i}/{s}" for i in (0, 1) for s in ("mean", "var")]
+    assert "conv1/kernel" in _paths(cnn["params"]) and "bn1/scale" in _paths(cnn["params"])
+    resnet = ml_collections.ConfigDict(
+        {"name": "resnet", "stage_channels": (8, 16), "blocks_per_stage": 1, "stem_channels": 8}
+    )
+    params = _paths(jax.eval_shape(models.create(resnet).init, jax.random.key(0))["params"])
+    assert {"stem/kernel", "stem_bn/scale", "classifier/kernel"} <= set(params)
+    assert {"stage1_block0/shortcut/kernel", "stage1_block0/shortcut_bn/bias"} <= set(params)

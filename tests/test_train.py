@@ -221,7 +221,7 @@ def test_real_data_mlp_one_epoch_through_the_cli_without_tensorflow(
         env=without_tensorflow,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Total params: 101,770" in result.stderr
+    assert "Total Parameters: 101,770" in result.stderr
     assert noise(result.stderr) == []
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["test_accuracy"] >= 0.80

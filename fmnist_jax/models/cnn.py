@@ -2,68 +2,100 @@
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
+from flax import nnx
 
-from fmnist_jax.models.layers import MONOTONE, Conv, DenseStack, activation, pool
+from fmnist_jax.models.layers import (
+    MONOTONE,
+    Conv,
+    DenseStack,
+    activation,
+    layer_key,
+    pool,
+    pooled_size,
+)
+from fmnist_jax.shapes import IMAGE_SHAPE
 
 
-class CNN(nn.Module):
-    """One conv block per entry of `conv_channels`, then the dense head; returns logits."""
+class CNN(nnx.Module):
+    """One conv block per entry of `conv_channels`, then the dense head; returns logits.
 
-    conv_channels: tuple[int, ...] = (32, 64)
-    # Convolutions per block before its pooling (2 = VGG-style blocks).
-    convs_per_block: int = 1
-    kernel_size: int = 3
-    pooling: str = "max"
-    pool_size: int = 2
-    batch_norm: bool = False
-    conv_dropout_rate: float = 0.0
-    hidden_sizes: tuple[int, ...] = (128,)
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
-    # Pooling ops: "auto" = XLA:CPU-friendly on the CPU backend, native elsewhere (layers.pool).
-    formulation: str = "auto"
+    Layers are named `conv{block}` and `bn{block}` (`conv{block}_{i}` with several convolutions
+    per block), the names of the Flax Linen version, so its checkpoints restore as they are.
+    """
 
-    @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    def __init__(
+        self,
+        conv_channels: tuple[int, ...] = (32, 64),
+        # Convolutions per block before its pooling (2 = VGG-style blocks).
+        convs_per_block: int = 1,
+        kernel_size: int = 3,
+        pooling: str = "max",
+        pool_size: int = 2,
+        batch_norm: bool = False,
+        conv_dropout_rate: float = 0.0,
+        hidden_sizes: tuple[int, ...] = (128,),
+        activation: str = "relu",
+        dropout_rate: float = 0.0,
+        num_classes: int = 10,
+        # Pooling ops: "auto" = XLA:CPU-friendly on the CPU backend, native elsewhere (layers.pool).
+        formulation: str = "auto",
+        *,
+        image_shape: tuple[int, ...] = IMAGE_SHAPE,
+        rngs: nnx.Rngs,
+    ):
+        self.activation, self.pooling, self.pool_size = activation, pooling, pool_size
+        self.formulation, self.batch_norm = formulation, batch_norm
+        height, width, channels_in = image_shape
+        blocks = []
+        for i, channels in enumerate(conv_channels):
+            names = tuple(
+                f"{i}" if convs_per_block == 1 else f"{i}_{j}" for j in range(convs_per_block)
+            )
+            for suffix in names:
+                conv = Conv(channels_in, channels, kernel_size, use_bias=not batch_norm, rngs=rngs)
+                setattr(self, f"conv{suffix}", conv)
+                if batch_norm:  # Keras' BatchNormalization defaults
+                    bn = nnx.BatchNorm(channels, momentum=0.99, epsilon=1e-3, rngs=rngs)
+                    setattr(self, f"bn{suffix}", bn)
+                channels_in = channels
+            blocks.append(names)
+            height, width = (pooled_size(s, pooling, pool_size) for s in (height, width))
+        self.blocks = tuple(blocks)
+        self.conv_dropout = nnx.Dropout(conv_dropout_rate) if conv_dropout_rate > 0 else None
+        self.head = DenseStack(
+            height * width * channels_in,
+            tuple(hidden_sizes),
+            activation,
+            dropout_rate,
+            num_classes,
+            rngs=rngs,
+        )
+
+    def _conv(self, x: jax.Array, suffix: str, train: bool) -> tuple[jax.Array, jax.Array | None]:
+        x, bias = getattr(self, f"conv{suffix}")(x)
+        if self.batch_norm:
+            x = getattr(self, f"bn{suffix}")(x, use_running_average=not train)
+        return x, bias
+
+    def __call__(
+        self, images: jax.Array, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
         act = activation(self.activation)
         x = images
-        for i, channels in enumerate(self.conv_channels):
-            for j in range(self.convs_per_block):
-                suffix = f"{i}" if self.convs_per_block == 1 else f"{i}_{j}"
-                x, bias = Conv(
-                    channels, self.kernel_size, use_bias=not self.batch_norm, name=f"conv{suffix}"
-                )(x)
-                if self.batch_norm:
-                    # Keras' BatchNormalization defaults.
-                    x = nn.BatchNorm(
-                        use_running_average=not train,
-                        momentum=0.99,
-                        epsilon=1e-3,
-                        name=f"bn{suffix}",
-                    )(x)
-                if j < self.convs_per_block - 1:
-                    x = act(x if bias is None else x + bias)
+        for i, names in enumerate(self.blocks):
+            for suffix in names[:-1]:
+                x, bias = self._conv(x, suffix, train)
+                x = act(x if bias is None else x + bias)
+            x, bias = self._conv(x, names[-1], train)
             if self.pooling == "max" and self.activation in MONOTONE:
                 # Same numbers as act(conv + b) then pool, with the bias and activation on pooled maps.
                 x = pool(x, self.pooling, self.pool_size, self.formulation)
                 x = act(x if bias is None else x + bias)
             else:
-                x = pool(
-                    act(x if bias is None else x + bias),
-                    self.pooling,
-                    self.pool_size,
-                    self.formulation,
-                )
-            if self.conv_dropout_rate > 0:
-                x = nn.Dropout(self.conv_dropout_rate, deterministic=not train)(x)
+                x = act(x if bias is None else x + bias)
+                x = pool(x, self.pooling, self.pool_size, self.formulation)
+            if self.conv_dropout is not None:
+                x = self.conv_dropout(x, deterministic=not train, rngs=layer_key(dropout_key, i))
         x = x.reshape((x.shape[0], -1))
-        return DenseStack(
-            tuple(self.hidden_sizes),
-            self.activation,
-            self.dropout_rate,
-            self.num_classes,
-            name="head",
-        )(x, train)
+        return self.head(x, train, layer_key(dropout_key, len(self.blocks)))

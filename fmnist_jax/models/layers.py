@@ -5,23 +5,23 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from fmnist_jax.errors import UserError
 
 # Keras' defaults, so the reference notebooks' recipes train the same way here.
-kernel_init = nn.initializers.xavier_uniform()
+kernel_init = nnx.initializers.xavier_uniform()
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu,
-    "gelu": nn.gelu,
-    "silu": nn.silu,
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
     "tanh": jnp.tanh,
-    "sigmoid": nn.sigmoid,
-    "elu": nn.elu,
-    "leaky_relu": nn.leaky_relu,
+    "sigmoid": jax.nn.sigmoid,
+    "elu": jax.nn.elu,
+    "leaky_relu": jax.nn.leaky_relu,
 }
 
 
@@ -30,6 +30,11 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     if name not in ACTIVATIONS:
         raise UserError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
     return ACTIVATIONS[name]
+
+
+def layer_key(key: jax.Array | None, index: int) -> jax.Array | None:
+    """The key of a model's `index`-th dropout layer (None when not training)."""
+    return None if key is None else jax.random.fold_in(key, index)
 
 
 # Non-decreasing activations commute with max pooling: act(max(x)) == max(act(x)).
@@ -96,6 +101,11 @@ def _max_pool_cpu_bwd(
 _max_pool_cpu.defvjp(_max_pool_cpu_fwd, _max_pool_cpu_bwd)
 
 
+def pooled_size(size: int, kind: str, window: int) -> int:
+    """The height (or width) of a `size` map after `pool`."""
+    return size if kind == "none" or window == 1 else size // window
+
+
 def pool(x: jax.Array, kind: str, size: int, formulation: str = "auto") -> jax.Array:
     """Non-overlapping `size`x`size` pooling of NHWC `x` (floor of odd sizes, like Keras 'valid').
 
@@ -108,53 +118,67 @@ def pool(x: jax.Array, kind: str, size: int, formulation: str = "auto") -> jax.A
         return x
     cpu = use_cpu_formulation(formulation)
     if kind == "max":
-        return _max_pool_cpu(x, size) if cpu else nn.max_pool(x, (size, size), (size, size))
+        return _max_pool_cpu(x, size) if cpu else nnx.max_pool(x, (size, size), (size, size))
     if kind == "avg":
         return (
             _windows(x, size).mean(axis=(2, 4))
             if cpu
-            else nn.avg_pool(x, (size, size), (size, size))
+            else nnx.avg_pool(x, (size, size), (size, size))
         )
     raise UserError(f"Unknown pooling {kind!r}; choose 'max', 'avg' or 'none'.")
 
 
-class Conv(nn.Module):
-    """A SAME-padded convolution with `nn.Conv`'s parameters, returning the bias apart.
+class Conv(nnx.Module):
+    """A SAME-padded convolution with `nnx.Conv`'s parameters, returning the bias apart.
 
     Returning the bias lets the caller add it after max pooling (exact, as max(x + b) = max(x) + b),
     on a quarter of the activations.
     """
 
-    features: int
-    kernel_size: int
-    use_bias: bool = True
+    def __init__(
+        self, in_features: int, features: int, kernel_size: int, *, use_bias: bool, rngs: nnx.Rngs
+    ):
+        shape = (kernel_size, kernel_size, in_features, features)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape))
+        self.bias = nnx.Param(jnp.zeros((features,))) if use_bias else None
 
-    @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        k = self.kernel_size
-        kernel = self.param("kernel", kernel_init, (k, k, x.shape[-1], self.features))
-        bias = (
-            self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
-        )
         y = jax.lax.conv_general_dilated(
-            x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            x,
+            self.kernel.value.astype(x.dtype),
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        return y, bias
+        return y, None if self.bias is None else self.bias.value
 
 
-class DenseStack(nn.Module):
+class DenseStack(nnx.Module):
     """Hidden dense layers (activation, optional dropout) followed by the classifier layer."""
 
-    hidden_sizes: tuple[int, ...]
-    activation: str
-    dropout_rate: float
-    num_classes: int
+    def __init__(
+        self,
+        in_features: int,
+        hidden_sizes: tuple[int, ...],
+        activation: str,
+        dropout_rate: float,
+        num_classes: int,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        sizes = (in_features, *hidden_sizes, num_classes)
+        self.activation = activation
+        self.num_layers = len(sizes) - 1
+        # The names Flax Linen gave these layers: checkpoints of earlier releases restore as they are.
+        for i in range(self.num_layers):
+            layer = nnx.Linear(sizes[i], sizes[i + 1], kernel_init=kernel_init, rngs=rngs)
+            setattr(self, f"Dense_{i}", layer)
+        self.dropout = nnx.Dropout(dropout_rate) if dropout_rate > 0 else None
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, key: jax.Array | None = None) -> jax.Array:
         act = activation(self.activation)
-        for width in self.hidden_sizes:
-            x = act(nn.Dense(width, kernel_init=kernel_init)(x))
-            if self.dropout_rate > 0:
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=kernel_init)(x)
+        for i in range(self.num_layers - 1):
+            x = act(getattr(self, f"Dense_{i}")(x))
+            if self.dropout is not None:
+                x = self.dropout(x, deterministic=not train, rngs=layer_key(key, i))
+        return getattr(self, f"Dense_{self.num_layers - 1}")(x)

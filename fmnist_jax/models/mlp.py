@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
-import flax.linen as nn
+import math
+
 import jax
+from flax import nnx
 
 from fmnist_jax.models.layers import DenseStack
+from fmnist_jax.shapes import IMAGE_SHAPE
 
 
-class MLP(nn.Module):
+class MLP(nnx.Module):
     """Keras' `Flatten -> Dense(h, act) [-> Dropout] ... -> Dense(10)`; returns logits."""
 
-    hidden_sizes: tuple[int, ...] = (128,)
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
+    def __init__(
+        self,
+        hidden_sizes: tuple[int, ...] = (128,),
+        activation: str = "relu",
+        dropout_rate: float = 0.0,
+        num_classes: int = 10,
+        *,
+        image_shape: tuple[int, ...] = IMAGE_SHAPE,
+        rngs: nnx.Rngs,
+    ):
+        self.head = DenseStack(
+            math.prod(image_shape),
+            tuple(hidden_sizes),
+            activation,
+            dropout_rate,
+            num_classes,
+            rngs=rngs,
+        )
 
-    @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        x = images.reshape((images.shape[0], -1))
-        return DenseStack(
-            tuple(self.hidden_sizes),
-            self.activation,
-            self.dropout_rate,
-            self.num_classes,
-            name="head",
-        )(x, train)
+    def __call__(
+        self, images: jax.Array, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        return self.head(images.reshape((images.shape[0], -1)), train, dropout_key)

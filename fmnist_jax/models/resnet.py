@@ -3,71 +3,102 @@ average pooling, a linear classifier. Wide-ResNet-style widths and depths come f
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
+from flax import nnx
 
 from fmnist_jax.models.layers import activation
+from fmnist_jax.shapes import IMAGE_SHAPE
 
 # He initialization for convolutions followed by ReLU (the ResNet papers' choice).
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features: int, size: int, stride: int, name: str) -> nn.Conv:
+def _conv(in_features: int, features: int, size: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
     """A bias-free convolution (batch norm follows every one)."""
-    return nn.Conv(features, (size, size), stride, use_bias=False, kernel_init=conv_init, name=name)
-
-
-def _batch_norm(train: bool, name: str, **kwargs) -> nn.BatchNorm:
-    """Batch norm with the ResNet papers' momentum and epsilon."""
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name, **kwargs
+    return nnx.Conv(
+        in_features,
+        features,
+        (size, size),
+        stride,
+        use_bias=False,
+        kernel_init=conv_init,
+        rngs=rngs,
     )
 
 
-class BasicBlock(nn.Module):
+def _batch_norm(features: int, rngs: nnx.Rngs, **kwargs) -> nnx.BatchNorm:
+    """Batch norm with the ResNet papers' momentum and epsilon."""
+    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs, **kwargs)
+
+
+class BasicBlock(nnx.Module):
     """conv3x3-BN-act-conv3x3-BN plus the shortcut (a strided 1x1 conv + BN when the shape changes), then act."""
 
-    channels: int
-    stride: int
-    activation: str
+    def __init__(
+        self, in_channels: int, channels: int, stride: int, activation: str, *, rngs: nnx.Rngs
+    ):
+        self.activation = activation
+        self.conv0 = _conv(in_channels, channels, 3, stride, rngs)
+        self.bn0 = _batch_norm(channels, rngs)
+        self.conv1 = _conv(channels, channels, 3, 1, rngs)
+        # Zero-initialized last scale: each block starts as the identity (Goyal et al. 2017).
+        self.bn1 = _batch_norm(channels, rngs, scale_init=nnx.initializers.zeros)
+        projected = stride != 1 or in_channels != channels
+        self.shortcut = _conv(in_channels, channels, 1, stride, rngs) if projected else None
+        self.shortcut_bn = _batch_norm(channels, rngs) if projected else None
 
-    @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         act = activation(self.activation)
-        y = act(_batch_norm(train, "bn0")(_conv(self.channels, 3, self.stride, "conv0")(x)))
-        # Zero-initialized last scale: each block starts as the identity (Goyal et al. 2017).
-        y = _batch_norm(train, "bn1", scale_init=nn.initializers.zeros)(
-            _conv(self.channels, 3, 1, "conv1")(y)
-        )
-        if self.stride != 1 or x.shape[-1] != self.channels:
-            x = _batch_norm(train, "shortcut_bn")(
-                _conv(self.channels, 1, self.stride, "shortcut")(x)
-            )
+        y = act(self.bn0(self.conv0(x), use_running_average=not train))
+        y = self.bn1(self.conv1(y), use_running_average=not train)
+        if self.shortcut is not None:
+            x = self.shortcut_bn(self.shortcut(x), use_running_average=not train)
         return act(x + y)
 
 
-class ResNet(nn.Module):
+class ResNet(nnx.Module):
     """Stage i has `blocks_per_stage` blocks of `stage_channels[i]` channels; every stage after the
-    first halves the resolution (28 -> 14 -> 7); returns logits."""
+    first halves the resolution (28 -> 14 -> 7); returns logits.
 
-    stage_channels: tuple[int, ...] = (64, 128, 256)
-    blocks_per_stage: int = 2
-    stem_channels: int = 32
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
+    Blocks are named `stage{i}_block{j}`, the names of the Flax Linen version, so its checkpoints
+    restore as they are.
+    """
 
-    @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        act = activation(self.activation)
-        x = act(_batch_norm(train, "stem_bn")(_conv(self.stem_channels, 3, 1, "stem")(images)))
-        for i, channels in enumerate(self.stage_channels):
-            for j in range(self.blocks_per_stage):
+    def __init__(
+        self,
+        stage_channels: tuple[int, ...] = (64, 128, 256),
+        blocks_per_stage: int = 2,
+        stem_channels: int = 32,
+        activation: str = "relu",
+        dropout_rate: float = 0.0,
+        num_classes: int = 10,
+        *,
+        image_shape: tuple[int, ...] = IMAGE_SHAPE,
+        rngs: nnx.Rngs,
+    ):
+        self.activation = activation
+        self.stem = _conv(image_shape[-1], stem_channels, 3, 1, rngs)
+        self.stem_bn = _batch_norm(stem_channels, rngs)
+        channels_in, names = stem_channels, []
+        for i, channels in enumerate(stage_channels):
+            for j in range(blocks_per_stage):
                 stride = 2 if i > 0 and j == 0 else 1
-                x = BasicBlock(channels, stride, self.activation, name=f"stage{i}_block{j}")(
-                    x, train
-                )
+                block = BasicBlock(channels_in, channels, stride, activation, rngs=rngs)
+                setattr(self, f"stage{i}_block{j}", block)
+                names.append(f"stage{i}_block{j}")
+                channels_in = channels
+        self.blocks = tuple(names)
+        self.dropout = nnx.Dropout(dropout_rate) if dropout_rate > 0 else None
+        self.classifier = nnx.Linear(channels_in, num_classes, rngs=rngs)
+
+    def __call__(
+        self, images: jax.Array, train: bool = False, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        act = activation(self.activation)
+        x = act(self.stem_bn(self.stem(images), use_running_average=not train))
+        for name in self.blocks:
+            x = getattr(self, name)(x, train)
         x = x.mean(axis=(1, 2))
-        if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="classifier")(x)
+        if self.dropout is not None:
+            x = self.dropout(x, deterministic=not train, rngs=dropout_key)
+        return self.classifier(x)
