@@ -67,10 +67,10 @@ class Sums:
     def zeros(cls, num_runs: int) -> Sums:
         shape = (num_runs,)  # NumPy: no compiled op just to make zeros
         return cls(
-            np.zeros(shape, np.float32),
-            np.zeros(shape, np.int32),
-            np.zeros(shape, np.int32),
-            np.full(shape, -1, np.int32),
+            loss=np.zeros(shape, np.float32),
+            correct=np.zeros(shape, np.int32),
+            count=np.zeros(shape, np.int32),
+            first_nonfinite_step=np.full(shape, -1, np.int32),
         )
 
     def per_run(self) -> list[dict[str, float]]:
@@ -100,11 +100,11 @@ class Normalizer:
         if not standardize:
             return cls()
         scaled = train_images.astype(np.float32) / 255.0
-        return cls(scaled.mean(axis=0), np.maximum(scaled.std(axis=0), 1e-3))
+        return cls(mean=scaled.mean(axis=0), std=np.maximum(scaled.std(axis=0), 1e-3))
 
     @classmethod
     def from_tree(cls, tree: dict[str, Any]) -> Normalizer:
-        return cls(tree["mean"], tree["std"]) if tree else cls()
+        return cls(mean=tree["mean"], std=tree["std"]) if tree else cls()
 
     def as_tree(self) -> dict[str, Any]:
         """For checkpoints: inference needs the training split's statistics, not the data."""
@@ -320,7 +320,13 @@ class Engine:
                 (sums.first_nonfinite_step < 0) & ~finite, state.step, sums.first_nonfinite_step
             ),
         )
-        return TrainState(state.step + 1, params, batch_stats, opt_state, ema_params), sums
+        return TrainState(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            ema_params=ema_params,
+        ), sums
 
     def train_steps(
         self,
@@ -359,10 +365,10 @@ class Engine:
             loss = cross_entropy(logits, y, 0.0)
             correct = (jnp.argmax(logits, -1) == y) & m
             return Sums(
-                sums.loss + jnp.sum(jnp.where(m, loss, 0.0)),
-                sums.correct + jnp.sum(correct),
-                sums.count + jnp.sum(m),
-                sums.first_nonfinite_step,
+                loss=sums.loss + jnp.sum(jnp.where(m, loss, 0.0)),
+                correct=sums.correct + jnp.sum(correct),
+                count=sums.count + jnp.sum(m),
+                first_nonfinite_step=sums.first_nonfinite_step,
             ), None
 
         sums, _ = jax.lax.scan(body, sums, (images, labels, mask))

@@ -159,7 +159,9 @@ def lower_for(
     programs build, with that backend's choices (steps per call, unrolling, seed loop, pooling ops)."""
     model = models.create(config.model, platform)
     normalizer = (
-        engine.Normalizer(np.zeros(IMAGE_SHAPE, np.float32), np.ones(IMAGE_SHAPE, np.float32))
+        engine.Normalizer(
+            mean=np.zeros(IMAGE_SHAPE, np.float32), std=np.ones(IMAGE_SHAPE, np.float32)
+        )
         if config.data.standardize
         else engine.Normalizer()
     )

@@ -144,7 +144,7 @@ class LoopState:
         return cls(
             state=state,
             stoppers=[
-                EarlyStopping(es.monitor, es.patience, es.min_delta)
+                EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta)
                 for _ in range(config.num_seeds)
             ],
             kept=_keep(None, state.weights(), [True] * config.num_seeds),
@@ -371,7 +371,10 @@ def _finish(
     checkpoints.save("final", epochs[0], final_model, meta)
     if primary:  # the plots draw while the export lowers and the checkpoints finish writing
         classifier = inference.Classifier(
-            config, splits.class_names, epochs[0], inference.first_run(jax.device_get(final_model))
+            config=config,
+            class_names=splits.class_names,
+            epoch=epochs[0],
+            variables=inference.first_run(jax.device_get(final_model)),
         )
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             reports = pool.submit(
