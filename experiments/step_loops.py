@@ -25,7 +25,7 @@ def ms_per_step(
     config.steps_per_call = steps_per_call
     program = program_lib.build(config, splits)
     eng = dataclasses.replace(program.engine, unroll=unroll, compiler_options=options)
-    runner = dataclasses.replace(program.runner, engine=eng, _executables={})
+    runner = dataclasses.replace(program.runner, engine=eng)
     state, _ = program.compile()
     runner.compile(state)
     state, sums = runner.run(state, 0)  # warm-up epoch

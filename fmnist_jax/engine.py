@@ -474,7 +474,8 @@ class EpochRunner:
     shuffle_key: jax.Array
     dropout_key: jax.Array
     placement: DataParallel = dataclasses.field(default_factory=DataParallel.over_all_devices)
-    _executables: dict[int, Any] = dataclasses.field(default_factory=dict)
+    # Compiled training calls by length; a `dataclasses.replace` copy starts with none.
+    _executables: dict[int, Any] = dataclasses.field(default_factory=dict, init=False)
 
     def __post_init__(self):
         self.placement.check_batch("batch_size", self.batch_size)
