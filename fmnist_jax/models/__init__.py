@@ -26,6 +26,10 @@ MODELS: dict[str, type[nnx.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
 _NOT_SETTINGS = ("self", "rngs", "image_shape")
 
 
+def _weights(params: nnx.State, batch_stats: nnx.State) -> dict[str, PyTree]:
+    return {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
     """A Flax NNX module as pure functions over its weights (`init`, `apply`).
@@ -55,16 +59,14 @@ class Model:
 
     def shapes(self) -> dict[str, PyTree]:
         """The shapes and dtypes of `init`'s weights, computing nothing."""
-        _, params, batch_stats = self._abstract
-        return {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}
+        return _weights(*self._abstract[1:])
 
     def init(self, key: jax.Array) -> dict[str, PyTree]:
         """Initial weights drawn from `key`."""
-        _, params, batch_stats = nnx.split(self.build(nnx.Rngs(key)), nnx.Param, nnx.BatchStat)
-        return {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}
+        return _weights(*nnx.split(self.build(nnx.Rngs(key)), nnx.Param, nnx.BatchStat)[1:])
 
     def module(self, variables: dict[str, PyTree]) -> nnx.Module:
-        """The module holding `variables` (for inspection, e.g. `nnx.tabulate`)."""
+        """The module holding `variables`, to inspect or call it the NNX way."""
         return nnx.merge(self.graphdef, variables["params"], variables.get("batch_stats", {}))
 
     def apply(
