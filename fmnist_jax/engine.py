@@ -141,31 +141,29 @@ def jit_once(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _init_fn(
-    model: Model, tx: optax.GradientTransformation, image_shape: tuple[int, ...], ema: bool
+    model: Model, tx: optax.GradientTransformation, ema: bool
 ) -> Callable[[jax.Array], TrainState]:
-    return jax.vmap(functools.partial(init_state, model, tx, image_shape=image_shape, ema=ema))
+    return jax.vmap(functools.partial(init_state, model, tx, ema=ema))
 
 
 def init_states(
     model: Model,
     tx: optax.GradientTransformation,
     init_keys: jax.Array,
-    image_shape: tuple[int, ...],
     ema: bool = False,
 ) -> TrainState:
     """`init_state` of each of the `[num_runs]` keys, stacked on a leading run axis, as one compiled program."""
-    return jit_once(_init_fn(model, tx, image_shape, ema))(init_keys)
+    return jit_once(_init_fn(model, tx, ema))(init_keys)
 
 
 def state_shapes(
     model: Model,
     tx: optax.GradientTransformation,
     init_keys: jax.Array,
-    image_shape: tuple[int, ...],
     ema: bool = False,
 ) -> TrainState:
     """The shapes and dtypes of `init_states`' result, computing nothing (to compile against)."""
-    return jax.eval_shape(_init_fn(model, tx, image_shape, ema), init_keys)
+    return jax.eval_shape(_init_fn(model, tx, ema), init_keys)
 
 
 def select_run(tree: PyTree, index: int) -> PyTree:
@@ -177,11 +175,9 @@ def init_state(
     model: Model,
     tx: optax.GradientTransformation,
     key: jax.Array,
-    image_shape: tuple[int, ...],
     ema: bool = False,
 ) -> TrainState:
-    """Initial parameters (and batch-norm statistics) for one example of `image_shape` (HWC)."""
-    del image_shape  # the model knows its input shape
+    """Initial weights (and batch-norm statistics) and optimizer state of one run."""
     weights = model.init(key)
     params = weights["params"]
     return TrainState(

@@ -76,7 +76,7 @@ class Program:
         return self.runner.steps_per_epoch
 
     def _init_args(self) -> tuple:
-        return (self.model, self.engine.tx, self.init_keys, IMAGE_SHAPE, self.config.ema_decay > 0)
+        return (self.model, self.engine.tx, self.init_keys, self.config.ema_decay > 0)
 
     def compile(self) -> tuple[engine.TrainState, float]:
         """(the initial state of every run, on the devices; the seconds spent).
@@ -168,7 +168,7 @@ def lower_for(
     steps_per_epoch = num_train // config.batch_size
     eng, _, steps_per_call = _engine(config, model, normalizer, steps_per_epoch, platform)
     init_key, _, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
-    state = engine.state_shapes(model, eng.tx, init_key, IMAGE_SHAPE, ema=config.ema_decay > 0)
+    state = engine.state_shapes(model, eng.tx, init_key, ema=config.ema_decay > 0)
     steps = min(steps_per_call, steps_per_epoch)
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)

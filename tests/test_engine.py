@@ -23,7 +23,7 @@ def _setup(config, num_examples=64, seed=0):
     tx = optim.optimizer(
         config.optimizer, optim.schedule(config.schedule, config.optimizer.learning_rate, 10, 10)
     )
-    state = engine.init_states(model, tx, jax.random.key(config.seed)[None], (28, 28, 1))  # one run
+    state = engine.init_states(model, tx, jax.random.key(config.seed)[None])  # one run
     return model, tx, state, jnp.asarray(images), jnp.asarray(labels)
 
 
@@ -199,7 +199,7 @@ def test_eval_set_masks_padding():
     assert images.shape == (3, 2, 28, 28, 1) and int(mask.sum()) == 5
     model = models.create(mlp_config.get_config().model)
     tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
-    state = engine.init_states(model, tx, jax.random.key(0)[None], (28, 28, 1))
+    state = engine.init_states(model, tx, jax.random.key(0)[None])
     sums = engine.Engine(model, tx, engine.Normalizer()).evaluate(state.weights(), s)
     assert sums.count.tolist() == [5]
 
@@ -222,7 +222,7 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     assert len(sets["test"].calls) == 5
     model = models.create(mlp_config.get_config().model)
     tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
-    weights = engine.init_states(model, tx, jax.random.key(0)[None], (28, 28, 1)).weights()
+    weights = engine.init_states(model, tx, jax.random.key(0)[None]).weights()
     eng = engine.Engine(model, tx, engine.Normalizer())
     in_calls = eng.evaluate(weights, sets["test"])
     in_one = eng.evaluate(weights, engine.EvalSet.create(images, labels, 2, placement))
@@ -284,9 +284,7 @@ def test_standardization_centers_the_training_pixels():
 def test_ema_is_the_warmed_up_moving_average_of_the_weights():
     config = mlp_config.get_config()
     model, tx, _, images, labels = _setup(config, num_examples=24)
-    state = engine.select_run(
-        engine.init_states(model, tx, jax.random.key(0)[None], (28, 28, 1), ema=True), 0
-    )
+    state = engine.select_run(engine.init_states(model, tx, jax.random.key(0)[None], ema=True), 0)
     eng = engine.Engine(model, tx, engine.Normalizer(), ema_decay=0.5)
     step = jax.jit(eng.train_step)  # one run's step
     expected, sums = state.params, engine.select_run(engine.Sums.zeros(1), 0)
@@ -330,7 +328,7 @@ def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
     config = cnn_config.get_config()
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
     model, tx, _, images, labels = _setup(config, num_examples=32)
-    state = engine.init_states(model, tx, jax.random.split(jax.random.key(0), 2), (28, 28, 1))
+    state = engine.init_states(model, tx, jax.random.split(jax.random.key(0), 2))
     batches = jnp.stack([jnp.arange(32).reshape(4, 8), jnp.arange(32)[::-1].reshape(4, 8)])
     keys = jax.random.split(jax.random.key(1), 2)
     results = []
