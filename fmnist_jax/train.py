@@ -317,14 +317,17 @@ def _save(
     """The epoch's `latest/` checkpoint (every `checkpoint.every_epochs` and at the last epoch) and
     `best/` when validation accuracy improved."""
     config, epoch, history = program.config, loop.epochs_done, loop.history
-    model, meta = program.model_item(loop.state.weights()), loop.meta(config, class_names)
     last = epoch == config.num_epochs or loop.all_stopped()
-    if epoch % config.checkpoint.every_epochs == 0 or last:
-        checkpoints.save("latest", epoch, model, meta, loop.train_item())
+    kinds = ["latest"] if epoch % config.checkpoint.every_epochs == 0 or last else []
     if "val_accuracy" in history[-1] and history[-1]["val_accuracy"] > max(
         (r["val_accuracy"] for r in history[:-1]), default=-1.0
     ):
-        checkpoints.save("best", epoch, model, meta)
+        kinds.append("best")
+    if not kinds:
+        return  # most epochs: nothing to build
+    model, meta = program.model_item(loop.state.weights()), loop.meta(config, class_names)
+    for kind in kinds:
+        checkpoints.save(kind, epoch, model, meta, loop.train_item() if kind == "latest" else None)
 
 
 def _test(
