@@ -29,8 +29,11 @@ class Augment:
     def enabled(self) -> bool:
         return self.crop_padding > 0 or self.flip or self.erasing > 0
 
-    def __call__(self, images: jax.Array, key: jax.Array) -> jax.Array:
-        """NHWC images (any dtype) -> float32 augmented images of the same shape."""
+    def __call__(
+        self, images: jax.Array, key: jax.Array, erasing: jax.Array | None = None
+    ) -> jax.Array:
+        """NHWC images (any dtype) -> float32 augmented images of the same shape; `erasing` is a
+        run's own erasing probability (a sweep's, traced), in place of the configured one."""
         x = images.astype(jnp.float32)
         crop_key, flip_key, erase_key = jax.random.split(key, 3)
         if self.crop_padding > 0:
@@ -39,7 +42,7 @@ class Augment:
             mirror = jax.random.bernoulli(flip_key, 0.5, (x.shape[0], 1, 1, 1))
             x = jnp.where(mirror, x[:, :, ::-1, :], x)
         if self.erasing > 0:
-            x = random_erasing(x, erase_key, self.erasing)
+            x = random_erasing(x, erase_key, self.erasing if erasing is None else erasing)
         return x
 
 

@@ -7,7 +7,9 @@ has the same keys and `--config.key=value` overrides hit a known, typed key.
 from __future__ import annotations
 
 import ast
+import itertools
 import math
+from typing import Any
 
 from ml_collections import ConfigDict
 
@@ -18,6 +20,25 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential", "piecewise")
 MONITORS = ("val_accuracy", "val_loss")
 NUM_TRAIN_EXAMPLES = 60_000
+# Keys a sweep (`grid`) can vary inside one compiled program: numbers that change no array shape
+# and no program structure, each with the optimizers that read it (None: every run reads it).
+SWEEPABLE: dict[str, tuple[str, ...] | None] = {
+    "optimizer.learning_rate": None,
+    "optimizer.momentum": ("sgd", "rmsprop"),
+    "optimizer.b1": ("adam", "adamw"),
+    "optimizer.b2": ("adam", "adamw"),
+    "optimizer.eps": ("adam", "adamw", "adadelta", "rmsprop"),
+    "optimizer.rho": ("adadelta", "rmsprop"),
+    "optimizer.weight_decay": None,
+    "optimizer.grad_clip_norm": None,
+    "schedule.end_factor": None,
+    "schedule.decay_rate": None,
+    "loss.label_smoothing": None,
+    "model.dropout_rate": None,
+    "model.conv_dropout_rate": None,
+    "ema_decay": None,
+    "augment.erasing": None,
+}
 
 
 def default() -> ConfigDict:
@@ -26,6 +47,9 @@ def default() -> ConfigDict:
     c.seed = 0
     # Seeds trained at once in one compiled program (seed, seed+1, ...); results are mean +- std.
     c.num_seeds = 1
+    # A sweep: ((key, (value, ...)), ...) over keys of SWEEPABLE. Every combination (a member) trains
+    # with every seed, all in one compiled program; () = the config as it is. See experiments/sweep.
+    c.grid = ()
     c.num_epochs = 10
     c.batch_size = 32
     c.eval_batch_size = 1000
@@ -136,19 +160,105 @@ def apply_overrides(config: ConfigDict, overrides: str) -> None:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             pass
-        *path, leaf = key.strip().split(".")
-        node = config
-        for part in path:
-            node = node.get(part) if isinstance(node, ConfigDict) else None
-        if not isinstance(node, ConfigDict) or leaf not in node:
-            raise UserError(
-                f"Key {key.strip()!r} is not a key of the config: the keys are those of "
-                "fmnist_jax/config.py, and a model's own keys those its config file lists under `model`."
-            )
-        try:
-            node[leaf] = value
-        except TypeError as e:
-            raise UserError(f"Setting {pair!r}: {e}.") from None
+        set_key(config, key.strip(), value)
+
+
+def set_key(config: ConfigDict, key: str, value: Any) -> None:
+    """Sets the dotted `key` (e.g. "optimizer.learning_rate"), which must exist, to `value`."""
+    *path, leaf = key.split(".")
+    node = config
+    for part in path:
+        node = node.get(part) if isinstance(node, ConfigDict) else None
+    if not isinstance(node, ConfigDict) or leaf not in node:
+        raise UserError(
+            f"Key {key!r} is not a key of the config: the keys are those of "
+            "fmnist_jax/config.py, and a model's own keys those its config file lists under `model`."
+        )
+    try:
+        node[leaf] = value
+    except TypeError as e:
+        raise UserError(f"Setting {key}={value}: {e}.") from None
+
+
+def members(config: ConfigDict) -> list[dict[str, Any]]:
+    """The sweep's members, each {key: value}: every combination of `config.grid`, the last key
+    varying fastest; one member, {}, without a grid."""
+    keys = [key for key, _ in config.grid]
+    return [
+        dict(zip(keys, combo, strict=True))
+        for combo in itertools.product(*(v for _, v in config.grid))
+    ]
+
+
+def run_seeds(config: ConfigDict) -> list[int]:
+    """The seed of each run on the run axis: every member with seeds seed, seed+1, ...; member m's
+    seed s is run m * num_seeds + s."""
+    return [config.seed + s for _ in members(config) for s in range(config.num_seeds)]
+
+
+def num_runs(config: ConfigDict) -> int:
+    """The length of the run axis: members x seeds."""
+    return len(members(config)) * config.num_seeds
+
+
+def run_values(config: ConfigDict, run: int) -> dict[str, Any]:
+    """The swept keys' values of run `run` ({} without a grid)."""
+    return members(config)[run // config.num_seeds]
+
+
+def with_values(config: ConfigDict, values: dict[str, Any]) -> ConfigDict:
+    """A copy of `config` without its grid and with `values` set: one member as a run of its own."""
+    copy = config.copy_and_resolve_references()
+    copy.grid = ()
+    for key, value in values.items():
+        set_key(copy, key, value)
+    return copy
+
+
+def widest(config: ConfigDict) -> ConfigDict:
+    """The config a sweep's program is built from: each swept key at its largest value, so that the
+    parts a 0 turns off (dropout, momentum, clipping, weight decay, EMA, erasing) exist for every
+    member; each run's own values replace those numbers inside the program."""
+    return with_values(config, {key: max(values) for key, values in config.grid})
+
+
+def _check_grid(config: ConfigDict) -> None:
+    """Each grid entry is (a sweepable key this config reads, its values), and each value valid."""
+    grid = config.grid
+    _check(
+        config.data.num_validation > 0,
+        "A sweep (grid) chooses its best member on the validation split: set data.num_validation > 0.",
+    )
+    _check(
+        isinstance(grid, (tuple, list))
+        and all(isinstance(e, (tuple, list)) and len(e) == 2 for e in grid),
+        f"grid must be a tuple of (key, (value, ...)) pairs, got {grid!r}.",
+    )
+    keys = [key for key, _ in grid]
+    _check(len(set(keys)) == len(keys), f"grid names a key twice: {keys}.")
+    for key, values in grid:
+        _check(
+            key in SWEEPABLE,
+            f"{key} cannot be swept inside one compiled program: only numbers that change no array "
+            "shape and no program structure can ride the run axis, and it is not one of them "
+            f"(sweepable: {', '.join(SWEEPABLE)}). Compare values of {key} as separate runs with "
+            "experiments.compare, e.g. python -m experiments.compare --config=configs/mlp.py "
+            f"--variant='a:{key}=...' --variant='b:{key}=...'.",
+        )
+        readers = SWEEPABLE[key]
+        _check(
+            readers is None or config.optimizer.name in readers,
+            f"{key} does nothing with optimizer.name={config.optimizer.name!r} (it is read by "
+            f"{', '.join(readers or ())}); sweep another key, or set optimizer.name.",
+        )
+        _check(
+            isinstance(values, (tuple, list))
+            and len(values) > 0
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+            f"grid values of {key} must be a non-empty tuple of numbers, got {values!r}.",
+        )
+        for value in values:
+            validate(with_values(config, {key: value}))
 
 
 def validate(config: ConfigDict) -> None:
@@ -187,6 +297,8 @@ def validate(config: ConfigDict) -> None:
         isinstance(config.num_seeds, int) and config.num_seeds >= 1,
         f"num_seeds must be a positive integer, got {config.num_seeds!r}.",
     )
+    if config.grid:
+        _check_grid(config)
     d = config.distributed
     _check(d.num_processes >= 1, f"distributed.num_processes must be >= 1, got {d.num_processes}.")
     _check(

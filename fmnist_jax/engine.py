@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
@@ -121,12 +121,12 @@ def variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
     return {"params": params, "batch_stats": batch_stats}
 
 
-def seed_keys(seed: int, num_runs: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(init, shuffle, dropout) keys of the runs with seeds seed..seed+num_runs-1, each `[num_runs]`.
+def seed_keys(seeds: list[int]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(init, shuffle, dropout) keys of runs with these seeds, each `[len(seeds)]`.
 
-    Run k gets exactly the keys of a run of its own with seed + k.
+    Run k gets exactly the keys of a run of its own with seed `seeds[k]`.
     """
-    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(seed + jnp.arange(num_runs))
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(jnp.asarray(seeds))
     return keys[:, 0], keys[:, 1], keys[:, 2]
 
 
@@ -209,19 +209,24 @@ def log_probabilities(
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
-    """Per-example softmax cross-entropy on integer labels, with optional label smoothing."""
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
+    """Per-example softmax cross-entropy on integer labels, with label smoothing (0 = none: the
+    targets stay exactly one-hot; a sweep's smoothing is a traced per-run value)."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
 
 
 @dataclasses.dataclass(frozen=True)
 class Engine:
-    """Builds the compiled train and eval functions for one model, optimizer and normalizer."""
+    """Builds the compiled train and eval functions for one model, optimizer and normalizer.
+
+    A sweep gives each run its own values of swept keys (`values`, {config key: traced scalar}):
+    they replace the optimizer's numbers, the label smoothing, the EMA decay, the erasing
+    probability and the dropout rates inside the step; without a sweep `values` is {}.
+    """
 
     model: Model
-    tx: optax.GradientTransformation
+    # The optimizer of a run's values (see `fmnist_jax.optim.optimizer`).
+    optimizer: Callable[[Mapping[str, jax.Array]], optax.GradientTransformation]
     normalizer: Normalizer
     label_smoothing: float = 0.0
     unroll: bool = False
@@ -238,6 +243,11 @@ class Engine:
     ema_decay: float = 0.0
     # Evaluation averages each image's prediction with its mirror image's.
     test_time_flip: bool = False
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        """The optimizer as the config states it: what creates every run's optimizer state."""
+        return self.optimizer({})
 
     def over_runs(
         self, fn: Callable[..., Any], in_axes: tuple[int | None, ...]
@@ -277,10 +287,14 @@ class Engine:
         images: jax.Array,
         labels: jax.Array,
         dropout_key: jax.Array,
+        values: Mapping[str, jax.Array],
     ) -> tuple[TrainState, Sums]:
         """One optimizer update on a uint8 batch; adds its loss and accuracy to `sums`."""
         augment_key, model_key = jax.random.split(jax.random.fold_in(dropout_key, state.step))
-        x = self.normalizer(self.augment(images, augment_key) if self.augment.enabled else images)
+        if self.augment.enabled:
+            images = self.augment(images, augment_key, values.get("augment.erasing"))
+        x = self.normalizer(images)
+        rates = {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
 
         def loss_fn(params):
             logits, batch_stats = self.model.apply(
@@ -288,21 +302,25 @@ class Engine:
                 self._compute(x),
                 train=True,
                 dropout_key=model_key,
+                rates=rates,
             )
             logits = logits.astype(jnp.float32)
-            loss = cross_entropy(logits, labels, self.label_smoothing).mean()
+            smoothing = values.get("loss.label_smoothing", self.label_smoothing)
+            loss = cross_entropy(logits, labels, smoothing).mean()
             batch_stats = jax.tree.map(lambda a: a.astype(jnp.float32), batch_stats)
             return loss, (logits, batch_stats)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = self.optimizer(values).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
         if self.ema_decay:
             # TensorFlow's ExponentialMovingAverage warm-up: early steps average over fewer steps.
-            decay = jnp.minimum(self.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+            decay = jnp.minimum(
+                values.get("ema_decay", self.ema_decay), (1.0 + state.step) / (10.0 + state.step)
+            )
             ema_params = jax.tree.map(
                 lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params
             )
@@ -332,11 +350,12 @@ class Engine:
         labels: jax.Array,
         batch_indices: jax.Array,
         dropout_key: jax.Array,
+        values: Mapping[str, jax.Array],
     ) -> tuple[TrainState, Sums]:
         """`len(batch_indices)` steps; batch i gathers the examples `batch_indices[i]` on the device."""
 
         def body(carry, idx):
-            return self.train_step(*carry, images[idx], labels[idx], dropout_key), None
+            return self.train_step(*carry, images[idx], labels[idx], dropout_key, values), None
 
         (state, sums), _ = jax.lax.scan(body, (state, sums), batch_indices, unroll=self.unroll)
         return state, sums
@@ -371,8 +390,8 @@ class Engine:
         return sums
 
     def train_program(self) -> Callable[..., tuple[TrainState, Sums]]:
-        """`train_steps` over every run: (state, sums, images, labels, batch_indices, dropout_key)."""
-        return self.over_runs(self.train_steps, in_axes=(0, 0, None, None, 0, 0))
+        """`train_steps` over every run: (state, sums, images, labels, batch_indices, dropout_key, values)."""
+        return self.over_runs(self.train_steps, in_axes=(0, 0, None, None, 0, 0, 0))
 
     def eval_program(self) -> Callable[..., Sums]:
         """`eval_sums` over every run: (params, batch_stats, sums, images, labels, mask)."""
@@ -469,14 +488,18 @@ class EpochRunner:
     steps_per_call: int
     shuffle_key: jax.Array
     dropout_key: jax.Array
+    # Each run's values of the swept keys, `[num_runs]` each ({} without a sweep; see `Engine`).
+    values: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
     placement: DataParallel = dataclasses.field(default_factory=DataParallel.over_all_devices)
     # Compiled training calls by length; a `dataclasses.replace` copy starts with none.
     _executables: dict[int, Any] = dataclasses.field(default_factory=dict, init=False)
 
     def __post_init__(self):
         self.placement.check_batch("batch_size", self.batch_size)
-        self.images, self.labels, self.shuffle_key, self.dropout_key = self.placement.put(
-            (self.images, self.labels, self.shuffle_key, self.dropout_key)
+        self.images, self.labels, self.shuffle_key, self.dropout_key, self.values = (
+            self.placement.put(
+                (self.images, self.labels, self.shuffle_key, self.dropout_key, self.values)
+            )
         )
         shuffle = functools.partial(
             epoch_batches,
@@ -515,7 +538,13 @@ class EpochRunner:
                 sharding=self.placement.split(_BATCH_AXIS),
             )
             lowered = jitted.lower(
-                state, self._zeros(), self.images, self.labels, indices, self.dropout_key
+                state,
+                self._zeros(),
+                self.images,
+                self.labels,
+                indices,
+                self.dropout_key,
+                self.values,
             )
             self._executables[length] = lowered.compile(
                 compiler_options=self.engine.compiler_options
@@ -550,6 +579,7 @@ class EpochRunner:
             self.labels,
             batches[..., :length, :],
             self.dropout_key,
+            self.values,
         )
         jax.block_until_ready(sums)
         with jax.profiler.trace(log_dir):
@@ -561,6 +591,7 @@ class EpochRunner:
                     self.labels,
                     batches[..., start : start + length, :],
                     self.dropout_key,
+                    self.values,
                 )
             jax.block_until_ready(sums)
         return len(calls) * length
@@ -580,7 +611,13 @@ class EpochRunner:
         report_every = max(1, len(chunks) // 20)
         for i, (start, end) in enumerate(chunks):
             state, sums = self._executables[end - start](
-                state, sums, self.images, self.labels, batches[..., start:end, :], self.dropout_key
+                state,
+                sums,
+                self.images,
+                self.labels,
+                batches[..., start:end, :],
+                self.dropout_key,
+                self.values,
             )
             if progress is not None and len(chunks) > 1 and (i + 1) % report_every == 0:
                 jax.block_until_ready(sums)

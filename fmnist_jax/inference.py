@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from fmnist_jax import checkpoint, engine, models
+from fmnist_jax import config as config_lib
 from fmnist_jax.errors import UserError
 from fmnist_jax.shapes import IMAGE_SHAPE
 
@@ -99,13 +100,13 @@ def report(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict[s
     }
 
 
-def first_run(model: dict) -> dict:
-    """The first run's (seed's) weights of a model item whose weights carry the run axis (the
-    normalizer is shared)."""
+def one_run(model: dict, run: int) -> dict:
+    """Run `run`'s weights of a model item whose weights carry the run axis (the normalizer is
+    shared)."""
     return {
         **model,
         **{
-            key: engine.select_run(model[key], 0)
+            key: engine.select_run(model[key], run)
             for key in ("params", "ema_params", "batch_stats")
             if key in model
         },
@@ -126,19 +127,22 @@ def as_batch(images: np.ndarray) -> np.ndarray:
     return x if x.dtype == np.uint8 else x.astype(np.float32)
 
 
-def load(workdir: str, which: str = "final") -> Classifier:
+def load(workdir: str, which: str = "final", run: int | None = None) -> Classifier:
     """Restores a trained run's model for inference, on whatever backend is present.
 
     Args:
         workdir: the run's directory.
         which: 'final' (the weights summary.json reports), 'best' (best validation accuracy) or
             'latest' (the newest epoch's).
+        run: which run of the run axis (seeds; a sweep's members x seeds, see sweep.json); None =
+            the reported one: the first seed, or a sweep's best member on validation.
 
     Returns:
-        A `Classifier` with the first seed's weights, the run's config and class names.
+        A `Classifier` with that run's weights, its config (a sweep member's values set) and the
+        class names.
 
     Raises:
-        UserError: no such workdir or checkpoint, or every checkpoint of that kind is damaged.
+        UserError: no such workdir, checkpoint or run, or every checkpoint of that kind is damaged.
     """
     if which not in checkpoint.KINDS:
         raise UserError(
@@ -148,9 +152,17 @@ def load(workdir: str, which: str = "final") -> Classifier:
         raise UserError(f"Workdir {workdir} does not exist. Pass the --workdir of a trained run.")
     model, meta = checkpoint.restore_model(workdir, which)
     config = ml_collections.ConfigDict(meta["config"])
+    config.grid = tuple((key, tuple(values)) for key, values in config.get("grid", ()))
+    if run is None:
+        run = meta.get("summary", {}).get("reported_run", 0)
+    runs = config_lib.num_runs(config)
+    if not 0 <= run < runs:
+        raise UserError(
+            f"{workdir} holds runs 0 to {runs - 1} (members x seeds); run={run} is not one of them."
+        )
     return Classifier(
-        config=config,
+        config=config_lib.with_values(config, config_lib.run_values(config, run)),
         class_names=tuple(meta["class_names"]),
         epoch=int(meta["epoch"]),
-        variables=first_run(model),
+        variables=one_run(model, run),
     )

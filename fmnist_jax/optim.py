@@ -1,55 +1,90 @@
-"""Optax optimizer and learning-rate schedule from `config.optimizer` and `config.schedule`."""
+"""Optax optimizer and learning-rate schedule from `config.optimizer` and `config.schedule`.
+
+`values` holds a run's own numbers for swept keys (`config.grid`; traced per-run scalars inside a
+sweep's program) and replaces the config's; which parts exist (momentum, clipping, weight decay)
+follows the config, where each swept key holds its largest value (`config.widest`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
 
+def _value(config: ConfigDict, values: Mapping[str, Any], key: str) -> Any:
+    section, name = key.split(".")
+    return values.get(key, config[section][name])
+
+
 def schedule(
-    schedule_config: ConfigDict, learning_rate: float, steps_per_epoch: int, num_epochs: int
+    config: ConfigDict, steps_per_epoch: int, values: Mapping[str, Any] | None = None
 ) -> optax.Schedule:
     """Learning rate as a function of the step; the config states durations in epochs."""
-    name = schedule_config.name
-    total_steps = steps_per_epoch * num_epochs
-    if name == "constant":
+    values = values or {}
+    s = config.schedule
+    learning_rate = _value(config, values, "optimizer.learning_rate")
+    if s.name == "constant":
         return optax.constant_schedule(learning_rate)
-    if name == "cosine":
-        warmup = int(schedule_config.warmup_epochs * steps_per_epoch)
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0 if warmup else learning_rate,
-            peak_value=learning_rate,
-            warmup_steps=warmup,
-            decay_steps=max(total_steps, warmup + 1),
-            end_value=learning_rate * schedule_config.end_factor,
+    if s.name == "cosine":
+        # optax.warmup_cosine_decay_schedule, with the end stated as a fraction of the peak.
+        warmup = int(s.warmup_epochs * steps_per_epoch)
+        decay = optax.cosine_decay_schedule(
+            learning_rate,
+            decay_steps=max(steps_per_epoch * config.num_epochs, warmup + 1) - warmup,
+            alpha=_value(config, values, "schedule.end_factor"),
         )
-    if name == "exponential":
-        return optax.exponential_decay(
-            learning_rate, transition_steps=steps_per_epoch, decay_rate=schedule_config.decay_rate
+        if not warmup:
+            return decay
+        warm = optax.linear_schedule(0.0, learning_rate, transition_steps=warmup)
+        return optax.join_schedules([warm, decay], [warmup])
+    if s.name == "exponential":
+        # optax.exponential_decay's formula, which checks its rate in Python (not a traced value).
+        decay_rate = _value(config, values, "schedule.decay_rate")
+        return lambda step: jnp.where(
+            step <= 0, learning_rate, learning_rate * jnp.power(decay_rate, step / steps_per_epoch)
         )
-    if name == "piecewise":
+    if s.name == "piecewise":
         boundaries = {
-            int(e * steps_per_epoch): s
-            for e, s in zip(schedule_config.boundaries_epochs, schedule_config.scales, strict=False)
+            int(e * steps_per_epoch): scale
+            for e, scale in zip(s.boundaries_epochs, s.scales, strict=False)
         }
         return optax.piecewise_constant_schedule(learning_rate, boundaries)
-    raise ValueError(f"unknown schedule {name!r}")  # config.validate rejects it first.
+    raise ValueError(f"unknown schedule {s.name!r}")  # config.validate rejects it first.
 
 
-def optimizer(optimizer_config: ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
-    """The named optimizer with optional gradient clipping (first) and weight decay."""
-    c = optimizer_config
+def optimizer(
+    config: ConfigDict, steps_per_epoch: int, values: Mapping[str, Any] | None = None
+) -> optax.GradientTransformation:
+    """The named optimizer on the config's schedule, with optional gradient clipping (first) and
+    weight decay."""
+    values = values or {}
+    c = config.optimizer
+
+    def v(name: str) -> Any:
+        return _value(config, values, f"optimizer.{name}")
+
+    lr = schedule(config, steps_per_epoch, values)
+    momentum = v("momentum") if c.momentum else None  # a swept 0 is a zero-decay trace: the same
     base = {
-        "sgd": lambda: optax.sgd(lr, momentum=c.momentum or None, nesterov=c.nesterov),
-        "adam": lambda: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps),
-        "adamw": lambda: optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay),
-        "adadelta": lambda: optax.adadelta(lr, rho=c.rho, eps=c.eps),
-        "rmsprop": lambda: optax.rmsprop(lr, decay=c.rho, eps=c.eps, momentum=c.momentum or None),
+        "sgd": lambda: optax.sgd(lr, momentum=momentum, nesterov=c.nesterov),
+        "adam": lambda: optax.adam(lr, b1=v("b1"), b2=v("b2"), eps=v("eps")),
+        "adamw": lambda: optax.adamw(
+            lr, b1=v("b1"), b2=v("b2"), eps=v("eps"), weight_decay=v("weight_decay")
+        ),
+        "adadelta": lambda: optax.adadelta(lr, rho=v("rho"), eps=v("eps")),
+        "rmsprop": lambda: optax.rmsprop(lr, decay=v("rho"), eps=v("eps"), momentum=momentum),
     }[c.name]()
     parts = []
     if c.grad_clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(c.grad_clip_norm))
+        clip = v("grad_clip_norm")
+        if "optimizer.grad_clip_norm" in values:  # a run's 0 means no clipping
+            clip = jnp.where(clip > 0, clip, jnp.inf)
+        parts.append(optax.clip_by_global_norm(clip))
     if c.weight_decay > 0 and c.name != "adamw":
         # Added to the gradient before the optimizer: for sgd this is exactly an L2 penalty.
-        parts.append(optax.add_decayed_weights(c.weight_decay))
+        parts.append(optax.add_decayed_weights(v("weight_decay")))
     return optax.chain(*parts, base)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import time
 
 import jax
@@ -19,6 +20,7 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
+from fmnist_jax import config as config_lib
 from fmnist_jax import data, engine, models, optim
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
@@ -32,29 +34,33 @@ def _engine(
     normalizer: engine.Normalizer,
     steps_per_epoch: int,
     backend: str,
-) -> tuple[engine.Engine, optax.Schedule, int]:
-    """The config's optimizer and compiled math as built for `backend`, with the learning-rate
-    schedule and the training steps per compiled call."""
-    learning_rate = optim.schedule(
-        config.schedule, config.optimizer.learning_rate, steps_per_epoch, config.num_epochs
-    )
+    num_runs: int,
+) -> tuple[engine.Engine, int]:
+    """The compiled math of `num_runs` runs of `config` (a sweep's widest config) as built for
+    `backend`, with the training steps per compiled call."""
     has_convolution = engine.uses_convolution(model, IMAGE_SHAPE)
     steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, has_convolution)
     eng = engine.Engine(
         model=model,
-        tx=optim.optimizer(config.optimizer, learning_rate),
+        optimizer=functools.partial(optim.optimizer, config, steps_per_epoch),
         normalizer=normalizer,
         label_smoothing=config.loss.label_smoothing,
         unroll=unroll,
         compiler_options=engine.compiler_options(backend),
         compute_dtype=config.dtype,
-        num_runs=config.num_seeds,
+        num_runs=num_runs,
         augment=Augment(**config.augment),
         loop_runs=engine.seed_loop(backend, has_convolution),
         ema_decay=config.ema_decay,
         test_time_flip=config.test_time_flip,
     )
-    return eng, learning_rate, steps_per_call
+    return eng, steps_per_call
+
+
+def run_values(config: ConfigDict) -> dict[str, np.ndarray]:
+    """Each swept key's value on every run of the run axis (`[num_runs]` float32; {} without a grid)."""
+    runs = [config_lib.run_values(config, r) for r in range(config_lib.num_runs(config))]
+    return {key: np.array([r[key] for r in runs], np.float32) for key, _ in config.grid}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +82,7 @@ class Program:
         return self.runner.steps_per_epoch
 
     def _init_args(self) -> tuple:
-        return (self.model, self.engine.tx, self.init_keys, self.config.ema_decay > 0)
+        return (self.model, self.engine.tx, self.init_keys, self.engine.ema_decay > 0)
 
     def compile(self) -> tuple[engine.TrainState, float]:
         """(the initial state of every run, on the devices; the seconds spent).
@@ -119,13 +125,14 @@ def build(
     the data on `placement`'s devices (default: all of them)."""
     backend = backend or jax.default_backend()
     placement = placement or DataParallel.over_all_devices()
-    model = models.create(config.model, backend)
+    widest = config_lib.widest(config)
+    model = models.create(widest.model, backend)
     normalizer = engine.Normalizer.fit(splits.train_images, config.data.standardize)
     steps_per_epoch = len(splits.train_labels) // config.batch_size
-    eng, learning_rate, steps_per_call = _engine(
-        config, model, normalizer, steps_per_epoch, backend
+    eng, steps_per_call = _engine(
+        widest, model, normalizer, steps_per_epoch, backend, config_lib.num_runs(config)
     )
-    init_keys, shuffle_keys, dropout_keys = engine.seed_keys(config.seed, config.num_seeds)
+    init_keys, shuffle_keys, dropout_keys = engine.seed_keys(config_lib.run_seeds(config))
     runner = engine.EpochRunner(
         engine=eng,
         images=splits.train_images,
@@ -134,6 +141,7 @@ def build(
         steps_per_call=steps_per_call,
         shuffle_key=shuffle_keys,
         dropout_key=dropout_keys,
+        values=run_values(config),
         placement=placement,
     )
     eval_splits = {"test": (splits.test_images, splits.test_labels)}
@@ -145,7 +153,7 @@ def build(
         engine=eng,
         runner=runner,
         eval_sets=engine.EvalSet.create_all(eval_splits, config.eval_batch_size, placement),
-        learning_rate=learning_rate,
+        learning_rate=optim.schedule(config, steps_per_epoch),
         init_keys=init_keys,
         placement=placement,
     )
@@ -157,7 +165,8 @@ def lower_for(
     """The training call and the evaluation program of `config` exactly as a run on `platform` ("cpu",
     "cuda", "tpu") builds them, lowered on this machine without compiling: proves that every backend's
     programs build, with that backend's choices (steps per call, unrolling, seed loop, pooling ops)."""
-    model = models.create(config.model, platform)
+    widest = config_lib.widest(config)
+    model = models.create(widest.model, platform)
     normalizer = (
         engine.Normalizer(
             mean=np.zeros(IMAGE_SHAPE, np.float32), std=np.ones(IMAGE_SHAPE, np.float32)
@@ -166,22 +175,30 @@ def lower_for(
         else engine.Normalizer()
     )
     steps_per_epoch = num_train // config.batch_size
-    eng, _, steps_per_call = _engine(config, model, normalizer, steps_per_epoch, platform)
-    init_key, _, dropout_key = engine.seed_keys(config.seed, config.num_seeds)
-    state = engine.state_shapes(model, eng.tx, init_key, ema=config.ema_decay > 0)
+    eng, steps_per_call = _engine(
+        widest, model, normalizer, steps_per_epoch, platform, config_lib.num_runs(config)
+    )
+    init_key, _, dropout_key = engine.seed_keys(config_lib.run_seeds(config))
+    state = engine.state_shapes(model, eng.tx, init_key, ema=eng.ema_decay > 0)
     steps = min(steps_per_call, steps_per_epoch)
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
-    indices = jax.ShapeDtypeStruct((config.num_seeds, steps, config.batch_size), jnp.int32)
+    indices = jax.ShapeDtypeStruct((eng.num_runs, steps, config.batch_size), jnp.int32)
     batches = engine.eval_batches(10_000, config.eval_batch_size)  # the test split in one call
     train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(
-        state, engine.Sums.zeros(config.num_seeds), images, labels, indices, dropout_key
+        state,
+        engine.Sums.zeros(eng.num_runs),
+        images,
+        labels,
+        indices,
+        dropout_key,
+        run_values(config),
     )
     weights = state.weights()
     eval_call = jax.jit(eng.eval_program()).trace(
         engine.eval_params(weights),
         weights["batch_stats"],
-        engine.Sums.zeros(config.num_seeds),
+        engine.Sums.zeros(eng.num_runs),
         jax.ShapeDtypeStruct((*batches, *IMAGE_SHAPE), jnp.uint8),
         jax.ShapeDtypeStruct(batches, jnp.int32),
         jax.ShapeDtypeStruct(batches, jnp.bool_),

@@ -1,8 +1,8 @@
 """The records a run writes: one `EpochRow` per epoch (metrics.jsonl, TensorBoard, the checkpoint's
 history) and one `Summary` at the end (summary.json, the return value of `train_and_evaluate`).
 
-Every metric is the mean over the run axis (the seeds), with its standard deviation (`_std`) and
-the per-seed values (`_seeds`), whatever the number of seeds.
+Every metric is the mean over the run axis (the seeds, or a sweep's members x seeds), with its
+standard deviation (`_std`) and the per-run values (`_seeds`), whatever the number of runs.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 import numpy as np
+from ml_collections import ConfigDict
+
+from fmnist_jax import config as config_lib
 
 
 class EpochRow(TypedDict):
@@ -39,7 +42,17 @@ class Summary(TypedDict):
     test_accuracy: float
     test_accuracy_std: float
     test_accuracy_seeds: list[float]
+    # The reported weights on the validation split; absent without one.
+    val_loss: NotRequired[float]
+    val_loss_std: NotRequired[float]
+    val_loss_seeds: NotRequired[list[float]]
+    val_accuracy: NotRequired[float]
+    val_accuracy_std: NotRequired[float]
+    val_accuracy_seeds: NotRequired[list[float]]
     best_val_accuracy: float | None  # None without a validation split
+    # The run that the final checkpoint's export, plots and `inference.load` default to: 0, or in a
+    # sweep the first seed of the member with the best mean validation accuracy (`best_run`).
+    reported_run: int
     epochs_run: int
     # The epoch whose weights are reported: with early stopping and restore_best, each seed's best.
     restored_epoch: int
@@ -63,3 +76,28 @@ def over_runs(split: str, per_run: list[dict[str, float]]) -> dict[str, float | 
         out[f"{split}_{metric}_std"] = float(values.std())
         out[f"{split}_{metric}_seeds"] = values.tolist()
     return out
+
+
+def member_means(per_run: list[float], num_seeds: int) -> np.ndarray:
+    """Per-run values of a sweep as each member's mean over its seeds (NaN for a diverged one)."""
+    return np.asarray(per_run, np.float64).reshape(-1, num_seeds).mean(axis=1)
+
+
+def best_run(val: dict, config: ConfigDict) -> int:
+    """The first run of the sweep member with the best mean validation accuracy (never the test
+    split's); a member with a diverged seed cannot be best unless every member diverged."""
+    accuracy = np.where(np.isfinite(val["val_loss_seeds"]), val["val_accuracy_seeds"], np.nan)
+    means = member_means(accuracy.tolist(), config.num_seeds)
+    return int(np.argmax(np.nan_to_num(means, nan=-np.inf))) * config.num_seeds
+
+
+def member_name(values: dict[str, float]) -> str:
+    """A sweep member as `learning_rate=0.001 dropout_rate=0.2` (the last part of each key)."""
+    return " ".join(f"{key.rpartition('.')[2]}={value:g}" for key, value in values.items())
+
+
+def run_name(config: ConfigDict, run: int) -> str:
+    """How logs name run `run`: its seed, and in a sweep its member."""
+    seed = f"seed {config_lib.run_seeds(config)[run]}"
+    values = config_lib.run_values(config, run)
+    return f"{member_name(values)}, {seed}" if values else seed

@@ -24,7 +24,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, data, distributed, engine, inference, stopping
+from fmnist_jax import checkpoint, data, distributed, engine, inference, records, stopping
 from fmnist_jax import config as config_lib
 from fmnist_jax import export as export_lib
 from fmnist_jax import program as program_lib
@@ -145,9 +145,9 @@ class LoopState:
             state=state,
             stoppers=[
                 EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta)
-                for _ in range(config.num_seeds)
+                for _ in range(config_lib.num_runs(config))
             ],
-            kept=_keep(None, state.weights(), [True] * config.num_seeds),
+            kept=_keep(None, state.weights(), [True] * config_lib.num_runs(config)),
         )
 
     @classmethod
@@ -220,7 +220,7 @@ class LoopState:
     def reported(self, config: ConfigDict) -> tuple[dict[str, PyTree], list[int]]:
         """(the weights each run reports, the epoch they are from, per run)."""
         if not self.stoppers:
-            return self.state.weights(), [self.epochs_done] * config.num_seeds
+            return self.state.weights(), [self.epochs_done] * config_lib.num_runs(config)
         return self.kept, [
             s.best_epoch
             if config.early_stopping.restore_best
@@ -274,8 +274,9 @@ def _train_epoch(
     workdir: str,
     checkpoints: checkpoint.Checkpoints | None,
 ) -> EpochRow:
-    """Trains epoch `epoch` and validates it; raises `UserError` on a non-finite loss. With
-    `checkpoints` (the primary process), shows progress and stops mid-epoch when asked."""
+    """Trains epoch `epoch` and validates it. A non-finite loss raises `UserError`; in a sweep it
+    is logged once, and that run goes on as NaN while the others train. With `checkpoints` (the
+    primary process), shows progress and stops mid-epoch when asked."""
     config = program.config
     start = time.perf_counter()
     hook = None
@@ -286,16 +287,21 @@ def _train_epoch(
     train = sums.per_run()  # waits for the epoch
     seconds = time.perf_counter() - start
     for run, t in enumerate(train):
-        if t["first_nonfinite_step"] >= 0:
-            raise _diverged(
-                epoch,
-                t["first_nonfinite_step"],
-                program.steps_per_epoch,
-                workdir,
-                config.seed + run,
+        if t["first_nonfinite_step"] >= 0 and not _diverged_before(loop.history, run):
+            where = _divergence(
+                epoch, t["first_nonfinite_step"], program.steps_per_epoch, config, run
+            )
+            if not config.grid:
+                raise UserError(
+                    f"{where} Training stopped there; the metrics of the earlier epochs are in "
+                    f"{workdir}/{workdir_lib.METRICS_FILE}. Lower optimizer.learning_rate, or set "
+                    "optimizer.grad_clip_norm (e.g. 1.0)."
+                )
+            logging.warning(
+                "%s The other runs of the sweep go on; it is reported as diverged.", where
             )
     loop.train_seconds += seconds
-    examples = config.num_seeds * program.steps_per_epoch * config.batch_size
+    examples = config_lib.num_runs(config) * program.steps_per_epoch * config.batch_size
     row = {
         "epoch": epoch,
         **over_runs("train", train),
@@ -336,9 +342,14 @@ def _test(
     """The reported weights' test metrics, with the run's timings and facts."""
     config = program.config
     weights, epochs = loop.reported(config)
-    examples = config.num_seeds * loop.epochs_done * program.steps_per_epoch * config.batch_size
+    examples = (
+        config_lib.num_runs(config) * loop.epochs_done * program.steps_per_epoch * config.batch_size
+    )
+    val = over_runs("val", program.evaluate(weights, "val")) if "val" in program.eval_sets else {}
     return {
         **over_runs("test", program.evaluate(weights, "test")),
+        **val,
+        "reported_run": records.best_run(val, config) if config.grid else 0,
         "best_val_accuracy": max(
             (r["val_accuracy"] for r in loop.history if "val_accuracy" in r), default=None
         ),
@@ -371,13 +382,14 @@ def _finish(
     weights, epochs = loop.reported(config)
     final_model = program.model_item(weights)
     meta = {**loop.meta(config, splits.class_names), "summary": summary}
-    checkpoints.save("final", epochs[0], final_model, meta)
+    run = summary["reported_run"]
+    checkpoints.save("final", epochs[run], final_model, meta)
     if primary:  # the plots draw while the export lowers and the checkpoints finish writing
         classifier = inference.Classifier(
-            config=config,
+            config=config_lib.with_values(config, config_lib.run_values(config, run)),
             class_names=splits.class_names,
-            epoch=epochs[0],
-            variables=inference.first_run(jax.device_get(final_model)),
+            epoch=epochs[run],
+            variables=inference.one_run(jax.device_get(final_model), run),
         )
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             reports = pool.submit(
@@ -392,6 +404,8 @@ def _finish(
         workdir_lib.write_summary(workdir, summary)
     logging.info("%s", lines.summary_line(summary, workdir))
     final_loss = loop.history[-1]["train_loss"]
+    if config.grid:
+        return  # a sweep's members are judged one by one in sweep.json
     if final_loss >= _UNIFORM_GUESS_LOSS or summary["test_accuracy"] <= _CHANCE_ACCURACY:
         logging.warning(
             "This run did not learn: final training loss %.4f (a uniform guess scores %.4f), test "
@@ -443,16 +457,19 @@ def _between_calls(
     return hook
 
 
-def _diverged(
-    epoch: int, global_step: int, steps_per_epoch: int, workdir: str, seed: int
-) -> UserError:
+def _divergence(
+    epoch: int, global_step: int, steps_per_epoch: int, config: ConfigDict, run: int
+) -> str:
+    """Where run `run`'s loss first became non-finite, naming the run by its seed (and values)."""
     step_in_epoch = global_step - (epoch - 1) * steps_per_epoch + 1
-    return UserError(
-        f"Training diverged (seed {seed}): the loss became NaN or infinite at epoch {epoch}, step {step_in_epoch} of "
-        f"{steps_per_epoch} (global step {global_step + 1}). Training stopped there; the metrics of the "
-        f"earlier epochs are in {workdir}/{workdir_lib.METRICS_FILE}. Lower optimizer.learning_rate, "
-        "or set optimizer.grad_clip_norm (e.g. 1.0)."
+    return (
+        f"Training diverged ({records.run_name(config, run)}): the loss became NaN or infinite at "
+        f"epoch {epoch}, step {step_in_epoch} of {steps_per_epoch} (global step {global_step + 1})."
     )
+
+
+def _diverged_before(history: list[EpochRow], run: int) -> bool:
+    return bool(history) and not np.isfinite(history[-1]["train_loss_seeds"][run])
 
 
 def _write_reports(
@@ -506,8 +523,8 @@ def _update_stoppers(
         take.append(improved or not config.early_stopping.restore_best)
         if stopper.should_stop:
             logging.info(
-                "Early stopping (seed %d) at epoch %d: best %s %.4f at epoch %d.",
-                config.seed + seed,
+                "Early stopping (%s) at epoch %d: best %s %.4f at epoch %d.",
+                records.run_name(config, seed),
                 epoch,
                 monitor,
                 stopper.best,

@@ -1,5 +1,7 @@
 """The compiled training math: learning, determinism, chunking, divergence detection."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,18 +22,16 @@ def _setup(config, num_examples=64, seed=0):
     for i, y in enumerate(labels):
         images[i, 2 * y : 2 * y + 3] = 250
     model = models.create(config.model)
-    tx = optim.optimizer(
-        config.optimizer, optim.schedule(config.schedule, config.optimizer.learning_rate, 10, 10)
-    )
-    state = engine.init_states(model, tx, jax.random.key(config.seed)[None])  # one run
-    return model, tx, state, jnp.asarray(images), jnp.asarray(labels)
+    optimizer = functools.partial(optim.optimizer, config, 10)
+    state = engine.init_states(model, optimizer({}), jax.random.key(config.seed)[None])  # one run
+    return model, optimizer, state, jnp.asarray(images), jnp.asarray(labels)
 
 
 def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
-    model, tx, state, images, labels = _setup(config, num_examples)
+    model, optimizer, state, images, labels = _setup(config, num_examples)
     eng = engine.Engine(
         model,
-        tx,
+        optimizer,
         engine.Normalizer(),
         config.loss.label_smoothing,
         unroll=unroll,
@@ -129,9 +129,9 @@ def test_progress_reports_steps_of_long_epochs():
     config = cnn_config.get_config()
     config.batch_size = 8
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
-    model, tx, state, images, labels = _setup(config, num_examples=64)
+    model, optimizer, state, images, labels = _setup(config, num_examples=64)
     runner = engine.EpochRunner(
-        engine.Engine(model, tx, engine.Normalizer()),
+        engine.Engine(model, optimizer, engine.Normalizer()),
         images,
         labels,
         8,
@@ -198,9 +198,10 @@ def test_eval_set_masks_padding():
     ((images, _, mask),) = s.calls
     assert images.shape == (3, 2, 28, 28, 1) and int(mask.sum()) == 5
     model = models.create(mlp_config.get_config().model)
-    tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
+    optimizer = functools.partial(optim.optimizer, mlp_config.get_config(), 10)
+    tx = optimizer({})
     state = engine.init_states(model, tx, jax.random.key(0)[None])
-    sums = engine.Engine(model, tx, engine.Normalizer()).evaluate(state.weights(), s)
+    sums = engine.Engine(model, optimizer, engine.Normalizer()).evaluate(state.weights(), s)
     assert sums.count.tolist() == [5]
 
 
@@ -221,9 +222,10 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     )  # gcd(4, 10) batches per call
     assert len(sets["test"].calls) == 5
     model = models.create(mlp_config.get_config().model)
-    tx = optim.optimizer(mlp_config.get_config().optimizer, 1e-3)
+    optimizer = functools.partial(optim.optimizer, mlp_config.get_config(), 10)
+    tx = optimizer({})
     weights = engine.init_states(model, tx, jax.random.key(0)[None]).weights()
-    eng = engine.Engine(model, tx, engine.Normalizer())
+    eng = engine.Engine(model, optimizer, engine.Normalizer())
     in_calls = eng.evaluate(weights, sets["test"])
     in_one = eng.evaluate(weights, engine.EvalSet.create(images, labels, 2, placement))
     assert (
@@ -255,11 +257,12 @@ def test_schedules_in_epochs(name, at_end):
     config = mlp_config.get_config()
     config.schedule.name = name
     config.schedule.boundaries_epochs, config.schedule.scales = (5, 8), (0.1, 0.1)
-    lr = optim.schedule(config.schedule, 1.0, steps_per_epoch=10, num_epochs=10)
+    config.optimizer.learning_rate, config.num_epochs = 1.0, 10
+    lr = optim.schedule(config, steps_per_epoch=10)
     assert float(lr(100)) == pytest.approx(at_end, abs=1e-6)
     config.schedule.warmup_epochs = 2
     if name == "cosine":
-        warm = optim.schedule(config.schedule, 1.0, steps_per_epoch=10, num_epochs=10)
+        warm = optim.schedule(config, steps_per_epoch=10)
         assert float(warm(0)) == 0.0 and float(warm(20)) == pytest.approx(1.0)
 
 
@@ -283,14 +286,16 @@ def test_standardization_centers_the_training_pixels():
 @pytest.mark.slow
 def test_ema_is_the_warmed_up_moving_average_of_the_weights():
     config = mlp_config.get_config()
-    model, tx, _, images, labels = _setup(config, num_examples=24)
-    state = engine.select_run(engine.init_states(model, tx, jax.random.key(0)[None], ema=True), 0)
-    eng = engine.Engine(model, tx, engine.Normalizer(), ema_decay=0.5)
+    model, optimizer, _, images, labels = _setup(config, num_examples=24)
+    state = engine.select_run(
+        engine.init_states(model, optimizer({}), jax.random.key(0)[None], ema=True), 0
+    )
+    eng = engine.Engine(model, optimizer, engine.Normalizer(), ema_decay=0.5)
     step = jax.jit(eng.train_step)  # one run's step
     expected, sums = state.params, engine.select_run(engine.Sums.zeros(1), 0)
     for t in range(3):
         state, sums = step(
-            state, sums, images[8 * t : 8 * t + 8], labels[8 * t : 8 * t + 8], jax.random.key(1)
+            state, sums, images[8 * t : 8 * t + 8], labels[8 * t : 8 * t + 8], jax.random.key(1), {}
         )
         decay = min(0.5, (1 + t) / (10 + t))  # 0.1, 0.18..., 0.25
         expected = jax.tree.map(lambda e, p, d=decay: d * e + (1 - d) * p, expected, state.params)
@@ -327,15 +332,15 @@ def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
 def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
     config = cnn_config.get_config()
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
-    model, tx, _, images, labels = _setup(config, num_examples=32)
-    state = engine.init_states(model, tx, jax.random.split(jax.random.key(0), 2))
+    model, optimizer, _, images, labels = _setup(config, num_examples=32)
+    state = engine.init_states(model, optimizer({}), jax.random.split(jax.random.key(0), 2))
     batches = jnp.stack([jnp.arange(32).reshape(4, 8), jnp.arange(32)[::-1].reshape(4, 8)])
     keys = jax.random.split(jax.random.key(1), 2)
     results = []
     for loop_runs in (False, True):
-        eng = engine.Engine(model, tx, engine.Normalizer(), num_runs=2, loop_runs=loop_runs)
+        eng = engine.Engine(model, optimizer, engine.Normalizer(), num_runs=2, loop_runs=loop_runs)
         steps = jax.jit(eng.train_program())
-        results.append(steps(state, engine.Sums.zeros(2), images, labels, batches, keys))
+        results.append(steps(state, engine.Sums.zeros(2), images, labels, batches, keys, {}))
     (vmapped, vsums), (looped, lsums) = results
     np.testing.assert_allclose(vsums.loss, lsums.loss, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(vmapped.params), jax.tree.leaves(looped.params), strict=False):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -17,7 +18,7 @@ from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError
 from fmnist_jax.models.cnn import CNN
-from fmnist_jax.models.layers import formulation_for
+from fmnist_jax.models.layers import Dropout, formulation_for
 from fmnist_jax.models.mlp import MLP
 from fmnist_jax.models.resnet import ResNet
 from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
@@ -75,9 +76,16 @@ class Model:
         images: jax.Array,
         train: bool = False,
         dropout_key: jax.Array | None = None,
+        rates: Mapping[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, PyTree]:
-        """(logits, the batch-norm statistics after the call: updated when `train`)."""
+        """(logits, the batch-norm statistics after the call: updated when `train`).
+
+        `rates` gives dropout settings (e.g. "dropout_rate") a run's own traced value: a sweep's.
+        """
         module = self.module(variables)
+        for _, layer in nnx.iter_modules(module):
+            if isinstance(layer, Dropout) and layer.setting in (rates or {}):
+                layer.rate = rates[layer.setting]
         logits = module(images, train=train, dropout_key=dropout_key)
         return logits, nnx.state(module, nnx.BatchStat).to_pure_dict()
 

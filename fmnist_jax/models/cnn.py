@@ -10,6 +10,7 @@ from fmnist_jax.models.layers import (
     Conv,
     DenseStack,
     activation,
+    dropout,
     layer_key,
     pool,
     pooled_size,
@@ -62,7 +63,7 @@ class CNN(nnx.Module):
             blocks.append(names)
             height, width = (pooled_size(s, pooling, pool_size) for s in (height, width))
         self.blocks = tuple(blocks)
-        self.conv_dropout = nnx.Dropout(conv_dropout_rate) if conv_dropout_rate > 0 else None
+        self.conv_dropout = dropout(conv_dropout_rate, "conv_dropout_rate")
         self.head = DenseStack(
             height * width * channels_in,
             tuple(hidden_sizes),

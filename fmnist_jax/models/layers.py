@@ -153,6 +153,28 @@ class Conv(nnx.Module):
         return y, None if self.bias is None else self.bias.value
 
 
+class Dropout(nnx.Dropout):
+    """`nnx.Dropout` that names the model setting its rate comes from (`setting`), so that a sweep
+    can give each run its own rate (`Model.apply(rates=...)`): a traced rate draws the same mask
+    and scales the same way as nnx's Python one, and a traced 0 keeps every input unchanged."""
+
+    def __init__(self, rate: float, setting: str):
+        super().__init__(rate)
+        self.setting = setting
+
+    def __call__(self, inputs: jax.Array, deterministic: bool, rngs: jax.Array | None) -> jax.Array:
+        if isinstance(self.rate, float) or deterministic:
+            return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(rngs, p=keep, shape=inputs.shape)
+        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+
+
+def dropout(rate: float, setting: str = "dropout_rate") -> Dropout | None:
+    """The dropout layer of the model setting `setting`, or None at rate 0."""
+    return Dropout(rate, setting) if rate > 0 else None
+
+
 class DenseStack(nnx.Module):
     """Hidden dense layers (activation, optional dropout) followed by the classifier layer."""
 
@@ -173,7 +195,7 @@ class DenseStack(nnx.Module):
         for i in range(self.num_layers):
             layer = nnx.Linear(sizes[i], sizes[i + 1], kernel_init=kernel_init, rngs=rngs)
             setattr(self, f"Dense_{i}", layer)
-        self.dropout = nnx.Dropout(dropout_rate) if dropout_rate > 0 else None
+        self.dropout = dropout(dropout_rate)
 
     def __call__(self, x: jax.Array, train: bool, key: jax.Array | None = None) -> jax.Array:
         act = activation(self.activation)

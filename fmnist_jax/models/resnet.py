@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from fmnist_jax.models.layers import activation
+from fmnist_jax.models.layers import activation, dropout
 from fmnist_jax.shapes import IMAGE_SHAPE
 
 # He initialization for convolutions followed by ReLU (the ResNet papers' choice).
@@ -88,7 +88,7 @@ class ResNet(nnx.Module):
                 names.append(f"stage{i}_block{j}")
                 channels_in = channels
         self.blocks = tuple(names)
-        self.dropout = nnx.Dropout(dropout_rate) if dropout_rate > 0 else None
+        self.dropout = dropout(dropout_rate)
         self.classifier = nnx.Linear(channels_in, num_classes, rngs=rngs)
 
     def __call__(

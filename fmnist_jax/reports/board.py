@@ -7,6 +7,7 @@ sample test predictions. Only process 0 of a multi-host run writes.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -25,9 +26,8 @@ class Board:
         if self._writer is None:
             return
         for key, value in row.items():
-            if key != "epoch" and not isinstance(
-                value, list
-            ):  # per-seed lists stay in metrics.jsonl
+            # Per-run lists stay in metrics.jsonl; a sweep's diverged member makes a mean NaN.
+            if key != "epoch" and not isinstance(value, list) and math.isfinite(value):
                 split, _, metric = key.partition("_")
                 tag = f"{split}/{metric}" if split in ("train", "val") else key
                 self._writer.add_scalar(tag, value, row["epoch"])
@@ -50,3 +50,23 @@ class Board:
             hparams, {f"hparam/{k}": v for k, v in metrics.items()}, name="hparams"
         )
         self._writer.close()
+
+
+def write_members(workdir: str, result: dict[str, Any]) -> None:
+    """A sweep's members as TensorBoard runs, `tensorboard/members/<member>/`: each member's curves
+    (means over its seeds) per epoch, and its values with its validation and test accuracy as
+    hparams (TensorBoard's HParams tab compares them)."""
+    for m in result["members"]:
+        writer = SummaryWriter(
+            os.path.join(workdir, DIRECTORY, "members", m["name"].replace(" ", ","))
+        )
+        for key, values in m["curves"].items():
+            split, _, metric = key.partition("_")
+            for epoch, value in zip(result["epochs"], values, strict=True):
+                if value is not None:
+                    writer.add_scalar(f"{split}/{metric}", value, epoch)
+        scores = {
+            f"hparam/{k}": m[k] for k in ("val_accuracy", "test_accuracy") if m[k] is not None
+        }
+        writer.add_hparams(m["hparams"], scores, name="hparams")
+        writer.close()

@@ -128,6 +128,60 @@ def comparison(
     _save(fig, path)
 
 
+def sweep(path: str, result: dict[str, Any]):
+    """A sweep at a glance: per swept key, final validation (solid) and test (dashed) accuracy
+    against its values (mean +- std over seeds; one line per setting of the other keys), then every
+    member's validation curve. Returns the figure (also saved to `path`)."""
+    keys = list(result["grid"])
+    members = [m for m in result["members"] if not m["diverged"]]
+    fig, axes = plt.subplots(
+        1, len(keys) + 1, figsize=(4.5 * (len(keys) + 1), 4), squeeze=False, layout="tight"
+    )
+    for ax, key in zip(axes[0], keys, strict=False):
+        others = [k for k in keys if k != key]
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for m in members:
+            groups.setdefault(tuple(m["hparams"][k] for k in others), []).append(m)
+        for i, (setting, group) in enumerate(groups.items()):
+            group = sorted(group, key=lambda m: m["hparams"][key])
+            x = [m["hparams"][key] for m in group]
+            label = " ".join(
+                f"{k.rpartition('.')[2]}={v:g}" for k, v in zip(others, setting, strict=True)
+            )
+            for metric, style in (("val_accuracy", "o-"), ("test_accuracy", "x--")):
+                ax.errorbar(
+                    x,
+                    [m[metric] for m in group],
+                    yerr=[m[f"{metric}_std"] for m in group],
+                    fmt=style,
+                    color=f"C{i}",
+                    capsize=3,
+                    label=label if metric == "val_accuracy" and label else None,
+                )
+        values = [v for v in result["grid"][key] if v > 0]
+        if len(values) == len(result["grid"][key]) and max(values) >= 10 * min(values):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(result["grid"][key], [f"{v:g}" for v in result["grid"][key]])
+        ax.set_xlabel(key), ax.set_ylabel("accuracy (validation solid, test dashed)")
+        ax.grid(alpha=0.3)
+        if others:
+            ax.legend(fontsize=7)
+    curves = axes[0, -1]
+    epochs = result["epochs"]
+    many = len(result["members"]) > 12  # then only the best member is named
+    for i, m in enumerate(result["members"]):
+        best = i == result["best"]
+        label = m["name"] if best or not many else None
+        curves.plot(epochs, m["curves"]["val_accuracy"], "-" if best else ":", label=label)
+    curves.set_xlabel("epoch"), curves.set_ylabel("validation accuracy (best solid)")
+    curves.grid(alpha=0.3)
+    curves.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    curves.legend(fontsize=6)
+    _save(fig, path)
+    return fig
+
+
 def curves_to_target(
     path: str, epochs: list[int], curves: dict[str, list[float]], target: float, ylabel: str
 ) -> None:
