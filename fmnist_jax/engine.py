@@ -557,6 +557,18 @@ class EpochRunner:
             self._executable(state, end - start)
         self._batches(0)  # compiles the shuffle
 
+    def memory_bytes(self) -> int:
+        """The most memory one compiled training call needs (its arguments, the data included,
+        outputs and temporaries, as XLA plans them); after `compile`."""
+        stats = [e.memory_analysis() for e in self._executables.values()]
+        return max(
+            s.argument_size_in_bytes
+            + s.output_size_in_bytes
+            - s.alias_size_in_bytes
+            + s.temp_size_in_bytes
+            for s in stats
+        )
+
     def trace(self, state: TrainState, log_dir: str, num_steps: int = 16) -> int:
         """Writes a `jax.profiler` trace of about `num_steps` training steps to `log_dir` (for TensorBoard).
 

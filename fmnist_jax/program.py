@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, engine, models, optim
+from fmnist_jax import memory as memory_lib
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
 from fmnist_jax.reports import tables
@@ -94,12 +95,30 @@ class Program:
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             shapes = self.placement.abstract(engine.state_shapes(*self._init_args()))
-            training = pool.submit(self.runner.compile, shapes)
-            state = self.placement.put(engine.init_states(*self._init_args()))
-            for split in {s.call_shape: s for s in self.eval_sets.values()}.values():
-                self.evaluate(state.weights(), split)  # one compile per call shape
+            training = pool.submit(self._compile_training, shapes)
+            try:
+                state = self.placement.put(engine.init_states(*self._init_args()))
+                for split in {s.call_shape: s for s in self.eval_sets.values()}.values():
+                    self.evaluate(state.weights(), split)  # one compile per call shape
+            except jax.errors.JaxRuntimeError as e:
+                if "RESOURCE_EXHAUSTED" in str(e):
+                    training.result()  # the memory check says how many runs fit
+                raise
             training.result()
         return state, time.perf_counter() - start
+
+    def _compile_training(self, shapes: engine.TrainState) -> None:
+        self.runner.compile(shapes)
+        self.memory().check(self.config.num_seeds)
+
+    def memory(self) -> memory_lib.Memory:
+        """What the compiled training call needs on each device, and what the device offers."""
+        return memory_lib.Memory(
+            needed=self.runner.memory_bytes(),
+            shared=self.runner.images.nbytes + self.runner.labels.nbytes,
+            num_runs=self.engine.num_runs,
+            available=memory_lib.available(self.placement.mesh.local_devices[0]),
+        )
 
     def evaluate(self, weights: dict[str, PyTree], split: str | engine.EvalSet) -> list[dict]:
         """Per run: mean loss and accuracy of `weights` over an evaluation split."""

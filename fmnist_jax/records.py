@@ -61,6 +61,9 @@ class Summary(TypedDict):
     compile_seconds: float
     examples_per_second: float
     num_params: int
+    # What the compiled training call needs on a device (fmnist_jax.memory), and each run's part.
+    memory_mib: float
+    memory_mib_per_run: float
     backend: str
     devices: int
     device_kind: str

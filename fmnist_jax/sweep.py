@@ -125,6 +125,8 @@ def results(config: ConfigDict, history: list[EpochRow], summary: Summary) -> di
         "epochs": [row["epoch"] for row in history],
         "train_seconds": summary["train_seconds"],
         "compile_seconds": summary["compile_seconds"],
+        "memory_mib": summary["memory_mib"],
+        "memory_mib_per_run": summary["memory_mib_per_run"],
         "backend": summary["backend"],
         "device_kind": summary["device_kind"],
     }

@@ -244,7 +244,7 @@ def _board(workdir: str, primary: bool) -> Board:
 def _log_compiled(program: program_lib.Program, compile_seconds: float) -> None:
     logging.info(
         "Backend %s (%d device(s), %d process(es)); %d steps per epoch, %s steps per call%s; "
-        "compiled in %.1f s.",
+        "compiled in %.1f s; training needs %s.",
         jax.default_backend(),
         jax.device_count(),
         jax.process_count(),
@@ -252,6 +252,7 @@ def _log_compiled(program: program_lib.Program, compile_seconds: float) -> None:
         min(program.runner.steps_per_call, program.steps_per_epoch),
         " (unrolled)" if program.engine.unroll else "",
         compile_seconds,
+        program.memory().describe(),
     )
 
 
@@ -360,6 +361,8 @@ def _test(
         "compile_seconds": compile_seconds,
         "examples_per_second": examples / loop.train_seconds,
         "num_params": num_params,
+        "memory_mib": program.memory().needed / 2**20,
+        "memory_mib_per_run": program.memory().per_run / 2**20,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,

@@ -10,6 +10,7 @@ from conftest import tiny_cli_args
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import inference, sweep, train
+from fmnist_jax import memory as memory_lib
 from fmnist_jax.errors import UserError
 
 
@@ -139,3 +140,19 @@ def test_grid_validation_needs_a_validation_split(tiny_config):
     tiny_config.grid, tiny_config.data.num_validation = (("optimizer.learning_rate", (1e-3,)),), 0
     with pytest.raises(UserError, match="chooses its best member on the validation split"):
         config_lib.validate(tiny_config)
+
+
+def test_memory_check_says_how_many_members_fit():
+    need = memory_lib.Memory(needed=100 + 4 * 10, shared=100, num_runs=4, available=125)
+    assert need.per_run == 10 and need.runs_that_fit() == 2
+    with pytest.raises(UserError, match="at most 1 member\\(s\\) fit"):
+        need.check(num_seeds=2)
+    memory_lib.Memory(needed=140, shared=100, num_runs=4, available=None).check(num_seeds=1)
+
+
+def test_a_sweep_too_large_for_the_device_fails_before_training(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(memory_lib, "available", lambda device: 1024)
+    tiny_config.grid = (("optimizer.learning_rate", (1e-3, 3e-3)),)
+    with pytest.raises(UserError, match="does not fit the device.*at most 0 member"):
+        sweep.train(tiny_config, str(tmp_path))
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
