@@ -9,7 +9,9 @@ The public API, what `experiments/`, notebooks and tests use (each documented wh
   evaluation sets; `Program.compile()`, `Program.runner.run(state, epoch)`, `Program.evaluate`.
   `program.lower_for(config, platform)`: the same programs lowered for cuda/tpu.
 - `models.create(model_config) -> models.Model` (`init(key)`, `apply(weights, images)`).
-- `inference.load(workdir) -> inference.Classifier` (`predict_proba`); `export.export`/`load`.
+- `sweep.train(config, workdir)`: a config with a `grid` (members x seeds in one program) and its
+  sweep.json, table and figure; `sweep.parse_grid(["key=v1,v2"])`.
+- `inference.load(workdir, run=None) -> inference.Classifier` (`predict_proba`); `export.export`/`load`.
 - `reports.plots`, `reports.tables.model_table`: the run's figures and model table.
 
 Modules import lazily (nothing here), so a command pays only for what it uses.
