@@ -156,3 +156,18 @@ def test_a_sweep_too_large_for_the_device_fails_before_training(tiny_config, tmp
     with pytest.raises(UserError, match="does not fit the device.*at most 0 member"):
         sweep.train(tiny_config, str(tmp_path))
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_early_stopping_stops_each_member_as_its_single_run(tiny_config, tmp_path):
+    tiny_config.num_epochs = 12
+    tiny_config.early_stopping.enabled = True
+    tiny_config.early_stopping.monitor = "val_loss"
+    tiny_config.early_stopping.patience = 2
+    tiny_config.grid = (("optimizer.learning_rate", (0.05, 0.01)),)
+    result = sweep.train(tiny_config, str(tmp_path / "sweep"))
+    assert len(result["epochs"]) < 12  # both stopped early (mock labels are noise)
+    for member in result["members"]:
+        single_config = config_lib.with_values(tiny_config, member["hparams"])
+        single = train.train_and_evaluate(single_config, str(tmp_path / member["name"]))
+        assert member["epochs_seeds"] == [single["restored_epoch"]]
+        assert member["test_loss"] == pytest.approx(single["test_loss"], rel=2e-5)
