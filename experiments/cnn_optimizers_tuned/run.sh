@@ -10,3 +10,4 @@ sweep adam --grid=optimizer.learning_rate=3e-4,1e-3,3e-3
 sweep adamw --config.optimizer.name=adamw --config.optimizer.weight_decay=4e-3 --grid=optimizer.learning_rate=3e-4,1e-3,3e-3
 sweep adadelta --config.optimizer.name=adadelta --config.optimizer.rho=0.95 --config.optimizer.eps=1e-6 --grid=optimizer.learning_rate=0.3,1.0,3.0
 sweep rmsprop --config.optimizer.name=rmsprop --grid=optimizer.learning_rate=1e-4,3e-4,1e-3
+python experiments/cnn_optimizers_tuned/summarize.py "$root"
