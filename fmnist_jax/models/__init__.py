@@ -83,9 +83,9 @@ class Model:
         `rates` gives dropout settings (e.g. "dropout_rate") a run's own traced value: a sweep's.
         """
         module = self.module(variables)
-        for _, layer in nnx.iter_modules(module):
+        for _, layer in nnx.iter_graph(module):  # nnx.iter_modules is newer than flax 0.12.0
             if isinstance(layer, Dropout) and layer.setting in (rates or {}):
-                layer.rate = rates[layer.setting]
+                layer.rate = nnx.data(rates[layer.setting])  # a traced value, not structure
         logits = module(images, train=train, dropout_key=dropout_key)
         return logits, nnx.state(module, nnx.BatchStat).to_pure_dict()
 
