@@ -15,7 +15,18 @@ from ml_collections import ConfigDict
 from fmnist_jax import config as config_lib
 
 
-class EpochRow(TypedDict):
+class Validation(TypedDict):
+    """Validation metrics (an epoch's, or the reported weights'); absent without a validation split."""
+
+    val_loss: NotRequired[float]
+    val_loss_std: NotRequired[float]
+    val_loss_seeds: NotRequired[list[float]]
+    val_accuracy: NotRequired[float]
+    val_accuracy_std: NotRequired[float]
+    val_accuracy_seeds: NotRequired[list[float]]
+
+
+class EpochRow(Validation):
     epoch: int
     train_loss: float
     train_loss_std: float
@@ -23,32 +34,18 @@ class EpochRow(TypedDict):
     train_accuracy: float
     train_accuracy_std: float
     train_accuracy_seeds: list[float]
-    # Absent when the config holds out no validation split.
-    val_loss: NotRequired[float]
-    val_loss_std: NotRequired[float]
-    val_loss_seeds: NotRequired[list[float]]
-    val_accuracy: NotRequired[float]
-    val_accuracy_std: NotRequired[float]
-    val_accuracy_seeds: NotRequired[list[float]]
     epoch_seconds: float
     examples_per_second: float  # over all seeds
     learning_rate: float  # at the epoch's last step
 
 
-class Summary(TypedDict):
+class Summary(Validation):
     test_loss: float
     test_loss_std: float
     test_loss_seeds: list[float]
     test_accuracy: float
     test_accuracy_std: float
     test_accuracy_seeds: list[float]
-    # The reported weights on the validation split; absent without one.
-    val_loss: NotRequired[float]
-    val_loss_std: NotRequired[float]
-    val_loss_seeds: NotRequired[list[float]]
-    val_accuracy: NotRequired[float]
-    val_accuracy_std: NotRequired[float]
-    val_accuracy_seeds: NotRequired[list[float]]
     best_val_accuracy: float | None  # None without a validation split
     # The run that the final checkpoint's export, plots and `inference.load` default to: 0, or in a
     # sweep the first seed of the member with the best mean validation accuracy (`best_run`).

@@ -347,6 +347,7 @@ def _test(
         config_lib.num_runs(config) * loop.epochs_done * program.steps_per_epoch * config.batch_size
     )
     val = over_runs("val", program.evaluate(weights, "val")) if "val" in program.eval_sets else {}
+    memory = program.memory()
     return {
         **over_runs("test", program.evaluate(weights, "test")),
         **val,
@@ -361,8 +362,8 @@ def _test(
         "compile_seconds": compile_seconds,
         "examples_per_second": examples / loop.train_seconds,
         "num_params": num_params,
-        "memory_mib": program.memory().needed / 2**20,
-        "memory_mib_per_run": program.memory().per_run / 2**20,
+        "memory_mib": memory.needed / 2**20,
+        "memory_mib_per_run": memory.per_run / 2**20,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
