@@ -58,10 +58,13 @@ def _engine(
     return eng, steps_per_call
 
 
-def run_values(config: ConfigDict) -> dict[str, np.ndarray]:
+def swept_arrays(config: ConfigDict) -> dict[str, np.ndarray]:
     """Each swept key's value on every run of the run axis (`[num_runs]` float32; {} without a grid)."""
-    runs = [config_lib.run_values(config, r) for r in range(config_lib.num_runs(config))]
-    return {key: np.array([r[key] for r in runs], np.float32) for key, _ in config.grid}
+    members = config_lib.members(config)
+    return {
+        key: np.repeat(np.array([m[key] for m in members], np.float32), config.num_seeds)
+        for key, _ in config.grid
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +163,7 @@ def build(
         steps_per_call=steps_per_call,
         shuffle_key=shuffle_keys,
         dropout_key=dropout_keys,
-        values=run_values(config),
+        values=swept_arrays(config),
         placement=placement,
     )
     eval_splits = {"test": (splits.test_images, splits.test_labels)}
@@ -211,7 +214,7 @@ def lower_for(
         labels,
         indices,
         dropout_key,
-        run_values(config),
+        swept_arrays(config),
     )
     weights = state.weights()
     eval_call = jax.jit(eng.eval_program()).trace(
