@@ -106,16 +106,26 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     board = _board(workdir, primary)
 
     # --- Epochs ----------------------------------------------------------------------------------
-    for epoch in range(loop.epochs_done + 1, config.num_epochs + 1):
-        if loop.all_stopped():
-            break  # every run stopped early (also on resuming after the stopping epoch)
-        _check_stop(epoch, workdir, checkpoints)
-        row = _train_epoch(program, loop, epoch, workdir, checkpoints if primary else None)
-        loop.record(row, config)
-        metrics_log.write(row)
-        board.epoch(row)
-        logging.info("%s", lines.epoch_line(row, config.num_epochs))
-        _save(program, loop, checkpoints, splits.class_names)
+    progress = (
+        Progress(config.num_epochs, program.steps_per_epoch, loop.epochs_done) if primary else None
+    )
+    try:
+        for epoch in range(loop.epochs_done + 1, config.num_epochs + 1):
+            if loop.all_stopped():
+                break  # every run stopped early (also on resuming after the stopping epoch)
+            _check_stop(epoch, workdir, checkpoints)
+            row = _train_epoch(program, loop, epoch, workdir, checkpoints, progress)
+            loop.record(row, config)
+            metrics_log.write(row)
+            board.epoch(row)
+            if progress is None:
+                logging.info("%s", lines.epoch_line(row, config.num_epochs))
+            else:
+                progress.epoch(row, lines.epoch_line(row, config.num_epochs))
+            _save(program, loop, checkpoints, splits.class_names)
+    finally:
+        if progress is not None:
+            progress.close()
 
     # --- Test and report -------------------------------------------------------------------------
     summary = _test(program, loop, compile_seconds, num_params)
@@ -273,17 +283,15 @@ def _train_epoch(
     loop: LoopState,
     epoch: int,
     workdir: str,
-    checkpoints: checkpoint.Checkpoints | None,
+    checkpoints: checkpoint.Checkpoints,
+    progress: Progress | None,
 ) -> EpochRow:
     """Trains epoch `epoch` and validates it. A non-finite loss raises `UserError`; in a sweep it
-    is logged once, and that run goes on as NaN while the others train. With `checkpoints` (the
+    is logged once, and that run goes on as NaN while the others train. With `progress` (the
     primary process), shows progress and stops mid-epoch when asked."""
     config = program.config
     start = time.perf_counter()
-    hook = None
-    if checkpoints is not None:
-        progress = Progress(epoch, config.num_epochs, program.steps_per_epoch, config.batch_size)
-        hook = _between_calls(progress, epoch, workdir, checkpoints)
+    hook = None if progress is None else _between_calls(progress, epoch, workdir, checkpoints)
     loop.state, sums = program.runner.run(loop.state, epoch, hook)
     train = sums.per_run()  # waits for the epoch
     seconds = time.perf_counter() - start
@@ -450,13 +458,14 @@ def _check_stop(
 def _between_calls(
     progress: Progress, epoch: int, workdir: str, checkpoints: checkpoint.Checkpoints
 ) -> Callable[[int | None], None]:
-    """The primary process's hook between an epoch's compiled calls: the progress line and, in a
+    """The primary process's hook between an epoch's compiled calls: the progress bar and, in a
     single-process run, a requested stop (several processes stop together, at epoch ends)."""
 
     def hook(steps_done: int | None) -> None:
-        progress(steps_done)
-        if steps_done is not None and jax.process_count() == 1:
-            _check_stop(epoch, workdir, checkpoints, mid_epoch=True)
+        if steps_done is not None:
+            progress.steps(epoch, steps_done)
+            if jax.process_count() == 1:
+                _check_stop(epoch, workdir, checkpoints, mid_epoch=True)
 
     return hook
 

@@ -144,29 +144,42 @@ def test_progress_reports_steps_of_long_epochs():
     assert reported == [2, 4, 6, 8, None]
 
 
-def test_progress_line_is_live_on_a_terminal_and_quarterly_log_lines_elsewhere(caplog):
+def test_progress_bar_on_a_terminal_and_log_lines_elsewhere(caplog, monkeypatch):
     import io
     import logging
 
-    from fmnist_jax.reports.progress import Progress
+    from fmnist_jax.reports import progress as progress_lib
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
+    row = {
+        "epoch": 3,
+        "train_loss": 0.5,
+        "train_accuracy": 0.8,
+        "val_loss": 0.6,
+        "val_accuracy": 0.75,
+    }
+    monkeypatch.setattr(progress_lib, "_REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(progress_lib, "_LOG_EVERY_SECONDS", 0.0)
     terminal = Terminal()
-    progress = Progress(3, 10, 100, 64, terminal)
-    progress(50)
-    progress(None)
-    assert (
-        "epoch   3/10  50/100 steps (50%)" in terminal.getvalue() and "ETA" in terminal.getvalue()
-    )
+    progress = progress_lib.Progress(10, 100, 2, terminal)
+    progress.steps(3, 50)
+    assert "250/1000" in terminal.getvalue() and "epoch 3/10" in terminal.getvalue()
+    progress.epoch(row, "the epoch's line")
+    progress.close()
+    assert "300/1000" in terminal.getvalue() and "epoch 4/10" in terminal.getvalue()
+    assert "val_acc=0.7500" in terminal.getvalue()
+
     caplog.set_level(logging.INFO)
-    progress = Progress(3, 10, 100, 64, io.StringIO())
-    for steps in range(5, 101, 5):
-        progress(steps)
-    lines = [r.getMessage() for r in caplog.records if "steps (" in r.getMessage()]
-    assert [line.split()[2] for line in lines] == ["25/100", "50/100", "75/100"]
+    progress = progress_lib.Progress(10, 100, 2, io.StringIO())
+    progress.steps(3, 50)
+    progress.epoch(row, "the epoch's line")
+    progress.close()
+    logged = [r.getMessage() for r in caplog.records]
+    assert "the epoch's line" in logged
+    assert any("250/1000" in line for line in logged) and not any("\r" in line for line in logged)
 
 
 def test_call_plan_unrolls_convolutions_only_on_cpu():

@@ -1,49 +1,92 @@
-"""A live progress line for long epochs: steps done, examples/s and the epoch's ETA.
+"""The run's progress bar: steps over the whole run, examples/s, ETA and the last epoch's metrics.
 
-On a terminal the line rewrites itself; elsewhere (log files, CI, notebooks without a terminal)
-it becomes a plain log line at each quarter of the epoch, so output stays readable.
+`tqdm.auto` draws it where someone watches: a widget in Jupyter and Colab (a text bar where
+ipywidgets is missing), a bar that rewrites itself on a terminal. Elsewhere (log files, CI) the bar
+becomes an INFO log line at most every 30 s, so long epochs still show they advance without
+flooding the log.
 """
 
 from __future__ import annotations
 
 import sys
-import time
+import warnings
 from typing import TextIO
 
 from absl import logging
 
+from fmnist_jax.records import EpochRow
+
+_REFRESH_SECONDS, _LOG_EVERY_SECONDS = 0.1, 30.0
+
+
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules
+
+
+class _LogLines:
+    """A file for tqdm that turns each refresh of the bar into one log line."""
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n ")
+        if text:
+            logging.info("%s", text)
+
+    def flush(self) -> None:
+        pass
+
 
 class Progress:
-    """Called with the steps done so far in the current epoch; `None` ends the epoch's line."""
+    """One bar per run, advanced between an epoch's compiled calls and at each epoch's end."""
 
     def __init__(
         self,
-        epoch: int,
         num_epochs: int,
         steps_per_epoch: int,
-        batch_size: int,
+        epochs_done: int,
         stream: TextIO | None = None,
     ):
-        self._stream = stream or sys.stderr
-        self._live = self._stream.isatty()
-        self._label = f"epoch {epoch:>3}/{num_epochs}"
-        self._steps, self._batch = steps_per_epoch, batch_size
-        self._start = time.perf_counter()
-        self._next_quarter = 1
+        stream = stream or sys.stderr
+        watched = _in_notebook() or stream.isatty()
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # no ipywidgets: tqdm's text bar, which Jupyter shows too
+            from tqdm.auto import tqdm
+        self._steps_per_epoch = steps_per_epoch
+        self._bar = tqdm(
+            total=num_epochs * steps_per_epoch,
+            initial=epochs_done * steps_per_epoch,
+            desc=f"epoch {min(epochs_done + 1, num_epochs)}/{num_epochs}",
+            unit=" steps",
+            file=stream if watched else _LogLines(),
+            mininterval=_REFRESH_SECONDS if watched else _LOG_EVERY_SECONDS,
+            ascii=not watched,
+            dynamic_ncols=watched,
+            delay=0 if watched else _LOG_EVERY_SECONDS,  # a log gets no 0% line
+            leave=watched,
+        )
 
-    def __call__(self, steps_done: int | None) -> None:
-        if steps_done is None:
-            if self._live:
-                self._stream.write("\r\033[K")
-                self._stream.flush()
-            return
-        elapsed = time.perf_counter() - self._start
-        rate = steps_done * self._batch / max(elapsed, 1e-9)
-        eta = (self._steps - steps_done) * self._batch / max(rate, 1e-9)
-        line = f"{self._label}  {steps_done}/{self._steps} steps ({100 * steps_done / self._steps:.0f}%)  {rate:,.0f} ex/s  ETA {eta:.0f} s"
-        if self._live:
-            self._stream.write("\r\033[K" + line)
-            self._stream.flush()
-        elif steps_done * 4 >= self._next_quarter * self._steps and steps_done < self._steps:
-            self._next_quarter = steps_done * 4 // self._steps + 1
+    def steps(self, epoch: int, steps_done: int) -> None:
+        """`steps_done` steps of epoch `epoch` (1-based) are done."""
+        self._advance((epoch - 1) * self._steps_per_epoch + steps_done)
+
+    def epoch(self, row: EpochRow, line: str) -> None:
+        """Epoch `row['epoch']` is done: logs its `line` above the bar, which shows its metrics
+        until the next epoch's."""
+        num_epochs = self._bar.total // self._steps_per_epoch
+        metrics = {"loss": row["train_loss"], "acc": row["train_accuracy"]}
+        if "val_accuracy" in row:
+            metrics.update(val_loss=row["val_loss"], val_acc=row["val_accuracy"])
+        self._bar.set_description(
+            f"epoch {min(row['epoch'] + 1, num_epochs)}/{num_epochs}", refresh=False
+        )
+        self._bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+        self._advance(row["epoch"] * self._steps_per_epoch)
+        with self._bar.external_write_mode():
             logging.info("%s", line)
+
+    def _advance(self, step: int) -> None:
+        self._bar.update(step - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
