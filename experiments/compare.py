@@ -13,7 +13,6 @@ and test accuracies to one PNG (default: <workdir_root>/comparison.png).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
@@ -22,6 +21,7 @@ from ml_collections import config_flags
 
 from fmnist_jax import cli, train
 from fmnist_jax import config as config_lib
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.reports import plots
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Base config file.")
@@ -45,8 +45,7 @@ def _compare() -> None:
         config.num_seeds = _SEEDS.value
         workdir = os.path.join(root, label.replace(" ", "_"))
         s = train.train_and_evaluate(config, workdir)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            histories[label] = [json.loads(line) for line in f]
+        histories[label] = workdir_lib.read_history(workdir)
         summaries[label] = s
         last = histories[label][-1]
 
@@ -59,7 +58,7 @@ def _compare() -> None:
         )
         logging.info("%s done: %s", label, rows[-1])
     plot = _PLOT.value or os.path.join(root, "comparison.png")
-    plots.comparison(plot, histories, summaries)
+    plots.save(plots.comparison(histories, summaries), plot)
     print(
         f"{_SEEDS.value} seeds per variant; workdirs in {root}; figure {plot}\n" + "\n".join(rows)
     )

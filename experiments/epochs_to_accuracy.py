@@ -53,7 +53,7 @@ def _epochs_to_accuracy() -> None:
         )
         table.append(f"| {label} | {reached or 'not reached'} | {seconds:.1f} | {values[-1]:.4f} |")
     plot = _PLOT.value or os.path.join(_WORKDIR.value, train.PLOTS_DIR, "epochs_to_accuracy.png")
-    plots.curves_to_target(plot, epochs, per_seed, _TARGET.value, "training accuracy")
+    plots.save(plots.curves_to_target(epochs, per_seed, _TARGET.value, "training accuracy"), plot)
     std = f" ± {summary['test_accuracy_std']:.4f}" if "test_accuracy_std" in summary else ""
     print(
         "\n".join(table)

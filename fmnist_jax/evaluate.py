@@ -42,10 +42,9 @@ def _evaluate_checkpoint() -> None:
     out = os.path.join(_WORKDIR.value, "eval", _WHICH.value)
     os.makedirs(out, exist_ok=True)
     workdir_lib.write_json(os.path.join(out, "metrics.json"), result)
-    plots.confusion_matrix(
+    plots.save(
+        plots.confusion_matrix(np.array(result["confusion_matrix"]), classifier.class_names),
         os.path.join(out, "confusion_matrix.png"),
-        np.array(result["confusion_matrix"]),
-        classifier.class_names,
     )
     lines = [f"{name:<12} {acc:.4f}" for name, acc in result["per_class_accuracy"].items()]
     logging.info(

@@ -102,7 +102,7 @@ def main(argv: list[str]) -> None:
             top = np.argsort(-p)[: _TOP.value]
             ranked = ", ".join(f"{names[k]} {p[k]:.3f}" for k in top)
             print(f"{title}: {ranked}" + ("" if truth is None else f"  (true: {names[truth]})"))
-        plots.predictions(output, np.stack(batch), probabilities, names, titles, truths)
+        plots.save(plots.predictions(np.stack(batch), probabilities, names, titles, truths), output)
         print(f"Figure written to {output}")
 
     cli.run(run)

@@ -16,6 +16,7 @@ import struct
 import zlib
 from collections.abc import Iterable
 
+from fmnist_jax import kaggle
 from fmnist_jax.errors import UserError
 
 DEBIAN_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
@@ -116,33 +117,63 @@ def find_source_dir(source_dir: str) -> str | None:
     return DEBIAN_SOURCE_DIR if os.path.isdir(DEBIAN_SOURCE_DIR) else None
 
 
+def _staged(manual_dir: str, expected: ExpectedFile) -> bool:
+    target = os.path.join(manual_dir, expected.filename)
+    if not os.path.isfile(target) or os.path.getsize(target) != expected.size:
+        return False
+    with open(target, "rb") as f:
+        return _sha256(f.read()) == expected.sha256
+
+
+def _from_csv(source_dir: str, expected_files: list[ExpectedFile]) -> dict[str, bytes]:
+    """The upstream files rebuilt from Kaggle's CSV pair, which must match tfds' checksums too."""
+    rebuilt = {
+        name: restore_upstream(name, data)
+        for name, data in kaggle.upstream_files(source_dir).items()
+    }
+    for e in expected_files:
+        if _sha256(rebuilt[e.filename]) != e.sha256:
+            raise UserError(
+                f"The CSV files in {source_dir} hold exactly the upstream Fashion-MNIST, but this "
+                f"machine's gzip compresses it differently from the release, so {e.filename} does not "
+                "match tfds' registered checksum. Use GNU gzip (apt-get install gzip), or the four "
+                "upstream .gz files."
+            )
+    return rebuilt
+
+
 def stage(source_dir: str, manual_dir: str, expected_files: Iterable[ExpectedFile]) -> None:
     """Writes the upstream version of every expected file from `source_dir` into `manual_dir`.
 
-    Files already staged with the right checksum are left alone; writes are atomic (temp + rename),
-    so an interrupted stage never leaves a half-written file that looks staged.
+    `source_dir` holds the four upstream files (any gzip header) or Kaggle's CSV pair, from which
+    they are rebuilt (`kaggle`). Files already staged with the right checksum are left alone;
+    writes are atomic (temp + rename), so an interrupted stage never leaves a half-written file that
+    looks staged.
     """
-    expected_files = list(expected_files)
+    expected_files = [e for e in expected_files if not _staged(manual_dir, e)]
     missing = [
         e.filename
         for e in expected_files
         if not os.path.isfile(os.path.join(source_dir, e.filename))
     ]
-    if missing:
+    if not missing:
+        files = {
+            e.filename: upstream_bytes(os.path.join(source_dir, e.filename), e)
+            for e in expected_files
+        }
+    elif kaggle.has_csv_pair(source_dir):
+        files = _from_csv(source_dir, expected_files)
+    else:
         raise UserError(
             f"Fashion-MNIST source directory {source_dir} lacks {', '.join(missing)}. It must hold the four "
             "upstream files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)."
+            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) or Kaggle's "
+            f"{' and '.join(kaggle.CSV_FILES.values())}."
         )
     os.makedirs(manual_dir, exist_ok=True)
     for expected in expected_files:
         target = os.path.join(manual_dir, expected.filename)
-        if os.path.isfile(target) and os.path.getsize(target) == expected.size:
-            with open(target, "rb") as f:
-                if _sha256(f.read()) == expected.sha256:
-                    continue
-        data = upstream_bytes(os.path.join(source_dir, expected.filename), expected)
         tmp = f"{target}.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
-            f.write(data)
+            f.write(files[expected.filename])
         os.replace(tmp, target)

@@ -19,7 +19,6 @@ stops and early-stops (per run) as any run does. `train(config, workdir)` trains
 from __future__ import annotations
 
 import ast
-import json
 import math
 import os
 from typing import Any
@@ -70,9 +69,7 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
             "--grid=optimizer.learning_rate=3e-4,1e-3,3e-3."
         )
     summary = train_lib.train_and_evaluate(config, workdir)
-    with open(os.path.join(workdir, workdir_lib.METRICS_FILE)) as f:
-        history = [json.loads(line) for line in f]
-    result = results(config, history, summary)
+    result = results(config, workdir_lib.read_history(workdir), summary)
     write_reports(workdir, result)
     return result
 
@@ -168,5 +165,5 @@ def write_reports(workdir: str, result: dict[str, Any]) -> None:
     workdir_lib.write_json(os.path.join(workdir, SWEEP_FILE), result)
     with open(os.path.join(workdir, TABLE_FILE), "w") as f:
         f.write(table(result))
-    plots.sweep(os.path.join(workdir, FIGURE_FILE), result)
+    plots.save(plots.sweep(result), os.path.join(workdir, FIGURE_FILE))
     board.write_members(workdir, result)

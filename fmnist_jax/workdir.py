@@ -217,6 +217,12 @@ class MetricsLog:
                 f.write(_line(row))
 
 
+def read_history(workdir: str) -> list[dict[str, Any]]:
+    """A run's `metrics.jsonl` rows (`records.EpochRow`), oldest epoch first: its learning curves."""
+    with open(os.path.join(workdir, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f]
+
+
 def _line(row: dict[str, Any]) -> str:
     return json.dumps(row, sort_keys=True) + "\n"
 

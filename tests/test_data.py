@@ -1,5 +1,7 @@
 """The prepared data: tfds preparation in a child process, the verified arrays file, clear errors."""
 
+import dataclasses
+import gzip
 import json
 import os
 import shutil
@@ -11,7 +13,7 @@ import pytest
 from conftest import write_mock_dataset
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, prepare, staging
+from fmnist_jax import data, kaggle, prepare, staging
 from fmnist_jax.errors import UserError
 
 
@@ -123,3 +125,65 @@ def test_preparing_without_tensorflow_says_what_to_install(tmp_path, without_ten
         "needs TensorFlow" in result.stderr and "pip install 'fmnist_jax[prepare]'" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def _upstream_rows(prefix: str) -> np.ndarray:
+    """[N, 785] rows (label, pixels) of Debian's copy of an upstream split."""
+    with gzip.open(os.path.join(staging.DEBIAN_SOURCE_DIR, f"{prefix}-images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16)
+    with gzip.open(os.path.join(staging.DEBIAN_SOURCE_DIR, f"{prefix}-labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    return np.concatenate([labels[:, None], images.reshape(len(labels), -1)], axis=1)
+
+
+def _write_csv(path, rows: np.ndarray) -> None:
+    header = "label," + ",".join(f"pixel{i}" for i in range(1, 785))
+    np.savetxt(path, rows, fmt="%d", delimiter=",", header=header, comments="")
+
+
+@pytest.fixture(scope="module")
+def kaggle_csv_dir(tmp_path_factory):
+    """The real data as Kaggle's CSV pair, its rows shuffled (Kaggle's order is not upstream's)."""
+    directory = tmp_path_factory.mktemp("kaggle")
+    rng = np.random.default_rng(0)
+    for split, name in kaggle.CSV_FILES.items():
+        rows = _upstream_rows(kaggle.UPSTREAM_PREFIX[split])
+        _write_csv(directory / name, rows[rng.permutation(len(rows))])
+    return directory
+
+
+@pytest.mark.slow
+def test_kaggle_csv_pair_prepares_the_same_data(kaggle_csv_dir, prepared_tfds_dir, tmp_path):
+    for split in kaggle.CSV_FILES:
+        rows = _upstream_rows(kaggle.UPSTREAM_PREFIX[split])
+        with np.load(kaggle.UPSTREAM_ORDER_FILE) as stored:
+            np.testing.assert_array_equal(stored[split], kaggle.sorted_order(rows))
+    config = _data_config(tmp_path / "tfds")
+    config.source_dir = str(kaggle_csv_dir)
+    from_csv = data.load(config)  # prepares in a child process, through tfds' checksums
+    upstream = data.load(_data_config(prepared_tfds_dir))
+    for field in dataclasses.fields(data.Splits):
+        np.testing.assert_array_equal(getattr(from_csv, field.name), getattr(upstream, field.name))
+
+
+def _changed(rows: np.ndarray, row: int, column: int) -> np.ndarray:
+    rows = rows.copy()
+    rows[row, column] = (rows[row, column] + 1) % 10
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda rows: rows[:-1], "holds 9999 examples; Fashion-MNIST's test split has 10000"),
+        (lambda rows: _changed(rows, 7, 400), "not hold exactly the upstream Fashion-MNIST test"),
+        (lambda rows: _changed(rows, 3, 0), "not hold exactly the upstream Fashion-MNIST test"),
+    ],
+)
+def test_altered_kaggle_csv_is_refused(kaggle_csv_dir, tmp_path, change, message):
+    test = kaggle_csv_dir / kaggle.CSV_FILES["test"]
+    _write_csv(tmp_path / kaggle.CSV_FILES["test"], change(kaggle.read_csv(str(test))))
+    shutil.copy(kaggle_csv_dir / kaggle.CSV_FILES["train"], tmp_path)
+    with pytest.raises(UserError, match=message):
+        kaggle.upstream_files(str(tmp_path))

@@ -28,7 +28,7 @@ def test_comparison_figure_of_variants_with_seed_spread(tmp_path):
         "no validation": {"test_accuracy": 0.5},
     }
     path = tmp_path / "figures" / "comparison.png"
-    plots.comparison(str(path), histories, summaries)
+    plots.save(plots.comparison(histories, summaries), str(path))
     with Image.open(path) as image:
         image.verify()
         assert image.size[0] > 800
@@ -36,12 +36,12 @@ def test_comparison_figure_of_variants_with_seed_spread(tmp_path):
 
 def test_curves_to_target_figure(tmp_path):
     path = tmp_path / "target.png"
-    plots.curves_to_target(
-        str(path),
+    figure = plots.curves_to_target(
         [1, 2, 3],
         {"seed 0": [0.5, 0.97, 0.98], "seed 1": [0.4, 0.6, 0.7]},
         0.96,
         "training accuracy",
     )
+    plots.save(figure, str(path))
     with Image.open(path) as image:
         image.verify()

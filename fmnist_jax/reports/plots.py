@@ -1,22 +1,29 @@
 """Figures: predictions with their probability bars (like the TF tutorial), confusion matrix, and the
-per-run plots that training writes to `<workdir>/plots/`."""
+per-run plots that training writes to `<workdir>/plots/`.
+
+Each function returns a matplotlib `Figure` (shown inline in a notebook); `save(fig, path)` writes
+and closes it, which is what the command-line programs do.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend to show the figures
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 
 def predictions(
-    path: str, images: np.ndarray, probabilities: np.ndarray, class_names, titles, true_labels=None
-) -> None:
+    images: np.ndarray, probabilities: np.ndarray, class_names, titles, true_labels=None
+) -> Figure:
     """One row per image: the image with predicted class, confidence and true class (green right,
     red wrong, black unknown), and a bar chart of the 10 class probabilities."""
     n = len(images)
@@ -41,10 +48,10 @@ def predictions(
         bars[predicted].set_color("tab:blue" if truth is None else "red")
         if truth is not None:
             bars[truth].set_color("green")
-    _save(fig, path)
+    return fig
 
 
-def confusion_matrix(path: str, matrix: np.ndarray, class_names) -> None:
+def confusion_matrix(matrix: np.ndarray, class_names) -> Figure:
     """Counts with true classes as rows and predicted classes as columns."""
     fig, ax = plt.subplots(figsize=(8, 7))
     fig.subplots_adjust(left=0.16, right=0.98, bottom=0.16, top=0.98)  # room for the class names
@@ -62,18 +69,19 @@ def confusion_matrix(path: str, matrix: np.ndarray, class_names) -> None:
             fontsize=7,
             color="white" if count > matrix.max() / 2 else "black",
         )
-    _save(fig, path)
+    return fig
 
 
-def _save(fig, path: str) -> None:
-    """Every figure brings its layout: the run's figures a fixed one (`tight_layout` would cost a third
-    of each save), the others `layout="tight"`."""
+def save(fig: Figure, path: str) -> None:
+    """Writes `fig` to `path` (a PNG) and closes it. Every figure brings its layout: the run's
+    figures a fixed one (`tight_layout` would cost a third of each save), the others
+    `layout="tight"`."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def learning_curves(history: list[dict[str, Any]]):
+def learning_curves(history: list[dict[str, Any]]) -> Figure:
     """Loss and accuracy per epoch, train vs validation (the Keras-notebook plot)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.97, wspace=0.22)
@@ -88,8 +96,8 @@ def learning_curves(history: list[dict[str, Any]]):
 
 
 def comparison(
-    path: str, histories: dict[str, list[dict[str, Any]]], summaries: dict[str, dict[str, Any]]
-) -> None:
+    histories: dict[str, list[dict[str, Any]]], summaries: dict[str, dict[str, Any]]
+) -> Figure:
     """Variants side by side: validation accuracy per epoch (mean over seeds, +-1 std band; train
     dashed) and test accuracy (mean +- std over seeds)."""
     fig, (curves, bars) = plt.subplots(
@@ -125,13 +133,13 @@ def comparison(
     bars.set_xlabel("test accuracy (mean +- std over seeds)"), bars.grid(alpha=0.3, axis="x")
     for i, (m, s) in enumerate(zip(means, stds, strict=False)):
         bars.text(m + s + 0.002, i, f"{m:.4f}", va="center", fontsize=8)
-    _save(fig, path)
+    return fig
 
 
-def sweep(path: str, result: dict[str, Any]):
-    """A sweep at a glance: per swept key, final validation (solid) and test (dashed) accuracy
-    against its values (mean +- std over seeds; one line per setting of the other keys), then every
-    member's validation curve. Returns the figure (also saved to `path`)."""
+def sweep(result: dict[str, Any]) -> Figure:
+    """A sweep at a glance (`fmnist_jax.sweep.results`): per swept key, final validation (solid) and
+    test (dashed) accuracy against its values (mean +- std over seeds; one line per setting of the
+    other keys), then every member's validation curve."""
     keys = list(result["grid"])
     members = [m for m in result["members"] if not m["diverged"]]
     fig, axes = plt.subplots(
@@ -178,13 +186,12 @@ def sweep(path: str, result: dict[str, Any]):
     curves.grid(alpha=0.3)
     curves.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     curves.legend(fontsize=6)
-    _save(fig, path)
     return fig
 
 
 def curves_to_target(
-    path: str, epochs: list[int], curves: dict[str, list[float]], target: float, ylabel: str
-) -> None:
+    epochs: list[int], curves: dict[str, list[float]], target: float, ylabel: str
+) -> Figure:
     """One curve per seed against a horizontal target line, each marked where it first reaches it."""
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="tight")
     for i, (label, values) in enumerate(curves.items()):
@@ -202,10 +209,10 @@ def curves_to_target(
             )
     ax.axhline(target, color="gray", linestyle=":", label=f"target {target}")
     ax.set_xlabel("epoch"), ax.set_ylabel(ylabel), ax.grid(alpha=0.3), ax.legend(fontsize=8)
-    _save(fig, path)
+    return fig
 
 
-def per_class_accuracy(accuracies: dict[str, float]):
+def per_class_accuracy(accuracies: dict[str, float]) -> Figure:
     fig, ax = plt.subplots(figsize=(8, 4))
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.22, top=0.97)  # room for the class names
     ax.bar(range(len(accuracies)), list(accuracies.values()), color="tab:blue")
@@ -218,7 +225,7 @@ def per_class_accuracy(accuracies: dict[str, float]):
 
 def image_grid(
     images: np.ndarray, captions: list[str], colors: list[str] | None = None, columns: int = 5
-):
+) -> Figure:
     """Images in a grid with a caption under each (training samples, mistakes).
 
     One montage in one axes, not an axes per image: a quarter of the drawing time.
@@ -251,7 +258,7 @@ def prediction_grid(
     probabilities: np.ndarray,
     class_names,
     indices: np.ndarray,
-):
+) -> Figure:
     """Images `indices` captioned with prediction, confidence and true class (green right, red wrong)."""
     predicted = probabilities.argmax(-1)
     captions = [
@@ -267,7 +274,7 @@ def prediction_grid(
 
 def confident_mistakes(
     images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names, count: int = 25
-):
+) -> Figure:
     """The `count` wrong predictions made with the highest probability."""
     predicted = probabilities.argmax(-1)
     wrong = np.flatnonzero(predicted != labels)
@@ -297,14 +304,10 @@ def write_run_plots(
         "training_images.png": image_grid(
             train_images[:25], [class_names[y] for y in train_labels[:25]]
         ),
+        "confusion_matrix.png": confusion_matrix(np.array(report["confusion_matrix"]), class_names),
     }
     paths = []
     for name, fig in figures.items():
         paths.append(os.path.join(directory, name))
-        _save(fig, paths[-1])
-    confusion_matrix(
-        os.path.join(directory, "confusion_matrix.png"),
-        np.array(report["confusion_matrix"]),
-        class_names,
-    )
-    return [*paths, os.path.join(directory, "confusion_matrix.png")]
+        save(fig, paths[-1])
+    return paths
