@@ -10,9 +10,18 @@ The public API, what `experiments/`, notebooks and tests use (each documented wh
   `program.lower_for(config, platform)`: the same programs lowered for cuda/tpu.
 - `models.create(model_config) -> models.Model` (`init(key)`, `apply(weights, images)`).
 - `sweep.train(config, workdir)`: a config with a `grid` (members x seeds in one program) and its
-  sweep.json, table and figure; `sweep.parse_grid(["key=v1,v2"])`.
-- `inference.load(workdir, run=None) -> inference.Classifier` (`predict_proba`); `export.export`/`load`.
-- `reports.plots`, `reports.tables.model_table`: the run's figures and model table.
+  sweep.json, table and figure; `sweep.table(result)` (Markdown);
+  `sweep.parse_grid(["key=v1,v2"])`.
+- `inference.load(workdir, which="final", run=None) -> inference.Classifier` (`predict_proba`,
+  `predict`); `inference.report(probabilities, labels, class_names)`; `export.export`/`load`.
+- `images.read(path) -> [28, 28, 1] uint8`: any image file as the model sees it.
+- `workdir.read_history(workdir)`: a run's metrics.jsonl rows (its learning curves).
+- `reports.plots`: every figure as a matplotlib `Figure` (`learning_curves`, `confusion_matrix`,
+  `confident_mistakes`, `predictions`, `image_grid`, `sweep`, ...); `plots.save(fig, path)`.
+- `reports.tables.model_table`: the model table.
+- `kaggle`: Kaggle's CSV pair as a data source (`config.data.source_dir`).
+
+The notebook `notebooks/classify_clothing.ipynb` uses exactly these.
 
 Modules import lazily (nothing here), so a command pays only for what it uses.
 """

@@ -77,6 +77,7 @@ class Classifier:
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
+        """The most probable class index of each image (see `predict_proba`)."""
         return self.predict_proba(images).argmax(-1)
 
 

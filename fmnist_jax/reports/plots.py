@@ -213,6 +213,7 @@ def curves_to_target(
 
 
 def per_class_accuracy(accuracies: dict[str, float]) -> Figure:
+    """One bar per class: its test accuracy (where the model confuses classes, e.g. shirts)."""
     fig, ax = plt.subplots(figsize=(8, 4))
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.22, top=0.97)  # room for the class names
     ax.bar(range(len(accuracies)), list(accuracies.values()), color="tab:blue")
