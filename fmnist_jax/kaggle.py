@@ -20,6 +20,7 @@ import os
 import shutil
 import struct
 import subprocess
+import warnings
 
 import numpy as np
 
@@ -60,13 +61,19 @@ def read_csv(path: str) -> np.ndarray:
             f"{path} is not a Fashion-MNIST CSV file: its header should be `label` and 784 pixel "
             f"columns, not {len(columns)} columns starting with {columns[0][:20]!r}."
         )
-    values = np.fromstring(body.replace(b"\n", b","), dtype=np.int64, sep=",")
+    damaged = UserError(
+        f"{path} is damaged: after its header it should hold only rows of 785 integers in 0-255 "
+        "(a label and 784 pixels). Download it again."
+    )
+    with warnings.catch_warnings():
+        # NumPy warns (older) or raises (newer) on text that is not a number: both refuse the file.
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            values = np.fromstring(body.replace(b"\n", b",").rstrip(b","), dtype=np.int64, sep=",")
+        except (ValueError, DeprecationWarning) as e:
+            raise damaged from e
     if values.size % (1 + NUM_PIXELS) or values.min(initial=0) < 0 or values.max(initial=0) > 255:
-        raise UserError(
-            f"{path} is damaged: after its header it should hold rows of 785 integers in 0-255 "
-            f"(a label and 784 pixels); {values.size} numbers were read before it stopped parsing. "
-            "Download it again."
-        )
+        raise damaged
     return values.reshape(-1, 1 + NUM_PIXELS).astype(np.uint8)
 
 

@@ -166,6 +166,14 @@ def test_kaggle_csv_pair_prepares_the_same_data(kaggle_csv_dir, prepared_tfds_di
         np.testing.assert_array_equal(getattr(from_csv, field.name), getattr(upstream, field.name))
 
 
+@pytest.mark.parametrize("body", ["1,2,x\n", "1,2\n", "7," + ",".join(["300"] * 784) + "\n"])
+def test_csv_that_is_not_rows_of_785_bytes_is_refused(tmp_path, body):
+    path = tmp_path / "fashion-mnist_test.csv"
+    path.write_text("label," + ",".join(f"pixel{i}" for i in range(1, 785)) + "\n" + body)
+    with pytest.raises(UserError, match="is damaged.*rows of 785 integers in 0-255"):
+        kaggle.read_csv(str(path))
+
+
 def _changed(rows: np.ndarray, row: int, column: int) -> np.ndarray:
     rows = rows.copy()
     rows[row, column] = (rows[row, column] + 1) % 10
