@@ -39,6 +39,10 @@ def test_notebook_runs_top_to_bottom_with_the_quick_parameters(
     assert "QUICK = True" in last and "backend cpu" in last and "sweep" in last
     assert (tmp_path / "runs" / "sweep" / "sweep.json").is_file()
     assert "identical" in "".join(_text(o) for _, o in outputs)  # restored = trained model
+    # The MLP's progress: one bar settled at its last state, not a line per update or epoch.
+    bars = [o.text for _, o in outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert bars[0].startswith("epoch 3/3: 100%") and bars[0].count("\n") == 1
+    assert "val_acc=" in bars[0]
 
 
 def test_committed_notebook_shows_a_full_run_and_no_machine_paths():
