@@ -1,4 +1,4 @@
-"""The run's progress bar: steps over the whole run, examples/s, ETA and the last epoch's metrics.
+"""The run's progress bar: steps over the whole run, steps/s, ETA and the last epoch's metrics.
 
 `tqdm.auto` draws it where someone watches: a widget in Jupyter and Colab (a text bar where
 ipywidgets is missing), a bar that rewrites itself on a terminal. Elsewhere (log files, CI) the bar
@@ -47,10 +47,9 @@ class Progress:
     ):
         stream = stream or sys.stderr
         watched = _in_notebook() or stream.isatty()
+        # Without ipywidgets tqdm.auto warns and falls back to its text bar, which Jupyter shows.
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # no ipywidgets: tqdm's text bar, which Jupyter shows too
+            warnings.simplefilter("ignore")
             from tqdm.auto import tqdm
         self._steps_per_epoch = steps_per_epoch
         self._bar = tqdm(
