@@ -1,4 +1,11 @@
-"""What a run shows people: the model table, the live progress line, TensorBoard files and figures.
+"""What a run shows people: the model table, the progress bar, TensorBoard files and figures.
 
 Nothing here computes results; training and inference hand their numbers and images to it.
 """
+
+import sys
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter/Colab kernel: figures show inline, the progress bar draws."""
+    return "ipykernel" in sys.modules

@@ -8,12 +8,13 @@ and closes it, which is what the command-line programs do.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import matplotlib
 
-if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend to show the figures
+from fmnist_jax.reports import in_notebook
+
+if not in_notebook():  # a notebook keeps its inline backend to show the figures
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402

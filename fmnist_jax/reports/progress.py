@@ -15,12 +15,9 @@ from typing import TextIO
 from absl import logging
 
 from fmnist_jax.records import EpochRow
+from fmnist_jax.reports import in_notebook
 
 _REFRESH_SECONDS, _LOG_EVERY_SECONDS = 0.1, 30.0
-
-
-def _in_notebook() -> bool:
-    return "ipykernel" in sys.modules
 
 
 class _LogLines:
@@ -46,16 +43,16 @@ class Progress:
         stream: TextIO | None = None,
     ):
         stream = stream or sys.stderr
-        watched = _in_notebook() or stream.isatty()
+        watched = in_notebook() or stream.isatty()
         # Without ipywidgets tqdm.auto warns and falls back to its text bar, which Jupyter shows.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from tqdm.auto import tqdm
-        self._steps_per_epoch = steps_per_epoch
+        self._steps_per_epoch, self._num_epochs = steps_per_epoch, num_epochs
         self._bar = tqdm(
             total=num_epochs * steps_per_epoch,
             initial=epochs_done * steps_per_epoch,
-            desc=f"epoch {min(epochs_done + 1, num_epochs)}/{num_epochs}",
+            desc=self._description(epochs_done),
             unit=" steps",
             file=stream if watched else _LogLines(),
             mininterval=_REFRESH_SECONDS if watched else _LOG_EVERY_SECONDS,
@@ -72,17 +69,18 @@ class Progress:
     def epoch(self, row: EpochRow, line: str) -> None:
         """Epoch `row['epoch']` is done: logs its `line` above the bar, which shows its metrics
         until the next epoch's."""
-        num_epochs = self._bar.total // self._steps_per_epoch
         metrics = {"loss": row["train_loss"], "acc": row["train_accuracy"]}
         if "val_accuracy" in row:
             metrics.update(val_loss=row["val_loss"], val_acc=row["val_accuracy"])
-        self._bar.set_description(
-            f"epoch {min(row['epoch'] + 1, num_epochs)}/{num_epochs}", refresh=False
-        )
+        self._bar.set_description(self._description(row["epoch"]), refresh=False)
         self._bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
         self._advance(row["epoch"] * self._steps_per_epoch)
         with self._bar.external_write_mode():
             logging.info("%s", line)
+
+    def _description(self, epochs_done: int) -> str:
+        """The epoch in progress (the last one once all are done)."""
+        return f"epoch {min(epochs_done + 1, self._num_epochs)}/{self._num_epochs}"
 
     def _advance(self, step: int) -> None:
         self._bar.update(step - self._bar.n)
