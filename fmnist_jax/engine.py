@@ -298,7 +298,8 @@ class Engine:
 
         def loss_fn(params):
             logits, batch_stats = self.model.apply(
-                self._compute(variables(params, state.batch_stats)),
+                # Batch-norm statistics stay float32: bfloat16 cannot hold their 1% updates.
+                variables(self._compute(params), state.batch_stats),
                 self._compute(x),
                 train=True,
                 dropout_key=model_key,
@@ -307,7 +308,6 @@ class Engine:
             logits = logits.astype(jnp.float32)
             smoothing = values.get("loss.label_smoothing", self.label_smoothing)
             loss = cross_entropy(logits, labels, smoothing).mean()
-            batch_stats = jax.tree.map(lambda a: a.astype(jnp.float32), batch_stats)
             return loss, (logits, batch_stats)
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -461,11 +461,12 @@ def compiler_options(backend: str) -> dict[str, str] | None:
 
 @functools.cache
 def _xla_accepts(option: str, value: str) -> bool:
-    """Whether this jaxlib's XLA:CPU knows a compile option: older ones refuse unknown names."""
+    """Whether this jaxlib's XLA:CPU knows a compile option: older ones refuse unknown names. False
+    where the process has no CPU backend (JAX_PLATFORMS=cuda): nothing is compiled for it there."""
     try:
         x = jax.device_put(np.float32(0), jax.local_devices(backend="cpu")[0])
         jax.jit(lambda x: x + 1).lower(x).compile(compiler_options={option: value})
-    except jax.errors.JaxRuntimeError:
+    except RuntimeError:  # JaxRuntimeError for an unknown option, RuntimeError for no CPU backend
         return False
     return True
 

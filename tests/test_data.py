@@ -83,6 +83,7 @@ def test_damaged_arrays_file_is_not_trusted(tmp_path):
         )  # so `prepare` derives it again from the TFRecords
 
 
+@pytest.mark.prepares
 @pytest.mark.slow
 def test_corrupt_prepared_dataset_is_a_clear_error(prepared_tfds_dir, tmp_path):
     copy = tmp_path / "tfds"
@@ -94,6 +95,7 @@ def test_corrupt_prepared_dataset_is_a_clear_error(prepared_tfds_dir, tmp_path):
         data.load(_data_config(copy))
 
 
+@pytest.mark.prepares
 def test_no_data_anywhere_names_both_remedies(tmp_path, monkeypatch):
     monkeypatch.setattr(staging, "DEBIAN_SOURCE_DIR", str(tmp_path / "absent"))
     monkeypatch.setattr(prepare, "_can_reach", lambda url: False)
@@ -104,6 +106,7 @@ def test_no_data_anywhere_names_both_remedies(tmp_path, monkeypatch):
     assert "--config.data.source_dir=DIR" in message
 
 
+@pytest.mark.prepares
 @pytest.mark.slow
 def test_preparing_without_tensorflow_says_what_to_install(tmp_path, without_tensorflow):
     result = subprocess.run(
@@ -152,6 +155,7 @@ def kaggle_csv_dir(tmp_path_factory):
     return directory
 
 
+@pytest.mark.prepares
 @pytest.mark.slow
 def test_kaggle_csv_pair_prepares_the_same_data(kaggle_csv_dir, prepared_tfds_dir, tmp_path):
     for split in kaggle.CSV_FILES:
@@ -180,6 +184,7 @@ def _changed(rows: np.ndarray, row: int, column: int) -> np.ndarray:
     return rows
 
 
+@pytest.mark.prepares
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "change, message",

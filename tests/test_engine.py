@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tolerance
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
@@ -87,22 +88,42 @@ def test_same_seed_gives_identical_results():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "cnn_batch_norm"])
 def test_bfloat16_compute_keeps_float32_weights_and_learns_like_float32(model):
     config = (mlp_config if model == "mlp" else cnn_config).get_config()
     config.batch_size = 16
-    if model == "cnn":
+    if model != "mlp":
         config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
-    _, f32 = _run(config, epochs=4)
+        config.model.batch_norm = model == "cnn_batch_norm"
+    # 64 steps: long enough for the running statistics to settle near the batches' own.
+    num_examples = 256 if config.model.get("batch_norm") else 64
+    f32_state, f32 = _run(config, epochs=4, num_examples=num_examples)
     config.dtype = "bfloat16"
-    state, bf16 = _run(config, epochs=4)
+    state, bf16 = _run(config, epochs=4, num_examples=num_examples)
     assert {
         leaf.dtype
-        for leaf in jax.tree.leaves((state.params, state.opt_state))
+        for leaf in jax.tree.leaves((state.params, state.opt_state, state.batch_stats))
         if jnp.issubdtype(leaf.dtype, jnp.floating)
     } == {jnp.dtype("float32")}
-    assert bf16[-1]["loss"] == pytest.approx(f32[-1]["loss"], rel=0.1, abs=0.02)
+    assert bf16[-1]["loss"] <= 1.1 * f32[-1]["loss"] + 0.02  # learns at least about as well
     assert bf16[-1]["accuracy"] >= f32[-1]["accuracy"] - 0.1
+    # Evaluation normalizes with the running statistics, and bfloat16 cannot hold their 1% updates
+    # (momentum 0.99): updated in bfloat16 they end ~13% from float32's here (configs/fast.py on an
+    # H100 lost 0.027 test accuracy that way); kept in float32, within ~1%.
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0.05, atol=0.03),
+        state.batch_stats,
+        f32_state.batch_stats,
+    )
+    model = models.create(config.model)
+    weights = jax.tree.map(
+        lambda a: a.astype(jnp.bfloat16), model.init(jax.random.key(0))["params"]
+    )
+    logits, _ = model.apply(
+        engine.variables(weights, model.init(jax.random.key(0))["batch_stats"]),
+        jnp.zeros((2, 28, 28, 1), jnp.bfloat16),
+    )
+    assert logits.dtype == jnp.bfloat16  # float32 statistics do not promote the network
 
 
 @pytest.mark.slow
@@ -355,7 +376,7 @@ def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
         steps = jax.jit(eng.train_program())
         results.append(steps(state, engine.Sums.zeros(2), images, labels, batches, keys, {}))
     (vmapped, vsums), (looped, lsums) = results
-    np.testing.assert_allclose(vsums.loss, lsums.loss, rtol=1e-5)
+    np.testing.assert_allclose(vsums.loss, lsums.loss, **tolerance(1e-5))
     for a, b in zip(jax.tree.leaves(vmapped.params), jax.tree.leaves(looped.params), strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert (

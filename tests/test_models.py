@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import tolerance
 from flax import nnx
 
 from configs import cnn as cnn_config
@@ -81,14 +82,16 @@ def test_cpu_pooling_equals_native_values_and_gradients(shape, size, ties):
     pool = functools.partial(layers.pool, size=size)
     for kind in ("max", "avg"):
         np.testing.assert_allclose(
-            pool(x, kind, formulation="cpu"), pool(x, kind, formulation="native"), rtol=1e-6
+            pool(x, kind, formulation="cpu"),
+            pool(x, kind, formulation="native"),
+            **tolerance(1e-6),
         )
         cot = jax.random.normal(jax.random.key(1), pool(x, kind, formulation="native").shape)
         grads = [
             jax.grad(lambda v, f=f, k=kind, t=cot: (pool(v, k, formulation=f) * t).sum())(x)
             for f in ("cpu", "native")
         ]
-        np.testing.assert_allclose(*grads, rtol=1e-6)
+        np.testing.assert_allclose(*grads, **tolerance(1e-6))
 
 
 @pytest.mark.slow

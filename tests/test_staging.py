@@ -20,6 +20,7 @@ def expected():
     return {i.filename: staging.ExpectedFile(i.filename, i.size, i.checksum) for i in infos}
 
 
+@pytest.mark.prepares
 def test_debian_files_exist():
     for name in (
         "train-images-idx3-ubyte.gz",
@@ -32,6 +33,7 @@ def test_debian_files_exist():
         )
 
 
+@pytest.mark.prepares
 def test_restored_headers_match_registered_checksums(expected, tmp_path):
     staging.stage(staging.DEBIAN_SOURCE_DIR, str(tmp_path), expected.values())
     for e in expected.values():
@@ -44,6 +46,7 @@ def test_restored_headers_match_registered_checksums(expected, tmp_path):
         )
 
 
+@pytest.mark.prepares
 def test_upstream_file_passes_through_unchanged(expected, tmp_path):
     e = expected[TRAIN_LABELS]
     upstream = staging.upstream_bytes(os.path.join(staging.DEBIAN_SOURCE_DIR, TRAIN_LABELS), e)
@@ -66,6 +69,7 @@ def test_header_parser_skips_optional_fields():
     assert staging.gzip_payload(header + body) == body
 
 
+@pytest.mark.prepares
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_damaged_file_is_rejected_clearly(expected, tmp_path, damage):
     raw = bytearray((open(os.path.join(staging.DEBIAN_SOURCE_DIR, TRAIN_LABELS), "rb")).read())
@@ -85,6 +89,7 @@ def test_damaged_file_is_rejected_clearly(expected, tmp_path, damage):
     assert not (tmp_path / "manual" / TRAIN_LABELS).exists()
 
 
+@pytest.mark.prepares
 def test_missing_files_are_named(expected, tmp_path):
     with pytest.raises(UserError, match="lacks .*train-images-idx3-ubyte.gz"):
         staging.stage(str(tmp_path), str(tmp_path / "manual"), expected.values())

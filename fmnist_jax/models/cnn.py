@@ -7,6 +7,7 @@ from flax import nnx
 
 from fmnist_jax.models.layers import (
     MONOTONE,
+    BatchNorm,
     Conv,
     DenseStack,
     activation,
@@ -57,7 +58,7 @@ class CNN(nnx.Module):
                 conv = Conv(channels_in, channels, kernel_size, use_bias=not batch_norm, rngs=rngs)
                 setattr(self, f"conv{suffix}", conv)
                 if batch_norm:  # Keras' BatchNormalization defaults
-                    bn = nnx.BatchNorm(channels, momentum=0.99, epsilon=1e-3, rngs=rngs)
+                    bn = BatchNorm(channels, momentum=0.99, epsilon=1e-3, rngs=rngs)
                     setattr(self, f"bn{suffix}", bn)
                 channels_in = channels
             blocks.append(names)

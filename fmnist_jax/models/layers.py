@@ -153,6 +153,18 @@ class Conv(nnx.Module):
         return y, None if self.bias is None else self.bias.value
 
 
+class BatchNorm(nnx.BatchNorm):
+    """`nnx.BatchNorm` whose output keeps the input's dtype.
+
+    Under bfloat16 compute the running statistics stay float32 (bfloat16 cannot hold their 1%
+    updates: on an H100, configs/fast.py lost 0.027 test accuracy that way); without the cast they
+    would promote the rest of the network to float32.
+    """
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        return super().__call__(x, use_running_average=use_running_average).astype(x.dtype)
+
+
 class Dropout(nnx.Dropout):
     """`nnx.Dropout` that names the model setting its rate comes from (`setting`), so that a sweep
     can give each run its own rate (`Model.apply(rates=...)`): a traced rate draws the same mask

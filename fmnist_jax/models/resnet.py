@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from fmnist_jax.models.layers import activation, dropout
+from fmnist_jax.models.layers import BatchNorm, activation, dropout
 from fmnist_jax.shapes import IMAGE_SHAPE
 
 # He initialization for convolutions followed by ReLU (the ResNet papers' choice).
@@ -26,9 +26,9 @@ def _conv(in_features: int, features: int, size: int, stride: int, rngs: nnx.Rng
     )
 
 
-def _batch_norm(features: int, rngs: nnx.Rngs, **kwargs) -> nnx.BatchNorm:
+def _batch_norm(features: int, rngs: nnx.Rngs, **kwargs) -> BatchNorm:
     """Batch norm with the ResNet papers' momentum and epsilon."""
-    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs, **kwargs)
+    return BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs, **kwargs)
 
 
 class BasicBlock(nnx.Module):
