@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Packs what the GPU machine lacks into .gpu/ (git-ignored; carry it): wheels of the packages its
+# image does not hold, and the prepared arrays (compressed to fit the 64 MiB carry). Run here, in
+# the repository root, with the data prepared (python -m fmnist_jax.prepare). See WORKSPACE.md,
+# 2026-11-24, for what the image holds and what a session measured.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude
+mkdir -p .gpu/whl .gpu/data
+platforms="--only-binary=:all: --python-version 3.12 --implementation cp"
+for n in 17 24 27 28 31 34; do platforms+=" --platform manylinux_2_${n}_x86_64"; done
+platforms+=" --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
+python3 -m pip download -q --no-deps $platforms -d .gpu/whl ml_collections tensorboardX
+# The notebook's kernel; without the packages the image already has (two versions break it).
+python3 -m pip download -q $platforms -d .gpu/nb nbclient nbformat ipykernel
+rm -f .gpu/nb/{attrs,packaging,psutil,pygments,python_dateutil,typing_extensions}-*.whl
+mv .gpu/nb/*.whl .gpu/whl/ && rmdir .gpu/nb
+prepared="${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}/fashion_mnist/3.0.1"
+cp "$prepared/dataset_info.json" .gpu/data/
+python3 -c "import numpy as np, sys; np.savez_compressed('.gpu/data/arrays.npz', **np.load(sys.argv[1]))" \
+    "$prepared/fmnist_jax_arrays.npz"
+cp experiments/gpu/setup.sh .gpu/
+du -sh .gpu
