@@ -1,6 +1,7 @@
 """Shared fixtures. JAX runs on the CPU backend for every test, whatever the machine has, unless
 JAX_PLATFORMS names another (`JAX_PLATFORMS=cuda python -m pytest` runs the suite on a GPU)."""
 
+import fcntl
 import os
 import re
 
@@ -32,12 +33,16 @@ def prepared_tfds_dir(tmp_path_factory):
     tests are the ones that prove the whole path works. $FMNIST_JAX_PREPARED_TFDS_DIR names a data
     dir prepared already (CI's lower-bounds environment has no TensorFlow to prepare one).
     """
-    data_dir = os.environ.get("FMNIST_JAX_PREPARED_TFDS_DIR") or str(
-        tmp_path_factory.mktemp("tfds")
-    )
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # one data dir for all of pytest-xdist's workers, prepared once
+    data_dir = os.environ.get("FMNIST_JAX_PREPARED_TFDS_DIR") or str(root / "tfds")
     cfg = config_lib.default().data
     cfg.tfds_data_dir = data_dir
-    data.prepare(cfg)
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, ".prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait, then find it prepared
+        data.prepare(cfg)
     return data_dir
 
 
