@@ -15,9 +15,13 @@ python3 -m pip download -q --no-deps $platforms -d .gpu/whl ml_collections tenso
 python3 -m pip download -q $platforms -d .gpu/nb nbclient nbformat ipykernel
 rm -f .gpu/nb/{attrs,packaging,psutil,pygments,python_dateutil,typing_extensions}-*.whl
 mv .gpu/nb/*.whl .gpu/whl/ && rmdir .gpu/nb
-prepared="${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}/fashion_mnist/3.0.1"
-cp "$prepared/dataset_info.json" .gpu/data/
-python3 -c "import numpy as np, sys; np.savez_compressed('.gpu/data/arrays.npz', **np.load(sys.argv[1]))" \
-    "$prepared/fmnist_jax_arrays.npz"
+python3 - <<'PY'
+import os, shutil
+import numpy as np
+from fmnist_jax import config, data
+prepared = data.prepared_dir(config.default().data)  # where every run reads it
+shutil.copy(os.path.join(prepared, data.DATASET_INFO_FILE), ".gpu/data/")
+np.savez_compressed(".gpu/data/arrays.npz", **np.load(os.path.join(prepared, data.ARRAYS_FILE)))
+PY
 cp experiments/gpu/setup.sh .gpu/
 du -sh .gpu

@@ -3,6 +3,12 @@
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3 TFDS_DATA_DIR=/tmp/tfds
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .gpu/whl/*.whl
 python3 -m pip install -q --no-deps --no-build-isolation --no-cache-dir -e .
-mkdir -p /tmp/tfds/fashion_mnist/3.0.1
-cp .gpu/data/dataset_info.json /tmp/tfds/fashion_mnist/3.0.1/
-python3 -c "import numpy as np; np.savez('/tmp/tfds/fashion_mnist/3.0.1/fmnist_jax_arrays.npz', **np.load('.gpu/data/arrays.npz'))"
+python3 - <<'PY'
+import os, shutil
+import numpy as np
+from fmnist_jax import config, data
+prepared = data.prepared_dir(config.default().data)  # under $TFDS_DATA_DIR
+os.makedirs(prepared, exist_ok=True)
+shutil.copy(os.path.join(".gpu/data", data.DATASET_INFO_FILE), prepared)
+np.savez(os.path.join(prepared, data.ARRAYS_FILE), **np.load(".gpu/data/arrays.npz"))
+PY
