@@ -1,8 +1,8 @@
 """Orbax checkpoints of a run in `<workdir>/checkpoints/`: resume, keep the best, restore for inference.
 
 Three Orbax managers, one directory each:
-- `latest/`: the whole run state every `checkpoint.every_epochs` (the last `checkpoint.keep` kept),
-  enough to resume bit-identically: model and optimizer state, early-stopping state and its best
+- `latest/`: the whole run state (the last `checkpoint.keep` kept; when: `train._due`), enough to
+  resume bit-identically: model and optimizer state, early-stopping state and its best
   weights, the metrics history. RNG needs no state: every key derives from (seed, epoch, step).
 - `best/`: the weights of the epoch with the best validation accuracy.
 - `final/`: the weights the run's summary.json reports (written once, at the end).

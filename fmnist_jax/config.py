@@ -118,7 +118,11 @@ def default() -> ConfigDict:
     c.test_time_flip = False
 
     c.checkpoint = ConfigDict()
+    # `latest/` is written every `every_epochs` epochs once `min_interval_seconds` have passed since
+    # the previous one, after the last epoch and when a stop is asked between epochs. A crash loses at
+    # most that much training; 0 writes every `every_epochs`.
     c.checkpoint.every_epochs = 1
+    c.checkpoint.min_interval_seconds = 10.0
     c.checkpoint.keep = 3  # Latest checkpoints kept; the best and the final one are kept apart.
     c.checkpoint.asynchronous = True
 
@@ -346,6 +350,11 @@ def validate(config: ConfigDict) -> None:
     _check(
         config.checkpoint.every_epochs >= 1,
         f"checkpoint.every_epochs must be >= 1, got {config.checkpoint.every_epochs}.",
+    )
+    _check(
+        config.checkpoint.min_interval_seconds >= 0,
+        "checkpoint.min_interval_seconds must be >= 0, got "
+        f"{config.checkpoint.min_interval_seconds}.",
     )
     _check(
         config.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}."

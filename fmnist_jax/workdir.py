@@ -53,6 +53,10 @@ RESUMABLE_KEYS = frozenset(
     {
         "profile",
         *(
+            f"checkpoint.{k}"
+            for k in ("every_epochs", "min_interval_seconds", "keep", "asynchronous")
+        ),
+        *(
             f"distributed.{k}"
             for k in ("coordinator_address", "num_processes", "process_id", "timeout_seconds")
         ),

@@ -54,6 +54,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(mock_tfds_dir, 
             "fmnist_jax.main",
             f"--workdir={workdir}",
             *tiny_cli_args(mock_tfds_dir, 25),
+            "--config.checkpoint.min_interval_seconds=0",  # a checkpoint every epoch to kill after
         ]
 
     reference = subprocess.run(
@@ -93,6 +94,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(mock_tfds_dir, 
 @pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path):
     tiny_config.num_epochs = 3
+    tiny_config.checkpoint.min_interval_seconds = 0  # epochs 2 and 3 kept
     reference = _mock_train(tiny_config, tmp_path / "ref")
     run = tmp_path / "run"
     _mock_train(tiny_config, run)
@@ -108,6 +110,29 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, t
         and resumed["test_loss"] == reference["test_loss"]
     )
     assert _rows(run) == _rows(tmp_path / "ref")
+
+
+def _saved_epochs(workdir, kind):
+    return sorted(
+        int(p.name) for p in (workdir / "checkpoints" / kind).iterdir() if p.name.isdigit()
+    )
+
+
+@pytest.mark.parametrize(
+    "min_interval_seconds, latest", [(0, [2, 3, 4]), (3600, [4])], ids=["every_epoch", "last_only"]
+)
+def test_latest_checkpoints_follow_the_clock_and_the_last_epoch(
+    tiny_config, tmp_path, min_interval_seconds, latest
+):
+    """Fast epochs are not each saved (a save costs more CPU than an epoch of a small model); the
+    last epoch always is, and so is every improvement of the validation accuracy in `best/`."""
+    tiny_config.num_epochs = 4
+    tiny_config.checkpoint.min_interval_seconds = min_interval_seconds
+    _mock_train(tiny_config, tmp_path)
+    assert _saved_epochs(tmp_path, "latest") == latest
+    val = [r["val_accuracy"] for r in _rows(tmp_path)]
+    improved = [e for e in range(1, 5) if val[e - 1] > max(val[: e - 1], default=-1.0)]
+    assert _saved_epochs(tmp_path, "best") == improved[-1:]
 
 
 @pytest.mark.slow
@@ -301,6 +326,7 @@ def _write_previous_layout(source, kind, epoch, target):
 
 @pytest.mark.slow
 def test_single_run_checkpoints_of_the_previous_layout_resume_and_restore(tiny_config, tmp_path):
+    tiny_config.checkpoint.min_interval_seconds = 0  # latest/1 to rewrite
     reference = train.train_and_evaluate(tiny_config, str(tmp_path / "ref"))
     old = tmp_path / "old"
     _write_previous_layout(tmp_path / "ref", "latest", 1, old)

@@ -1,3 +1,4 @@
+# ruff: noqa: E402 - the imports after `flax.nnx` wait for the guard around it (below)
 """Models by name: adding one is adding a module here and a line in `MODELS`.
 
 Models are Flax NNX modules; `create` returns them as a `Model`, pure functions over explicit
@@ -9,11 +10,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-from flax import nnx
+
+# `flax.nnx` imports IPython (~0.35 s, a third of the package's imports) only to ask whether it
+# runs inside an IPython shell. Where IPython is not imported yet no shell runs and the answer is
+# no; flax gets it from a failed import instead of loading IPython to be told.
+_outside_ipython = "IPython" not in sys.modules
+if _outside_ipython:
+    sys.modules["IPython"] = None  # type: ignore[assignment]  # `import IPython` raises ImportError
+try:
+    from flax import nnx
+finally:
+    if _outside_ipython:
+        del sys.modules["IPython"]
 from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError
