@@ -124,10 +124,10 @@ def variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
 def seed_keys(seeds: list[int]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(init, shuffle, dropout) keys of runs with these seeds, each `[len(seeds)]`.
 
-    Run k gets exactly the keys of a run of its own with seed `seeds[k]`. One program compiled for
-    a short compile (eagerly, the split compiles six programs: 0.4 vs 0.17 s on the seed MLP).
+    Run k gets exactly the keys of a run of its own with seed `seeds[k]`. One program, compiled
+    unoptimized (eagerly, the split compiles six programs: 0.4 vs 0.17 s on the seed MLP).
     """
-    return jit_once(_split_seeds)(np.asarray(seeds, np.int32))
+    return jit_unoptimized(_split_seeds)(np.asarray(seeds, np.int32))
 
 
 def _split_seeds(seeds: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -135,14 +135,20 @@ def _split_seeds(seeds: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return keys[:, 0], keys[:, 1], keys[:, 2]
 
 
-# XLA:CPU's optimization passes cost more than they save in a program that runs once: the initial
-# state compiles ~4x faster without them (reference MLP 1.0 -> 0.23 s, ResNet 4.0 -> 1.1 s).
-_RUN_ONCE_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": "0"}}
+# XLA:CPU's optimization passes cost more than they save in a program that runs once, or whose time
+# goes to a sort: the initial state compiles ~4x faster without them (reference MLP 1.0 -> 0.23 s,
+# ResNet 4.0 -> 1.1 s), the epoch's shuffle 0.55 -> 0.36 s and still takes ~40 ms.
+_UNOPTIMIZED_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": "0"}}
 
 
-def jit_once(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`jax.jit` for a program that runs once, such as initialization: compiled for a short compile."""
-    return jax.jit(fn, compiler_options=_RUN_ONCE_COMPILER_OPTIONS.get(jax.default_backend()))
+def jit_unoptimized(fn: Callable[..., Any], **jit_options: Any) -> Callable[..., Any]:
+    """`jax.jit` compiled without XLA:CPU's optimization passes: for initialization, the seed keys
+    and the shuffle, whose compile time the passes would lengthen more than they shorten any run."""
+    return jax.jit(
+        fn,
+        compiler_options=_UNOPTIMIZED_COMPILER_OPTIONS.get(jax.default_backend()),
+        **jit_options,
+    )
 
 
 def _init_fn(
@@ -158,7 +164,7 @@ def init_states(
     ema: bool = False,
 ) -> TrainState:
     """`init_state` of each of the `[num_runs]` keys, stacked on a leading run axis, as one compiled program."""
-    return jit_once(_init_fn(model, tx, ema))(init_keys)
+    return jit_unoptimized(_init_fn(model, tx, ema))(init_keys)
 
 
 def state_shapes(
@@ -513,7 +519,7 @@ class EpochRunner:
             num_steps=self.steps_per_epoch,
             batch_size=self.batch_size,
         )
-        self._shuffle = jax.jit(
+        self._shuffle = jit_unoptimized(
             self.engine.over_runs(shuffle, in_axes=(0, None)),
             out_shardings=self.placement.split(_BATCH_AXIS),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import importlib
 import os
 import signal
@@ -40,9 +41,9 @@ if TYPE_CHECKING:
     from fmnist_jax.reports.board import Board
 
 PLOTS_DIR = lines.PLOTS_DIR
-# The reports' libraries (matplotlib, tensorboardX) take ~1 s to import: a thread loads them while
+# The reports' libraries (tensorboardX, matplotlib) take ~1 s to import: a thread loads them while
 # the programs compile, and the loop imports them from there.
-_REPORT_MODULES = ("fmnist_jax.reports.plots", "fmnist_jax.reports.board")
+_REPORT_MODULES = ("fmnist_jax.reports.board", "fmnist_jax.reports.plots")
 _UNIFORM_GUESS_LOSS = float(np.log(10))  # cross-entropy of predicting 1/10 for every class
 _CHANCE_ACCURACY = 0.15  # 10 balanced classes: 0.1, plus the noise of a few thousand examples
 
@@ -103,7 +104,8 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     )
     loop = LoopState.restore(checkpoints, program, LoopState.start(state, config), workdir)
     metrics_log = workdir_lib.MetricsLog(workdir, loop.history, primary)
-    board = _board(workdir, primary)
+    # Opened at the first epoch's end: a cached compile ends before tensorboardX is imported.
+    board = functools.cache(functools.partial(_board, workdir, primary))
 
     # --- Epochs ----------------------------------------------------------------------------------
     progress = (
@@ -122,7 +124,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
             row = _train_epoch(program, loop, epoch, workdir, checkpoints, progress)
             loop.record(row, config)
             metrics_log.write(row)
-            board.epoch(row)
+            board().epoch(row)
             if progress is None:
                 logging.info("%s", lines.epoch_line(row, config.num_epochs))
             else:
@@ -134,7 +136,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
 
     # --- Test and report -------------------------------------------------------------------------
     summary = _test(program, loop, compile_seconds, num_params)
-    _finish(program, loop, summary, checkpoints, board, splits, workdir, primary)
+    _finish(program, loop, summary, checkpoints, board(), splits, workdir, primary)
     return summary
 
 

@@ -21,7 +21,7 @@ from fmnist_jax.reports import tables
 
 
 def _logits(model, batch=3):
-    variables = engine.jit_once(model.init)(jax.random.key(0))
+    variables = engine.jit_unoptimized(model.init)(jax.random.key(0))
     return jax.jit(model.apply)(variables, jnp.zeros((batch, 28, 28, 1)))[0], variables
 
 
@@ -51,7 +51,7 @@ def test_summary_lists_layers_in_call_order_with_shapes():
 
 def test_mlp_accepts_hwc_batches_of_any_size():
     model = models.create(mlp_config.get_config().model)
-    variables = engine.jit_once(model.init)(jax.random.key(0))
+    variables = engine.jit_unoptimized(model.init)(jax.random.key(0))
     assert model.apply(variables, jnp.ones((7, 28, 28, 1)))[0].shape == (7, 10)
 
 
@@ -110,7 +110,7 @@ def test_cnn_cpu_formulation_trains_like_the_native_ops(batch_norm):
     results = []
     for formulation in ("cpu", "native"):
         model = models.Model(CNN, {"batch_norm": batch_norm, "formulation": formulation})
-        variables = engine.jit_once(model.init)(jax.random.key(0))
+        variables = engine.jit_unoptimized(model.init)(jax.random.key(0))
 
         def loss(params, model=model, variables=variables):
             logits, _ = model.apply({**variables, "params": params}, images, train=True)
