@@ -52,9 +52,7 @@ class StepTime:
 def measure(config: ConfigDict, num_steps: int) -> StepTime:
     """Compiles `config`'s training step and times `num_steps` steps after as many warm-up steps."""
     config_lib.validate(config)
-    steps_per_epoch = (
-        config_lib.NUM_TRAIN_EXAMPLES - config.data.num_validation
-    ) // config.batch_size
+    steps_per_epoch = config_lib.num_train_examples(config) // config.batch_size
     splits = data.random_splits(num_steps * config.batch_size, config.batch_size)
     program = program_lib.build(config, splits)
     state, compile_seconds = program.compile()

@@ -41,6 +41,11 @@ SWEEPABLE: dict[str, tuple[str, ...] | None] = {
 }
 
 
+def num_train_examples(config: ConfigDict) -> int:
+    """How many examples an epoch trains on (the train split after validation, or `data.num_train`)."""
+    return config.data.num_train or NUM_TRAIN_EXAMPLES - config.data.num_validation
+
+
 def default() -> ConfigDict:
     """Every key a run reads. Durations are in epochs; the optimizer converts them to steps."""
     c = ConfigDict()
@@ -73,6 +78,9 @@ def default() -> ConfigDict:
     c.data.tfds_data_dir = ""  # "" = tfds' default (~/tensorflow_datasets or $TFDS_DATA_DIR).
     c.data.source_dir = ""  # "" = Debian's /usr/share/datasets/fashion-mnist when installed.
     c.data.num_validation = 5000
+    # Training examples used, the first ones after the validation split; 0 = all of them. A subset
+    # trains in proportionally less time: to try a config quickly (the notebook's QUICK mode).
+    c.data.num_train = 0
     c.data.standardize = False  # Per-pixel mean/std of the training split, on top of [0, 1].
 
     c.model = ConfigDict()
@@ -290,11 +298,18 @@ def validate(config: ConfigDict) -> None:
         0 <= config.data.num_validation < NUM_TRAIN_EXAMPLES,
         f"data.num_validation must be in [0, {NUM_TRAIN_EXAMPLES - 1}], got {config.data.num_validation}.",
     )
+    available = NUM_TRAIN_EXAMPLES - config.data.num_validation
     _check(
-        config.batch_size <= NUM_TRAIN_EXAMPLES - config.data.num_validation,
+        0 <= config.data.num_train <= available,
+        f"data.num_train must be in [0, {available}] (0 = all {available} training examples after "
+        f"data.num_validation={config.data.num_validation}), got {config.data.num_train}.",
+    )
+    _check(
+        config.batch_size <= num_train_examples(config),
         f"batch_size={config.batch_size} is larger than the training split "
-        f"({NUM_TRAIN_EXAMPLES - config.data.num_validation} examples after data.num_validation="
-        f"{config.data.num_validation}); use a smaller batch_size.",
+        f"({num_train_examples(config)} examples after data.num_validation="
+        f"{config.data.num_validation}, data.num_train={config.data.num_train}); use a smaller "
+        "batch_size.",
     )
     _check_choice("dtype", config.dtype, DTYPES)
     _check(

@@ -168,10 +168,11 @@ def load(data_config: ConfigDict) -> Splits:
     """The train, validation and test splits as uint8 NHWC images and int32 labels, in tfds' order.
 
     Args:
-        data_config: `config.data` (where tfds keeps the data, `num_validation`).
+        data_config: `config.data` (where tfds keeps the data, `num_validation`, `num_train`).
 
     Returns:
-        `Splits`; validation is the first `num_validation` examples of tfds' train split. The
+        `Splits`; validation is the first `num_validation` examples of tfds' train split, training
+        the next `num_train` (0: all the rest). The
         verified arrays file is read without TensorFlow; it is prepared first (in a child process,
         with TensorFlow) when missing, damaged or stale.
     """
@@ -184,9 +185,10 @@ def load(data_config: ConfigDict) -> Splits:
             f"{num_train_total}). Use a value in [0, {num_train_total - 1}]."
         )
     images, labels = arrays["train_images"], arrays["train_labels"]
+    end = num_validation + data_config.num_train if data_config.num_train else None
     return Splits(
-        train_images=images[num_validation:],
-        train_labels=labels[num_validation:],
+        train_images=images[num_validation:end],
+        train_labels=labels[num_validation:end],
         val_images=images[:num_validation],
         val_labels=labels[:num_validation],
         test_images=arrays["test_images"],

@@ -73,6 +73,13 @@ def _tensorflow():
     return tf
 
 
+def expected_files(builder) -> list[staging.ExpectedFile]:
+    """The upstream files tfds prepares `builder` from, with the sizes and checksums it registered."""
+    return [
+        staging.ExpectedFile(i.filename, i.size, i.checksum) for i in builder.url_infos.values()
+    ]
+
+
 def prepare_tfds(data_config):
     """The prepared tfds builder, preparing it first if needed (see the module docstring)."""
     import tensorflow_datasets as tfds
@@ -84,9 +91,7 @@ def prepare_tfds(data_config):
         return builder
     source_dir = staging.find_source_dir(data_config.source_dir)
     manual_dir = os.path.join(data.tfds_data_dir(data_config), "downloads", "manual")
-    expected = [
-        staging.ExpectedFile(i.filename, i.size, i.checksum) for i in builder.url_infos.values()
-    ]
+    expected = expected_files(builder)
     if source_dir is not None:
         if not os.path.isdir(source_dir):
             raise UserError(

@@ -37,6 +37,8 @@ def test_seed_configs_are_valid_and_match_their_recipes():
         ("batch_size", 0, "batch_size must be a positive integer"),
         ("batch_size", 55_001, "batch_size=55001 is larger than the training split"),
         ("data.num_validation", 60_000, "data.num_validation must be in \\[0, 59999\\]"),
+        ("data.num_train", 55_001, "data.num_train must be in \\[0, 55000\\]"),
+        ("data.num_train", -1, "data.num_train must be in \\[0, 55000\\]"),
         ("optimizer.name", "adamax", "Unknown optimizer.name='adamax'; choose one of sgd, adam"),
         ("schedule.name", "linear", "Unknown schedule.name='linear'"),
         ("early_stopping.monitor", "accuracy", "Unknown early_stopping.monitor"),

@@ -1,7 +1,7 @@
 """The prepared data: tfds preparation in a child process, the verified arrays file, clear errors."""
 
-import dataclasses
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -43,6 +43,12 @@ def test_real_splits_keep_tfds_order_with_validation_first(prepared_tfds_dir):
     whole = data.load(_data_config(prepared_tfds_dir, num_validation=0))
     np.testing.assert_array_equal(whole.train_images[:5000], splits.val_images)
     np.testing.assert_array_equal(whole.train_images[5000:], splits.train_images)
+    subset = _data_config(prepared_tfds_dir)
+    subset.num_train = 1000
+    first = data.load(subset)  # the first 1,000 after validation; validation and test unchanged
+    np.testing.assert_array_equal(first.train_labels, splits.train_labels[:1000])
+    np.testing.assert_array_equal(first.val_labels, splits.val_labels)
+    assert first.train_images.shape == (1000, 28, 28, 1) and len(first.test_labels) == 10_000
 
 
 def test_arrays_that_no_longer_match_are_not_trusted(tmp_path):
@@ -157,17 +163,24 @@ def kaggle_csv_dir(tmp_path_factory):
 
 @pytest.mark.prepares
 @pytest.mark.slow
-def test_kaggle_csv_pair_prepares_the_same_data(kaggle_csv_dir, prepared_tfds_dir, tmp_path):
+def test_kaggle_csv_pair_stages_the_upstream_files(kaggle_csv_dir, tmp_path):
+    """The CSV pair becomes, byte for byte, the four files staged from Debian's copy, which tfds
+    checks and prepares (`prepared_tfds_dir` runs that path end to end): the same prepared data."""
+    import tensorflow_datasets as tfds
+
     for split in kaggle.CSV_FILES:
         rows = _upstream_rows(kaggle.UPSTREAM_PREFIX[split])
         with np.load(kaggle.UPSTREAM_ORDER_FILE) as stored:
             np.testing.assert_array_equal(stored[split], kaggle.sorted_order(rows))
-    config = _data_config(tmp_path / "tfds")
-    config.source_dir = str(kaggle_csv_dir)
-    from_csv = data.load(config)  # prepares in a child process, through tfds' checksums
-    upstream = data.load(_data_config(prepared_tfds_dir))
-    for field in dataclasses.fields(data.Splits):
-        np.testing.assert_array_equal(getattr(from_csv, field.name), getattr(upstream, field.name))
+    builder = tfds.builder(f"{data.DATASET}:{data.VERSION}", data_dir=str(tmp_path / "tfds"))
+    expected = prepare.expected_files(builder)
+    staging.stage(str(kaggle_csv_dir), str(tmp_path / "from_csv"), expected)
+    staging.stage(staging.DEBIAN_SOURCE_DIR, str(tmp_path / "from_debian"), expected)
+    assert len(expected) == 4
+    for e in expected:
+        staged = (tmp_path / "from_csv" / e.filename).read_bytes()
+        assert staged == (tmp_path / "from_debian" / e.filename).read_bytes()
+        assert hashlib.sha256(staged).hexdigest() == e.sha256 and len(staged) == e.size
 
 
 @pytest.mark.parametrize("body", ["1,2,x\n", "1,2\n", "7," + ",".join(["300"] * 784) + "\n"])
