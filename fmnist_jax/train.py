@@ -341,11 +341,13 @@ def _due(config: ConfigDict, loop: LoopState) -> list[str]:
     accuracy improved. A stop between epochs saves the epoch just run (see `_check_stop`)."""
     epoch, history, every = loop.epochs_done, loop.history, config.checkpoint
     kinds = []
+    on_time = time.monotonic() - loop.saved_at >= every.min_interval_seconds
+    if jax.process_count() > 1:  # every process saves together: process 0's clock decides
+        on_time = bool(multihost_utils.broadcast_one_to_all(np.int32(on_time)))
     if (
         epoch == config.num_epochs
         or loop.all_stopped()
-        or epoch % every.every_epochs == 0
-        and time.monotonic() - loop.saved_at >= every.min_interval_seconds
+        or (epoch % every.every_epochs == 0 and on_time)
     ):
         kinds.append("latest")
     if "val_accuracy" in history[-1] and history[-1]["val_accuracy"] > max(
