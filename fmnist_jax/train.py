@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import importlib
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -42,7 +40,7 @@ if TYPE_CHECKING:
 
 PLOTS_DIR = lines.PLOTS_DIR
 # The reports' libraries (tensorboardX, matplotlib) take ~1 s to import: a thread loads them while
-# the programs compile, and the loop imports them from there.
+# the programs compile and the first epochs train; the loop never waits for them (`_Board`).
 _REPORT_MODULES = ("fmnist_jax.reports.board", "fmnist_jax.reports.plots")
 _UNIFORM_GUESS_LOSS = float(np.log(10))  # cross-entropy of predicting 1/10 for every class
 _CHANCE_ACCURACY = 0.15  # 10 balanced classes: 0.1, plus the noise of a few thousand examples
@@ -92,7 +90,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     program = program_lib.build(config, splits)
     table, num_params = program.model_table()
     logging.info("\n%s", table)
-    _import_reports_meanwhile()
+    reports_imported = _import_reports_meanwhile()
     state, compile_seconds = program.compile()
     _log_compiled(program, compile_seconds)
     if config.profile:
@@ -104,8 +102,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     )
     loop = LoopState.restore(checkpoints, program, LoopState.start(state, config), workdir)
     metrics_log = workdir_lib.MetricsLog(workdir, loop.history, primary)
-    # Opened at the first epoch's end: a cached compile ends before tensorboardX is imported.
-    board = functools.cache(functools.partial(_board, workdir, primary))
+    board = _Board(reports_imported["fmnist_jax.reports.board"], workdir, primary)
 
     # --- Epochs ----------------------------------------------------------------------------------
     progress = (
@@ -124,7 +121,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
             row = _train_epoch(program, loop, epoch, workdir, checkpoints, progress)
             loop.record(row, config)
             metrics_log.write(row)
-            board().epoch(row)
+            board.epoch(row)
             if progress is None:
                 logging.info("%s", lines.epoch_line(row, config.num_epochs))
             else:
@@ -136,7 +133,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
 
     # --- Test and report -------------------------------------------------------------------------
     summary = _test(program, loop, compile_seconds, num_params)
-    _finish(program, loop, summary, checkpoints, board(), splits, workdir, primary)
+    _finish(program, loop, summary, checkpoints, board.opened(), splits, workdir, primary)
     return summary
 
 
@@ -250,16 +247,37 @@ class LoopState:
         ]
 
 
-def _import_reports_meanwhile() -> None:
-    threading.Thread(
-        target=lambda: [importlib.import_module(m) for m in _REPORT_MODULES], name="import-reports"
-    ).start()
+def _import_reports_meanwhile() -> dict[str, concurrent.futures.Future]:
+    """Starts importing the reports' modules in a thread; the imported module's future, by name."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import-reports")
+    imported = {name: pool.submit(importlib.import_module, name) for name in _REPORT_MODULES}
+    pool.shutdown(wait=False)
+    return imported
 
 
-def _board(workdir: str, primary: bool) -> Board:
-    from fmnist_jax.reports import board  # loaded by the import-reports thread
+class _Board:
+    """The run's TensorBoard writer, opened once the import-reports thread has imported
+    tensorboardX: epochs that end before that (all of them, for a fast model on a GPU) are written
+    then, so the loop never waits for the import."""
 
-    return board.Board(workdir, primary)
+    def __init__(self, imported: concurrent.futures.Future, workdir: str, primary: bool):
+        self._imported, self._workdir, self._primary = imported, workdir, primary
+        self._board: Board | None = None
+        self._pending: list[EpochRow] = []
+
+    def epoch(self, row: EpochRow) -> None:
+        self._pending.append(row)
+        if self._imported.done():
+            self.opened()
+
+    def opened(self) -> Board:
+        """The writer, with every epoch so far written (waits for the import if it must)."""
+        if self._board is None:
+            self._board = self._imported.result().Board(self._workdir, self._primary)
+        for row in self._pending:
+            self._board.epoch(row)
+        self._pending.clear()
+        return self._board
 
 
 def _log_compiled(program: program_lib.Program, compile_seconds: float) -> None:

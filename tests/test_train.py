@@ -80,6 +80,28 @@ def _events(path):
     return events
 
 
+def test_tensorboard_waits_for_its_import_and_the_epochs_do_not(tmp_path):
+    """Epochs that end while tensorboardX is still being imported are written once it is."""
+    import concurrent.futures
+
+    from fmnist_jax.reports import board as board_module
+
+    imported = concurrent.futures.Future()
+    board = train._Board(imported, str(tmp_path), primary=True)
+    for epoch in (1, 2):
+        board.epoch({"epoch": epoch, "train_loss": 1.0 / epoch})
+    assert not (tmp_path / "tensorboard").exists()
+    imported.set_result(board_module)
+    board.epoch({"epoch": 3, "train_loss": 1.0 / 3})
+    board.opened().finish({}, {"test_loss": 0.5, "test_accuracy": 0.8, "epochs_run": 3}, {})
+    files = (tmp_path / "tensorboard").rglob("events.out.tfevents.*")
+    events = [e for f in files for e in _events(f)]
+    losses = {
+        e.step: v.simple_value for e in events for v in e.summary.value if v.tag == "train/loss"
+    }
+    assert losses == pytest.approx({1: 1.0, 2: 0.5, 3: 1.0 / 3})
+
+
 def test_run_writes_plots_and_tensorboard_events(tiny_config, tmp_path):
     from PIL import Image
 
