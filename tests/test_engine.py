@@ -116,9 +116,9 @@ def test_bfloat16_compute_keeps_float32_weights_and_learns_like_float32(model):
         f32_state.batch_stats,
     )
     model = models.create(config.model)
-    initial = model.init(jax.random.key(0))
+    initial = engine.jit_unoptimized(model.init)(jax.random.key(0))  # eagerly: a compile per op
     weights = jax.tree.map(lambda a: a.astype(jnp.bfloat16), initial["params"])
-    logits, _ = model.apply(
+    logits, _ = jax.jit(model.apply)(
         engine.variables(weights, initial["batch_stats"]), jnp.zeros((2, 28, 28, 1), jnp.bfloat16)
     )
     assert logits.dtype == jnp.bfloat16  # float32 statistics do not promote the network

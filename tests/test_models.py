@@ -63,13 +63,13 @@ def test_cnn_with_batch_norm_and_dropout_keeps_statistics_apart():
     _, variables = _logits(model)
     assert set(variables) == {"params", "batch_stats"}
     x = jnp.ones((2, 28, 28, 1))
-    a, stats = model.apply(variables, x, train=True, dropout_key=jax.random.key(1))
-    b, _ = model.apply(variables, x, train=True, dropout_key=jax.random.key(2))
+    train = jax.jit(lambda v, key: model.apply(v, x, train=True, dropout_key=key))
+    a, stats = train(variables, jax.random.key(1))
+    b, _ = train(variables, jax.random.key(2))
     assert not np.allclose(a, b)  # dropout follows the RNG
     assert not np.allclose(stats["bn0"]["mean"], variables["batch_stats"]["bn0"]["mean"])
-    np.testing.assert_array_equal(
-        model.apply(variables, x)[0], model.apply(variables, x)[0]
-    )  # eval is deterministic
+    evaluate = jax.jit(lambda v: model.apply(v, x)[0])
+    np.testing.assert_array_equal(evaluate(variables), evaluate(variables))  # deterministic
 
 
 @pytest.mark.slow
@@ -150,12 +150,19 @@ def test_unknown_model_name_and_setting_are_clear_errors():
 def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolution():
     from fmnist_jax.models.resnet import BasicBlock
 
+    # Each block built and called in one compiled program: eagerly, every initializer and layer
+    # compiles on its own (4.6 s instead of 0.9 s).
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 8))
-    block = BasicBlock(8, 8, 1, "relu", rngs=nnx.Rngs(1))
-    np.testing.assert_allclose(block(x, train=False), jax.nn.relu(x), atol=1e-5)
-    down = BasicBlock(8, 16, 2, "relu", rngs=nnx.Rngs(1))
-    out = down(x, train=True)
-    assert out.shape == (2, 7, 7, 16) and "shortcut_bn" in nnx.state(down, nnx.BatchStat)
+    identity = engine.jit_unoptimized(
+        lambda x: BasicBlock(8, 8, 1, "relu", rngs=nnx.Rngs(1))(x, train=False)
+    )
+    np.testing.assert_allclose(identity(x), jax.nn.relu(x), atol=1e-5)
+    strided = engine.jit_unoptimized(
+        lambda x: BasicBlock(8, 16, 2, "relu", rngs=nnx.Rngs(1))(x, train=True)
+    )
+    assert strided(x).shape == (2, 7, 7, 16)
+    down = nnx.eval_shape(lambda: BasicBlock(8, 16, 2, "relu", rngs=nnx.Rngs(1)))
+    assert "shortcut_bn" in nnx.state(down, nnx.BatchStat)
     model = models.create(
         ml_collections.ConfigDict(
             {
