@@ -172,9 +172,9 @@ def load(data_config: ConfigDict) -> Splits:
 
     Returns:
         `Splits`; validation is the first `num_validation` examples of tfds' train split, training
-        the next `num_train` (0: all the rest). The
-        verified arrays file is read without TensorFlow; it is prepared first (in a child process,
-        with TensorFlow) when missing, damaged or stale.
+        the next `num_train` (0: all the rest). The verified arrays file is read without
+        TensorFlow; it is prepared first (in a child process, with TensorFlow) when missing,
+        damaged or stale.
     """
     arrays, class_names = prepare(data_config)
     num_validation = data_config.num_validation
