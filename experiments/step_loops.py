@@ -6,8 +6,14 @@ unrolled steps, for those with XLA's default options instead of `engine.compiler
 `fmnist_jax.engine.plan_calls`, `engine.compiler_options` and `models.layers.pool`.
 
     python -m experiments.step_loops
+    python -m experiments.step_loops --scan_unrolls=1,4,8,16
+
+`--scan_unrolls` measures instead the MLP's whole-epoch scan with k steps per loop iteration
+(`lax.scan(..., unroll=k)`): on XLA:GPU every iteration of a rolled loop costs a few microseconds
+beside the MLP's ~29 us step (WORKSPACE.md, 2026-11-24); on XLA:CPU k > 1 only compiles longer.
 """
 
+import argparse
 import dataclasses
 import time
 
@@ -19,38 +25,63 @@ from fmnist_jax import program as program_lib
 
 
 def ms_per_step(
-    config, steps_per_call: int, unroll: bool, num_steps: int, options: dict | None
-) -> float:
+    config, steps_per_call: int, unroll: bool | int, num_steps: int, options: dict | None
+) -> tuple[float, float]:
+    """(ms per training step over one epoch after a warm-up epoch, seconds to compile the calls)."""
     splits = data.random_splits(num_steps * config.batch_size, 1)
     config.steps_per_call = steps_per_call
     program = program_lib.build(config, splits)
     eng = dataclasses.replace(program.engine, unroll=unroll, compiler_options=options)
     runner = dataclasses.replace(program.runner, engine=eng)
     state, _ = program.compile()
+    start = time.perf_counter()
     runner.compile(state)
+    compile_seconds = time.perf_counter() - start
     state, sums = runner.run(state, 0)  # warm-up epoch
     jax.block_until_ready(sums)
     start = time.perf_counter()
     state, sums = runner.run(state, 1)
     jax.block_until_ready(sums)
-    return 1000 * (time.perf_counter() - start) / num_steps
+    return 1000 * (time.perf_counter() - start) / num_steps, compile_seconds
 
 
-def main():
-    print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
-    options = engine.compiler_options(jax.default_backend())
+def loops(options: dict | None) -> None:
     for name, config, num_steps in (("mlp", mlp.get_config(), 1718), ("cnn", cnn.get_config(), 64)):
-        rolled = ms_per_step(config, 10**9, False, num_steps, options)
-        unrolled = ms_per_step(config, 8, True, num_steps, options)
-        defaults = ms_per_step(config, 8, True, num_steps, None)
+        rolled, _ = ms_per_step(config, 10**9, False, num_steps, options)
+        unrolled, _ = ms_per_step(config, 8, True, num_steps, options)
+        defaults, _ = ms_per_step(config, 8, True, num_steps, None)
         line = (
             f"{name} batch {config.batch_size}: rolled scan {rolled:.2f} ms/step, calls of 8 unrolled steps {unrolled:.2f} "
             f"ms/step, the same with XLA's default options {defaults:.2f} ms/step"
         )
         if name == "cnn":
             config.model.formulation = "native"
-            line += f", with the native pooling ops {ms_per_step(config, 8, True, num_steps, options):.2f} ms/step"
+            native, _ = ms_per_step(config, 8, True, num_steps, options)
+            line += f", with the native pooling ops {native:.2f} ms/step"
         print(line)
+
+
+def scan_unrolls(unrolls: list[int], options: dict | None) -> None:
+    for k in unrolls:
+        step_ms, compile_seconds = ms_per_step(mlp.get_config(), 10**9, k, 1718, options)
+        print(
+            f"mlp batch 32, whole-epoch scan, unroll={k}: {1000 * step_ms:.1f} us/step "
+            f"({1718 * step_ms / 1000:.3f} s per epoch), compiled in {compile_seconds:.2f} s"
+        )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--scan_unrolls", default="", help="comma-separated k: the MLP's scan with unroll=k only"
+    )
+    args = parser.parse_args()
+    print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
+    options = engine.compiler_options(jax.default_backend())
+    if args.scan_unrolls:
+        scan_unrolls([int(k) for k in args.scan_unrolls.split(",")], options)
+    else:
+        loops(options)
 
 
 if __name__ == "__main__":

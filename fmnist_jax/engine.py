@@ -240,7 +240,8 @@ class Engine:
     optimizer: Callable[[Mapping[str, jax.Array]], optax.GradientTransformation]
     normalizer: Normalizer
     label_smoothing: float = 0.0
-    unroll: bool = False
+    # `lax.scan`'s unroll of each call's steps: True = all of them, k = k steps per loop iteration.
+    unroll: bool | int = False
     compiler_options: dict[str, str] | None = None
     # Compute dtype of the training steps; weights, optimizer state and evaluation stay float32.
     compute_dtype: str = "float32"

@@ -143,6 +143,24 @@ def test_chunked_unrolled_epochs_equal_one_rolled_scan():
     )
 
 
+def test_a_partly_unrolled_scan_trains_like_a_rolled_one():
+    """`unroll=k` (k steps per loop iteration, what `experiments.step_loops --scan_unrolls` times)
+    changes how the epoch loops, not what it computes: 7 steps with k=3 leave a remainder."""
+    config = mlp_config.get_config()
+    config.batch_size = 8
+    config.model.hidden_sizes = (16,)
+    rolled_state, rolled = _run(config, epochs=2, num_examples=56)
+    unrolled_state, unrolled = _run(config, epochs=2, unroll=3, num_examples=56)
+    for r, u in zip(rolled, unrolled, strict=True):
+        assert r["loss"] == pytest.approx(u["loss"], rel=1e-5)
+        assert r["accuracy"] == u["accuracy"]
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+        rolled_state.params,
+        unrolled_state.params,
+    )
+
+
 @pytest.mark.slow
 def test_progress_reports_steps_of_long_epochs():
     config = cnn_config.get_config()
