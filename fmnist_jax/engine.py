@@ -536,7 +536,8 @@ class EpochRunner:
             for start in range(0, steps, self.steps_per_call)
         ]
 
-    def _batches(self, epoch: int) -> jax.Array:
+    def batches(self, epoch: int) -> jax.Array:
+        """Epoch `epoch`'s shuffled batches of training indices, `[num_runs, steps, batch]`."""
         return self._shuffle(self.shuffle_key, epoch)
 
     def _zeros(self) -> Sums:
@@ -568,7 +569,7 @@ class EpochRunner:
         """Compiles every chunk length an epoch uses (at most two), so epochs never compile."""
         for start, end in self._chunks():
             self._executable(state, end - start)
-        self._batches(0)  # compiles the shuffle
+        self.batches(0)  # compiles the shuffle
 
     def memory_bytes(self) -> int:
         """The most memory one compiled training call needs (its arguments, the data included,
@@ -590,7 +591,7 @@ class EpochRunner:
         """
         length = min(num_steps, self.steps_per_call, self.steps_per_epoch)
         executable = self._executable(state, length)
-        batches = self._batches(0)
+        batches = self.batches(0)
         calls = range(
             0,
             min(math.ceil(num_steps / length) * length, self.steps_per_epoch - length + 1),
@@ -630,7 +631,7 @@ class EpochRunner:
         steps done (a few ms per epoch), then `progress(None)`.
         """
         self.compile(state)
-        batches = self._batches(epoch)
+        batches = self.batches(epoch)
         sums = self._zeros()
         chunks = self._chunks()
         report_every = max(1, len(chunks) // 20)

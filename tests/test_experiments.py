@@ -1,6 +1,6 @@
 """Experiment tools that users run before or beside training."""
 
-from experiments import step_time
+from experiments import compile_time, step_time
 
 
 def test_step_time_times_the_configs_own_step_and_projects_the_run(tiny_config):
@@ -12,3 +12,24 @@ def test_step_time_times_the_configs_own_step_and_projects_the_run(tiny_config):
     assert 0 < t.step_seconds < 5 and t.compile_seconds > 0
     assert t.images_per_second == 8 * 2 / t.step_seconds
     assert t.run_seconds == t.step_seconds * t.steps_per_epoch * 3
+
+
+def test_compile_time_compiles_each_program_of_a_run_in_the_runs_shapes(tiny_config):
+    tiny_config.data.num_train = 1_000
+    splits = compile_time.run_shaped_splits(tiny_config)
+    assert [len(s) for s in (splits.train_labels, splits.val_labels, splits.test_labels)] == [
+        1_000,
+        16,
+        10_000,
+    ]
+    rows = compile_time.alone(tiny_config, splits)
+    assert [name for name, _, _ in rows] == [
+        "seed keys",
+        "initial state",
+        "shuffle",
+        "training call(s)",
+        "evaluation (test)",
+        "evaluation (val)",
+        "test predictions (reports)",
+    ]
+    assert all(wall > 0 and cpu >= 0 for _, wall, cpu in rows)
