@@ -1,6 +1,7 @@
 """Orbax checkpoints: kill-and-resume, fallback past a damaged checkpoint, restore for inference,
 predict and evaluate CLIs, export."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from conftest import tiny_cli_args
@@ -190,6 +192,24 @@ def test_predict_proba_accepts_hw_hwc_nhwc_uint8_and_float(trained):
         classifier.predict_proba(batch.astype(np.float32) / 255.0), p, atol=1e-5
     )
     assert classifier.predict_proba(np.repeat(batch, 120, axis=0)).shape == (600, 10)
+
+
+def test_predictions_of_any_weights_share_one_program(trained):
+    """The weights are arguments of the compiled prediction, not constants in it: a model of the same
+    shape (another run, seed, learning rate) finds its program in the compilation cache."""
+    workdir, _, splits = trained
+    restored = inference.load(str(workdir))
+    v = restored.variables
+    other = dataclasses.replace(
+        restored, variables={**v, "params": jax.tree.map(lambda a: 2 * a, v["params"])}
+    )
+    images = splits.test_images[:256]
+
+    def lowered(c):  # what the compilation cache is keyed on
+        return c._jitted.lower(jax.device_put(c._weights), images).as_text()
+
+    assert lowered(restored) == lowered(other)
+    assert not np.allclose(restored.predict_proba(images), other.predict_proba(images))
 
 
 def test_exported_function_gives_the_restored_probabilities(trained):
