@@ -58,12 +58,18 @@ def _engine(
     return eng, steps_per_call
 
 
-def swept_arrays(config: ConfigDict) -> dict[str, np.ndarray]:
-    """Each swept key's value on every run of the run axis (`[num_runs]` float32; {} without a grid)."""
-    members = config_lib.members(config)
+def run_arrays(config: ConfigDict) -> dict[str, np.ndarray]:
+    """The numbers each run of the run axis passes to the training program, `[num_runs]` float32
+    each: every swept key's values, and the learning rate even without a sweep, so that runs
+    differing only in it (the knob users turn most) share one compiled program and find it in the
+    compilation cache. It only multiplies the update: the same bits as a constant (tests/test_sweep.py)."""
+    members = [
+        {"optimizer.learning_rate": config.optimizer.learning_rate, **member}
+        for member in config_lib.members(config)
+    ]
     return {
         key: np.repeat(np.array([m[key] for m in members], np.float32), config.num_seeds)
-        for key, _ in config.grid
+        for key in members[0]
     }
 
 
@@ -163,7 +169,7 @@ def build(
         steps_per_call=steps_per_call,
         shuffle_key=shuffle_keys,
         dropout_key=dropout_keys,
-        values=swept_arrays(config),
+        values=run_arrays(config),
         placement=placement,
     )
     eval_splits = {"test": (splits.test_images, splits.test_labels)}
@@ -214,7 +220,7 @@ def lower_for(
         labels,
         indices,
         dropout_key,
-        swept_arrays(config),
+        run_arrays(config),
     )
     weights = state.weights()
     eval_call = jax.jit(eng.eval_program()).trace(

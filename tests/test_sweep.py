@@ -1,15 +1,17 @@
 """Sweeps: a grid x seeds in one program equals its members trained one by one; refusals; NaN members."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from conftest import tiny_cli_args
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import inference, sweep, train
+from fmnist_jax import data, inference, program, sweep, train
 from fmnist_jax import memory as memory_lib
 from fmnist_jax.errors import UserError
 
@@ -171,3 +173,28 @@ def test_early_stopping_stops_each_member_as_its_single_run(tiny_config, tmp_pat
         single = train.train_and_evaluate(single_config, str(tmp_path / member["name"]))
         assert member["epochs_seeds"] == [single["restored_epoch"]]
         assert member["test_loss"] == pytest.approx(single["test_loss"], rel=2e-5)
+
+
+def test_the_learning_rate_rides_the_run_axis_with_the_bits_of_a_constant(tiny_config):
+    """Even without a grid the learning rate is an argument of the training program: runs that
+    differ only in it share one compiled program, and it trains exactly as the constant did."""
+
+    def training_program(**optimizer):
+        config = tiny_config.copy_and_resolve_references()
+        config.optimizer.update(optimizer)
+        return program.lower_for(config, "cpu")["train"].as_text()
+
+    assert training_program(learning_rate=3e-3) == training_program(learning_rate=1e-4)
+    assert training_program(b1=0.8) != training_program(b1=0.9)  # a constant does show
+
+    built = program.build(tiny_config, data.random_splits(64, 16))
+    assert list(built.runner.values) == ["optimizer.learning_rate"]
+    np.testing.assert_array_equal(
+        built.runner.values["optimizer.learning_rate"], [np.float32(1e-3)]
+    )
+    constant = dataclasses.replace(built.runner, values={})  # the config's number, built in
+    state, _ = built.compile()
+    as_argument, _ = built.runner.run(jax.tree.map(np.array, state), 0)
+    as_constant, _ = constant.run(jax.tree.map(np.array, state), 0)
+    jax.tree.map(np.testing.assert_array_equal, as_argument.params, as_constant.params)
+    jax.tree.map(np.testing.assert_array_equal, as_argument.opt_state, as_constant.opt_state)
