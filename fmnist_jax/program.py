@@ -62,7 +62,7 @@ def run_arrays(config: ConfigDict) -> dict[str, np.ndarray]:
     """The numbers each run of the run axis passes to the training program, `[num_runs]` float32
     each: every swept key's values, and the learning rate even without a sweep, so that runs
     differing only in it (the knob users turn most) share one compiled program and find it in the
-    compilation cache. It only multiplies the update: the same bits as a constant (tests/test_sweep.py)."""
+    compilation cache. It only multiplies the update: the bits of a constant (tests/test_sweep.py)."""
     members = [
         {"optimizer.learning_rate": config.optimizer.learning_rate, **member}
         for member in config_lib.members(config)
