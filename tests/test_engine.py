@@ -124,23 +124,27 @@ def test_bfloat16_compute_keeps_float32_weights_and_learns_like_float32(model):
     assert logits.dtype == jnp.bfloat16  # float32 statistics do not promote the network
 
 
+def _assert_trained_alike(a, b):
+    """Two `_run` results: the same losses and accuracies per epoch, and the same weights."""
+    (a_state, a_history), (b_state, b_history) = a, b
+    for x, y in zip(a_history, b_history, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+        assert x["accuracy"] == y["accuracy"]
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+        a_state.params,
+        b_state.params,
+    )
+
+
 @pytest.mark.slow
 def test_chunked_unrolled_epochs_equal_one_rolled_scan():
     config = cnn_config.get_config()
     config.batch_size = 8
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
-    whole_state, whole = _run(config, epochs=2, num_examples=56)
-    chunk_state, chunked = _run(
-        config, epochs=2, steps_per_call=3, unroll=True, num_examples=56
-    )  # 7 steps: 3+3+1
-    for w, c in zip(whole, chunked, strict=False):
-        assert w["loss"] == pytest.approx(c["loss"], rel=1e-5)
-        assert w["accuracy"] == c["accuracy"]
-    jax.tree.map(
-        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
-        whole_state.params,
-        chunk_state.params,
-    )
+    whole = _run(config, epochs=2, num_examples=56)
+    chunked = _run(config, epochs=2, steps_per_call=3, unroll=True, num_examples=56)  # 3+3+1 steps
+    _assert_trained_alike(whole, chunked)
 
 
 def test_a_partly_unrolled_scan_trains_like_a_rolled_one():
@@ -149,16 +153,9 @@ def test_a_partly_unrolled_scan_trains_like_a_rolled_one():
     config = mlp_config.get_config()
     config.batch_size = 8
     config.model.hidden_sizes = (16,)
-    rolled_state, rolled = _run(config, epochs=2, num_examples=56)
-    unrolled_state, unrolled = _run(config, epochs=2, unroll=3, num_examples=56)
-    for r, u in zip(rolled, unrolled, strict=True):
-        assert r["loss"] == pytest.approx(u["loss"], rel=1e-5)
-        assert r["accuracy"] == u["accuracy"]
-    jax.tree.map(
-        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
-        rolled_state.params,
-        unrolled_state.params,
-    )
+    rolled = _run(config, epochs=2, num_examples=56)
+    unrolled = _run(config, epochs=2, unroll=3, num_examples=56)
+    _assert_trained_alike(rolled, unrolled)
 
 
 @pytest.mark.slow
