@@ -12,7 +12,6 @@ and the evaluation: the difference is what compiling them side by side saves on 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import time
@@ -39,14 +38,8 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def run_shaped_splits(config) -> data.Splits:
     """Random images in the shapes of a run of `config`: its training, validation and test sizes."""
-    num_val, num_train = config.data.num_validation, config_lib.num_train_examples(config)
-    splits = data.random_splits(num_val + num_train, _NUM_TEST)
-    return dataclasses.replace(
-        splits,
-        train_images=splits.train_images[num_val:],
-        train_labels=splits.train_labels[num_val:],
-        val_images=splits.train_images[:num_val],
-        val_labels=splits.train_labels[:num_val],
+    return data.random_splits(
+        config_lib.num_train_examples(config), _NUM_TEST, num_validation=config.data.num_validation
     )
 
 
@@ -61,8 +54,7 @@ def alone(config, splits: data.Splits) -> list[tuple[str, float, float]]:
 
     row("seed keys", lambda: engine.seed_keys(config_lib.run_seeds(config)))
     program = program_lib.build(config, splits)
-    init_args = (program.model, program.engine.tx, program.init_keys, program.engine.ema_decay > 0)
-    state = row("initial state", lambda: program.placement.put(engine.init_states(*init_args)))
+    state = row("initial state", program.initial_state)
     row("shuffle", lambda: program.runner.batches(0))
     row("training call(s)", lambda: program.runner.compile(state))
     for split in program.eval_sets:

@@ -197,18 +197,19 @@ def load(data_config: ConfigDict) -> Splits:
     )
 
 
-def random_splits(num_train: int, num_test: int, seed: int = 0) -> Splits:
-    """Random uint8 images and labels in the dataset's shapes, without validation: to time and
-    compile programs where the data does not matter."""
+def random_splits(num_train: int, num_test: int, seed: int = 0, num_validation: int = 0) -> Splits:
+    """Random uint8 images and labels in the dataset's shapes, validation first as `load` splits
+    them: to time and compile programs where the data does not matter."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (num_train + num_test, *IMAGE_SHAPE), dtype=np.uint8)
-    labels = rng.integers(0, 10, num_train + num_test).astype(np.int32)
+    end = num_validation + num_train
+    images = rng.integers(0, 256, (end + num_test, *IMAGE_SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, 10, end + num_test).astype(np.int32)
     return Splits(
-        train_images=images[:num_train],
-        train_labels=labels[:num_train],
-        val_images=images[:0],
-        val_labels=labels[:0],
-        test_images=images[num_train:],
-        test_labels=labels[num_train:],
+        train_images=images[num_validation:end],
+        train_labels=labels[num_validation:end],
+        val_images=images[:num_validation],
+        val_labels=labels[:num_validation],
+        test_images=images[end:],
+        test_labels=labels[end:],
         class_names=tuple(f"class {i}" for i in range(10)),
     )

@@ -106,7 +106,7 @@ class Program:
             shapes = self.placement.abstract(engine.state_shapes(*self._init_args()))
             training = pool.submit(self._compile_training, shapes)
             try:
-                state = self.placement.put(engine.init_states(*self._init_args()))
+                state = self.initial_state()
                 for split in {s.call_shape: s for s in self.eval_sets.values()}.values():
                     self.evaluate(state.weights(), split)  # one compile per call shape
             except jax.errors.JaxRuntimeError as e:
@@ -115,6 +115,10 @@ class Program:
                 raise
             training.result()
         return state, time.perf_counter() - start
+
+    def initial_state(self) -> engine.TrainState:
+        """Every run's initial state, on the devices (compiling its program on the first call)."""
+        return self.placement.put(engine.init_states(*self._init_args()))
 
     def _compile_training(self, shapes: engine.TrainState) -> None:
         self.runner.compile(shapes)
