@@ -57,7 +57,8 @@ def default() -> ConfigDict:
     c.grid = ()
     c.num_epochs = 10
     c.batch_size = 32
-    c.eval_batch_size = 1000
+    # Evaluation batch; 0 = automatic (250 on CPU, 1000 on GPU/TPU; see engine.eval_batch_size).
+    c.eval_batch_size = 0
     # Training steps per compiled call; 0 = automatic (see fmnist_jax.engine.plan_calls).
     c.steps_per_call = 0
     # Compute dtype of the training steps: "bfloat16" for GPU/TPU speed; weights stay float32.
@@ -285,15 +286,16 @@ def validate(config: ConfigDict) -> None:
         not missing,
         f"The config lacks {', '.join(missing)}; start config files from fmnist_jax.config.default().",
     )
-    for key in ("num_epochs", "batch_size", "eval_batch_size"):
+    for key in ("num_epochs", "batch_size"):
         _check(
             isinstance(config[key], int) and config[key] > 0,
             f"{key} must be a positive integer, got {config[key]!r}.",
         )
-    _check(
-        config.steps_per_call >= 0,
-        f"steps_per_call must be >= 0 (0 = automatic), got {config.steps_per_call}.",
-    )
+    for key in ("eval_batch_size", "steps_per_call"):
+        _check(
+            isinstance(config[key], int) and config[key] >= 0,
+            f"{key} must be an integer >= 0 (0 = automatic), got {config[key]!r}.",
+        )
     _check(
         0 <= config.data.num_validation < NUM_TRAIN_EXAMPLES,
         f"data.num_validation must be in [0, {NUM_TRAIN_EXAMPLES - 1}], got {config.data.num_validation}.",

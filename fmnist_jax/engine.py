@@ -451,6 +451,16 @@ def plan_calls(steps_per_call: int, backend: str, has_convolution: bool) -> tupl
     return steps_per_call or 2**31 - 1, False
 
 
+def eval_batch_size(requested: int, backend: str) -> int:
+    """Examples per evaluation batch; `requested` 0 means choose.
+
+    On XLA:CPU a batch's activations should stay in the cores' caches: batches of 250 validate
+    ~3x faster than of 1000 (seed MLP 12 vs 34 ms for 5,000 images; CNN 0.78 vs 1.38 s, and its
+    evaluation compiles in 2.7 instead of 4.4 s). 250 divides both splits. GPUs and TPUs keep 1000.
+    """
+    return requested or (250 if backend == "cpu" else 1000)
+
+
 def seed_loop(backend: str, has_convolution: bool) -> bool:
     """Whether several seeds run as one unrolled copy of the step per seed instead of `jax.vmap`.
 

@@ -184,7 +184,9 @@ def build(
         model=model,
         engine=eng,
         runner=runner,
-        eval_sets=engine.EvalSet.create_all(eval_splits, config.eval_batch_size, placement),
+        eval_sets=engine.EvalSet.create_all(
+            eval_splits, engine.eval_batch_size(config.eval_batch_size, backend), placement
+        ),
         learning_rate=optim.schedule(config, steps_per_epoch),
         init_keys=init_keys,
         placement=placement,
@@ -216,7 +218,9 @@ def lower_for(
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
     indices = jax.ShapeDtypeStruct((eng.num_runs, steps, config.batch_size), jnp.int32)
-    batches = engine.eval_batches(10_000, config.eval_batch_size)  # the test split in one call
+    batches = engine.eval_batches(  # the test split in one call
+        10_000, engine.eval_batch_size(config.eval_batch_size, platform)
+    )
     train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(
         state,
         engine.Sums.zeros(eng.num_runs),

@@ -46,6 +46,7 @@ def test_seed_configs_are_valid_and_match_their_recipes():
         ("augment.crop_padding", 20, "augment.crop_padding must be in \\[0, 14\\] pixels, got 20"),
         ("augment.erasing", 1.5, "augment.erasing must be a probability in \\[0, 1\\], got 1.5"),
         ("num_seeds", 0, "num_seeds must be a positive integer, got 0"),
+        ("eval_batch_size", -1, "eval_batch_size must be an integer >= 0 \\(0 = automatic\\)"),
         ("model.dropout_rate", 1.5, "model.dropout_rate must be in \\[0, 1\\)"),
     ],
 )

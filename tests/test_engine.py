@@ -10,7 +10,7 @@ from conftest import tolerance
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
-from fmnist_jax import engine, models, optim
+from fmnist_jax import data, engine, models, optim, program
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
 
@@ -226,6 +226,16 @@ def test_call_plan_unrolls_convolutions_only_on_cpu():
     assert engine.plan_calls(0, "gpu", True)[1] is False
     assert engine.plan_calls(0, "cpu", False)[0] >= 10**6
     assert engine.plan_calls(5, "cpu", False) == (5, False)
+
+
+def test_evaluation_batch_is_chosen_per_backend_unless_set(tiny_config):
+    assert engine.eval_batch_size(0, "cpu") == 250 and engine.eval_batch_size(0, "cuda") == 1000
+    assert engine.eval_batch_size(16, "cpu") == 16
+    tiny_config.eval_batch_size = 0
+    images, labels = np.zeros((1000, 28, 28, 1), np.uint8), np.zeros(1000, np.int32)
+    splits = data.Splits(images[:64], labels[:64], images[:500], labels[:500], images, labels, ())
+    sets = program.build(tiny_config, splits, backend="cpu").eval_sets
+    assert sets["val"].call_shape == sets["test"].call_shape == (2, 250, 28, 28, 1)
 
 
 def test_first_nonfinite_step_is_reported():
