@@ -3,8 +3,8 @@
     python -m experiments.compile_time [--config=configs/mlp.py] [--config.key=value ...]
 
 A run whose programs are not in the compilation cache yet waits for XLA to compile them: the seed
-keys, the initial state, the shuffle, the training call(s), the evaluation, and after the epochs
-the test predictions of the reports. This compiles each alone (tracing included, the persistent
+keys, the initial state, the shuffle, the training call(s) and the evaluation (whose test
+probabilities the reports draw). This compiles each alone (tracing included, the persistent
 cache off; random images in the run's shapes), then all of `Program.compile()` again from empty
 in-memory caches as a run calls it, where the training programs compile beside the initial state
 and the evaluation: the difference is what compiling them side by side saves on this machine.
@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, engine, inference
+from fmnist_jax import data, engine
 from fmnist_jax import program as program_lib
 
 _NUM_TEST = 10_000
@@ -59,13 +59,6 @@ def alone(config, splits: data.Splits) -> list[tuple[str, float, float]]:
     row("training call(s)", lambda: program.runner.compile(state))
     for split in program.eval_sets:
         row(f"evaluation ({split})", lambda s=split: program.evaluate(state.weights(), s))
-    classifier = inference.Classifier(
-        config=config,
-        class_names=splits.class_names,
-        epoch=0,
-        variables=inference.one_run(jax.device_get(program.model_item(state.weights())), 0),
-    )
-    row("test predictions (reports)", lambda: classifier.predict_proba(splits.test_images))
     return rows
 
 
@@ -88,7 +81,7 @@ def main(argv: list[str]) -> None:
         f"| all of them, one after another | {sum(r[1] for r in rows):.2f} | "
         f"{sum(r[2] for r in rows):.2f} |"
     )
-    in_compile = [r for r in rows if r[0] not in ("seed keys", "test predictions (reports)")]
+    in_compile = [r for r in rows if r[0] != "seed keys"]
     jax.clear_caches()
     program = program_lib.build(config, splits)
     _, wall, cpu = timed(program.compile)

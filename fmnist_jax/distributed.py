@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
@@ -122,6 +123,19 @@ def _rendezvous(address: str, num_processes: int, process_id: int, timeout: floa
 def is_primary() -> bool:
     """Only process 0 writes the run's files (Orbax coordinates the checkpoint writes itself)."""
     return jax.process_index() == 0
+
+
+def fetch(tree: PyTree) -> PyTree:
+    """Host values of global arrays. Where an array spans several processes, every process must
+    call this (it gathers the other processes' shards)."""
+    return jax.tree.map(
+        lambda x: (
+            np.asarray(x)
+            if x.is_fully_addressable
+            else multihost_utils.process_allgather(x, tiled=True)
+        ),
+        tree,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from fmnist_jax.augment import Augment
-from fmnist_jax.distributed import DataParallel
+from fmnist_jax.distributed import DataParallel, fetch
 from fmnist_jax.models import Model
 from fmnist_jax.shapes import PyTree
 
@@ -380,9 +380,11 @@ class Engine:
         images: jax.Array,
         labels: jax.Array,
         mask: jax.Array,
-    ) -> Sums:
-        """`sums` plus the loss and accuracy sums over pre-batched `[num_batches, batch, ...]` data;
-        `mask` marks real examples. A split evaluated in several calls adds in the same order as in one."""
+    ) -> tuple[Sums, jax.Array]:
+        """`sums` plus the loss and accuracy sums over pre-batched `[num_batches, batch, ...]` data
+        (`mask` marks real examples), and every example's class probabilities `[num_batches, batch,
+        classes]`: the reports draw the test split's, so no second program predicts it again. A
+        split evaluated in several calls adds in the same order as in one."""
 
         def body(sums, batch):
             x, y, m = batch
@@ -396,31 +398,50 @@ class Engine:
                 correct=sums.correct + jnp.sum(correct),
                 count=sums.count + jnp.sum(m),
                 first_nonfinite_step=sums.first_nonfinite_step,
-            ), None
+            ), jnp.exp(logits)
 
-        sums, _ = jax.lax.scan(body, sums, (images, labels, mask))
-        return sums
+        return jax.lax.scan(body, sums, (images, labels, mask))
 
     def train_program(self) -> Callable[..., tuple[TrainState, Sums]]:
         """`train_steps` over every run: (state, sums, images, labels, batch_indices, dropout_key, values)."""
         return self.over_runs(self.train_steps, in_axes=(0, 0, None, None, 0, 0, 0))
 
-    def eval_program(self) -> Callable[..., Sums]:
+    def eval_program(self) -> Callable[..., tuple[Sums, jax.Array]]:
         """`eval_sums` over every run: (params, batch_stats, sums, images, labels, mask)."""
         return self.over_runs(self.eval_sums, in_axes=(0, 0, 0, None, None, None))
 
     @functools.cached_property
-    def compiled_eval_sums(self) -> Callable[..., Sums]:
+    def compiled_eval_sums(self) -> Callable[..., tuple[Sums, jax.Array]]:
         return jax.jit(self.eval_program(), compiler_options=self.compiler_options)
 
-    def evaluate(self, weights: dict[str, PyTree], split: EvalSet) -> Sums:
-        """Loss and accuracy sums of `weights` (see `TrainState.weights`) over `split`, per run."""
+    def evaluate(self, weights: dict[str, PyTree], split: EvalSet) -> Evaluation:
+        """`weights`' (see `TrainState.weights`) evaluation of `split`, per run, left on the devices."""
         sums = split.placement.put(Sums.zeros(self.num_runs))
+        probabilities = []
         for images, labels, mask in split.calls:
-            sums = self.compiled_eval_sums(
+            sums, call_probabilities = self.compiled_eval_sums(
                 eval_params(weights), weights["batch_stats"], sums, images, labels, mask
             )
-        return sums
+            probabilities.append(call_probabilities)
+        return Evaluation(sums, tuple(probabilities), split.num_examples)
+
+
+@flax.struct.dataclass
+class Evaluation:
+    """A split's evaluation, on the devices until read: the sums, and each call's class
+    probabilities `[num_runs, batches, batch, classes]` (padding included)."""
+
+    sums: Sums
+    probabilities: tuple[jax.Array, ...]
+    num_examples: int = flax.struct.field(pytree_node=False)
+
+    def per_run(self) -> list[dict[str, float]]:
+        return self.sums.per_run()
+
+    def run_probabilities(self, run: int) -> np.ndarray:
+        """Run `run`'s `[num_examples, classes]` class probabilities, on the host."""
+        calls = [p[run].reshape(-1, p.shape[-1]) for p in fetch(self.probabilities)]
+        return np.concatenate(calls)[: self.num_examples]
 
 
 def epoch_batches(
@@ -679,6 +700,7 @@ class EvalSet:
     # Where the calls live; the sums start there too, so every call finds the arguments the
     # first one compiled for (host zeros would compile a second program for the later calls).
     placement: DataParallel
+    num_examples: int
 
     @property
     def call_shape(self) -> tuple[int, ...]:
@@ -695,15 +717,15 @@ class EvalSet:
         batches_per_call: int | None = None,
     ) -> EvalSet:
         """Batches of `batch_size` (at most the split, rounded up to split evenly over the devices),
-        `batches_per_call` (a divisor of the number of batches; default all) per call."""
+        `batches_per_call` (default all) per call; the last call padded."""
         n = len(labels)
         num_batches, batch_size = eval_batches(n, batch_size, placement.num_devices)
         batches_per_call = batches_per_call or num_batches
-        pad = num_batches * batch_size - n
+        shape = (math.ceil(num_batches / batches_per_call), batches_per_call, batch_size)
+        pad = math.prod(shape) - n
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
         labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-        mask = np.arange(num_batches * batch_size) < n
-        shape = (num_batches // batches_per_call, batches_per_call, batch_size)
+        mask = np.arange(math.prod(shape)) < n
         arrays = (
             images.reshape(*shape, *images.shape[1:]),
             labels.reshape(shape),
@@ -715,6 +737,7 @@ class EvalSet:
                 for i in range(shape[0])
             ),
             placement,
+            n,
         )
 
     @classmethod
@@ -725,17 +748,29 @@ class EvalSet:
         placement: DataParallel,
     ) -> dict[str, EvalSet]:
         """`create` for each named (images, labels) split, in calls of one shape where the batch sizes
-        agree (the greatest common divisor of their batch counts: no padding), so that one compiled
-        program evaluates them all (validation 5 and test 10 batches: 5 per call, one compile less)."""
+        agree, so that one compiled program evaluates them all (validation 20 and test 40 batches:
+        20 per call, one compile less); see `batches_per_call`."""
         shapes = {
             name: eval_batches(len(labels), batch_size, placement.num_devices)
             for name, (_, labels) in splits.items()
         }
         per_call = {
-            name: math.gcd(*(b for b, size in shapes.values() if size == shapes[name][1]))
+            name: batches_per_call([b for b, size in shapes.values() if size == shapes[name][1]])
             for name in splits
         }
         return {
             name: cls.create(images, labels, batch_size, placement, per_call[name])
             for name, (images, labels) in splits.items()
         }
+
+
+def batches_per_call(batch_counts: list[int]) -> int:
+    """Batches per evaluation call for splits of `batch_counts` batches that share one program: the
+    fewest padded batches plus calls (a call costs about a batch to dispatch). A common divisor
+    pads nothing but can mean hundreds of tiny calls (58,000 and 10,000 examples in batches of 256:
+    227 calls), which XLA:CPU's collectives over 8 simulated devices deadlock on."""
+
+    def cost(k: int) -> int:
+        return sum(math.ceil(b / k) * (k + 1) - b for b in batch_counts)
+
+    return min(range(1, max(batch_counts) + 1), key=cost)

@@ -133,10 +133,12 @@ class Program:
             available=memory_lib.available(self.placement.mesh.local_devices[0]),
         )
 
-    def evaluate(self, weights: dict[str, PyTree], split: str | engine.EvalSet) -> list[dict]:
-        """Per run: mean loss and accuracy of `weights` over an evaluation split."""
+    def evaluate(
+        self, weights: dict[str, PyTree], split: str | engine.EvalSet
+    ) -> engine.Evaluation:
+        """`weights`' evaluation of a split (`.per_run()`: each run's mean loss and accuracy)."""
         eval_set = self.eval_sets[split] if isinstance(split, str) else split
-        return self.engine.evaluate(weights, eval_set).per_run()
+        return self.engine.evaluate(weights, eval_set)
 
     def model_item(self, weights: dict[str, PyTree]) -> dict[str, PyTree]:
         """What checkpoints keep of a model: its weights and the input normalization."""

@@ -132,8 +132,18 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
             progress.close()
 
     # --- Test and report -------------------------------------------------------------------------
-    summary = _test(program, loop, compile_seconds, num_params)
-    _finish(program, loop, summary, checkpoints, board.opened(), splits, workdir, primary)
+    summary, test_probabilities = _test(program, loop, compile_seconds, num_params)
+    _finish(
+        program,
+        loop,
+        summary,
+        test_probabilities,
+        checkpoints,
+        board.opened(),
+        splits,
+        workdir,
+        primary,
+    )
     return summary
 
 
@@ -348,7 +358,7 @@ def _train_epoch(
         "learning_rate": float(program.learning_rate(epoch * program.steps_per_epoch - 1)),
     }
     if "val" in program.eval_sets:
-        row.update(over_runs("val", program.evaluate(loop.state.weights(), "val")))
+        row.update(over_runs("val", program.evaluate(loop.state.weights(), "val").per_run()))
     return row
 
 
@@ -397,17 +407,23 @@ def _save(
 
 def _test(
     program: program_lib.Program, loop: LoopState, compile_seconds: float, num_params: int
-) -> Summary:
-    """The reported weights' test metrics, with the run's timings and facts."""
+) -> tuple[Summary, np.ndarray]:
+    """The reported weights' test metrics, with the run's timings and facts; and the reported
+    run's test probabilities, for the reports."""
     config = program.config
     weights, epochs = loop.reported(config)
     examples = (
         config_lib.num_runs(config) * loop.epochs_done * program.steps_per_epoch * config.batch_size
     )
-    val = over_runs("val", program.evaluate(weights, "val")) if "val" in program.eval_sets else {}
+    val = (
+        over_runs("val", program.evaluate(weights, "val").per_run())
+        if "val" in program.eval_sets
+        else {}
+    )
+    test = program.evaluate(weights, "test")
     memory = program.memory()
-    return {
-        **over_runs("test", program.evaluate(weights, "test")),
+    summary = {
+        **over_runs("test", test.per_run()),
         **val,
         "reported_run": records.best_run(val, config) if config.grid else 0,
         "best_val_accuracy": max(
@@ -427,12 +443,14 @@ def _test(
         "device_kind": jax.devices()[0].device_kind,
         "jax_version": jax.__version__,
     }
+    return summary, test.run_probabilities(summary["reported_run"])
 
 
 def _finish(
     program: program_lib.Program,
     loop: LoopState,
     summary: Summary,
+    test_probabilities: np.ndarray,
     checkpoints: checkpoint.Checkpoints,
     board: Board,
     splits: data.Splits,
@@ -455,7 +473,14 @@ def _finish(
         )
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             reports = pool.submit(
-                _write_reports, workdir, board, config, summary, loop.history, classifier, splits
+                _write_reports,
+                workdir,
+                board,
+                config,
+                summary,
+                loop.history,
+                test_probabilities,
+                splits,
             )
             os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
             export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
@@ -550,13 +575,13 @@ def _write_reports(
     config: ConfigDict,
     result: dict[str, Any],
     history: list[dict[str, Any]],
-    classifier: inference.Classifier,
+    probabilities: np.ndarray,
     splits: data.Splits,
 ) -> None:
-    """The run's plots (<workdir>/plots/) and its last TensorBoard entries, from the final weights."""
+    """The run's plots (<workdir>/plots/) and its last TensorBoard entries, from the reported
+    weights' test probabilities."""
     from fmnist_jax.reports import plots
 
-    probabilities = classifier.predict_proba(splits.test_images)
     report = inference.report(probabilities, splits.test_labels, splits.class_names)
     plots.write_run_plots(
         os.path.join(workdir, PLOTS_DIR),

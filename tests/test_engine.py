@@ -10,7 +10,7 @@ from conftest import tolerance
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
-from fmnist_jax import data, engine, models, optim, program
+from fmnist_jax import data, engine, inference, models, optim, program
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
 
@@ -258,8 +258,9 @@ def test_eval_set_masks_padding():
     optimizer = functools.partial(optim.optimizer, mlp_config.get_config(), 10)
     tx = optimizer({})
     state = engine.init_states(model, tx, jax.random.key(0)[None])
-    sums = engine.Engine(model, optimizer, engine.Normalizer()).evaluate(state.weights(), s)
-    assert sums.count.tolist() == [5]
+    evaluation = engine.Engine(model, optimizer, engine.Normalizer()).evaluate(state.weights(), s)
+    assert evaluation.sums.count.tolist() == [5]
+    assert evaluation.run_probabilities(0).shape == (5, 10)  # the padding dropped
 
 
 def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
@@ -274,10 +275,9 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
         batch_size=2,
         placement=placement,
     )
-    assert (
-        sets["val"].call_shape == sets["test"].call_shape == (2, 2, 28, 28, 1)
-    )  # gcd(4, 10) batches per call
-    assert len(sets["test"].calls) == 5
+    # 4 and 10 batches: 5 per call (one padded batch) beats 2 per call (7 calls)
+    assert sets["val"].call_shape == sets["test"].call_shape == (5, 2, 28, 28, 1)
+    assert len(sets["val"].calls) == 1 and len(sets["test"].calls) == 2
     model = models.create(mlp_config.get_config().model)
     optimizer = functools.partial(optim.optimizer, mlp_config.get_config(), 10)
     tx = optimizer({})
@@ -286,10 +286,27 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     in_calls = eng.evaluate(weights, sets["test"])
     in_one = eng.evaluate(weights, engine.EvalSet.create(images, labels, 2, placement))
     assert (
-        in_calls.count.tolist() == [20]
-        and in_calls.loss.tolist() == in_one.loss.tolist()
-        and in_calls.correct.tolist() == in_one.correct.tolist()
+        in_calls.sums.count.tolist() == [20]
+        and in_calls.sums.loss.tolist() == in_one.sums.loss.tolist()
+        and in_calls.sums.correct.tolist() == in_one.sums.correct.tolist()
     )
+    # The probabilities the reports draw: the same in calls, agreeing with the sums and with what
+    # a restored classifier predicts.
+    probabilities = in_calls.run_probabilities(0)
+    np.testing.assert_array_equal(probabilities, in_one.run_probabilities(0))
+    assert int((probabilities.argmax(-1) == labels).sum()) == int(in_calls.sums.correct[0])
+    classifier = inference.Classifier(
+        mlp_config.get_config(), (), 0, inference.one_run(jax.device_get(weights), 0)
+    )
+    np.testing.assert_allclose(probabilities, classifier.predict_proba(images), atol=1e-6)
+
+
+def test_evaluation_calls_are_few_and_pad_little():
+    assert engine.batches_per_call([20, 40]) == 20  # the default splits: 1 + 2 calls, no padding
+    assert engine.batches_per_call([40]) == 40
+    k = engine.batches_per_call([227, 40])  # no common divisor but 1: not 267 calls
+    calls = [-(-b // k) for b in (227, 40)]
+    assert sum(calls) <= 8 and sum(c * k for c in calls) - 267 < k
 
 
 @pytest.mark.slow

@@ -30,6 +30,5 @@ def test_compile_time_compiles_each_program_of_a_run_in_the_runs_shapes(tiny_con
         "training call(s)",
         "evaluation (test)",
         "evaluation (val)",
-        "test predictions (reports)",
     ]
     assert all(wall > 0 and cpu >= 0 for _, wall, cpu in rows)
