@@ -415,13 +415,9 @@ def _test(
     examples = (
         config_lib.num_runs(config) * loop.epochs_done * program.steps_per_epoch * config.batch_size
     )
-    val = (
-        over_runs("val", program.evaluate(weights, "val").per_run())
-        if "val" in program.eval_sets
-        else {}
-    )
     test = program.evaluate(weights, "test")
     memory = program.memory()
+    val = _reported_val(program, loop, weights)
     summary = {
         **over_runs("test", test.per_run()),
         **val,
@@ -444,6 +440,18 @@ def _test(
         "jax_version": jax.__version__,
     }
     return summary, test.run_probabilities(summary["reported_run"])
+
+
+def _reported_val(
+    program: program_lib.Program, loop: LoopState, weights: dict[str, PyTree]
+) -> dict[str, Any]:
+    """The reported weights' validation metrics. Without early stopping they are the last epoch's
+    weights, whose validation that epoch's row holds (a CNN validation costs ~0.8 s on CPU)."""
+    if "val" not in program.eval_sets:
+        return {}
+    if not loop.stoppers and loop.history and "val_loss_seeds" in loop.history[-1]:
+        return {k: v for k, v in loop.history[-1].items() if k.startswith("val_")}
+    return over_runs("val", program.evaluate(weights, "val").per_run())
 
 
 def _finish(

@@ -47,6 +47,10 @@ def test_mock_run_writes_config_metrics_and_summary(tiny_config, tmp_path):
         assert all(key in r for r in rows)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == pytest.approx(summary)
+    # The reported weights are the last epoch's: its validation, not evaluated again.
+    assert {k: summary[k] for k in rows[-1] if k.startswith("val_")} == {
+        k: v for k, v in rows[-1].items() if k.startswith("val_")
+    }
     for key in (
         "test_accuracy",
         "test_loss",
@@ -217,6 +221,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tiny_config, tmp_path)
     best = min(rows, key=lambda r: r["val_loss"])
     assert summary["epochs_run"] == len(rows) < 30
     assert summary["restored_epoch"] == best["epoch"] == len(rows) - 2
+    assert summary["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)  # evaluated again
 
 
 def test_divergence_stops_at_once_naming_epoch_and_step(tiny_config, tmp_path):
