@@ -1,6 +1,6 @@
 """Experiment tools that users run before or beside training."""
 
-from experiments import compile_time, step_time
+from experiments import compile_time, eval_time, step_time
 
 
 def test_step_time_times_the_configs_own_step_and_projects_the_run(tiny_config):
@@ -32,3 +32,9 @@ def test_compile_time_compiles_each_program_of_a_run_in_the_runs_shapes(tiny_con
         "evaluation (val)",
     ]
     assert all(wall > 0 and cpu >= 0 for _, wall, cpu in rows)
+
+
+def test_eval_time_evaluates_the_validation_at_each_batch_size(tiny_config):
+    times = eval_time.measure(tiny_config, [4, 16])
+    assert [t.batch_size for t in times] == [4, 16]
+    assert all(t.compile_seconds > t.validation_seconds > 0 for t in times)
