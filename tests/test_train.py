@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import noise, tolerance
 
-from fmnist_jax import data, inference, train
+from fmnist_jax import data, inference, records, train
 from fmnist_jax.errors import UserError
 
 
@@ -214,6 +214,28 @@ def _stop_early(config, num_epochs):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_reported_validation_is_read_from_its_epochs_row_bit_for_bit(
+    tiny_config, tmp_path, monkeypatch, restore_best
+):
+    _stop_early(tiny_config, 12)
+    tiny_config.num_seeds = 3  # runs that stop, and report, at different epochs
+    tiny_config.early_stopping.restore_best = restore_best
+    read = train.train_and_evaluate(tiny_config, str(tmp_path / "read"))
+    monkeypatch.setattr(
+        train,
+        "_reported_val",
+        lambda program, loop, weights, epochs: records.over_runs(
+            "val", program.evaluate(weights, "val").per_run()
+        ),
+    )
+    evaluated = train.train_and_evaluate(tiny_config, str(tmp_path / "evaluated"))
+    assert len(set(read["restored_epoch_seeds"])) > 1
+    for key in ("val_loss_seeds", "val_accuracy_seeds"):
+        assert read[key] == evaluated[key]
+
+
+@pytest.mark.slow
 def test_early_stopping_stops_and_restores_the_best_epoch(tiny_config, tmp_path):
     _stop_early(tiny_config, 30)
     summary = _train(tiny_config, tmp_path)
@@ -221,7 +243,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tiny_config, tmp_path)
     best = min(rows, key=lambda r: r["val_loss"])
     assert summary["epochs_run"] == len(rows) < 30
     assert summary["restored_epoch"] == best["epoch"] == len(rows) - 2
-    assert summary["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)  # evaluated again
+    assert summary["val_loss"] == best["val_loss"]  # its row's, the same weights
 
 
 def test_divergence_stops_at_once_naming_epoch_and_step(tiny_config, tmp_path):
