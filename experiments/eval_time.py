@@ -6,7 +6,8 @@ Every epoch ends with a validation and a run with a test evaluation: on a CPU th
 a good part of the training of a small model. `eval_batch_size` 0 (the default) picks 250 on CPU
 and 1000 elsewhere (`engine.eval_batch_size`); this measures that choice on any machine. For each
 batch size: the first evaluation of both splits (it compiles the program), then the best of three
-validations of the config's initial weights (random images in the run's shapes).
+validations of the config's initial weights (random images in the run's shapes, as
+`experiments.compile_time` makes them).
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import time
 
 import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
+from experiments import compile_time
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, engine
 from fmnist_jax import program as program_lib
-
-_NUM_TEST = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,23 +35,19 @@ class EvalTime:
 
 def measure(config: ConfigDict, batch_sizes: list[int]) -> list[EvalTime]:
     config_lib.validate(config)
-    num_validation = config.data.num_validation
-    splits = data.random_splits(config.batch_size, _NUM_TEST, num_validation=num_validation)
-    times = []
-    for batch_size in batch_sizes:
-        config = config_lib.with_values(config, {"eval_batch_size": batch_size})
-        program = program_lib.build(config, splits)
-        weights = program.initial_state().weights()
-        start = time.perf_counter()
-        jax.block_until_ready([program.evaluate(weights, split) for split in program.eval_sets])
-        compile_seconds = time.perf_counter() - start
-        runs = []
-        for _ in range(3):
-            start = time.perf_counter()
-            jax.block_until_ready(program.evaluate(weights, "val"))
-            runs.append(time.perf_counter() - start)
-        times.append(EvalTime(batch_size, compile_seconds, min(runs)))
-    return times
+    splits = compile_time.run_shaped_splits(config)
+    return [_time(config, splits, batch_size) for batch_size in batch_sizes]
+
+
+def _time(config: ConfigDict, splits: data.Splits, batch_size: int) -> EvalTime:
+    config = config_lib.with_values(config, {"eval_batch_size": batch_size})
+    program = program_lib.build(config, splits)
+    weights = program.initial_state().weights()
+    _, compile_seconds, _ = compile_time.timed(
+        lambda: [program.evaluate(weights, split) for split in program.eval_sets]
+    )
+    runs = [compile_time.timed(lambda: program.evaluate(weights, "val"))[1] for _ in range(3)]
+    return EvalTime(batch_size, compile_seconds, min(runs))
 
 
 def main(argv: list[str]) -> None:
