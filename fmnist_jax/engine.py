@@ -768,7 +768,7 @@ def batches_per_call(batch_counts: list[int]) -> int:
     """Batches per evaluation call for splits of `batch_counts` batches that share one program: the
     fewest padded batches plus calls (a call costs about a batch to dispatch). A common divisor
     pads nothing but can mean hundreds of tiny calls (58,000 and 10,000 examples in batches of 256:
-    227 calls), which XLA:CPU's collectives over 8 simulated devices deadlock on."""
+    227 + 40 calls), which XLA:CPU's collectives over 8 simulated devices deadlock on."""
 
     def cost(k: int) -> int:
         return sum(math.ceil(b / k) * (k + 1) - b for b in batch_counts)
