@@ -20,9 +20,15 @@ config_flags.DEFINE_config_file(
 
 
 def _train() -> None:
+    from fmnist_jax import config as config_lib
+    from fmnist_jax.reports import figure_workers
+
+    config = cli.load_config()
+    config_lib.validate(config)  # a config that cannot work starts nothing
+    figure_workers.start()  # they import matplotlib while this process imports JAX
     from fmnist_jax.train import train_and_evaluate  # after flag parsing: keeps --help fast
 
-    train_and_evaluate(cli.load_config(), _WORKDIR.value)
+    train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

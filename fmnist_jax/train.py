@@ -31,7 +31,7 @@ from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
 from fmnist_jax.records import EpochRow, Summary, over_runs
-from fmnist_jax.reports import lines
+from fmnist_jax.reports import figure_workers, lines
 from fmnist_jax.reports.progress import Progress
 from fmnist_jax.shapes import PyTree
 
@@ -39,9 +39,8 @@ if TYPE_CHECKING:
     from fmnist_jax.reports.board import Board
 
 PLOTS_DIR = lines.PLOTS_DIR
-# The reports' libraries (tensorboardX, matplotlib) take ~1 s to import: a thread loads them while
-# the programs compile and the first epochs train; the loop never waits for them (`_Board`).
-_REPORT_MODULES = ("fmnist_jax.reports.board", "fmnist_jax.reports.plots")
+# tensorboardX takes 0.25 s to import: a thread loads it while the programs compile and the first
+# epochs train, and the loop never waits for it (`_Board`). matplotlib lives in the figure workers.
 _UNIFORM_GUESS_LOSS = float(np.log(10))  # cross-entropy of predicting 1/10 for every class
 _CHANCE_ACCURACY = 0.15  # 10 balanced classes: 0.1, plus the noise of a few thousand examples
 
@@ -74,6 +73,8 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     config_lib.validate(config)
     distributed.initialize(config.distributed)
     primary = distributed.is_primary()
+    if primary:
+        figure_workers.start()  # importing matplotlib while the data loads and the programs compile
     splits = data.load(config.data)  # before the workdir changes: a missing dataset refuses the run
     finished = workdir_lib.open_workdir(
         workdir, config, lambda: checkpoint.saved_config(workdir), primary
@@ -90,7 +91,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     program = program_lib.build(config, splits)
     table, num_params = program.model_table()
     logging.info("\n%s", table)
-    reports_imported = _import_reports_meanwhile()
+    board_imported = _import_board_meanwhile()
     state, compile_seconds = program.compile()
     _log_compiled(program, compile_seconds)
     if config.profile:
@@ -102,7 +103,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     )
     loop = LoopState.restore(checkpoints, program, LoopState.start(state, config), workdir)
     metrics_log = workdir_lib.MetricsLog(workdir, loop.history, primary)
-    board = _Board(reports_imported["fmnist_jax.reports.board"], workdir, primary)
+    board = _Board(board_imported, workdir, primary)
 
     # --- Epochs ----------------------------------------------------------------------------------
     progress = (
@@ -257,16 +258,16 @@ class LoopState:
         ]
 
 
-def _import_reports_meanwhile() -> dict[str, concurrent.futures.Future]:
-    """Starts importing the reports' modules in a thread; the imported module's future, by name."""
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import-reports")
-    imported = {name: pool.submit(importlib.import_module, name) for name in _REPORT_MODULES}
+def _import_board_meanwhile() -> concurrent.futures.Future:
+    """Starts importing `reports.board` (tensorboardX, 0.25 s) in a thread; the module's future."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import-board")
+    imported = pool.submit(importlib.import_module, "fmnist_jax.reports.board")
     pool.shutdown(wait=False)
     return imported
 
 
 class _Board:
-    """The run's TensorBoard writer, opened once the import-reports thread has imported
+    """The run's TensorBoard writer, opened once the import-board thread has imported
     tensorboardX: epochs that end before that (all of them, for a fast model on a GPU) are written
     then, so the loop never waits for the import."""
 
@@ -596,29 +597,52 @@ def _write_reports(
     splits: data.Splits,
 ) -> None:
     """The run's plots (<workdir>/plots/) and its last TensorBoard entries, from the reported
-    weights' test probabilities."""
-    from fmnist_jax.reports import plots
-
+    weights' test probabilities, drawn by the figure workers (the slowest first)."""
     report = inference.report(probabilities, splits.test_labels, splits.class_names)
-    plots.write_run_plots(
-        os.path.join(workdir, PLOTS_DIR),
-        history,
-        report,
-        splits.test_images,
-        splits.test_labels,
-        probabilities,
-        splits.train_images,
-        splits.train_labels,
-        splits.class_names,
-    )
-    samples = plots.prediction_grid(
-        splits.test_images, splits.test_labels, probabilities, splits.class_names, np.arange(10)
-    )
+    names, images, labels = splits.class_names, splits.test_images, splits.test_labels
+    first = np.arange(10)
+    figures = [  # `plots` functions, which name the PNGs; the slowest first: the workers end together
+        (
+            "confusion_matrix",
+            {"matrix": np.array(report["confusion_matrix"]), "class_names": names},
+        ),
+        (
+            "confident_mistakes",
+            {
+                "images": images,
+                "labels": labels,
+                "probabilities": probabilities,
+                "class_names": names,
+            },
+        ),
+        ("learning_curves", {"history": history}),
+        ("per_class_accuracy", {"accuracies": report["per_class_accuracy"]}),
+        (
+            "training_images",
+            {
+                "images": splits.train_images[:25],
+                "labels": splits.train_labels[:25],
+                "class_names": names,
+            },
+        ),
+    ]
+    plots_dir = os.path.join(workdir, PLOTS_DIR)
+    tasks: list[figure_workers.Task] = [
+        (name, kwargs, os.path.join(plots_dir, f"{name}.png")) for name, kwargs in figures
+    ]
+    samples = {
+        "images": images[first],
+        "labels": labels[first],
+        "probabilities": probabilities[first],
+        "class_names": names,
+        "indices": first,
+    }
+    *_, sample_pixels = figure_workers.draw([*tasks, ("prediction_grid", samples, None)])
     hparams = {
         k: v if isinstance(v, (int, float, str, bool)) else str(v)
         for k, v in workdir_lib.flatten(workdir_lib.config_as_json(config)).items()
     }
-    board.finish(hparams, result, {"test/sample_predictions": samples})
+    board.finish(hparams, result, {"test/sample_predictions": sample_pixels})
 
 
 def _update_stoppers(

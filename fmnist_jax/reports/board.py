@@ -11,6 +11,7 @@ import math
 import os
 from typing import Any
 
+import numpy as np
 from tensorboardX import SummaryWriter
 
 DIRECTORY = "tensorboard"
@@ -34,9 +35,9 @@ class Board:
         self._writer.flush()
 
     def finish(
-        self, hparams: dict[str, Any], result: dict[str, Any], figures: dict[str, Any]
+        self, hparams: dict[str, Any], result: dict[str, Any], images: dict[str, np.ndarray]
     ) -> None:
-        """Test metrics, hparams (flattened config keys) and matplotlib `figures` by tag."""
+        """Test metrics, hparams (flattened config keys) and RGB `images` ([H, W, 3]) by tag."""
         if self._writer is None:
             return
         metrics = {
@@ -44,8 +45,8 @@ class Board:
         }
         for tag, value in metrics.items():
             self._writer.add_scalar(tag, value, result["epochs_run"])
-        for tag, figure in figures.items():
-            self._writer.add_figure(tag, figure, result["epochs_run"])
+        for tag, image in images.items():
+            self._writer.add_image(tag, image, result["epochs_run"], dataformats="HWC")
         self._writer.add_hparams(
             hparams, {f"hparam/{k}": v for k, v in metrics.items()}, name="hparams"
         )

@@ -254,6 +254,11 @@ def image_grid(
     return fig
 
 
+def training_images(images: np.ndarray, labels: np.ndarray, class_names, count: int = 25) -> Figure:
+    """The first `count` training images with their classes: what the model learns from."""
+    return image_grid(images[:count], [class_names[y] for y in labels[:count]])
+
+
 def prediction_grid(
     images: np.ndarray,
     labels: np.ndarray,
@@ -282,34 +287,3 @@ def confident_mistakes(
     wrong = np.flatnonzero(predicted != labels)
     worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:count]
     return prediction_grid(images, labels, probabilities, class_names, worst)
-
-
-def write_run_plots(
-    directory: str,
-    history: list[dict[str, Any]],
-    report: dict[str, Any],
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    probabilities: np.ndarray,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    class_names,
-) -> list[str]:
-    """Writes the per-run PNGs into `directory` and returns their paths."""
-    os.makedirs(directory, exist_ok=True)
-    figures = {
-        "learning_curves.png": learning_curves(history),
-        "per_class_accuracy.png": per_class_accuracy(report["per_class_accuracy"]),
-        "confident_mistakes.png": confident_mistakes(
-            test_images, test_labels, probabilities, class_names
-        ),
-        "training_images.png": image_grid(
-            train_images[:25], [class_names[y] for y in train_labels[:25]]
-        ),
-        "confusion_matrix.png": confusion_matrix(np.array(report["confusion_matrix"]), class_names),
-    }
-    paths = []
-    for name, fig in figures.items():
-        paths.append(os.path.join(directory, name))
-        save(fig, paths[-1])
-    return paths
