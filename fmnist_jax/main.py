@@ -25,7 +25,8 @@ def _train() -> None:
 
     config = cli.load_config()
     config_lib.validate(config)  # a config that cannot work starts nothing
-    figure_workers.start()  # they import matplotlib while this process imports JAX
+    if config.distributed.process_id == 0:  # the process that draws the figures
+        figure_workers.start()  # they import matplotlib while this process imports JAX
     from fmnist_jax.train import train_and_evaluate  # after flag parsing: keeps --help fast
 
     train_and_evaluate(config, _WORKDIR.value)
