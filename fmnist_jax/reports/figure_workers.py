@@ -173,6 +173,9 @@ def _serve(plots: Any, fd: int) -> None:
 
 def _main(fds: list[int]) -> None:
     """Imports matplotlib once, forks a worker for each connection after the first, serves that."""
+    os.nice(
+        10
+    )  # idle cores first: the training process's imports and compiles are what a user waits for
     from fmnist_jax.reports import plots
 
     for i, fd in enumerate(fds[1:], start=1):
