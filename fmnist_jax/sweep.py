@@ -160,10 +160,10 @@ def table(result: dict[str, Any]) -> str:
 
 def write_reports(workdir: str, result: dict[str, Any]) -> None:
     """sweep.json, sweep.md, sweep.png and the members' TensorBoard runs."""
-    from fmnist_jax.reports import board, plots
+    from fmnist_jax.reports import board, figure_workers
 
     workdir_lib.write_json(os.path.join(workdir, SWEEP_FILE), result)
     with open(os.path.join(workdir, TABLE_FILE), "w") as f:
         f.write(table(result))
-    plots.save(plots.sweep(result), os.path.join(workdir, FIGURE_FILE))
+    figure_workers.draw([("sweep", {"result": result}, os.path.join(workdir, FIGURE_FILE))])
     board.write_members(workdir, result)
