@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from tensorboardX.utils import figure_to_image
 
 from fmnist_jax.errors import UserError
 from fmnist_jax.reports import figure_workers, plots
@@ -19,13 +20,6 @@ _HISTORY = [
 ]
 for _row in _HISTORY:
     _row |= {"train_loss": 1 - _row["train_accuracy"], "val_loss": 1 - _row["val_accuracy"]}
-
-
-def _pixels(figure) -> np.ndarray:
-    figure.canvas.draw()
-    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plots.plt.close(figure)
-    return pixels
 
 
 def test_the_workers_draw_what_this_process_draws(tmp_path):
@@ -44,9 +38,11 @@ def test_the_workers_draw_what_this_process_draws(tmp_path):
     for name in ("a.png", "b.png"):
         assert (tmp_path / "w" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
     assert results[:2] == [None, None]
-    expected = _pixels(plots.learning_curves(_HISTORY))
-    assert results[2].shape == expected.shape == (400, 1000, 3)
-    np.testing.assert_array_equal(results[2], expected)
+    expected = figure_to_image(
+        plots.learning_curves(_HISTORY)
+    )  # what TensorBoard's add_figure shows
+    assert results[2].shape == (400, 1000, 3)
+    np.testing.assert_array_equal(results[2], np.moveaxis(expected, 0, -1))
 
 
 def test_a_figure_that_fails_raises_its_own_error_here_and_the_workers_go_on(tmp_path):

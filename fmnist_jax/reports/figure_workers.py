@@ -173,9 +173,8 @@ def _serve(plots: Any, fd: int) -> None:
 
 def _main(fds: list[int]) -> None:
     """Imports matplotlib once, forks a worker for each connection after the first, serves that."""
-    os.nice(
-        10
-    )  # idle cores first: the training process's imports and compiles are what a user waits for
+    # Idle cores first: the training process's imports and compiles are what a user waits for.
+    os.nice(10)
     from fmnist_jax.reports import plots
 
     for i, fd in enumerate(fds[1:], start=1):
