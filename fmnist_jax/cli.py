@@ -72,7 +72,7 @@ def _backend_error(error: RuntimeError | AssertionError) -> UserError | None:
     )
 
 
-def _exit(status: int, message: str | None = None) -> None:
+def exit_now(status: int, message: str | None = None) -> None:
     """Leaves at once once the logs are out: Orbax's and JAX's threads would print their own
     tracebacks while the interpreter tears down."""
     if message:
@@ -87,7 +87,7 @@ def _fail(error: UserError) -> None:
     """Exit 1 with the error's paragraph, or with its traceback when FMNIST_JAX_TRACEBACK is set."""
     if os.environ.get(TRACEBACK_VARIABLE):
         raise error
-    _exit(1, f"error: {error}")
+    exit_now(1, f"error: {error}")
 
 
 def run(fn: Callable[[], None]) -> None:
@@ -111,9 +111,9 @@ def run(fn: Callable[[], None]) -> None:
         error.__cause__ = e
         _fail(error)
     except stopping.Stopped as e:
-        _exit(128 + e.signal_number, str(e))
+        exit_now(128 + e.signal_number, str(e))
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, mid-call
-        _exit(
+        exit_now(
             128 + signal.SIGINT,
             "Stopped at once (second Ctrl-C). Re-running the same command resumes from the newest complete checkpoint.",
         )
@@ -173,6 +173,6 @@ def main(fn: Callable[[], None]) -> None:
 
         if jax.distributed.is_initialized():
             jax.distributed.shutdown()  # the other processes wait for this one to leave
-        _exit(0)
+        exit_now(0)
 
     app.run(_main, flags_parser=parse_flags)

@@ -9,14 +9,17 @@ the confusion matrix and every test prediction) and `confusion_matrix.png`.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from absl import flags, logging
 
-from fmnist_jax import cli, data, inference
+from fmnist_jax import cli, data
 from fmnist_jax import workdir as workdir_lib
-from fmnist_jax.reports import plots
+from fmnist_jax.reports import figure_workers
+
+if TYPE_CHECKING:
+    from fmnist_jax.inference import Classifier
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
 _WHICH = flags.DEFINE_enum(
@@ -24,10 +27,10 @@ _WHICH = flags.DEFINE_enum(
 )
 
 
-def evaluate(
-    classifier: inference.Classifier, images: np.ndarray, labels: np.ndarray
-) -> dict[str, Any]:
+def evaluate(classifier: Classifier, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """`report` of the classifier's predictions on `images`."""
+    from fmnist_jax import inference
+
     return {
         **inference.report(classifier.predict_proba(images), labels, classifier.class_names),
         "epoch": classifier.epoch,
@@ -36,16 +39,17 @@ def evaluate(
 
 def _evaluate_checkpoint() -> None:
     """Evaluates --which checkpoint of --workdir on the test split and writes the report next to it."""
+    figure_workers.start()  # they import matplotlib while this process imports JAX
+    from fmnist_jax import inference
+
     classifier = inference.load(_WORKDIR.value, _WHICH.value)
     splits = data.load(classifier.config.data)
     result = evaluate(classifier, splits.test_images, splits.test_labels)
     out = os.path.join(_WORKDIR.value, "eval", _WHICH.value)
     os.makedirs(out, exist_ok=True)
     workdir_lib.write_json(os.path.join(out, "metrics.json"), result)
-    plots.save(
-        plots.confusion_matrix(np.array(result["confusion_matrix"]), classifier.class_names),
-        os.path.join(out, "confusion_matrix.png"),
-    )
+    matrix = {"matrix": np.array(result["confusion_matrix"]), "class_names": classifier.class_names}
+    figure_workers.draw([("confusion_matrix", matrix, os.path.join(out, "confusion_matrix.png"))])
     lines = [f"{name:<12} {acc:.4f}" for name, acc in result["per_class_accuracy"].items()]
     logging.info(
         "Checkpoint %r (epoch %d): test accuracy %.4f, loss %.4f\nPer-class accuracy:\n%s\nWritten to %s",

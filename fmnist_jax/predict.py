@@ -16,9 +16,9 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from fmnist_jax import cli, data, images, inference
+from fmnist_jax import cli, data, images
 from fmnist_jax.errors import UserError
-from fmnist_jax.reports import plots
+from fmnist_jax.reports import figure_workers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
 _WHICH = flags.DEFINE_enum(
@@ -59,6 +59,9 @@ def main(argv: list[str]) -> None:
             )
         output = _OUTPUT.value or os.path.join(_WORKDIR.value, "predictions.png")
         _check_output(output)
+        figure_workers.start()  # they import matplotlib while this process imports JAX
+        from fmnist_jax import inference
+
         classifier = inference.load(_WORKDIR.value, _WHICH.value)
         batch, titles, truths = [], [], []
         for path in files:
@@ -102,14 +105,23 @@ def main(argv: list[str]) -> None:
             top = np.argsort(-p)[: _TOP.value]
             ranked = ", ".join(f"{names[k]} {p[k]:.3f}" for k in top)
             print(f"{title}: {ranked}" + ("" if truth is None else f"  (true: {names[truth]})"))
-        plots.save(plots.predictions(np.stack(batch), probabilities, names, titles, truths), output)
+        figure = {
+            "images": np.stack(batch),
+            "probabilities": probabilities,
+            "class_names": names,
+            "titles": titles,
+            "true_labels": truths,
+        }
+        figure_workers.draw([("predictions", figure, output)])
         print(f"Figure written to {output}")
 
     cli.run(run)
     if failures:
-        sys.exit(
-            f"error: {len(failures)} of {len(files)} image(s) could not be read (each named above); the others were predicted."
+        cli.exit_now(
+            1,
+            f"error: {len(failures)} of {len(files)} image(s) could not be read (each named above); the others were predicted.",
         )
+    cli.exit_now(0)  # not the ~1 s of tearing JAX down
 
 
 if __name__ == "__main__":
