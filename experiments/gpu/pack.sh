@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# Packs what the GPU machine lacks into .gpu/ (git-ignored; carry it): wheels of the packages its
+# Packs what the GPU machine lacks into .gpu/ (in .gitignore; carry it): wheels of the packages its
 # image does not hold, and the prepared arrays (compressed to fit the 64 MiB carry). Run here, in
 # the repository root, with the data prepared (python -m fmnist_jax.prepare). See WORKSPACE.md,
 # 2026-11-24, for what the image holds and what a session measured.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude
 mkdir -p .gpu/whl .gpu/data
 platforms="--only-binary=:all: --python-version 3.12 --implementation cp"
 for n in 17 24 27 28 31 34; do platforms+=" --platform manylinux_2_${n}_x86_64"; done
