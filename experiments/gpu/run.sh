@@ -40,6 +40,10 @@ case $stage in
     measure 150 python3 -m notebooks.execute
     ;;
   timings)
+    # Session 12's 3.6-5.4 s around 10 epochs of 0.05 s: the log's timestamps and any compile
+    # between the epoch lines say where it goes.
+    measure 60 env JAX_LOG_COMPILES=1 python3 -m fmnist_jax.main --workdir=/tmp/w/mlp_log \
+      --config=configs/mlp.py
     measure 150 python3 -m experiments.step_loops --scan_unrolls=1,4,8,16
     measure 120 python3 -m experiments.startup --repeats=2
     measure 60 python3 -m experiments.compile_time
