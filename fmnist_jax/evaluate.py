@@ -9,7 +9,6 @@ the confusion matrix and every test prediction) and `confusion_matrix.png`.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from absl import flags, logging
@@ -18,23 +17,10 @@ from fmnist_jax import cli, data
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.reports import figure_workers
 
-if TYPE_CHECKING:
-    from fmnist_jax.inference import Classifier
-
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
 _WHICH = flags.DEFINE_enum(
     "which", "final", ["final", "best", "latest"], "Which checkpoint to evaluate."
 )
-
-
-def evaluate(classifier: Classifier, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """`report` of the classifier's predictions on `images`."""
-    from fmnist_jax import inference
-
-    return {
-        **inference.report(classifier.predict_proba(images), labels, classifier.class_names),
-        "epoch": classifier.epoch,
-    }
 
 
 def _evaluate_checkpoint() -> None:
@@ -44,7 +30,9 @@ def _evaluate_checkpoint() -> None:
 
     classifier = inference.load(_WORKDIR.value, _WHICH.value)
     splits = data.load(classifier.config.data)
-    result = evaluate(classifier, splits.test_images, splits.test_labels)
+    probabilities = classifier.predict_proba(splits.test_images)
+    result = inference.report(probabilities, splits.test_labels, classifier.class_names)
+    result["epoch"] = classifier.epoch
     out = os.path.join(_WORKDIR.value, "eval", _WHICH.value)
     os.makedirs(out, exist_ok=True)
     workdir_lib.write_json(os.path.join(out, "metrics.json"), result)

@@ -38,9 +38,8 @@ def test_the_workers_draw_what_this_process_draws(tmp_path):
     for name in ("a.png", "b.png"):
         assert (tmp_path / "w" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
     assert results[:2] == [None, None]
-    expected = figure_to_image(
-        plots.learning_curves(_HISTORY)
-    )  # what TensorBoard's add_figure shows
+    # What TensorBoard's add_figure showed before the workers drew it.
+    expected = figure_to_image(plots.learning_curves(_HISTORY))
     assert results[2].shape == (400, 1000, 3)
     np.testing.assert_array_equal(results[2], np.moveaxis(expected, 0, -1))
 

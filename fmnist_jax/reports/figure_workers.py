@@ -1,7 +1,7 @@
 """Figures drawn in two worker processes beside the training process.
 
 matplotlib holds the GIL while it draws: a run's figures cost ~0.8 s of one core after its last
-epoch, and importing matplotlib ~0.4 s more. Two workers, started while the training process
+epoch, and importing matplotlib 0.6-0.9 s more. Two workers, started while the training process
 imports JAX (one of two cores idles then), import matplotlib there and draw a run's figures side
 by side; the training process never imports it. The workers live as long as the process that
 started them (a notebook's runs, a test session's, reuse them) and leave when it does.
