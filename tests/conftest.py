@@ -4,6 +4,7 @@ JAX_PLATFORMS names another (`JAX_PLATFORMS=cuda python -m pytest` runs the suit
 import fcntl
 import os
 import re
+import threading
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -25,24 +26,53 @@ def compilation_cache(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def _prepared_data_dir(tmp_path_factory) -> str:
+    """One tfds data dir for the whole session: pytest-xdist's workers share their parent's temp dir.
+    $FMNIST_JAX_PREPARED_TFDS_DIR names a data dir prepared already (CI's lower-bounds environment has
+    no TensorFlow to prepare one)."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent
+    return os.environ.get("FMNIST_JAX_PREPARED_TFDS_DIR") or str(root / "tfds")
+
+
+def _prepare(data_dir: str) -> None:
+    """Prepares the real data in `data_dir` once: whoever holds the lock first prepares it, the
+    others wait, then find it prepared."""
+    cfg = config_lib.default().data
+    cfg.tfds_data_dir = data_dir
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, ".prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data.prepare(cfg)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prepare_in_the_background(request, tmp_path_factory):
+    """Starts preparing the real data (~45 CPU-s in a TensorFlow process) when a session that needs
+    it starts, so that it overlaps the mock-data tests instead of stalling the first real-data test
+    and the other worker waiting for it."""
+    if not any("prepared_tfds_dir" in item.fixturenames for item in request.session.items):
+        return
+
+    def prepare():
+        try:
+            _prepare(_prepared_data_dir(tmp_path_factory))
+        except Exception:  # `prepared_tfds_dir` tries again and reports it
+            pass
+
+    threading.Thread(target=prepare, daemon=True).start()
+
+
 @pytest.fixture(scope="session")
 def prepared_tfds_dir(tmp_path_factory):
     """A tfds data dir with the real fashion_mnist prepared from the local copy (Debian's package).
 
     Missing data is a failure, not a skip: CI installs dataset-fashion-mnist, and the real-data
-    tests are the ones that prove the whole path works. $FMNIST_JAX_PREPARED_TFDS_DIR names a data
-    dir prepared already (CI's lower-bounds environment has no TensorFlow to prepare one).
+    tests are the ones that prove the whole path works.
     """
-    root = tmp_path_factory.getbasetemp()
-    if "PYTEST_XDIST_WORKER" in os.environ:
-        root = root.parent  # one data dir for all of pytest-xdist's workers, prepared once
-    data_dir = os.environ.get("FMNIST_JAX_PREPARED_TFDS_DIR") or str(root / "tfds")
-    cfg = config_lib.default().data
-    cfg.tfds_data_dir = data_dir
-    os.makedirs(data_dir, exist_ok=True)
-    with open(os.path.join(data_dir, ".prepare.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait, then find it prepared
-        data.prepare(cfg)
+    data_dir = _prepared_data_dir(tmp_path_factory)
+    _prepare(data_dir)
     return data_dir
 
 
