@@ -36,6 +36,10 @@ def _prepared_data_dir(tmp_path_factory) -> str:
     return os.environ.get("FMNIST_JAX_PREPARED_TFDS_DIR") or str(root / "tfds")
 
 
+def _uses_real_data(item: pytest.Item) -> bool:
+    return "prepared_tfds_dir" in item.fixturenames
+
+
 def _prepare(data_dir: str) -> None:
     """Prepares the real data in `data_dir` once: whoever holds the lock first prepares it, the
     others wait, then find it prepared."""
@@ -52,7 +56,7 @@ def prepare_in_the_background(request, tmp_path_factory):
     """Starts preparing the real data (~45 CPU-s in a TensorFlow process) when a session that needs
     it starts, so that it overlaps the mock-data tests instead of stalling the first real-data test
     and the other worker waiting for it."""
-    if not any("prepared_tfds_dir" in item.fixturenames for item in request.session.items):
+    if not any(_uses_real_data(item) for item in request.session.items):
         return
 
     def prepare():
@@ -156,5 +160,5 @@ def noise(stderr: str) -> list[str]:
 def pytest_collection_modifyitems(items):
     """Every test on the real data is in the slow tier: preparing it and training on it take ~40 s."""
     for item in items:
-        if "prepared_tfds_dir" in item.fixturenames:
+        if _uses_real_data(item):
             item.add_marker(pytest.mark.slow)
