@@ -369,6 +369,10 @@ class Engine:
         def body(carry, idx):
             return self.train_step(*carry, images[idx], labels[idx], dropout_key, values), None
 
+        if self.unroll is True and len(batch_indices) == 1:
+            # `lax.scan` keeps a loop of one step even when told to unroll, and XLA:CPU runs a
+            # convolution in a loop ~25x slower (see `plan_calls`).
+            return body((state, sums), batch_indices[0])[0]
         (state, sums), _ = jax.lax.scan(body, (state, sums), batch_indices, unroll=self.unroll)
         return state, sums
 
@@ -459,16 +463,27 @@ def uses_convolution(model: Model, image_shape: tuple[int, ...]) -> bool:
     return "conv_general_dilated" in str(jaxpr)
 
 
-def plan_calls(steps_per_call: int, backend: str, has_convolution: bool) -> tuple[int, bool]:
-    """(steps per compiled call, whether to unroll them); `steps_per_call` 0 means choose.
+# On XLA:CPU a run of fewer steps than this calls conv models one step at a time: a call of 8
+# unrolled steps compiles ~3 s (reference CNN) to ~11-14 s (configs/fast.py) longer than one of a
+# single step and saves at most ~40-90 ms per step (fast.py; the reference CNN steps as fast either
+# way), so it pays from a few hundred steps on.
+_SHORT_RUN_STEPS = 256
+
+
+def plan_calls(
+    steps_per_call: int, backend: str, has_convolution: bool, run_steps: int
+) -> tuple[int, bool]:
+    """(steps per compiled call, whether to unroll them) for a run of `run_steps` training steps;
+    `steps_per_call` 0 means choose.
 
     XLA:CPU runs convolutions inside a rolled loop ~25x slower than outside one (reference CNN, batch 64:
-    330 vs 13 ms/step), so on CPU conv models run calls of 8 unrolled steps (same
-    speed as 16 or 32, less compile time). Everything else runs a whole epoch as one rolled scan
-    (reference MLP: 0.13 ms/step rolled vs 0.23 ms/step in unrolled chunks).
+    330 vs 13 ms/step), so on CPU conv models run unrolled calls: of 8 steps (configs/fast.py: ~210-275
+    ms/step vs ~295-320 for single steps), or of one step in a short run, where compiling 8 costs more
+    than it saves. Everything else runs a whole epoch as one rolled scan (reference MLP: 0.13
+    ms/step rolled vs 0.23 ms/step in unrolled chunks).
     """
     if backend == "cpu" and has_convolution:
-        return steps_per_call or 8, True
+        return steps_per_call or (8 if run_steps >= _SHORT_RUN_STEPS else 1), True
     return steps_per_call or 2**31 - 1, False
 
 
@@ -561,10 +576,14 @@ class EpochRunner:
         return len(self.labels) // self.batch_size
 
     def _chunks(self) -> list[tuple[int, int]]:
+        """The epoch's calls as (first step, end): whole calls of `steps_per_call`, then the
+        remainder one step at a time, whose program compiles faster than one of the remainder's
+        length (on CPU, configs/fast.py: 6.6 s for one unrolled step, 10.7 s for four)."""
         steps = self.steps_per_epoch
-        return [
-            (start, min(start + self.steps_per_call, steps))
-            for start in range(0, steps, self.steps_per_call)
+        length = min(self.steps_per_call, steps)
+        whole = steps - steps % length
+        return [(start, start + length) for start in range(0, whole, length)] + [
+            (start, start + 1) for start in range(whole, steps)
         ]
 
     def batches(self, epoch: int) -> jax.Array:

@@ -40,7 +40,9 @@ def _engine(
     """The compiled math of `num_runs` runs of `config` (a sweep's widest config) as built for
     `backend`, with the training steps per compiled call."""
     has_convolution = engine.uses_convolution(model, IMAGE_SHAPE)
-    steps_per_call, unroll = engine.plan_calls(config.steps_per_call, backend, has_convolution)
+    steps_per_call, unroll = engine.plan_calls(
+        config.steps_per_call, backend, has_convolution, steps_per_epoch * config.num_epochs
+    )
     eng = engine.Engine(
         model=model,
         optimizer=functools.partial(optim.optimizer, config, steps_per_epoch),

@@ -142,8 +142,9 @@ def test_chunked_unrolled_epochs_equal_one_rolled_scan():
     config = cnn_config.get_config()
     config.batch_size = 8
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
-    whole = _run(config, epochs=2, num_examples=56)
-    chunked = _run(config, epochs=2, steps_per_call=3, unroll=True, num_examples=56)  # 3+3+1 steps
+    whole = _run(config, epochs=2, num_examples=64)
+    # 3+3 steps, then the remainder one step at a time: 1+1
+    chunked = _run(config, epochs=2, steps_per_call=3, unroll=True, num_examples=64)
     _assert_trained_alike(whole, chunked)
 
 
@@ -222,10 +223,31 @@ def test_call_plan_unrolls_convolutions_only_on_cpu():
     assert engine.uses_convolution(cnn, (28, 28, 1)) and not engine.uses_convolution(
         mlp, (28, 28, 1)
     )
-    assert engine.plan_calls(0, "cpu", True) == (8, True)
-    assert engine.plan_calls(0, "gpu", True)[1] is False
-    assert engine.plan_calls(0, "cpu", False)[0] >= 10**6
-    assert engine.plan_calls(5, "cpu", False) == (5, False)
+    assert engine.plan_calls(0, "cpu", True, 8590) == (8, True)  # the reference CNN's 10 epochs
+    assert engine.plan_calls(0, "cpu", True, 78) == (1, True)  # a short run compiles less
+    assert engine.plan_calls(0, "gpu", True, 8590)[1] is False
+    assert engine.plan_calls(0, "cpu", False, 8590)[0] >= 10**6
+    assert engine.plan_calls(5, "cpu", False, 8590) == (5, False)
+
+
+def test_one_unrolled_step_is_not_a_loop():
+    """XLA:CPU runs a convolution in a loop ~25x slower, and `lax.scan` keeps a loop of one step
+    even when told to unroll: a call of one unrolled step has no loop (a rolled one keeps it)."""
+    config = cnn_config.get_config()
+    config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
+    model, optimizer, state, images, labels = _setup(config, 8)
+    for unroll, loops in ((True, False), (False, True)):
+        eng = engine.Engine(model, optimizer, engine.Normalizer(), 0.0, unroll=unroll)
+        program = jax.jit(eng.train_program()).lower(
+            state,
+            engine.Sums.zeros(1),
+            images,
+            labels,
+            jnp.zeros((1, 1, 8), jnp.int32),
+            jax.random.key(7)[None],
+            {},
+        )
+        assert ("stablehlo.while" in program.as_text()) is loops
 
 
 def test_evaluation_batch_is_chosen_per_backend_unless_set(tiny_config):

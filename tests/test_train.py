@@ -334,7 +334,6 @@ def test_strong_configs_train_end_to_end_when_shrunk(tiny_config, tmp_path):
     ):
         config = module.get_config()
         config.update({k: tiny_config[k] for k in ("num_epochs", "batch_size", "eval_batch_size")})
-        config.steps_per_call = 1  # the smallest program to compile; chunking has tests of its own
         config.data.num_validation, config.data.tfds_data_dir = 16, tiny_config.data.tfds_data_dir
         config.model.update(narrow)
         summary = _train(config, tmp_path / name)
