@@ -8,6 +8,12 @@ unrolled steps, for those with XLA's default options instead of `engine.compiler
     python -m experiments.step_loops
     python -m experiments.step_loops --scan_unrolls=1,4,8,16
 
+`--calls` measures instead calls of k unrolled steps of one config, with the compile time of
+each call, the trade `engine.plan_calls` makes for conv models on CPU (8 steps per call, or 1 in
+a short run):
+
+    python -m experiments.step_loops --calls=1,8 --config=fast --num_steps=32
+
 `--scan_unrolls` measures instead the MLP's whole-epoch scan with k steps per loop iteration
 (`lax.scan(..., unroll=k)`): on XLA:GPU every iteration of a rolled loop costs a few microseconds
 beside the MLP's ~29 us step (WORKSPACE.md, 2026-11-24); on XLA:CPU k > 1 only compiles longer.
@@ -15,6 +21,7 @@ beside the MLP's ~29 us step (WORKSPACE.md, 2026-11-24); on XLA:CPU k > 1 only c
 
 import argparse
 import dataclasses
+import importlib
 import time
 
 import jax
@@ -70,15 +77,36 @@ def scan_unrolls(unrolls: list[int], options: dict | None) -> None:
         )
 
 
+def calls(lengths: list[int], name: str, num_steps: int, options: dict | None) -> None:
+    config = importlib.import_module(f"configs.{name}").get_config()
+    for k in lengths:
+        step_ms, compile_seconds = ms_per_step(
+            config.copy_and_resolve_references(), k, True, num_steps, options
+        )
+        print(
+            f"{name} batch {config.batch_size}, calls of {k} unrolled step(s): {step_ms:.2f} ms/step, "
+            f"a call compiled in {compile_seconds:.2f} s"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--scan_unrolls", default="", help="comma-separated k: the MLP's scan with unroll=k only"
     )
+    parser.add_argument(
+        "--calls", default="", help="comma-separated k: calls of k unrolled steps of --config only"
+    )
+    parser.add_argument("--config", default="cnn", help="a configs/ module, for --calls")
+    parser.add_argument(
+        "--num_steps", type=int, default=64, help="steps of the timed epoch, for --calls"
+    )
     args = parser.parse_args()
     print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
     options = engine.compiler_options(jax.default_backend())
-    if args.scan_unrolls:
+    if args.calls:
+        calls([int(k) for k in args.calls.split(",")], args.config, args.num_steps, options)
+    elif args.scan_unrolls:
         scan_unrolls([int(k) for k in args.scan_unrolls.split(",")], options)
     else:
         loops(options)
