@@ -477,8 +477,8 @@ def plan_calls(
     `steps_per_call` 0 means choose.
 
     XLA:CPU runs convolutions inside a rolled loop ~25x slower than outside one (reference CNN, batch 64:
-    330 vs 13 ms/step), so on CPU conv models run unrolled calls: of 8 steps (configs/fast.py: ~210-275
-    ms/step vs ~295-320 for single steps), or of one step in a short run, where compiling 8 costs more
+    330 vs 13 ms/step), so on CPU conv models run unrolled calls: of 8 steps (configs/fast.py: ~210-285
+    ms/step vs ~295-325 for single steps), or of one step in a short run, where compiling 8 costs more
     than it saves. Everything else runs a whole epoch as one rolled scan (reference MLP: 0.13
     ms/step rolled vs 0.23 ms/step in unrolled chunks).
     """
