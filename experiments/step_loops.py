@@ -12,21 +12,22 @@ unrolled steps, for those with XLA's default options instead of `engine.compiler
 each call, the trade `engine.plan_calls` makes for conv models on CPU (8 steps per call, or 1 in
 a short run):
 
-    python -m experiments.step_loops --calls=1,8 --config=fast --num_steps=32
+    python -m experiments.step_loops --calls=1,8 --config=configs/fast.py --num_steps=32
 
 `--scan_unrolls` measures instead the MLP's whole-epoch scan with k steps per loop iteration
 (`lax.scan(..., unroll=k)`): on XLA:GPU every iteration of a rolled loop costs a few microseconds
 beside the MLP's ~29 us step (WORKSPACE.md, 2026-11-24); on XLA:CPU k > 1 only compiles longer.
 """
 
-import argparse
 import dataclasses
-import importlib
 import time
 
 import jax
+from absl import app, flags
+from ml_collections import ConfigDict, config_flags
 
 from configs import cnn, mlp
+from fmnist_jax import config as config_lib
 from fmnist_jax import data, engine
 from fmnist_jax import program as program_lib
 
@@ -36,7 +37,7 @@ def ms_per_step(
 ) -> tuple[float, float]:
     """(ms per training step over one epoch after a warm-up epoch, seconds to compile the calls)."""
     splits = data.random_splits(num_steps * config.batch_size, 1)
-    config.steps_per_call = steps_per_call
+    config = config_lib.with_values(config, {"steps_per_call": steps_per_call})
     program = program_lib.build(config, splits)
     eng = dataclasses.replace(program.engine, unroll=unroll, compiler_options=options)
     runner = dataclasses.replace(program.runner, engine=eng)
@@ -77,40 +78,33 @@ def scan_unrolls(unrolls: list[int], options: dict | None) -> None:
         )
 
 
-def calls(lengths: list[int], name: str, num_steps: int, options: dict | None) -> None:
-    config = importlib.import_module(f"configs.{name}").get_config()
+def calls(lengths: list[int], config: ConfigDict, num_steps: int, options: dict | None) -> None:
     for k in lengths:
-        step_ms, compile_seconds = ms_per_step(
-            config.copy_and_resolve_references(), k, True, num_steps, options
-        )
+        step_ms, compile_seconds = ms_per_step(config, k, True, num_steps, options)
         print(
-            f"{name} batch {config.batch_size}, calls of {k} unrolled step(s): {step_ms:.2f} ms/step, "
-            f"a call compiled in {compile_seconds:.2f} s"
+            f"{config.model.name} batch {config.batch_size}, calls of {k} unrolled step(s): "
+            f"{step_ms:.2f} ms/step, a call compiled in {compile_seconds:.2f} s"
         )
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--scan_unrolls", default="", help="comma-separated k: the MLP's scan with unroll=k only"
-    )
-    parser.add_argument(
-        "--calls", default="", help="comma-separated k: calls of k unrolled steps of --config only"
-    )
-    parser.add_argument("--config", default="cnn", help="a configs/ module, for --calls")
-    parser.add_argument(
-        "--num_steps", type=int, default=64, help="steps of the timed epoch, for --calls"
-    )
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
     print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
     options = engine.compiler_options(jax.default_backend())
-    if args.calls:
-        calls([int(k) for k in args.calls.split(",")], args.config, args.num_steps, options)
-    elif args.scan_unrolls:
-        scan_unrolls([int(k) for k in args.scan_unrolls.split(",")], options)
+    if flags.FLAGS.calls:
+        lengths = [int(k) for k in flags.FLAGS.calls]
+        calls(lengths, flags.FLAGS.config, flags.FLAGS.num_steps, options)
+    elif flags.FLAGS.scan_unrolls:
+        scan_unrolls([int(k) for k in flags.FLAGS.scan_unrolls], options)
     else:
         loops(options)
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_list(
+        "scan_unrolls", [], "k values: the MLP's whole-epoch scan with unroll=k only."
+    )
+    flags.DEFINE_list("calls", [], "k values: calls of k unrolled steps of --config only.")
+    config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config file, for --calls.")
+    flags.DEFINE_integer("num_steps", 64, "Steps of the timed epoch, for --calls.")
+    app.run(main)

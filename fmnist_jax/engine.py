@@ -466,7 +466,7 @@ def uses_convolution(model: Model, image_shape: tuple[int, ...]) -> bool:
 # On XLA:CPU a run of fewer steps than this calls conv models one step at a time: a call of 8
 # unrolled steps compiles ~3 s (reference CNN) to ~11-21 s (configs/fast.py) longer than one of a
 # single step and saves 0-2 ms (reference CNN) to ~40-90 ms (fast.py) per step, so it pays from a
-# few hundred steps on (`python -m experiments.step_loops --calls=1,8 --config=fast`).
+# few hundred steps on (`python -m experiments.step_loops --calls=1,8 --config=configs/fast.py`).
 _SHORT_RUN_STEPS = 256
 
 
