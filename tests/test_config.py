@@ -92,8 +92,9 @@ def _cli(*args, cwd=None):
 def test_cli_rejects_bad_overrides_in_one_line(override, message, tmp_path):
     result = _cli(f"--workdir={tmp_path}/run", override)
     assert result.returncode == 1
-    (line,) = result.stderr.splitlines()  # said once: no log line repeating it, no traceback
-    assert line.startswith("error: ") and message in line
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr  # said once: no log line repeating it, no traceback
+    assert lines[0].startswith("error: ") and message in lines[0]
 
 
 @pytest.mark.slow

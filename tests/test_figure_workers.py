@@ -112,3 +112,26 @@ def test_the_workers_ignore_ctrl_c_and_leave_with_the_process_that_started_them(
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(map(_alive, workers))
+
+
+# Fires matplotlib's "this may take a moment" timer at once, as a loaded machine does after 5 s.
+_IMPATIENT_TIMERS = """
+import threading
+_Timer = threading.Timer
+threading.Timer = lambda interval, function, *a, **k: _Timer(0, function, *a, **k)
+"""
+
+
+def test_building_the_font_cache_says_nothing_on_the_commands_stderr(tmp_path, monkeypatch, capfd):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_IMPATIENT_TIMERS)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "matplotlib"))  # no font cache yet
+    workers = figure_workers._Workers(1)  # its stderr is this test's, which capfd reads
+    task = ("per_class_accuracy", {"accuracies": _ACCURACIES}, str(tmp_path / "a.png"))
+    workers.connections[0].send(task)
+    assert workers.connections[0].recv() == (True, None)
+    workers.connections[0].close()
+    workers.process.wait(timeout=60)
+    assert list((tmp_path / "matplotlib").glob("fontlist-*.json"))  # it built the cache
+    assert capfd.readouterr().err == ""

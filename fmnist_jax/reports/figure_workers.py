@@ -11,6 +11,7 @@ started them (a notebook's runs, a test session's, reuse them) and leave when it
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -171,10 +172,19 @@ def _serve(plots: Any, fd: int) -> None:
             connection.send((False, RuntimeError(traceback.format_exc())))
 
 
+def _is_font_cache_notice(record: logging.LogRecord) -> bool:
+    """matplotlib's first import on a machine builds its font cache and, past 5 s (a loaded 2-core
+    machine), warns that it does: on the command's stderr, often after the command has ended."""
+    return "building the font cache" in record.getMessage()
+
+
 def _main(fds: list[int]) -> None:
     """Imports matplotlib once, forks a worker for each connection after the first, serves that."""
     # Idle cores first: the training process's imports and compiles are what a user waits for.
     os.nice(10)
+    logging.getLogger("matplotlib.font_manager").addFilter(
+        lambda record: not _is_font_cache_notice(record)
+    )
     from fmnist_jax.reports import plots
 
     for i, fd in enumerate(fds[1:], start=1):
