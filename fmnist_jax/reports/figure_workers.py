@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -101,6 +102,13 @@ def _start() -> _Workers:
                 connection.close()  # the old workers that live on leave
         _workers = _Workers(NUM_WORKERS)
     return _workers
+
+
+def stop() -> None:
+    """Ends the workers now, for a command that leaves: nothing is drawn between draws, and one that
+    fails before its figures would otherwise hold its stderr open until they import matplotlib."""
+    if _workers is not None and _workers.process.poll() is None:
+        os.killpg(_workers.process.pid, signal.SIGTERM)  # the server and its forks
 
 
 def draw(tasks: list[Task]) -> list[np.ndarray | None]:
