@@ -11,6 +11,7 @@ started them (a notebook's runs, a test session's, reuse them) and leave when it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -108,7 +109,8 @@ def stop() -> None:
     """Ends the workers now, for a command that leaves: nothing is drawn between draws, and one that
     fails before its figures would otherwise hold its stderr open until they import matplotlib."""
     if _workers is not None and _workers.process.poll() is None:
-        os.killpg(_workers.process.pid, signal.SIGTERM)  # the server and its forks
+        with contextlib.suppress(ProcessLookupError):  # they left since
+            os.killpg(_workers.process.pid, signal.SIGTERM)  # the server and its forks
 
 
 def draw(tasks: list[Task]) -> list[np.ndarray | None]:
@@ -180,18 +182,14 @@ def _serve(plots: Any, fd: int) -> None:
             connection.send((False, RuntimeError(traceback.format_exc())))
 
 
-def _is_font_cache_notice(record: logging.LogRecord) -> bool:
-    """matplotlib's first import on a machine builds its font cache and, past 5 s (a loaded 2-core
-    machine), warns that it does: on the command's stderr, often after the command has ended."""
-    return "building the font cache" in record.getMessage()
-
-
 def _main(fds: list[int]) -> None:
     """Imports matplotlib once, forks a worker for each connection after the first, serves that."""
     # Idle cores first: the training process's imports and compiles are what a user waits for.
     os.nice(10)
+    # matplotlib's first import on a machine builds its font cache and, past 5 s (a loaded 2-core
+    # machine), says so on the command's stderr, often after the command has ended.
     logging.getLogger("matplotlib.font_manager").addFilter(
-        lambda record: not _is_font_cache_notice(record)
+        lambda record: "building the font cache" not in record.getMessage()
     )
     from fmnist_jax.reports import plots
 
