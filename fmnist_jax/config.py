@@ -65,6 +65,10 @@ def default() -> ConfigDict:
     c.dtype = "float32"
     # Write a jax.profiler trace of a few training steps to <workdir>/profile for TensorBoard.
     c.profile = False
+    # Draw the run's figures: <workdir>/plots/, TensorBoard's sample predictions, a sweep's
+    # sweep.png. They cost ~1.5 CPU-s in two background processes per run; False for scripted runs
+    # whose figures nobody looks at (the tests set it where they check none).
+    c.plots = True
 
     # Multi-host runs (README "Multiple devices and hosts"); one process needs none of this.
     c.distributed = ConfigDict()

@@ -70,7 +70,7 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
         )
     summary = train_lib.train_and_evaluate(config, workdir)
     result = results(config, workdir_lib.read_history(workdir), summary)
-    write_reports(workdir, result)
+    write_reports(workdir, result, config.plots)
     return result
 
 
@@ -158,12 +158,13 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def write_reports(workdir: str, result: dict[str, Any]) -> None:
-    """sweep.json, sweep.md, sweep.png and the members' TensorBoard runs."""
+def write_reports(workdir: str, result: dict[str, Any], figure: bool) -> None:
+    """sweep.json, sweep.md, sweep.png (if `figure`) and the members' TensorBoard runs."""
     from fmnist_jax.reports import board, figure_workers
 
     workdir_lib.write_json(os.path.join(workdir, SWEEP_FILE), result)
     with open(os.path.join(workdir, TABLE_FILE), "w") as f:
         f.write(table(result))
-    figure_workers.draw([("sweep", {"result": result}, os.path.join(workdir, FIGURE_FILE))])
+    if figure:
+        figure_workers.draw([("sweep", {"result": result}, os.path.join(workdir, FIGURE_FILE))])
     board.write_members(workdir, result)

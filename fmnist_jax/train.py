@@ -73,7 +73,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     config_lib.validate(config)
     distributed.initialize(config.distributed)
     primary = distributed.is_primary()
-    if primary:
+    if primary and config.plots:
         figure_workers.start()  # importing matplotlib while the data loads and the programs compile
     splits = data.load(config.data)  # before the workdir changes: a missing dataset refuses the run
     finished = workdir_lib.open_workdir(
@@ -596,8 +596,20 @@ def _write_reports(
     probabilities: np.ndarray,
     splits: data.Splits,
 ) -> None:
-    """The run's plots (<workdir>/plots/) and its last TensorBoard entries, from the reported
-    weights' test probabilities, drawn by the figure workers (the slowest first)."""
+    """The run's plots, unless `config.plots` is off, and its last TensorBoard entries."""
+    images = _draw_figures(workdir, history, probabilities, splits) if config.plots else {}
+    hparams = {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in workdir_lib.flatten(workdir_lib.config_as_json(config)).items()
+    }
+    board.finish(hparams, result, images)
+
+
+def _draw_figures(
+    workdir: str, history: list[dict[str, Any]], probabilities: np.ndarray, splits: data.Splits
+) -> dict[str, np.ndarray]:
+    """<workdir>/plots/ from the reported weights' test probabilities, drawn by the figure workers
+    (the slowest first); returns TensorBoard's images by tag."""
     report = inference.report(probabilities, splits.test_labels, splits.class_names)
     names, images, labels = splits.class_names, splits.test_images, splits.test_labels
     first = np.arange(10)
@@ -638,11 +650,7 @@ def _write_reports(
         "indices": first,
     }
     *_, sample_pixels = figure_workers.draw([*tasks, ("prediction_grid", samples, None)])
-    hparams = {
-        k: v if isinstance(v, (int, float, str, bool)) else str(v)
-        for k, v in workdir_lib.flatten(workdir_lib.config_as_json(config)).items()
-    }
-    board.finish(hparams, result, {"test/sample_predictions": sample_pixels})
+    return {"test/sample_predictions": sample_pixels}
 
 
 def _update_stoppers(

@@ -112,8 +112,10 @@ def mock_tfds_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(mock_tfds_dir):
-    """A config that trains in well under a second on the mock data."""
+    """A config that trains in well under a second on the mock data, drawing no figures (the tests
+    that check them turn `plots` on)."""
     c = config_lib.default()
+    c.plots = False
     c.num_epochs = 2
     c.batch_size = 8
     c.eval_batch_size = 16
@@ -139,6 +141,7 @@ def tiny_cli_args(tfds_dir: str, epochs: int) -> list[str]:
     """`tiny_config` as command-line flags over configs/mlp.py (for tests that start processes)."""
     return [
         "--config=configs/mlp.py",
+        "--config.plots=False",
         f"--config.data.tfds_data_dir={tfds_dir}",
         f"--config.num_epochs={epochs}",
         "--config.batch_size=8",

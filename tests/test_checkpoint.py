@@ -164,7 +164,7 @@ def test_asynchronous_saving_does_not_change_results(tiny_config, tmp_path):
 def trained(prepared_tfds_dir, tmp_path_factory):
     """The reference MLP trained 2 epochs on the real data; (workdir, summary, test split)."""
     config = mlp_config.get_config()
-    config.num_epochs = 2
+    config.num_epochs, config.plots = 2, False
     config.data.tfds_data_dir = prepared_tfds_dir
     workdir = tmp_path_factory.mktemp("trained")
     summary = train.train_and_evaluate(config, str(workdir))

@@ -24,6 +24,7 @@ ARGS = [
     "--config.model.dropout_rate=0.2",
     "--config.data.num_validation=58000",
     "--config.checkpoint.asynchronous=False",
+    "--config.plots=False",
 ]
 TOLERANCE = 1e-4  # relative, on the test loss
 

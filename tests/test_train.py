@@ -70,6 +70,7 @@ def test_mock_run_writes_config_metrics_and_summary(tiny_config, tmp_path):
     )
     assert summary["num_params"] == 784 * 16 + 16 + 16 * 10 + 10
     assert json.loads((tmp_path / "config.json").read_text())["model"]["hidden_sizes"] == [16]
+    assert not tiny_config.plots and not (tmp_path / "plots").exists()
 
 
 def _events(path):
@@ -106,10 +107,13 @@ def test_tensorboard_waits_for_its_import_and_the_epochs_do_not(tmp_path):
     assert losses == pytest.approx({1: 1.0, 2: 0.5, 3: 1.0 / 3})
 
 
-def test_run_writes_plots_and_tensorboard_events(tiny_config, tmp_path):
+def test_run_writes_plots_and_tensorboard_events(tiny_config, tmp_path, caplog):
     from PIL import Image
 
-    _train(tiny_config, tmp_path)
+    tiny_config.plots = True
+    with caplog.at_level("INFO"):
+        _train(tiny_config, tmp_path)
+    assert f"Figures in {tmp_path / 'plots'}; tensorboard" in caplog.text
     names = {
         "learning_curves",
         "confusion_matrix",
@@ -333,7 +337,9 @@ def test_strong_configs_train_end_to_end_when_shrunk(tiny_config, tmp_path):
         ("resnet", resnet, {"stage_channels": (4, 8), "stem_channels": 4, "blocks_per_stage": 1}),
     ):
         config = module.get_config()
-        config.update({k: tiny_config[k] for k in ("num_epochs", "batch_size", "eval_batch_size")})
+        config.update(
+            {k: tiny_config[k] for k in ("num_epochs", "batch_size", "eval_batch_size", "plots")}
+        )
         config.data.num_validation, config.data.tfds_data_dir = 16, tiny_config.data.tfds_data_dir
         config.model.update(narrow)
         summary = _train(config, tmp_path / name)

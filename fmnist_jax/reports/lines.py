@@ -23,15 +23,18 @@ def epoch_line(row: EpochRow, num_epochs: int) -> str:
 
 
 def summary_line(summary: Summary, workdir: str) -> str:
-    """Test metrics, epochs, training time, and where the run's reports are."""
+    """Test metrics, epochs, training time, and where the run's reports are (its figures, unless
+    `config.plots` was off)."""
     seeds = summary["test_accuracy_seeds"]
     spread = (
         f" (std over {len(seeds)} seeds {summary['test_accuracy_std']:.4f})"
         if len(seeds) > 1
         else ""
     )
+    plots = os.path.join(workdir, PLOTS_DIR)
+    figures = f"Figures in {plots}; " if os.path.isdir(plots) else ""
     return (
         f"Test loss {summary['test_loss']:.4f}, test accuracy {summary['test_accuracy']:.4f}{spread} "
         f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f} s training). "
-        f"Figures in {os.path.join(workdir, PLOTS_DIR)}; tensorboard --logdir={workdir}."
+        f"{figures}tensorboard --logdir={workdir}."
     )
