@@ -8,7 +8,8 @@ process's own log timestamps. Prints, per run, the wall time, the training secon
 from summary.json, their difference (the overhead a user waits for besides training) and the gaps
 between the log lines: process start to the first line (imports), to the model table (data), to
 "compiled" (init and compiles), over the epochs, to the test line (test, export, plots,
-checkpoints) and to the exit.
+checkpoints) and to the exit. Before and after, it times a fixed pure-Python loop: this VM runs
+the same work up to 2x slower at some moments than at others, and the loop says which moment it was.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def run_once(config: str, epochs: int, extra: list[str], cache_dir: str) -> dict
     }
 
 
+def reference_loop_seconds() -> float:
+    """Seconds of 20 million Python additions in a fresh process (2.2 s on the quick Intel Xeon)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "s = 0\nfor i in range(20_000_000): s += i"], check=True)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,6 +104,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="extra --config.key=value flags (after --)")
     args = parser.parse_args()
+    loop_before = reference_loop_seconds()
     with tempfile.TemporaryDirectory() as scratch:
         # Alternating: an empty compilation cache (the first run of a config), then one its
         # previous run filled (every later run).
@@ -104,8 +113,10 @@ def main() -> None:
             cache = os.path.join(scratch, f"cache-{i}")
             runs["empty"].append(run_once(args.config, args.epochs, args.overrides, cache))
             runs["filled"].append(run_once(args.config, args.epochs, args.overrides, cache))
+    loop_after = reference_loop_seconds()
     print(
-        f"`python -m fmnist_jax.main --config={args.config} --config.num_epochs={args.epochs}`, seconds, {args.repeats} runs each:\n"
+        f"`python -m fmnist_jax.main --config={args.config} --config.num_epochs={args.epochs}`, seconds, {args.repeats} runs each "
+        f"(reference loop {loop_before:.2f} s before, {loop_after:.2f} s after):\n"
     )
     print(
         "| | "
