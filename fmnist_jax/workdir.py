@@ -52,6 +52,7 @@ def config_as_json(config: ConfigDict) -> dict[str, Any]:
 RESUMABLE_KEYS = frozenset(
     {
         "profile",
+        "plots",
         *(
             f"checkpoint.{k}"
             for k in ("every_epochs", "min_interval_seconds", "keep", "asynchronous")

@@ -306,6 +306,7 @@ def test_runs_from_before_a_key_existed_count_it_at_its_default():
     previous = {k: v for k, v in current.items() if k not in ("ema_decay", "test_time_flip")}
     assert workdir_lib.config_differences(previous, current) == []
     current["ema_decay"] = 0.999
+    current["plots"], current["profile"] = False, True  # what a run writes besides its results
     assert workdir_lib.config_differences(previous, current) == ["ema_decay: 0.0 there, 0.999 now"]
 
 
