@@ -25,7 +25,7 @@ def _train() -> None:
 
     config = cli.load_config()
     config_lib.validate(config)  # a config that cannot work starts nothing
-    if config.plots and config.distributed.process_id == 0:  # the process that draws them
+    if config.plots and config.distributed.process_id == 0:  # the process that draws the figures
         figure_workers.start()  # they import matplotlib while this process imports JAX
     from fmnist_jax.train import train_and_evaluate  # after flag parsing: keeps --help fast
 
