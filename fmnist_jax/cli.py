@@ -36,16 +36,21 @@ def _keep_compiled_programs() -> None:
     """Caches compiled XLA programs on disk, so a command run again (same config, data shapes and
     JAX) loads its programs instead of compiling them: seconds of every short run. Every program is
     kept (JAX keeps only those that took 1 s), in ~/.cache/fmnist_jax/xla unless the user chose a
-    cache (JAX_COMPILATION_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS)."""
-    import jax
+    cache (JAX_COMPILATION_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS). Set as JAX's
+    environment, which it reads when imported: a command refused before its work imports no JAX."""
+    os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR",
+        os.path.join(os.path.expanduser("~"), ".cache", "fmnist_jax", "xla"),
+    )
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    if "jax" in sys.modules:  # imported by the command's module, before these were set
+        import jax
 
-    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
         jax.config.update(
-            "jax_compilation_cache_dir",
-            os.path.join(os.path.expanduser("~"), ".cache", "fmnist_jax", "xla"),
+            "jax_persistent_cache_min_compile_time_secs",
+            float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
         )
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _drop_closed_loop_callbacks(unraisable: sys.UnraisableHookArgs) -> None:

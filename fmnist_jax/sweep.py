@@ -27,7 +27,6 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import train as train_lib
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import UserError
 from fmnist_jax.records import EpochRow, Summary, member_name
@@ -68,6 +67,8 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
             "This sweep has no grid: name at least one key to sweep, e.g. "
             "--grid=optimizer.learning_rate=3e-4,1e-3,3e-3."
         )
+    from fmnist_jax import train as train_lib  # after the checks: a refused sweep imports no JAX
+
     summary = train_lib.train_and_evaluate(config, workdir)
     result = results(config, workdir_lib.read_history(workdir), summary)
     write_reports(workdir, result, config.plots)
