@@ -84,9 +84,8 @@ def _pool_and_gradient(x, cotangent, kind, size, formulation):
 @pytest.mark.parametrize("shape,size", [((2, 28, 28, 3), 2), ((2, 7, 7, 4), 2), ((2, 8, 7, 2), 3)])
 @pytest.mark.parametrize("ties", [False, True])
 def test_cpu_pooling_equals_native_values_and_gradients(shape, size, ties):
-    rng = np.random.default_rng(
-        0
-    )  # NumPy's draws: XLA:CPU compiles a 4-d jax.random.normal in ~2 s
+    # NumPy's draws: XLA:CPU compiles a 4-d jax.random.normal in ~2 s.
+    rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(shape, np.float32))
     if ties:  # few distinct values: most windows hold their maximum more than once
         x = jnp.round(x)
