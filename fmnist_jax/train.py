@@ -23,7 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, data, distributed, engine, inference, records, stopping
+from fmnist_jax import checkpoint, data, distributed, engine, inference, models, records, stopping
 from fmnist_jax import config as config_lib
 from fmnist_jax import export as export_lib
 from fmnist_jax import program as program_lib
@@ -71,6 +71,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
 
 def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     config_lib.validate(config)
+    models.check(config.model)  # a model name or setting that does not exist changes no workdir
     distributed.initialize(config.distributed)
     primary = distributed.is_primary()
     if primary and config.plots:

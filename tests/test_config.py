@@ -86,6 +86,7 @@ def _cli(*args, cwd=None):
             "optimizer.learning_rate must be a positive number",
         ),
         ("--config.model.name=transformer", "Unknown model.name='transformer'"),
+        ("--config.model.name=resnet", "model.name='resnet' has no setting hidden_sizes"),
     ],
 )
 @pytest.mark.slow
@@ -95,6 +96,8 @@ def test_cli_rejects_bad_overrides_in_one_line(override, message, tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr  # said once: no log line repeating it, no traceback
     assert lines[0].startswith("error: ") and message in lines[0]
+    # Refused before the workdir exists: no config.json there to refuse the corrected config.
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

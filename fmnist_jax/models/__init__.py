@@ -112,9 +112,22 @@ class Model:
         return logits, nnx.state(module, nnx.BatchStat).to_pure_dict()
 
 
+def check(model_config: ConfigDict) -> None:
+    """Raises `UserError` if `model_config` names no model, or a setting its model does not have.
+    Builds nothing: a run checks this before it writes to its workdir."""
+    _class_and_settings(model_config)
+
+
 def create(model_config: ConfigDict, backend: str | None = None) -> Model:
     """Builds `MODELS[model_config.name]` from the other keys of `model_config`, with the ops chosen
     for `backend` (default: the one JAX runs on) where the config says "auto"."""
+    cls, settings = _class_and_settings(model_config)
+    if settings.get("formulation") == "auto":
+        settings["formulation"] = formulation_for(backend or jax.default_backend())
+    return Model(module_class=cls, settings=settings)
+
+
+def _class_and_settings(model_config: ConfigDict) -> tuple[type[nnx.Module], dict[str, Any]]:
     name = model_config.name
     if name not in MODELS:
         raise UserError(f"Unknown model.name={name!r}; choose one of {sorted(MODELS)}.")
@@ -128,6 +141,4 @@ def create(model_config: ConfigDict, backend: str | None = None) -> Model:
         raise UserError(
             f"model.name={name!r} has no setting {', '.join(unknown)}; its settings are {sorted(accepted)}."
         )
-    if settings.get("formulation") == "auto":
-        settings["formulation"] = formulation_for(backend or jax.default_backend())
-    return Model(module_class=cls, settings=settings)
+    return cls, settings
