@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -96,27 +97,40 @@ class Program:
     def _init_args(self) -> tuple:
         return (self.model, self.engine.tx, self.init_keys, self.engine.ema_decay > 0)
 
-    def compile(self) -> tuple[engine.TrainState, float]:
+    def compile(self, poll: Callable[[], None] = lambda: None) -> tuple[engine.TrainState, float]:
         """(the initial state of every run, on the devices; the seconds spent).
 
         Compiles every training and evaluation program before the first epoch, so epochs never
-        compile. XLA releases the GIL while it compiles: the training programs compile beside
-        the initial state and the evaluation programs.
+        compile. XLA releases the GIL while it compiles: the training programs compile in one
+        thread, the initial state and the evaluation programs in another, while this thread calls
+        `poll` every 0.1 s. `poll` may raise (a stop request): Python runs signal handlers in the
+        main thread only, which inside XLA would see Ctrl-C only once the compile ends (a minute
+        and more for the ResNet on a CPU). The threads then finish their compile unwaited for.
         """
         start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            shapes = self.placement.abstract(engine.state_shapes(*self._init_args()))
+        shapes = self.placement.abstract(engine.state_shapes(*self._init_args()))
+        pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
+        try:
             training = pool.submit(self._compile_training, shapes)
+            evaluation = pool.submit(self._initial_state_and_evaluation)
+            while concurrent.futures.wait((training, evaluation), timeout=0.1).not_done:
+                poll()
             try:
-                state = self.initial_state()
-                for split in {s.call_shape: s for s in self.eval_sets.values()}.values():
-                    self.evaluate(state.weights(), split)  # one compile per call shape
+                state = evaluation.result()
             except jax.errors.JaxRuntimeError as e:
                 if "RESOURCE_EXHAUSTED" in str(e):
                     training.result()  # the memory check says how many runs fit
                 raise
             training.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         return state, time.perf_counter() - start
+
+    def _initial_state_and_evaluation(self) -> engine.TrainState:
+        state = self.initial_state()
+        for split in {s.call_shape: s for s in self.eval_sets.values()}.values():
+            self.evaluate(state.weights(), split)  # one compile per call shape
+        return state
 
     def initial_state(self) -> engine.TrainState:
         """Every run's initial state, on the devices (compiling its program on the first call)."""

@@ -93,7 +93,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     table, num_params = program.model_table()
     logging.info("\n%s", table)
     board_imported = _import_board_meanwhile()
-    state, compile_seconds = program.compile()
+    state, compile_seconds = program.compile(poll=lambda: _check_stop_while_compiling(workdir))
     _log_compiled(program, compile_seconds)
     if config.profile:
         _profile(program, state, workdir)
@@ -556,6 +556,20 @@ def _check_stop(
         requested,
         f"Stopped by {signal.Signals(requested).name} {where}: {kept}. Re-running the same command resumes from there.",
     )
+
+
+def _check_stop_while_compiling(workdir: str) -> None:
+    """Raises `stopping.Stopped` if SIGINT/SIGTERM asked for a stop while the programs compile,
+    before this process trained or saved anything. Several processes stop together at the first
+    epoch's end instead: one that left now would leave the others waiting for it."""
+    requested = stopping.requested()
+    if requested and jax.process_count() == 1:
+        raise stopping.Stopped(
+            requested,
+            f"Stopped by {signal.Signals(requested).name} while compiling, before any training: "
+            f"nothing was lost. Re-running the same command resumes from the newest checkpoint in "
+            f"{checkpoint.directory(workdir, 'latest')}, or starts afresh where there is none.",
+        )
 
 
 def _between_calls(

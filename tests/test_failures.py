@@ -259,6 +259,40 @@ def test_signal_mid_run_stops_in_one_line_and_resumes_identically(
     assert _epochs(workdir) == list(range(1, _STOP_EPOCHS + 1))
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_compiling_stops_at_once_in_one_line(mock_tfds_dir, tmp_path):
+    """The ResNet compiles for a minute and more on a CPU (empty compilation cache): one Ctrl-C
+    there stops the command while compiling, not after it (the stop before epoch 1)."""
+    workdir, stderr_path = tmp_path / "resnet", tmp_path / "stderr"
+    with open(stderr_path, "w") as stderr:
+        run = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fmnist_jax.main",
+                f"--workdir={workdir}",
+                "--config=configs/resnet.py",
+                "--config.plots=False",
+                f"--config.data.tfds_data_dir={mock_tfds_dir}",
+                "--config.data.num_validation=16",
+                "--config.batch_size=8",
+                "--config.eval_batch_size=16",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla")},
+        )
+        _wait_for(lambda: "Total Parameters" in stderr_path.read_text(), run)  # then compiles
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=60)
+    text = stderr_path.read_text()
+    assert run.returncode == 128 + signal.SIGINT, text[-3000:]
+    assert "Traceback" not in text and "compiled in" not in text, text[-3000:]
+    (line,) = [x for x in text.splitlines() if x.startswith("Stopped by")]
+    assert line.startswith("Stopped by SIGINT while compiling, before any training"), line
+    assert not (workdir / "checkpoints").exists() and not (workdir / "metrics.jsonl").exists()
+
+
 # --- Images from strangers --------------------------------------------------------------------------
 
 
