@@ -104,8 +104,8 @@ class Program:
         compile. XLA releases the GIL while it compiles: the training programs compile in one
         thread, the initial state and the evaluation programs in another, while this thread calls
         `poll` every 0.1 s. `poll` may raise (a stop request): Python runs signal handlers in the
-        main thread only, which inside XLA would see Ctrl-C only once the compile ends (a minute
-        and more for the ResNet on a CPU). The threads then finish their compile unwaited for.
+        main thread only, and a main thread inside XLA would see Ctrl-C only once the compile
+        ends (a minute and more for the ResNet on a CPU). The threads then finish unwaited for.
         """
         start = time.perf_counter()
         shapes = self.placement.abstract(engine.state_shapes(*self._init_args()))

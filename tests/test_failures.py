@@ -261,8 +261,9 @@ def test_signal_mid_run_stops_in_one_line_and_resumes_identically(
 
 @pytest.mark.slow
 def test_ctrl_c_while_compiling_stops_at_once_in_one_line(mock_tfds_dir, tmp_path):
-    """The ResNet compiles for a minute and more on a CPU (empty compilation cache): one Ctrl-C
-    there stops the command while compiling, not after it (the stop before epoch 1)."""
+    """The ResNet compiles for seconds at batch 8 on a CPU (a minute and more at its own batch of
+    128) with an empty compilation cache: one Ctrl-C there stops the command while compiling, not
+    after it (the stop before epoch 1)."""
     workdir, stderr_path = tmp_path / "resnet", tmp_path / "stderr"
     with open(stderr_path, "w") as stderr:
         run = subprocess.Popen(
