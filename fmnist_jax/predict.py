@@ -57,6 +57,10 @@ def main(argv: list[str]) -> None:
             raise UserError(
                 "Nothing to predict: pass --images FILE ..., --test_indices=I,J or --random=N."
             )
+        if _TOP.value < 1:
+            raise UserError(
+                f"--top={_TOP.value} prints no class: pass --top=1 or more (10 lists all)."
+            )
         output = _OUTPUT.value or os.path.join(_WORKDIR.value, "predictions.png")
         _check_output(output)
         figure_workers.start()  # they import matplotlib while this process imports JAX

@@ -483,28 +483,29 @@ def _finish(
     meta = {**loop.meta(config, splits.class_names), "summary": summary}
     run = summary["reported_run"]
     checkpoints.save("final", epochs[run], final_model, meta)
-    if primary:  # the plots draw while the export lowers and the checkpoints finish writing
-        classifier = inference.Classifier(
-            config=config_lib.with_values(config, config_lib.run_values(config, run)),
-            class_names=splits.class_names,
-            epoch=epochs[run],
-            variables=inference.one_run(jax.device_get(final_model), run),
-        )
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            reports = pool.submit(
-                _write_reports,
-                workdir,
-                board,
-                config,
-                summary,
-                loop.history,
-                test_probabilities,
-                splits,
+    try:
+        if primary:  # the plots draw while the export lowers and the checkpoints finish writing
+            classifier = inference.Classifier(
+                config=config_lib.with_values(config, config_lib.run_values(config, run)),
+                class_names=splits.class_names,
+                epoch=epochs[run],
+                variables=inference.one_run(jax.device_get(final_model), run),
             )
-            os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
-            export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
-            reports.result()
-    checkpoints.wait()
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                reports = pool.submit(
+                    _write_reports,
+                    workdir,
+                    board,
+                    config,
+                    summary,
+                    loop.history,
+                    test_probabilities,
+                    splits,
+                )
+                export_lib.export(classifier, os.path.join(workdir, "export", export_lib.FILENAME))
+                reports.result()
+    finally:  # a report that failed (a figure that cannot be written) still leaves them complete
+        checkpoints.wait()
     checkpoints.close()
     if primary:
         workdir_lib.write_summary(workdir, summary)

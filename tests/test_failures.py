@@ -5,6 +5,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -327,6 +328,33 @@ def test_oversized_images_are_refused_by_name_before_decoding(tmp_path):
 
 
 @pytest.mark.slow
+def test_outputs_that_cannot_be_written_are_one_error_and_the_rerun_writes_them(
+    mock_tfds_dir, tmp_path
+):
+    """A run whose export/ or plots/ cannot be created (a file of that name; a full disk alike) ends
+    with one error after its last epoch, its checkpoints complete: the same command then resumes
+    after that epoch, trains nothing, and writes what was missing. `evaluate` alike for eval/."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    args = [f"--workdir={workdir}", *tiny_cli_args(mock_tfds_dir, 2), "--config.plots=True"]
+    for blocked in ("export", "plots"):  # the second run finds the first's checkpoints
+        shutil.rmtree(workdir / blocked, ignore_errors=True)  # written by the run before
+        (workdir / blocked).write_text("in the way")
+        failed = _cli("fmnist_jax.main", *args)
+        _assert_one_clear_error(failed, f"File exists: {workdir / blocked}. Free space")
+        assert not (workdir / "summary.json").exists()
+        (workdir / blocked).unlink()
+    rerun = _cli("fmnist_jax.main", *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resuming after epoch 2" in rerun.stderr and "epoch   1/2" not in rerun.stderr
+    assert (workdir / "plots" / "confusion_matrix.png").exists()
+    assert (workdir / "export" / "predict_proba.jax_exported").exists()
+    assert (workdir / "summary.json").exists()
+    (workdir / "eval").write_text("in the way")
+    evaluated = _cli("fmnist_jax.evaluate", f"--workdir={workdir}")
+    _assert_one_clear_error(evaluated, f"Cannot write {workdir / 'eval' / 'final'}: ")
+
+
 def test_predict_skips_bombs_and_bad_flags_are_refused_before_work(tiny_config, tmp_path):
     workdir = tmp_path / "run"
     train.train_and_evaluate(tiny_config, str(workdir))
@@ -354,3 +382,13 @@ def test_predict_skips_bombs_and_bad_flags_are_refused_before_work(tiny_config, 
     )
     _assert_one_clear_error(unwritable, "Cannot write the figure")
     assert unwritable.stdout == ""  # refused before predicting anything
+    unnamable = _cli(  # its folder is writable, the file cannot be created: found when drawing
+        "fmnist_jax.predict",
+        f"--workdir={workdir}",
+        "--test_indices=0",
+        f"--output={tmp_path / ('x' * 300)}.png",
+    )
+    _assert_one_clear_error(unnamable, "Cannot write", "File name too long")
+    no_class = _cli("fmnist_jax.predict", f"--workdir={workdir}", "--test_indices=0", "--top=0")
+    _assert_one_clear_error(no_class, "--top=0 prints no class")
+    assert no_class.stdout == ""

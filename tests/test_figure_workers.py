@@ -45,15 +45,10 @@ def test_the_workers_draw_what_this_process_draws(tmp_path):
 
 
 def test_a_figure_that_fails_raises_its_own_error_here_and_the_workers_go_on(tmp_path):
-    (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(FileExistsError) as failed:
+    with pytest.raises(TypeError) as failed:  # a bug keeps its type and the worker's traceback
         figure_workers.draw(
             [
-                (
-                    "per_class_accuracy",
-                    {"accuracies": _ACCURACIES},
-                    str(tmp_path / "file" / "a.png"),
-                ),
+                ("per_class_accuracy", {"accuracy": _ACCURACIES}, str(tmp_path / "bug.png")),
                 ("per_class_accuracy", {"accuracies": _ACCURACIES}, str(tmp_path / "ok.png")),
             ]
         )
@@ -61,6 +56,16 @@ def test_a_figure_that_fails_raises_its_own_error_here_and_the_workers_go_on(tmp
     assert (tmp_path / "ok.png").exists()  # the task beside it finished
     figure_workers.draw([("learning_curves", {"history": _HISTORY}, str(tmp_path / "c.png"))])
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("where", ["under a file", "a name too long"])
+def test_a_figure_that_cannot_be_written_is_a_user_error_naming_its_path(tmp_path, where):
+    (tmp_path / "file").write_text("not a directory")
+    path = str(
+        tmp_path / "file" / "a.png" if where == "under a file" else tmp_path / f"{'x' * 300}.png"
+    )
+    with pytest.raises(UserError, match=r"Cannot write .*\.png: .*writable location"):
+        figure_workers.draw([("per_class_accuracy", {"accuracies": _ACCURACIES}, path)])
 
 
 def _alive(pid: int) -> bool:
