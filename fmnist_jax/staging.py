@@ -170,10 +170,16 @@ def stage(source_dir: str, manual_dir: str, expected_files: Iterable[ExpectedFil
             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) or Kaggle's "
             f"{' and '.join(kaggle.CSV_FILES.values())}."
         )
-    os.makedirs(manual_dir, exist_ok=True)
-    for expected in expected_files:
-        target = os.path.join(manual_dir, expected.filename)
-        tmp = f"{target}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(files[expected.filename])
-        os.replace(tmp, target)
+    try:
+        os.makedirs(manual_dir, exist_ok=True)
+        for expected in expected_files:
+            target = os.path.join(manual_dir, expected.filename)
+            tmp = f"{target}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(files[expected.filename])
+            os.replace(tmp, target)
+    except OSError as e:
+        raise UserError(
+            f"Cannot write the upstream files to {manual_dir}: {e.strerror or e}. Pass a writable "
+            "--config.data.tfds_data_dir=DIR, or free space on its disk."
+        ) from e

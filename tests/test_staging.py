@@ -93,3 +93,12 @@ def test_damaged_file_is_rejected_clearly(expected, tmp_path, damage):
 def test_missing_files_are_named(expected, tmp_path):
     with pytest.raises(UserError, match="lacks .*train-images-idx3-ubyte.gz"):
         staging.stage(str(tmp_path), str(tmp_path / "manual"), expected.values())
+
+
+@pytest.mark.prepares
+def test_a_data_dir_that_cannot_be_written_is_one_clear_error(expected, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(UserError, match="Cannot write the upstream files to .*: Not a directory"):
+        staging.stage(
+            staging.DEBIAN_SOURCE_DIR, str(tmp_path / "file" / "manual"), expected.values()
+        )
