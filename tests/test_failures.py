@@ -355,6 +355,7 @@ def test_outputs_that_cannot_be_written_are_one_error_and_the_rerun_writes_them(
     _assert_one_clear_error(evaluated, f"Cannot write {workdir / 'eval' / 'final'}: ")
 
 
+@pytest.mark.slow
 def test_predict_skips_bombs_and_bad_flags_are_refused_before_work(tiny_config, tmp_path):
     workdir = tmp_path / "run"
     train.train_and_evaluate(tiny_config, str(workdir))

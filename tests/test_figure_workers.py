@@ -58,14 +58,15 @@ def test_a_figure_that_fails_raises_its_own_error_here_and_the_workers_go_on(tmp
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("where", ["under a file", "a name too long"])
-def test_a_figure_that_cannot_be_written_is_a_user_error_naming_its_path(tmp_path, where):
+@pytest.mark.parametrize(
+    "name", ["file/a.png", f"{'x' * 300}.png"], ids=["under a file", "a name too long"]
+)
+def test_a_figure_that_cannot_be_written_is_a_user_error_naming_its_path(tmp_path, name):
     (tmp_path / "file").write_text("not a directory")
-    path = str(
-        tmp_path / "file" / "a.png" if where == "under a file" else tmp_path / f"{'x' * 300}.png"
-    )
     with pytest.raises(UserError, match=r"Cannot write .*\.png: .*writable location"):
-        figure_workers.draw([("per_class_accuracy", {"accuracies": _ACCURACIES}, path)])
+        figure_workers.draw(
+            [("per_class_accuracy", {"accuracies": _ACCURACIES}, str(tmp_path / name))]
+        )
 
 
 def _alive(pid: int) -> bool:
