@@ -224,10 +224,7 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
     """(model item, meta) of the newest readable checkpoint of `kind`, on the current backend."""
     path = directory(workdir, kind)
     if not os.path.isdir(path):
-        raise UserError(
-            f"No {kind!r} checkpoint in {path}. Train first (python -m fmnist_jax.main --config=... "
-            f"--workdir={workdir}), or pick another checkpoint with which=latest/best/final."
-        )
+        raise _missing(workdir, kind)
     manager = ocp.CheckpointManager(
         path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=_handlers()
     )
@@ -268,7 +265,13 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
             f"The {kind!r} checkpoint in {path} (epoch {', '.join(map(str, steps))}) is damaged (warnings above). "
             "Pick another with --which=latest (the last epoch's weights), --which=best or --which=final."
         )
-    raise UserError(
-        f"No {kind!r} checkpoint in {path}. Train first (python -m fmnist_jax.main "
-        f"--config=... --workdir={workdir}), or pick another checkpoint with which=latest/best/final."
+    raise _missing(workdir, kind)
+
+
+def _missing(workdir: str, kind: str) -> UserError:
+    return UserError(
+        f"No {kind!r} checkpoint in {directory(workdir, kind)}: the run there has not trained, or has "
+        f"not finished. Its command (python -m fmnist_jax.main --config=... --workdir={workdir}) "
+        "trains it, or resumes and finishes it; or pick another checkpoint with --which=latest (the "
+        "last epoch's weights) or --which=best (the `which` argument in Python)."
     )
