@@ -75,11 +75,14 @@ class Classifier:
         """Class probabilities of images.
 
         Args:
-            images: N images as NHWC [N, 28, 28, 1] (or HWC, NHW, HW), uint8 in 0-255 or float
-                in [0, 1].
+            images: N images as NHWC [N, 28, 28, 1] (or HWC, NHW, HW), integers in 0-255 or
+                floats in [0, 1].
 
         Returns:
             float32 [N, 10], each row summing to 1.
+
+        Raises:
+            UserError: another shape, or values outside those ranges (e.g. floats in 0-255).
         """
         x = as_batch(images)
         weights = jax.device_put(self._weights)  # once, not per batch
@@ -131,7 +134,9 @@ def one_run(model: dict, run: int) -> dict:
 
 
 def as_batch(images: np.ndarray) -> np.ndarray:
-    """Brings HW, HWC, NHW or NHWC images to NHWC [N, 28, 28, 1], keeping uint8 or casting to float32."""
+    """Brings HW, HWC, NHW or NHWC images to NHWC [N, 28, 28, 1]: uint8 as it is, other integers in
+    0-255 as uint8, floats in [0, 1] as float32. Floats in 0-255 (a missing `/ 255`) and integers
+    read as floats would otherwise be predicted silently and wrongly, so they are refused."""
     x = np.asarray(images)
     if x.ndim == 2 or (x.ndim == 3 and x.shape[-1] == 1 and x.shape[:2] == IMAGE_SHAPE[:2]):
         x = x[None]
@@ -141,7 +146,29 @@ def as_batch(images: np.ndarray) -> np.ndarray:
         raise UserError(
             f"Expected 28x28 grayscale images (HW, HWC, NHW or NHWC), got shape {np.shape(images)}."
         )
-    return x if x.dtype == np.uint8 else x.astype(np.float32)
+    if x.dtype == np.uint8 or x.size == 0:
+        return x
+    if np.issubdtype(x.dtype, np.integer):
+        if x.min() < 0 or x.max() > 255:
+            raise UserError(
+                f"Integer images must hold pixel values in 0-255, got {x.min()} to {x.max()}."
+            )
+        return x.astype(np.uint8)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise UserError(
+            f"Images must be uint8 pixels (0-255) or floats in [0, 1], got dtype {x.dtype}."
+        )
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise UserError(
+            "The images hold NaN or infinite values: pass uint8 pixels or floats in [0, 1]."
+        )
+    if x.min() < 0 or x.max() > 1:
+        raise UserError(
+            f"Float images must be scaled to [0, 1], got {x.min():g} to {x.max():g}"
+            + (": divide them by 255, or pass them as uint8." if x.max() <= 255 else ".")
+        )
+    return x
 
 
 def load(workdir: str, which: str = "final", run: int | None = None) -> Classifier:

@@ -191,7 +191,25 @@ def test_predict_proba_accepts_hw_hwc_nhwc_uint8_and_float(trained):
     np.testing.assert_allclose(
         classifier.predict_proba(batch.astype(np.float32) / 255.0), p, atol=1e-5
     )
+    np.testing.assert_array_equal(classifier.predict_proba(batch.astype(np.int64)), p)
     assert classifier.predict_proba(np.repeat(batch, 120, axis=0)).shape == (600, 10)
+
+
+@pytest.mark.parametrize(
+    "images, phrase",
+    [
+        (np.full((28, 28), 200.0), "scaled to [0, 1], got 200 to 200: divide them by 255"),
+        (np.full((2, 28, 28), -0.5, np.float32), "scaled to [0, 1], got -0.5 to -0.5"),
+        (np.full((28, 28), np.nan, np.float32), "NaN or infinite"),
+        (np.full((28, 28, 1), 300), "pixel values in 0-255, got 300 to 300"),
+        (np.full((28, 28), "a"), "got dtype <U1"),
+    ],
+    ids=["float 0-255", "negative", "nan", "int over 255", "strings"],
+)
+def test_images_that_would_predict_wrongly_are_refused(images, phrase):
+    with pytest.raises(UserError) as refused:
+        inference.as_batch(images)
+    assert phrase in str(refused.value)
 
 
 def test_predictions_of_any_weights_share_one_program(trained):
