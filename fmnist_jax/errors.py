@@ -4,15 +4,25 @@ Anything raised as `UserError` is reported by the CLI as its message alone (no t
 non-zero exit, so every message must say what went wrong and what to do about it.
 """
 
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
 
 class UserError(Exception):
     """A failure caused by the user's input or environment, with a message that says the fix."""
 
 
-def cannot_write(path: str, error: OSError) -> UserError:
-    """The error for an output file the disk or its path does not let a command write."""
-    where = f": {error.filename}" if error.filename and error.filename != path else ""
-    return UserError(
-        f"Cannot write {path}: {error.strerror or error}{where}. Free space on its disk or choose a "
-        "writable location, then run the command again; what it saved before is kept."
-    )
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turns an OSError while writing `path` (a full disk, a path that cannot be created) into the
+    one `UserError` that names it and says what to do."""
+    try:
+        yield
+    except OSError as e:
+        where = f": {e.filename}" if e.filename and e.filename != path else ""
+        raise UserError(
+            f"Cannot write {path}: {e.strerror or e}{where}. Free space on its disk or choose a "
+            "writable location, then run the command again; what it saved before is kept."
+        ) from e

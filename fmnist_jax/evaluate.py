@@ -15,7 +15,7 @@ from absl import flags, logging
 
 from fmnist_jax import cli, data
 from fmnist_jax import workdir as workdir_lib
-from fmnist_jax.errors import cannot_write
+from fmnist_jax.errors import writing
 from fmnist_jax.reports import figure_workers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
@@ -35,10 +35,8 @@ def _evaluate_checkpoint() -> None:
     result = inference.report(probabilities, splits.test_labels, classifier.class_names)
     result["epoch"] = classifier.epoch
     out = os.path.join(_WORKDIR.value, "eval", _WHICH.value)
-    try:
+    with writing(out):
         os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise cannot_write(out, e) from e
     workdir_lib.write_json(os.path.join(out, "metrics.json"), result)
     matrix = {"matrix": np.array(result["confusion_matrix"]), "class_names": classifier.class_names}
     figure_workers.draw([("confusion_matrix", matrix, os.path.join(out, "confusion_matrix.png"))])

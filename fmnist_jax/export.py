@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import export as jax_export  # a submodule to import by name before jax 0.8
 
-from fmnist_jax.errors import cannot_write
+from fmnist_jax.errors import writing
 from fmnist_jax.inference import IMAGE_SHAPE, Classifier
 
 FILENAME = "predict_proba.jax_exported"
@@ -21,12 +21,10 @@ def export(classifier: Classifier, path: str) -> None:
     exported = jax_export.export(jax.jit(classifier.proba_fn), platforms=("cpu", "cuda", "tpu"))(
         spec
     )
-    try:
+    with writing(path):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "wb") as f:
             f.write(exported.serialize())
-    except OSError as e:
-        raise cannot_write(path, e) from e
 
 
 def load(path: str) -> jax_export.Exported:

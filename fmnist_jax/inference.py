@@ -149,10 +149,9 @@ def as_batch(images: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8 or x.size == 0:
         return x
     if np.issubdtype(x.dtype, np.integer):
-        if x.min() < 0 or x.max() > 255:
-            raise UserError(
-                f"Integer images must hold pixel values in 0-255, got {x.min()} to {x.max()}."
-            )
+        low, high = x.min(), x.max()
+        if low < 0 or high > 255:
+            raise UserError(f"Integer images must hold pixel values in 0-255, got {low} to {high}.")
         return x.astype(np.uint8)
     if not np.issubdtype(x.dtype, np.floating):
         raise UserError(
@@ -163,10 +162,11 @@ def as_batch(images: np.ndarray) -> np.ndarray:
         raise UserError(
             "The images hold NaN or infinite values: pass uint8 pixels or floats in [0, 1]."
         )
-    if x.min() < 0 or x.max() > 1:
+    low, high = x.min(), x.max()
+    if low < 0 or high > 1:
         raise UserError(
-            f"Float images must be scaled to [0, 1], got {x.min():g} to {x.max():g}"
-            + (": divide them by 255, or pass them as uint8." if x.max() <= 255 else ".")
+            f"Float images must be scaled to [0, 1], got {low:g} to {high:g}"
+            + (": divide them by 255, or pass them as uint8." if high <= 255 else ".")
         )
     return x
 

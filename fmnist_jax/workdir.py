@@ -22,7 +22,7 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax.errors import UserError, cannot_write
+from fmnist_jax.errors import UserError, writing
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
@@ -89,12 +89,10 @@ def refuse_other_config(where: str, differences: list[str]) -> None:
 
 def _replace(path: str, text: str) -> None:
     """Writes atomically: readers see the old file or the new one, never half of one."""
-    try:
+    with writing(path):
         with open(f"{path}.tmp", "w") as f:
             f.write(text)
         os.replace(f"{path}.tmp", path)
-    except OSError as e:
-        raise cannot_write(path, e) from e
 
 
 def write_json(path: str, value: Any) -> None:
@@ -221,11 +219,8 @@ class MetricsLog:
 
     def write(self, row: dict[str, Any]) -> None:
         if self._path:  # a whole line per append
-            try:
-                with open(self._path, "a") as f:
-                    f.write(_line(row))
-            except OSError as e:
-                raise cannot_write(self._path, e) from e
+            with writing(self._path), open(self._path, "a") as f:
+                f.write(_line(row))
 
 
 def read_history(workdir: str) -> list[dict[str, Any]]:

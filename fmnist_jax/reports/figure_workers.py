@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_jax.errors import UserError, cannot_write
+from fmnist_jax.errors import UserError, writing
 
 NUM_WORKERS = 2
 
@@ -152,10 +152,8 @@ def _draw(plots: Any, task: Task) -> np.ndarray | None:
     name, kwargs, path = task
     figure = getattr(plots, name)(**kwargs)
     if path is not None:
-        try:
+        with writing(path):
             plots.save(figure, path)
-        except OSError as e:  # a full disk, a path that cannot be created: the user can fix those
-            raise cannot_write(path, e) from e
         return None
     figure.canvas.draw()
     pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
