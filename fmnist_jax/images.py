@@ -16,13 +16,13 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
     Fashion-MNIST shows a light garment on a black background; a photo usually shows a darker object
     on a light background, so a light border (the background) means invert.
     """
-    if image.mode in ("RGBA", "LA", "P"):
+    if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new(
             "RGBA", rgba.size, (255, 255, 255, 255)
         )  # transparency reads as background
         image = Image.alpha_composite(background, rgba)
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    gray = _gray_levels(image)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > 127:
         gray = 255.0 - gray
@@ -36,6 +36,21 @@ def to_fashion_mnist(image: Image.Image) -> np.ndarray:
     top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
     canvas[top : top + size[1], left : left + size[0]] = resized
     return canvas[..., None]
+
+
+def _gray_levels(image: Image.Image) -> np.ndarray:
+    """The image's gray levels in 0-255 (float32). PIL's `convert("L")` clips 16-bit and float
+    images at 255 instead of scaling them: 16-bit PNGs and TIFFs ("I;16", "I" in older Pillow)
+    span 0-65535, float TIFFs ("F") 0-1 as most tools write them (or 0-255)."""
+    if image.mode.startswith("I"):
+        gray = np.asarray(image, np.float32) / 257
+    elif image.mode == "F":
+        gray = np.nan_to_num(np.asarray(image, np.float32))
+        if gray.max() <= 1:
+            gray = gray * 255
+    else:
+        return np.asarray(image.convert("L"), np.float32)
+    return np.clip(gray, 0, 255)
 
 
 # Decoding is bounded by this many pixels (~12 bytes each at the peak: RGBA, then float32 gray), far

@@ -248,6 +248,34 @@ def test_photo_like_image_is_converted_to_light_on_dark(tmp_path):
     assert x[14, 14, 0] > 180 and x[1, 14, 0] < 60
 
 
+def test_an_image_reads_the_same_at_every_bit_depth_and_with_transparency(tmp_path):
+    """16-bit PNGs and float TIFFs hold the same picture as an 8-bit PNG in a wider range (PIL's own
+    conversion to 8 bits clips them at 255: a white square, predicted as anything); a transparent
+    background reads as the light background it shows, whatever color it hides."""
+    gray = np.full((56, 40), 255, np.uint8)
+    gray[8:48, 6:34] = np.linspace(20, 120, 28, dtype=np.uint8)  # a dark garment, light background
+    Image.fromarray(gray).save(tmp_path / "8bit.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16bit.png")
+    Image.fromarray(gray.astype(np.float32) / 255).save(tmp_path / "unit_float.tiff")
+    Image.fromarray(gray.astype(np.float32)).save(tmp_path / "float_0_255.tiff")
+    cutout = np.where(gray == 255, 0, gray).astype(np.uint8)  # black where transparent
+    Image.fromarray(cutout).save(tmp_path / "gray_transparent_black.png", transparency=0)
+    Image.fromarray(
+        np.dstack([cutout] * 3 + [np.where(gray == 255, 0, 255).astype(np.uint8)])
+    ).save(tmp_path / "rgba_cutout.png")
+    expected = images.read(str(tmp_path / "8bit.png"))
+    assert expected[14, 14, 0] > 120 and expected[14, 2, 0] == 0  # light garment on black
+    for name in (
+        "16bit.png",
+        "unit_float.tiff",
+        "float_0_255.tiff",
+        "gray_transparent_black.png",
+        "rgba_cutout.png",
+    ):
+        difference = np.abs(images.read(str(tmp_path / name)).astype(int) - expected).max()
+        assert difference <= 1, (name, difference)
+
+
 @pytest.mark.slow
 def test_predict_and_evaluate_clis_agree_without_tensorflow(trained, tmp_path, without_tensorflow):
     workdir, summary, splits = trained
