@@ -5,17 +5,19 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist_jax.errors import UserError
 
 
 def to_fashion_mnist(image: Image.Image) -> np.ndarray:
-    """Grayscale, fitted into 28x28 keeping the aspect ratio, inverted when the background is light.
+    """Upright as its EXIF orientation shows it (phones store portrait photos sideways), grayscale,
+    fitted into 28x28 keeping the aspect ratio, inverted when the background is light.
 
     Fashion-MNIST shows a light garment on a black background; a photo usually shows a darker object
     on a light background, so a light border (the background) means invert.
     """
+    image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new(
@@ -64,6 +66,8 @@ def read(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # A damaged EXIF block leaves the picture as stored, with no orientation to apply.
+            warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
             with Image.open(path) as image:
                 if image.width * image.height > max_pixels:
                     image.draft(

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -274,6 +275,24 @@ def test_an_image_reads_the_same_at_every_bit_depth_and_with_transparency(tmp_pa
     ):
         difference = np.abs(images.read(str(tmp_path / name)).astype(int) - expected).max()
         assert difference <= 1, (name, difference)
+
+
+def test_a_photo_reads_upright_as_its_exif_orientation_shows_it(tmp_path):
+    """Phones store a portrait photo sideways with an EXIF orientation tag that viewers apply."""
+    upright = np.full((60, 40), 250, np.uint8)
+    upright[5:30, 8:32] = 30  # a dark garment in the top half, light background
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    sideways.save(tmp_path / "sideways.png", exif=exif)
+    expected = images.read(str(tmp_path / "upright.png"))
+    assert expected[6, 14, 0] > 180 and expected[22, 14, 0] < 60  # the garment is on top
+    np.testing.assert_array_equal(images.read(str(tmp_path / "sideways.png")), expected)
+    Image.fromarray(upright).save(tmp_path / "damaged_exif.png", exif=b"II*\x00\xff\xff\xff\x7f")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a damaged EXIF block: the picture as stored, no word
+        np.testing.assert_array_equal(images.read(str(tmp_path / "damaged_exif.png")), expected)
 
 
 @pytest.mark.slow
