@@ -319,6 +319,7 @@ def test_predict_and_evaluate_clis_agree_without_tensorflow(trained, tmp_path, w
             str(tmp_path / "item.png"),
             str(tmp_path / "rgba.png"),
             "--test_indices=0,17,42",
+            "--random=16",  # 22 images in all: the figure draws the first 20
             f"--output={figure}",
         ],
         capture_output=True,
@@ -333,7 +334,9 @@ def test_predict_and_evaluate_clis_agree_without_tensorflow(trained, tmp_path, w
     assert {"big_photo.jpg", "item.png", "rgba.png", "test #0", "test #17", "test #42"} <= set(
         lines
     )
-    assert Image.open(figure).size[0] > 100
+    assert sum(line.startswith("test #") for line in result.stdout.splitlines()) == 19
+    assert "(the first 20 images; the other 2 are printed above)" in result.stdout
+    assert Image.open(figure).size == (640, 20 * 176)  # 8 x 2.2 inches a row at 80 dpi
 
     evaluation = subprocess.run(
         [sys.executable, "-m", "fmnist_jax.evaluate", f"--workdir={workdir}"],
