@@ -269,9 +269,24 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
 
 
 def _missing(workdir: str, kind: str) -> UserError:
+    """The error for a checkpoint kind the workdir lacks, naming the kinds it holds."""
+    held = [k for k in KINDS if k != kind and _holds_a_checkpoint(directory(workdir, k))]
+    others = " or ".join(f"--which={k}" for k in held)
+    if kind == "best" and "final" in held:
+        return UserError(
+            f"The run in {workdir} finished without a 'best' checkpoint: 'best' keeps the epoch of "
+            "the best validation accuracy, and this run held out no validation split "
+            f"(data.num_validation=0). Pass {others} (the `which` argument in Python)."
+        )
     return UserError(
         f"No {kind!r} checkpoint in {directory(workdir, kind)}: the run there has not trained, or has "
         f"not finished. Its command (python -m fmnist_jax.main --config=... --workdir={workdir}) "
-        "trains it, or resumes and finishes it; or pick another checkpoint with --which=latest (the "
-        "last epoch's weights) or --which=best (the `which` argument in Python)."
+        "trains it, or resumes and finishes it"
+        + (f"; or pass {others} (the `which` argument in Python)." if held else ".")
     )
+
+
+def _holds_a_checkpoint(path: str) -> bool:
+    """Whether `path` holds a finished save: Orbax names those by their epoch, and the saves in
+    progress with a temporary suffix."""
+    return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))

@@ -363,8 +363,14 @@ def test_predict_and_evaluate_clis_agree_without_tensorflow(trained, tmp_path, w
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         inference.load(str(tmp_path / "nothing"))
-    with pytest.raises(UserError, match="No 'final' checkpoint"):
+    with pytest.raises(UserError, match=r"No 'final' checkpoint in .*resumes and finishes it\.$"):
         inference.load(str(tmp_path))
+    (tmp_path / "checkpoints" / "latest" / "1").mkdir(parents=True)
+    with pytest.raises(UserError, match="No 'final' .* or pass --which=latest "):
+        inference.load(str(tmp_path))
+    (tmp_path / "checkpoints" / "final" / "1").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"no validation split .* --which=latest or --which=final "):
+        inference.load(str(tmp_path), "best")  # a finished run with data.num_validation=0
 
 
 def test_runs_from_before_a_key_existed_count_it_at_its_default():
