@@ -21,23 +21,39 @@ SCHEDULES = ("constant", "cosine", "exponential", "piecewise")
 MONITORS = ("val_accuracy", "val_loss")
 NUM_TRAIN_EXAMPLES = 60_000
 # Keys a sweep (`grid`) can vary inside one compiled program: numbers that change no array shape
-# and no program structure, each with the optimizers that read it (None: every run reads it).
-SWEEPABLE: dict[str, tuple[str, ...] | None] = {
-    "optimizer.learning_rate": None,
-    "optimizer.momentum": ("sgd", "rmsprop"),
-    "optimizer.b1": ("adam", "adamw"),
-    "optimizer.b2": ("adam", "adamw"),
-    "optimizer.eps": ("adam", "adamw", "adadelta", "rmsprop"),
-    "optimizer.rho": ("adadelta", "rmsprop"),
-    "optimizer.weight_decay": None,
-    "optimizer.grad_clip_norm": None,
-    "schedule.end_factor": None,
-    "schedule.decay_rate": None,
-    "loss.label_smoothing": None,
-    "model.dropout_rate": None,
-    "model.conv_dropout_rate": None,
-    "ema_decay": None,
-    "augment.erasing": None,
+# and no program structure.
+SWEEPABLE = (
+    "optimizer.learning_rate",
+    "optimizer.momentum",
+    "optimizer.b1",
+    "optimizer.b2",
+    "optimizer.eps",
+    "optimizer.rho",
+    "optimizer.weight_decay",
+    "optimizer.grad_clip_norm",
+    "schedule.end_factor",
+    "schedule.decay_rate",
+    "loss.label_smoothing",
+    "model.dropout_rate",
+    "model.conv_dropout_rate",
+    "ema_decay",
+    "augment.erasing",
+)
+# Keys that only some optimizers or schedules read: (the key naming the choice, the choices that
+# read it). Set away from its default for a choice that does not read it, a key changes nothing,
+# and a run is refused rather than left to look like it used it.
+READ_ONLY_BY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "optimizer.momentum": ("optimizer.name", ("sgd", "rmsprop")),
+    "optimizer.nesterov": ("optimizer.name", ("sgd",)),
+    "optimizer.b1": ("optimizer.name", ("adam", "adamw")),
+    "optimizer.b2": ("optimizer.name", ("adam", "adamw")),
+    "optimizer.eps": ("optimizer.name", ("adam", "adamw", "adadelta", "rmsprop")),
+    "optimizer.rho": ("optimizer.name", ("adadelta", "rmsprop")),
+    "schedule.warmup_epochs": ("schedule.name", ("cosine",)),
+    "schedule.end_factor": ("schedule.name", ("cosine",)),
+    "schedule.decay_rate": ("schedule.name", ("exponential",)),
+    "schedule.boundaries_epochs": ("schedule.name", ("piecewise",)),
+    "schedule.scales": ("schedule.name", ("piecewise",)),
 }
 
 
@@ -262,12 +278,8 @@ def _check_grid(config: ConfigDict) -> None:
             "experiments.compare, e.g. python -m experiments.compare --config=configs/mlp.py "
             f"--variant='a:{key}=...' --variant='b:{key}=...'.",
         )
-        readers = SWEEPABLE[key]
-        _check(
-            readers is None or config.optimizer.name in readers,
-            f"{key} does nothing with optimizer.name={config.optimizer.name!r} (it is read by "
-            f"{', '.join(readers or ())}); sweep another key, or set optimizer.name.",
-        )
+        if not _read(config, key):
+            raise UserError(_does_nothing(config, key, "sweep another key"))
         _check(
             isinstance(values, (tuple, list))
             and len(values) > 0
@@ -275,11 +287,65 @@ def _check_grid(config: ConfigDict) -> None:
             f"grid values of {key} must be a non-empty tuple of numbers, got {values!r}.",
         )
         for value in values:
-            validate(with_values(config, {key: value}))
+            _check_values(with_values(config, {key: value}))
+
+
+def _read(config: ConfigDict, key: str) -> bool:
+    """Whether the config's optimizer and schedule read `key`."""
+    choice_key, readers = READ_ONLY_BY.get(key, (None, ()))
+    return choice_key is None or _get(config, choice_key) in readers
+
+
+def _does_nothing(config: ConfigDict, key: str, instead: str) -> str:
+    choice_key, readers = READ_ONLY_BY[key]
+    return (
+        f"{key} does nothing with {choice_key}={_get(config, choice_key)!r} (it is read by "
+        f"{', '.join(readers)}); {instead}, or set {choice_key}."
+    )
+
+
+def _get(config: ConfigDict, key: str) -> Any:
+    section, name = key.split(".")
+    return config[section][name]
+
+
+def _swept(config: ConfigDict) -> set[str]:
+    return {key for key, _ in config.grid} if config.grid else set()
+
+
+def _check_read(config: ConfigDict) -> None:
+    """Refuses an optimizer or schedule setting that the chosen ones would not read."""
+    defaults = default()
+    for key in READ_ONLY_BY:
+        value = _get(config, key)
+        if value != _get(defaults, key) and key not in _swept(config) and not _read(config, key):
+            raise UserError(_does_nothing(config, key, f"remove {key}={value!r}"))
+    _check(
+        config.optimizer.name != "adamw"
+        or config.optimizer.weight_decay > 0
+        or "optimizer.weight_decay" in _swept(config),
+        "optimizer.name='adamw' with optimizer.weight_decay=0 is Adam: set "
+        "optimizer.weight_decay (decoupled; optax's default is 1e-4, Keras' 0.004), or use "
+        "optimizer.name='adam'.",
+    )
+    if config.schedule.name == "cosine":
+        _check(
+            0 <= config.schedule.warmup_epochs < config.num_epochs,
+            f"schedule.warmup_epochs must be in [0, num_epochs={config.num_epochs}): the cosine "
+            f"decay follows the warmup, got {config.schedule.warmup_epochs}.",
+        )
 
 
 def validate(config: ConfigDict) -> None:
-    """Raises `UserError` naming the first key whose value cannot work, and the values that can."""
+    """Raises `UserError` naming the first key whose value cannot work, and the values that can, or
+    an optimizer or schedule setting that the chosen optimizer and schedule would not read."""
+    _check_values(config)
+    _check_read(config)
+
+
+def _check_values(config: ConfigDict) -> None:
+    """Each value's own checks; a sweep's members too (they differ only in swept keys, which
+    `_check_grid` checks are read)."""
     _check(
         isinstance(config, ConfigDict),
         f"A config must be an ml_collections.ConfigDict, got {type(config).__name__}: a config file's get_config() "

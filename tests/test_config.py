@@ -66,6 +66,40 @@ def test_early_stopping_needs_a_validation_split():
         config_lib.validate(config)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ("optimizer.momentum=0.9", "optimizer.momentum does nothing with optimizer.name='adam'"),
+        ("schedule.warmup_epochs=1", "schedule.warmup_epochs does nothing with schedule.name="),
+        ("schedule.name=piecewise;schedule.decay_rate=0.5", "schedule.decay_rate does nothing"),
+        ("optimizer.name=adamw", "optimizer.weight_decay=0 is Adam"),
+        (
+            "schedule.name=cosine;schedule.warmup_epochs=10",
+            "warmup_epochs must be in \\[0, num_epochs",
+        ),
+        ("grid=(('schedule.end_factor', (0.0, 0.1)),)", "schedule.end_factor does nothing with"),
+    ],
+)
+def test_settings_the_chosen_optimizer_or_schedule_would_not_read_are_refused(overrides, message):
+    """Keras refuses momentum for Adam; here such a setting would train as if it were not there."""
+    config = mlp_config.get_config()
+    config_lib.apply_overrides(config, overrides)
+    with pytest.raises(UserError, match=message):
+        config_lib.validate(config)
+
+
+def test_a_sweep_may_compare_adamw_without_weight_decay_and_read_keys_may_change():
+    config = mlp_config.get_config()
+    config_lib.apply_overrides(
+        config, "optimizer.name=adamw;grid=(('optimizer.weight_decay', (0.0, 1e-4)),)"
+    )
+    config_lib.validate(config)  # a member without weight decay is the sweep's baseline
+    config_lib.apply_overrides(
+        config, "optimizer.name=sgd;optimizer.momentum=0.9;optimizer.nesterov=True;grid=()"
+    )
+    config_lib.validate(config)
+
+
 def _cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "fmnist_jax.main", "--config=configs/mlp.py", *args],
