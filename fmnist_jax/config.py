@@ -39,10 +39,10 @@ SWEEPABLE = (
     "ema_decay",
     "augment.erasing",
 )
-# Keys that only some optimizers or schedules read: (the key naming the choice, the choices that
-# read it). Set away from its default for a choice that does not read it, a key changes nothing,
-# and a run is refused rather than left to look like it used it.
-READ_ONLY_BY: dict[str, tuple[str, tuple[str, ...]]] = {
+# Keys that only some optimizers, schedules or settings read: (the key naming the choice, the
+# choices that read it). Set away from its default for a choice that does not read it, a key
+# changes nothing, and a run is refused rather than left to look like it used it.
+READ_ONLY_BY: dict[str, tuple[str, tuple[Any, ...]]] = {
     "optimizer.momentum": ("optimizer.name", ("sgd", "rmsprop")),
     "optimizer.nesterov": ("optimizer.name", ("sgd",)),
     "optimizer.b1": ("optimizer.name", ("adam", "adamw")),
@@ -54,6 +54,10 @@ READ_ONLY_BY: dict[str, tuple[str, tuple[str, ...]]] = {
     "schedule.decay_rate": ("schedule.name", ("exponential",)),
     "schedule.boundaries_epochs": ("schedule.name", ("piecewise",)),
     "schedule.scales": ("schedule.name", ("piecewise",)),
+    **{
+        f"early_stopping.{key}": ("early_stopping.enabled", (True,))
+        for key in ("monitor", "patience", "min_delta", "restore_best")
+    },
 }
 
 
@@ -291,7 +295,7 @@ def _check_grid(config: ConfigDict) -> None:
 
 
 def _read(config: ConfigDict, key: str) -> bool:
-    """Whether the config's optimizer and schedule read `key`."""
+    """Whether what the config chose (optimizer, schedule, early stopping) reads `key`."""
     choice_key, readers = READ_ONLY_BY.get(key, (None, ()))
     return choice_key is None or _get(config, choice_key) in readers
 
@@ -299,8 +303,8 @@ def _read(config: ConfigDict, key: str) -> bool:
 def _does_nothing(config: ConfigDict, key: str, instead: str) -> str:
     choice_key, readers = READ_ONLY_BY[key]
     return (
-        f"{key} does nothing with {choice_key}={_get(config, choice_key)!r} (it is read by "
-        f"{', '.join(readers)}); {instead}, or set {choice_key}."
+        f"{key} does nothing with {choice_key}={_get(config, choice_key)!r} (only with "
+        f"{' or '.join(map(repr, readers))}); {instead}, or set {choice_key}."
     )
 
 
@@ -314,7 +318,7 @@ def _swept(config: ConfigDict) -> set[str]:
 
 
 def _check_read(config: ConfigDict) -> None:
-    """Refuses an optimizer or schedule setting that the chosen ones would not read."""
+    """Refuses a setting that the chosen optimizer, schedule or early stopping would not read."""
     defaults = default()
     for key in READ_ONLY_BY:
         value = _get(config, key)
@@ -338,7 +342,7 @@ def _check_read(config: ConfigDict) -> None:
 
 def validate(config: ConfigDict) -> None:
     """Raises `UserError` naming the first key whose value cannot work, and the values that can, or
-    an optimizer or schedule setting that the chosen optimizer and schedule would not read."""
+    a setting that nothing the config chose would read (`READ_ONLY_BY`)."""
     _check_values(config)
     _check_read(config)
 

@@ -69,7 +69,10 @@ def test_early_stopping_needs_a_validation_split():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ("optimizer.momentum=0.9", "optimizer.momentum does nothing with optimizer.name='adam'"),
+        (
+            "optimizer.momentum=0.9",
+            "momentum does nothing with optimizer.name='adam' \\(only with 'sgd' or 'rmsprop'\\)",
+        ),
         ("schedule.warmup_epochs=1", "schedule.warmup_epochs does nothing with schedule.name="),
         ("schedule.name=piecewise;schedule.decay_rate=0.5", "schedule.decay_rate does nothing"),
         ("optimizer.name=adamw", "optimizer.weight_decay=0 is Adam"),
@@ -78,6 +81,7 @@ def test_early_stopping_needs_a_validation_split():
             "warmup_epochs must be in \\[0, num_epochs",
         ),
         ("grid=(('schedule.end_factor', (0.0, 0.1)),)", "schedule.end_factor does nothing with"),
+        ("early_stopping.patience=5", "does nothing with early_stopping.enabled=False"),
     ],
 )
 def test_settings_the_chosen_optimizer_or_schedule_would_not_read_are_refused(overrides, message):
