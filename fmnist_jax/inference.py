@@ -75,8 +75,8 @@ class Classifier:
         """Class probabilities of images.
 
         Args:
-            images: N images as NHWC [N, 28, 28, 1] (or HWC, NHW, HW), integers in 0-255 or
-                floats in [0, 1].
+            images: N images as NHWC [N, 28, 28, 1] (or HWC, NHW, HW, or rows of 784 pixels),
+                integers in 0-255 or floats in [0, 1]; `images.read(path)` converts a file.
 
         Returns:
             float32 [N, 10], each row summing to 1.
@@ -134,17 +134,23 @@ def one_run(model: dict, run: int) -> dict:
 
 
 def as_batch(images: np.ndarray) -> np.ndarray:
-    """Brings HW, HWC, NHW or NHWC images to NHWC [N, 28, 28, 1]: uint8 as it is, other integers in
-    0-255 as uint8, floats in [0, 1] as float32. Floats in 0-255 (a missing `/ 255`) and integers
-    read as floats would otherwise be predicted silently and wrongly, so they are refused."""
+    """Brings HW, HWC, NHW or NHWC images, or rows of 784 pixels (a CSV's, an MLP tutorial's), to
+    NHWC [N, 28, 28, 1]: uint8 as it is, other integers in 0-255 as uint8, floats in [0, 1] as
+    float32. Floats in 0-255 (a missing `/ 255`) and integers read as floats would otherwise be
+    predicted silently and wrongly, so they are refused."""
     x = np.asarray(images)
+    if x.ndim in (1, 2) and x.shape[-1] == IMAGE_SHAPE[0] * IMAGE_SHAPE[1]:
+        x = x.reshape(-1, *IMAGE_SHAPE[:2])
     if x.ndim == 2 or (x.ndim == 3 and x.shape[-1] == 1 and x.shape[:2] == IMAGE_SHAPE[:2]):
         x = x[None]
     if x.ndim == 3:
         x = x[..., None]
     if x.shape[1:] != IMAGE_SHAPE:
         raise UserError(
-            f"Expected 28x28 grayscale images (HW, HWC, NHW or NHWC), got shape {np.shape(images)}."
+            "Expected 28x28 grayscale images (HW, HWC, NHW, NHWC, or rows of 784 pixels), got "
+            f"shape {np.shape(images)}. An image file or a photo of another size or in color: "
+            "pass fmnist_jax.images.read(path), or images.to_fashion_mnist(pil_image), which "
+            "convert it as the predict command does."
         )
     if x.dtype == np.uint8 or x.size == 0:
         return x

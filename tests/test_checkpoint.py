@@ -193,6 +193,9 @@ def test_predict_proba_accepts_hw_hwc_nhwc_uint8_and_float(trained):
         classifier.predict_proba(batch.astype(np.float32) / 255.0), p, atol=1e-5
     )
     np.testing.assert_array_equal(classifier.predict_proba(batch.astype(np.int64)), p)
+    rows = batch.reshape(5, 784)  # a CSV's rows, or an MLP tutorial's flattened images
+    np.testing.assert_array_equal(classifier.predict_proba(rows), p)
+    np.testing.assert_array_equal(classifier.predict_proba(rows[0]), p[:1])
     assert classifier.predict_proba(np.repeat(batch, 120, axis=0)).shape == (600, 10)
 
 
@@ -204,8 +207,14 @@ def test_predict_proba_accepts_hw_hwc_nhwc_uint8_and_float(trained):
         (np.full((28, 28), np.nan, np.float32), "NaN or infinite"),
         (np.full((28, 28, 1), 300), "pixel values in 0-255, got 300 to 300"),
         (np.full((28, 28), "a"), "got dtype <U1"),
+        (np.zeros((28, 28, 3), np.uint8), "got shape (28, 28, 3). An image file or a photo"),
+        (
+            "shirt.jpg",
+            "got shape (). An image file or a photo of another size or in color: pass "
+            "fmnist_jax.images.read(path)",
+        ),
     ],
-    ids=["float 0-255", "negative", "nan", "int over 255", "strings"],
+    ids=["float 0-255", "negative", "nan", "int over 255", "strings", "color", "a path"],
 )
 def test_images_that_would_predict_wrongly_are_refused(images, phrase):
     with pytest.raises(UserError) as refused:
