@@ -38,14 +38,16 @@ def _sweep() -> None:
     config_lib.validate(config)  # a sweep that cannot work starts nothing
     result = sweep_lib.train(config, _WORKDIR.value)
     best = result["members"][result["best"]]
+    figure = os.path.join(_WORKDIR.value, sweep_lib.FIGURE_FILE)  # unless config.plots is off
     print(
-        f"{len(result['members'])} members x {len(result['seeds'])} seeds in one program: "
+        f"{len(result['members'])} members x {len(result['seeds'])} seed(s) in one program: "
         f"{result['train_seconds']:.1f} s training, {result['compile_seconds']:.1f} s compiling "
         f"({result['backend']}).\n{sweep_lib.table(result)}"
         f"Best on validation: {best['name']} (val {best['val_accuracy']:.4f}, test "
         f"{best['test_accuracy']:.4f}); its first seed is run {result['best_run']}, what "
         f"export/ holds and inference.load('{_WORKDIR.value}') restores. Reports: "
-        f"{os.path.join(_WORKDIR.value, sweep_lib.FIGURE_FILE)}, tensorboard --logdir={_WORKDIR.value}"
+        + (f"{figure}, " if os.path.exists(figure) else "")
+        + f"tensorboard --logdir={_WORKDIR.value}"
     )
 
 

@@ -131,8 +131,10 @@ def results(config: ConfigDict, history: list[EpochRow], summary: Summary) -> di
 
 
 def table(result: dict[str, Any]) -> str:
-    """The members as a Markdown table: values, then validation and test metrics (mean +- std)."""
+    """The members as a Markdown table: values, then validation and test metrics (mean +- std
+    over the seeds; the value alone for one seed, whose std of 0 would claim a precision)."""
     keys = list(result["grid"])
+    spread = len(result["seeds"]) > 1
     header = [k.rpartition(".")[2] for k in keys] + [
         "val accuracy",
         "test accuracy",
@@ -149,7 +151,7 @@ def table(result: dict[str, Any]) -> str:
             cells = [f"diverged (seed {first['seed']}, epoch {first['epoch']})"] * 3
         else:
             cells = [
-                f"{m[metric]:.4f} ± {m[metric + '_std']:.4f}"
+                f"{m[metric]:.4f}" + (f" ± {m[metric + '_std']:.4f}" if spread else "")
                 for metric in ("val_accuracy", "test_accuracy", "test_loss")
             ]
         best = " (best)" if i == result["best"] else ""

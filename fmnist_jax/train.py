@@ -84,7 +84,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
         logging.info(
             "Workdir %s already holds this finished run; not retraining. %s",
             workdir,
-            lines.summary_line(finished, workdir),
+            lines.summary_line(finished, workdir, _runs(config)),
         )
         return finished
 
@@ -509,7 +509,7 @@ def _finish(
     checkpoints.close()
     if primary:
         workdir_lib.write_summary(workdir, summary)
-    logging.info("%s", lines.summary_line(summary, workdir))
+    logging.info("%s", lines.summary_line(summary, workdir, _runs(config)))
     final_loss = loop.history[-1]["train_loss"]
     if config.grid:
         return  # a sweep's members are judged one by one in sweep.json
@@ -524,6 +524,11 @@ def _finish(
             summary["test_accuracy"],
             config.optimizer.learning_rate,
         )
+
+
+def _runs(config: ConfigDict) -> str:
+    """What a summary's spread is over: seeds, or a sweep's members and their seeds."""
+    return "sweep runs" if config.grid else "seeds"
 
 
 def _check_stop(

@@ -140,6 +140,33 @@ def test_what_cannot_be_swept_is_refused_in_one_paragraph(mock_tfds_dir, tmp_pat
     assert not list(tmp_path.iterdir())  # refused before anything is written
 
 
+@pytest.mark.slow
+def test_the_sweep_command_prints_what_it_wrote(mock_tfds_dir, tmp_path):
+    """One seed: the table shows values without a spread (a std of 0 over one seed claims a
+    precision), and with plots off the last line names no figure."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            *tiny_cli_args(mock_tfds_dir, 1),
+            f"--workdir={tmp_path}",
+            "--grid=optimizer.learning_rate=1e-3,3e-3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 members x 1 seed(s) in one program" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0.00")]
+    assert len(rows) == 2 and "±" not in result.stdout
+    assert "mean of 2 sweep runs, std" in result.stderr
+    assert not (tmp_path / "sweep.png").exists() and "sweep.png" not in result.stdout
+    assert result.stdout.rstrip().endswith(f"Reports: tensorboard --logdir={tmp_path}")
+
+
 def test_grid_validation_needs_a_validation_split(tiny_config):
     tiny_config.grid, tiny_config.data.num_validation = (("optimizer.learning_rate", (1e-3,)),), 0
     with pytest.raises(UserError, match="chooses its best member on the validation split"):

@@ -22,14 +22,13 @@ def epoch_line(row: EpochRow, num_epochs: int) -> str:
     )
 
 
-def summary_line(summary: Summary, workdir: str) -> str:
+def summary_line(summary: Summary, workdir: str, runs: str) -> str:
     """Test metrics, epochs, training time, and where the run's reports are (its figures, unless
-    `config.plots` was off)."""
-    seeds = summary["test_accuracy_seeds"]
+    `config.plots` was off). `runs` names what the run axis holds: seeds, or a sweep's runs
+    (members x seeds), whose mean is over different settings."""
+    count = len(summary["test_accuracy_seeds"])
     spread = (
-        f" (std over {len(seeds)} seeds {summary['test_accuracy_std']:.4f})"
-        if len(seeds) > 1
-        else ""
+        f" (mean of {count} {runs}, std {summary['test_accuracy_std']:.4f})" if count > 1 else ""
     )
     plots = os.path.join(workdir, PLOTS_DIR)
     figures = f"Figures in {plots}; " if os.path.isdir(plots) else ""
