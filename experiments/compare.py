@@ -17,12 +17,13 @@ import os
 import tempfile
 
 from absl import flags, logging
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
-from fmnist_jax import cli, train
+from fmnist_jax import cli
 from fmnist_jax import config as config_lib
 from fmnist_jax import workdir as workdir_lib
-from fmnist_jax.reports import plots
+from fmnist_jax.errors import UserError
+from fmnist_jax.reports import figure_workers
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Base config file.")
 _VARIANTS = flags.DEFINE_multi_string("variant", [], "label:key=value[;key=value...]")
@@ -31,26 +32,50 @@ _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", None, "Where the variants' w
 _PLOT = flags.DEFINE_string("plot", None, "Where to write the comparison figure (PNG).")
 
 
+def _variant_configs() -> dict[str, ConfigDict]:
+    """Each --variant's config by its label, every one checked before any trains: a bad last
+    variant would otherwise stop the comparison after the others' training."""
+    if not _VARIANTS.value:
+        raise UserError("Nothing to compare: pass --variant='label:key=value[;key=value...]'.")
+    configs = {}
+    for variant in _VARIANTS.value:
+        label, _, overrides = variant.partition(":")
+        if not label or label in configs:
+            raise UserError(
+                f"Each --variant needs a label of its own before ':' (it names the variant's "
+                f"workdir and row), got {variant!r}."
+            )
+        config = _CONFIG.value.copy_and_resolve_references()
+        try:
+            config_lib.apply_overrides(config, overrides)
+            config.num_seeds = _SEEDS.value
+            config_lib.validate(config)
+        except UserError as e:
+            raise UserError(f"Variant {label!r}: {e}") from e
+        configs[label] = config
+    return configs
+
+
 def _compare() -> None:
+    configs = _variant_configs()
+    figure_workers.start()  # they import matplotlib while this process imports JAX
+    from fmnist_jax import train  # after the checks: a refused comparison imports no JAX
+
     root = _WORKDIR_ROOT.value or tempfile.mkdtemp(prefix="compare_")
     rows = [
         "| variant | test accuracy | test loss | train acc | val acc | epochs | train s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     histories, summaries = {}, {}
-    for variant in _VARIANTS.value:
-        label, _, overrides = variant.partition(":")
-        config = _CONFIG.value.copy_and_resolve_references()
-        config_lib.apply_overrides(config, overrides)
-        config.num_seeds = _SEEDS.value
+    for label, config in configs.items():
         workdir = os.path.join(root, label.replace(" ", "_"))
         s = train.train_and_evaluate(config, workdir)
         histories[label] = workdir_lib.read_history(workdir)
         summaries[label] = s
         last = histories[label][-1]
 
-        def std(key: str, s: dict = s) -> str:
-            return f" ± {s[key + '_std']:.4f}" if key + "_std" in s else ""
+        def std(key: str, s: dict = s) -> str:  # one seed's std of 0 would claim a precision
+            return f" ± {s[key + '_std']:.4f}" if len(s.get(key + "_seeds", ())) > 1 else ""
 
         rows.append(
             f"| {label} | {s['test_accuracy']:.4f}{std('test_accuracy')} | {s['test_loss']:.4f}{std('test_loss')} | "
@@ -58,7 +83,7 @@ def _compare() -> None:
         )
         logging.info("%s done: %s", label, rows[-1])
     plot = _PLOT.value or os.path.join(root, "comparison.png")
-    plots.save(plots.comparison(histories, summaries), plot)
+    figure_workers.draw([("comparison", {"histories": histories, "summaries": summaries}, plot)])
     print(
         f"{_SEEDS.value} seeds per variant; workdirs in {root}; figure {plot}\n" + "\n".join(rows)
     )

@@ -1,5 +1,11 @@
 """Experiment tools that users run before or beside training."""
 
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_cli_args
+
 from experiments import compile_time, eval_time, step_time
 
 
@@ -38,3 +44,43 @@ def test_eval_time_evaluates_the_validation_at_each_batch_size(tiny_config):
     times = eval_time.measure(tiny_config, [4, 16])
     assert [t.batch_size for t in times] == [4, 16]
     assert all(t.compile_seconds > t.validation_seconds > 0 for t in times)
+
+
+def _compare(tfds_dir, root, *variants):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.compare",
+            *tiny_cli_args(tfds_dir, 1),
+            "--seeds=1",
+            f"--workdir_root={root}",
+            *(f"--variant={v}" for v in variants),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_compare_checks_every_variant_before_training_any(mock_tfds_dir, tmp_path):
+    refused = _compare(
+        mock_tfds_dir, tmp_path, "a:optimizer.learning_rate=1e-3", "b:optimizer.momentum=0.9"
+    )
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 1 and len(errors) == 1, refused.stderr[-2000:]
+    assert "Variant 'b': optimizer.momentum does nothing" in errors[0]
+    assert not list(tmp_path.iterdir())  # variant a did not train first
+
+    compared = _compare(
+        mock_tfds_dir,
+        tmp_path,
+        "lr 1e-3:optimizer.learning_rate=1e-3",
+        "lr 3e-3:optimizer.learning_rate=3e-3",
+    )
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    rows = [line for line in compared.stdout.splitlines() if line.startswith("| lr ")]
+    assert len(rows) == 2 and "±" not in compared.stdout  # one seed: no spread to show
+    assert (tmp_path / "comparison.png").stat().st_size > 10_000
