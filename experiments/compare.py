@@ -85,7 +85,7 @@ def _compare() -> None:
     plot = _PLOT.value or os.path.join(root, "comparison.png")
     figure_workers.draw([("comparison", {"histories": histories, "summaries": summaries}, plot)])
     print(
-        f"{_SEEDS.value} seeds per variant; workdirs in {root}; figure {plot}\n" + "\n".join(rows)
+        f"{_SEEDS.value} seed(s) per variant; workdirs in {root}; figure {plot}\n" + "\n".join(rows)
     )
 
 
