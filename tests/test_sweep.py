@@ -107,6 +107,23 @@ def test_a_diverging_member_stops_only_itself_and_is_named(tiny_config, tmp_path
     assert healthy["test_loss"] == pytest.approx(single["test_loss"], rel=2e-5)
 
 
+def _sweep_command(tfds_dir, workdir, *grid):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            *tiny_cli_args(tfds_dir, 1),
+            f"--workdir={workdir}",
+            *grid,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     "grid, message",
     [
@@ -118,20 +135,7 @@ def test_a_diverging_member_stops_only_itself_and_is_named(tiny_config, tmp_path
     ],
 )
 def test_what_cannot_be_swept_is_refused_in_one_paragraph(mock_tfds_dir, tmp_path, grid, message):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.sweep",
-            *tiny_cli_args(mock_tfds_dir, 1),
-            f"--workdir={tmp_path}",
-            *grid,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = _sweep_command(mock_tfds_dir, tmp_path, *grid)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
@@ -144,20 +148,7 @@ def test_what_cannot_be_swept_is_refused_in_one_paragraph(mock_tfds_dir, tmp_pat
 def test_the_sweep_command_prints_what_it_wrote(mock_tfds_dir, tmp_path):
     """One seed: the table shows values without a spread (a std of 0 over one seed claims a
     precision), and with plots off the last line names no figure."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.sweep",
-            *tiny_cli_args(mock_tfds_dir, 1),
-            f"--workdir={tmp_path}",
-            "--grid=optimizer.learning_rate=1e-3,3e-3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = _sweep_command(mock_tfds_dir, tmp_path, "--grid=optimizer.learning_rate=1e-3,3e-3")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 members x 1 seed(s) in one program" in result.stdout
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 0.00")]
