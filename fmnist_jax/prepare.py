@@ -175,8 +175,11 @@ def _prepare() -> None:
     logging.get_absl_logger().addFilter(
         _errors_only
     )  # tfds logs every step, and warns about every dir not prepared yet
-    if data.read_arrays(data.prepared_dir(data_config)) is None:
-        derive_arrays(prepare_tfds(data_config))
+    try:
+        if data.read_arrays(data.prepared_dir(data_config)) is None:
+            derive_arrays(prepare_tfds(data_config))
+    except UserError as e:  # its messages name training's flags; this command's lack `config.data.`
+        raise UserError(str(e).replace("--config.data.", "--")) from e
     print(f"Prepared {os.path.join(data.prepared_dir(data_config), data.ARRAYS_FILE)}")
 
 

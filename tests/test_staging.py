@@ -3,6 +3,8 @@
 import gzip
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -102,3 +104,30 @@ def test_a_data_dir_that_cannot_be_written_is_one_clear_error(expected, tmp_path
         staging.stage(
             staging.DEBIAN_SOURCE_DIR, str(tmp_path / "file" / "manual"), expected.values()
         )
+
+
+@pytest.mark.parametrize(
+    "flag, named",
+    [
+        ("--source_dir=/nonexistent", "--source_dir=/nonexistent is not a directory"),
+        ("--tfds_data_dir={tmp}/a_file", "Pass a writable --tfds_data_dir=DIR"),
+    ],
+)
+def test_the_prepare_command_names_its_own_flags(tmp_path, flag, named):
+    """Preparing is shared with training, whose flags are `--config.data.*`; this command's are not."""
+    (tmp_path / "a_file").write_text("not a directory")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fmnist_jax.prepare",
+            f"--tfds_data_dir={tmp_path}",
+            flag.format(tmp=tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert named in result.stderr and "--config.data." not in result.stderr
