@@ -155,15 +155,17 @@ def load_config(name: str = "config") -> ConfigDict:
     from ml_collections import config_flags
 
     config = getattr(flags.FLAGS, name)
+    choose = (
+        f"Pass --{name}=configs/mlp.py (or cnn.py, fast.py, resnet.py), or the path of your own "
+        "file whose get_config() returns fmnist_jax.config.default() with its changes."
+    )
+    if config is None:
+        raise UserError(f"No config given. {choose}")
     try:
         getattr(config, "keys", None)  # the placeholder raises the loading error here
     except OSError as e:
         path = config_flags.get_config_filename(flags.FLAGS[name])
-        raise UserError(
-            f"Config file {path} does not exist or cannot be read. Pass --{name}=configs/mlp.py (or cnn.py, "
-            "fast.py, resnet.py), or the path of your own file whose get_config() returns "
-            "fmnist_jax.config.default() with its changes."
-        ) from e
+        raise UserError(f"Config file {path} does not exist or cannot be read. {choose}") from e
     return config
 
 

@@ -150,7 +150,16 @@ def test_cli_rejects_stray_arguments_and_unknown_flags_in_one_line(tmp_path):
         timeout=300,
     )
     assert unknown.returncode != 0 and "Unknown command line flag 'wich'" in unknown.stderr
-    assert "Traceback" not in stray.stderr + unknown.stderr
+    no_config = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.main", f"--workdir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert no_config.returncode == 1 and no_config.stderr.startswith(
+        "error: No config given. Pass --config=configs/mlp.py"
+    )
+    assert "Traceback" not in stray.stderr + unknown.stderr + no_config.stderr
 
 
 @pytest.mark.slow
