@@ -128,6 +128,9 @@ def run(fn: Callable[[], None]) -> None:
         )
 
 
+_RAISED_IN_IT = "the exception above arose in that file's code."
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, with bad flags and config overrides that name no key reported in one line, not a traceback."""
     try:
@@ -137,9 +140,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         if (
             "Error whilst parsing config file" in detail
         ):  # the user's own code raised: keep its traceback
-            sys.exit(
-                f"{detail.strip()}\nerror: {flag} failed to load: its get_config() raised the exception above."
-            )
+            sys.exit(f"{detail.strip()}\nerror: {flag} failed to load: {_RAISED_IN_IT}")
         sys.exit(f"error: {e}. Pass --helpfull to list the flags and config keys.")
     except (AttributeError, KeyError) as e:
         overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
@@ -147,6 +148,38 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(
             f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py."
         )
+    except Exception as e:
+        config_file = _raised_in_config_file(e, argv)
+        if config_file is None:
+            raise
+        sys.exit(
+            f"{_user_traceback(e, config_file)}error: flag --config={config_file} failed to load: "
+            + _RAISED_IN_IT
+        )
+
+
+def _raised_in_config_file(error: Exception, argv: list[str]) -> str | None:
+    """The config file named in `argv` when `error` arose in its code (a bug of the user's, whose
+    traceback they need), else None."""
+    files = [a.partition("=")[2].partition(":")[0] for a in argv if a.startswith("--config=")]
+    if not files:
+        return None
+    path = os.path.abspath(files[-1])
+    raised_in = [f.filename for f in traceback.extract_tb(error.__traceback__)]
+    if isinstance(error, SyntaxError):
+        raised_in.append(error.filename or "")
+    return files[-1] if any(os.path.abspath(f) == path for f in raised_in) else None
+
+
+def _user_traceback(error: Exception, config_file: str) -> str:
+    """`error`'s traceback from the config file's first frame on (absl's and ours above it say
+    nothing to the user)."""
+    tb = error.__traceback__
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != os.path.abspath(
+        config_file
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
 
 
 def load_config(name: str = "config") -> ConfigDict:

@@ -194,14 +194,23 @@ def test_bad_inputs_to_training_are_one_paragraph_without_traceback(mock_tfds_di
     )
 
 
-def test_a_config_files_own_exception_keeps_its_traceback_under_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "code, exception",
+    [
+        ("def get_config():\n    raise ValueError('my own bug')\n", "ValueError: my own bug"),
+        ("def get_config():\n    return 1 / 0\n", "ZeroDivisionError: division by zero"),
+        ("def get_config(:\n", "SyntaxError"),
+    ],
+    ids=["wrapped by absl", "not wrapped", "syntax"],
+)
+def test_a_config_files_own_exception_keeps_its_traceback_under_one_line(tmp_path, code, exception):
     raises = tmp_path / "raises.py"
-    raises.write_text("def get_config():\n    raise ValueError('my own bug')\n")
+    raises.write_text(code)
     result = _cli("fmnist_jax.main", f"--workdir={tmp_path / 'w'}", f"--config={raises}")
-    assert result.returncode == 1 and "ValueError: my own bug" in result.stderr
-    assert (
-        result.stderr.strip().splitlines()[-1]
-        == f"error: flag --config={raises} failed to load: its get_config() raised the exception above."
+    assert result.returncode == 1 and exception in result.stderr
+    assert f'File "{raises}"' in result.stderr and "absl/flags" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: flag --config={raises} failed to load: the exception above arose in that file's code."
     )
 
 
