@@ -14,6 +14,7 @@ to every member. Writes sweep.json, sweep.md, sweep.png and TensorBoard runs per
 from __future__ import annotations
 
 import os
+import shlex
 
 from absl import flags
 from ml_collections import config_flags
@@ -47,7 +48,7 @@ def _sweep() -> None:
         f"{best['test_accuracy']:.4f}); its first seed is run {result['best_run']}, what "
         f"export/ holds and inference.load('{_WORKDIR.value}') restores. Reports: "
         + (f"{figure}, " if os.path.exists(figure) else "")
-        + f"tensorboard --logdir={_WORKDIR.value}"
+        + f"tensorboard --logdir={shlex.quote(_WORKDIR.value)}"
     )
 
 

@@ -16,6 +16,7 @@ that looks valid.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from typing import Any
 
@@ -280,7 +281,7 @@ def _missing(workdir: str, kind: str) -> UserError:
         )
     return UserError(
         f"No {kind!r} checkpoint in {directory(workdir, kind)}: the run there has not trained, or has "
-        f"not finished. Its command (python -m fmnist_jax.main --config=... --workdir={workdir}) "
+        f"not finished. Its command (python -m fmnist_jax.main --config=... --workdir={shlex.quote(workdir)}) "
         "trains it, or resumes and finishes it"
         + (f"; or pass {others} (the `which` argument in Python)." if held else ".")
     )

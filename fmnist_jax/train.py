@@ -11,6 +11,7 @@ import concurrent.futures
 import dataclasses
 import importlib
 import os
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -315,7 +316,7 @@ def _profile(program: program_lib.Program, state: engine.TrainState, workdir: st
         "(needs `pip install xprof`).",
         traced,
         profile_dir,
-        profile_dir,
+        shlex.quote(profile_dir),
     )
 
 

@@ -18,9 +18,10 @@ import pytest
 from conftest import tiny_cli_args
 from PIL import Image
 
-from fmnist_jax import images, train
+from fmnist_jax import images, inference, train
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import UserError
+from fmnist_jax.reports import lines
 
 
 def _cli(module, *args, env=None, timeout=300):
@@ -192,6 +193,23 @@ def test_bad_inputs_to_training_are_one_paragraph_without_traceback(mock_tfds_di
         not (tmp_path / "c").exists()
         and (tmp_path / "broken" / "config.json").read_text() == "{not json"
     )
+
+
+def test_the_commands_the_lines_suggest_survive_a_workdir_with_spaces(tmp_path):
+    workdir = tmp_path / "my runs"
+    summary = {
+        "test_loss": 0.4,
+        "test_accuracy": 0.85,
+        "test_accuracy_seeds": [0.85],
+        "test_accuracy_std": 0.0,
+        "epochs_run": 1,
+        "train_seconds": 0.5,
+    }
+    line = lines.summary_line(summary, str(workdir), "seeds")
+    assert line.endswith(f"tensorboard --logdir='{workdir}'.")
+    workdir.mkdir()
+    with pytest.raises(UserError, match=f"--workdir='{workdir}'\\)"):
+        inference.load(str(workdir))
 
 
 @pytest.mark.parametrize(

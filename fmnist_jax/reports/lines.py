@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 
 from fmnist_jax.records import EpochRow, Summary
 
@@ -35,5 +36,5 @@ def summary_line(summary: Summary, workdir: str, runs: str) -> str:
     return (
         f"Test loss {summary['test_loss']:.4f}, test accuracy {summary['test_accuracy']:.4f}{spread} "
         f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f} s training). "
-        f"{figures}tensorboard --logdir={workdir}."
+        f"{figures}tensorboard --logdir={shlex.quote(workdir)}."
     )
