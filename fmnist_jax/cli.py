@@ -99,15 +99,21 @@ def _fail(error: UserError) -> None:
     exit_now(1, f"error: {error}")
 
 
-def run(fn: Callable[[], None]) -> None:
+def run(fn: Callable[[], None], clean_stops: bool = True) -> None:
     """Runs `fn`; a `UserError` becomes its message on stderr and exit status 1, a stop (SIGINT,
-    SIGTERM) its one line and 128 + the signal's number."""
+    SIGTERM) its one line and 128 + the signal's number. With `clean_stops` (commands that train),
+    SIGINT and SIGTERM ask `fn` to stop where it checks (`stopping`); without (commands with nothing
+    to finish: predict, evaluate, prepare), they stop it at once."""
     logging.get_absl_handler().addFilter(_quiet_orbax)
     # JAX reports each platform it probes and does not find ("Unable to initialize backend 'tpu'"):
     # noise on every healthy CPU or GPU run.
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
     _keep_compiled_programs()
-    stopping.install()
+    if clean_stops:
+        stopping.install()
+    else:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _leave_now)
     sys.unraisablehook = _drop_closed_loop_callbacks
     try:
         fn()
@@ -126,6 +132,12 @@ def run(fn: Callable[[], None]) -> None:
             128 + signal.SIGINT,
             "Stopped at once (second Ctrl-C). Re-running the same command resumes from the newest complete checkpoint.",
         )
+
+
+def _leave_now(signal_number: int, frame: object) -> None:
+    """A stop of a command with nothing to finish. A KeyboardInterrupt could land anywhere, even in
+    a garbage-collection callback that swallows it (a traceback, and the command goes on)."""
+    exit_now(128 + signal_number, f"Stopped by {signal.Signals(signal_number).name}.")
 
 
 _RAISED_IN_IT = "the exception above arose in that file's code."
@@ -202,15 +214,15 @@ def load_config(name: str = "config") -> ConfigDict:
     return config
 
 
-def main(fn: Callable[[], None]) -> None:
-    """The `__main__` of a command that takes only flags: `parse_flags`, then `run(fn)`."""
+def main(fn: Callable[[], None], clean_stops: bool = True) -> None:
+    """The `__main__` of a command that takes only flags: `parse_flags`, then `run(fn, clean_stops)`."""
 
     def _main(argv: list[str]) -> None:
         if len(argv) > 1:
             sys.exit(
                 f"error: unexpected arguments {' '.join(argv[1:])}: every option is a --flag=value."
             )
-        run(fn)
+        run(fn, clean_stops)
         # Everything is written and closed by now; tearing down the interpreter's modules and XLA's
         # backends would only add ~0.5 s before the prompt returns.
         import jax

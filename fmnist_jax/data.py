@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
+from fmnist_jax import stopping
 from fmnist_jax.errors import UserError
 from fmnist_jax.shapes import IMAGE_SHAPE
 
@@ -142,14 +145,22 @@ def prepare(data_config: ConfigDict) -> tuple[dict[str, np.ndarray], list[str]]:
         f"--source_dir={data_config.source_dir}",
     ]
     child = subprocess.run(command, capture_output=True, text=True, env=env)
+    if child.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # Ctrl-C reaches both
+        raise stopping.Stopped(
+            child.returncode - 128,
+            f"Stopped by {signal.Signals(child.returncode - 128).name} while preparing "
+            "Fashion-MNIST, before any training: nothing was lost (tfds keeps nothing half-written).",
+        )
     if child.returncode != 0:
         errors = [
             line.removeprefix("error: ")
             for line in child.stderr.splitlines()
             if line.startswith("error: ")
         ]
-        if errors:
-            raise UserError(errors[-1])
+        if errors:  # the child names its own flags; this run's are the config's
+            raise UserError(
+                re.sub(r"--(source_dir|tfds_data_dir)=", r"--config.data.\1=", errors[-1])
+            )
         tail = " | ".join(child.stderr.strip().splitlines()[-5:])
         raise UserError(
             f"Preparing Fashion-MNIST failed (exit code {child.returncode}): {tail}. Run `{' '.join(command[1:])}` "

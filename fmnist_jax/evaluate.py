@@ -53,4 +53,4 @@ def _evaluate_checkpoint() -> None:
 
 
 if __name__ == "__main__":
-    cli.main(_evaluate_checkpoint)
+    cli.main(_evaluate_checkpoint, clean_stops=False)

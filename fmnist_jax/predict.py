@@ -134,7 +134,7 @@ def main(argv: list[str]) -> None:
             )
         )
 
-    cli.run(run)
+    cli.run(run, clean_stops=False)
     if failures:
         cli.exit_now(
             1,

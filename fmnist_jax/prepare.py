@@ -184,4 +184,4 @@ def _prepare() -> None:
 
 
 if __name__ == "__main__":
-    cli.main(_prepare)
+    cli.main(_prepare, clean_stops=False)

@@ -369,6 +369,31 @@ def test_predict_and_evaluate_clis_agree_without_tensorflow(trained, tmp_path, w
     assert same_item[0] == same_item[1] == names[metrics["predictions"][3]]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["fmnist_jax.evaluate", "fmnist_jax.predict"])
+def test_ctrl_c_stops_a_command_with_nothing_to_finish_at_once(trained, command):
+    """Training stops at its next check and saves; predict and evaluate have nothing to save, so
+    Ctrl-C stops them at once (it was taken as a stop request that nothing asked for)."""
+    workdir, _, _ = trained
+    extra = (
+        ["--random=3", f"--output={workdir / 'interrupted.png'}"] if "predict" in command else []
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", command, f"--workdir={workdir}", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children = f"/proc/{process.pid}/task/{process.pid}/children"
+    deadline = time.monotonic() + 60
+    while not open(children).read().strip() and time.monotonic() < deadline:
+        time.sleep(0.02)  # the figure workers start once the command's signal handling is set
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "Stopped by SIGINT." and "Traceback" not in stderr
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         inference.load(str(tmp_path / "nothing"))

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 from conftest import write_mock_dataset
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, kaggle, prepare, staging
+from fmnist_jax import data, kaggle, prepare, staging, stopping
 from fmnist_jax.errors import UserError
 
 
@@ -99,6 +100,26 @@ def test_corrupt_prepared_dataset_is_a_clear_error(prepared_tfds_dir, tmp_path):
     record.write_bytes(record.read_bytes()[:5000])
     with pytest.raises(UserError, match="cannot be read.*Delete that directory"):
         data.load(_data_config(copy))
+
+
+def test_a_run_that_must_prepare_names_its_own_flags(tmp_path):
+    """Training prepares through the prepare command, whose errors name `--source_dir`."""
+    config = _data_config(tmp_path / "tfds")
+    config.source_dir = str(tmp_path / "nonexistent")
+    with pytest.raises(
+        UserError, match="--config.data.source_dir=.*nonexistent is not a directory"
+    ):
+        data.load(config)
+
+
+def test_a_stop_while_preparing_is_a_stop_not_a_failure(tmp_path, monkeypatch):
+    """Ctrl-C reaches the preparing child too, which leaves at once with 130."""
+    monkeypatch.setattr(
+        data.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 130, "", "")
+    )
+    with pytest.raises(stopping.Stopped, match="Stopped by SIGINT while preparing") as stopped:
+        data.load(_data_config(tmp_path / "tfds"))
+    assert stopped.value.signal_number == signal.SIGINT
 
 
 @pytest.mark.prepares
