@@ -297,37 +297,28 @@ def _check_grid(config: ConfigDict) -> None:
 def _read(config: ConfigDict, key: str) -> bool:
     """Whether what the config chose (optimizer, schedule, early stopping) reads `key`."""
     choice_key, readers = READ_ONLY_BY.get(key, (None, ()))
-    return choice_key is None or _get(config, choice_key) in readers
+    return choice_key is None or config[choice_key] in readers
 
 
 def _does_nothing(config: ConfigDict, key: str, instead: str) -> str:
     choice_key, readers = READ_ONLY_BY[key]
     return (
-        f"{key} does nothing with {choice_key}={_get(config, choice_key)!r} (only with "
+        f"{key} does nothing with {choice_key}={config[choice_key]!r} (only with "
         f"{' or '.join(map(repr, readers))}); {instead}, or set {choice_key}."
     )
 
 
-def _get(config: ConfigDict, key: str) -> Any:
-    section, name = key.split(".")
-    return config[section][name]
-
-
-def _swept(config: ConfigDict) -> set[str]:
-    return {key for key, _ in config.grid} if config.grid else set()
-
-
 def _check_read(config: ConfigDict) -> None:
     """Refuses a setting that the chosen optimizer, schedule or early stopping would not read."""
-    defaults = default()
+    defaults, swept = default(), {key for key, _ in config.grid}  # the grid is checked by now
     for key in READ_ONLY_BY:
-        value = _get(config, key)
-        if value != _get(defaults, key) and key not in _swept(config) and not _read(config, key):
+        value = config[key]  # ConfigDict reads dotted keys
+        if value != defaults[key] and key not in swept and not _read(config, key):
             raise UserError(_does_nothing(config, key, f"remove {key}={value!r}"))
     _check(
         config.optimizer.name != "adamw"
         or config.optimizer.weight_decay > 0
-        or "optimizer.weight_decay" in _swept(config),
+        or "optimizer.weight_decay" in swept,
         "optimizer.name='adamw' with optimizer.weight_decay=0 is Adam: set "
         "optimizer.weight_decay (decoupled; optax's default is 1e-4, Keras' 0.004), or use "
         "optimizer.name='adam'.",
