@@ -4,7 +4,8 @@ A workdir belongs to one run at a time and to one config. A run holds an exclusi
 `<workdir>/.lock` while it trains, so a second run on the same workdir is refused at once, naming
 the holder. Every check that can refuse a run happens before anything in the workdir changes: a
 run with a different config (from config.json or the newest checkpoint) is refused naming the
-keys that differ; a finished run is reported, not retrained.
+keys that differ; a finished run is reported, not retrained, or trained on when only its
+`num_epochs` grew (`trains_on`).
 """
 
 from __future__ import annotations
@@ -66,24 +67,44 @@ RESUMABLE_KEYS = frozenset(
 
 
 def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'key: old there, new now' for every dotted key whose JSON value differs (except RESUMABLE_KEYS).
+    """'key: old there, new now' for every dotted key whose JSON value differs (except RESUMABLE_KEYS
+    and a `num_epochs` that only grows, see `trains_on`).
 
     A key that `previous` lacks (a run from before the key existed) counts as its default value.
     """
     old = {**flatten(config_as_json(config_lib.default())), **flatten(previous)}
     new = flatten(current)
     keys = sorted((flatten(previous).keys() | new.keys()) - RESUMABLE_KEYS)
+    if trains_on(previous, current):
+        keys.remove("num_epochs")
     return [
         f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
     ]
 
 
+def trains_on(previous: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether `current` asks a run of config `previous` only for more epochs, which it then trains
+    on to from where it is, as Keras' second `fit` would. The result equals a run asked for that
+    many epochs from the start: the data order and every key derive from the seed and the epoch,
+    and every schedule but cosine from the epoch alone."""
+    return (
+        previous["num_epochs"] < current["num_epochs"] and current["schedule"]["name"] != "cosine"
+    )
+
+
 def refuse_other_config(where: str, differences: list[str]) -> None:
     """Raises the one error for a workdir or checkpoint that belongs to another config."""
     if differences:
+        epochs = any(d.startswith("num_epochs:") for d in differences)
         raise UserError(
-            f"{where} holds a run with a different config ({'; '.join(differences[:8])}). Use a new "
-            "--workdir for this config, or delete that directory to discard the old run."
+            f"{where} holds a run with a different config ({'; '.join(differences[:8])}). "
+            + (
+                "num_epochs may grow, to train a run on, but not shrink, nor grow under a cosine "
+                "schedule, which is spread over num_epochs from the first epoch. "
+                if epochs
+                else ""
+            )
+            + "Use a new --workdir for this config, or delete that directory to discard the old run."
         )
 
 
@@ -180,12 +201,15 @@ def open_workdir(
     )
     lock = _lock(workdir) if primary else None
     wanted = config_as_json(config)
+    finished = None
     if os.path.exists(config_path):
-        refuse_other_config(
-            f"Workdir {workdir}", config_differences(read_json(config_path), wanted)
-        )
+        previous = read_json(config_path)
+        refuse_other_config(f"Workdir {workdir}", config_differences(previous, wanted))
         if os.path.exists(summary_path):
-            return read_json(summary_path)
+            finished = read_json(summary_path)
+            if not trains_on(previous, wanted):
+                return finished
+            _refuse_a_stopped_run(workdir, finished, previous)
     saved = checkpoint_config()
     if saved is not None:
         refuse_other_config(
@@ -193,6 +217,18 @@ def open_workdir(
             config_differences(saved, wanted),
         )
     if primary:
+        if finished is not None:  # its summary would otherwise say this longer run finished
+            kept = os.path.join(workdir, f"summary_{previous['num_epochs']}_epochs.json")
+            with writing(kept):
+                os.replace(summary_path, kept)
+            logging.info(
+                "Training the finished run in %s on to %d epochs; the summary of its first %d is "
+                "now %s.",
+                workdir,
+                config.num_epochs,
+                previous["num_epochs"],
+                kept,
+            )
         if lock is not None:
             started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
             os.ftruncate(lock, 0)
@@ -203,6 +239,17 @@ def open_workdir(
             )
         write_json(config_path, wanted)
     return None
+
+
+def _refuse_a_stopped_run(workdir: str, summary: dict[str, Any], previous: dict[str, Any]) -> None:
+    """A run that early stopping ended would stop again at once: more epochs would train nothing."""
+    if summary["epochs_run"] < previous["num_epochs"]:
+        raise UserError(
+            f"The run in {workdir} was ended by early stopping after epoch {summary['epochs_run']} "
+            f"of {previous['num_epochs']}, so more epochs would train nothing: it would stop again "
+            "at once. To train longer, pass a new --workdir with a larger early_stopping.patience, "
+            "or without early stopping."
+        )
 
 
 class MetricsLog:

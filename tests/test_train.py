@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import noise, tolerance
 
+from fmnist_jax import config as config_lib
 from fmnist_jax import data, inference, records, train
 from fmnist_jax.errors import UserError
 
@@ -209,6 +210,41 @@ def test_finished_run_is_reported_not_retrained_and_other_configs_are_refused(
     assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
 
 
+def _results(summary):
+    return {
+        k: v for k, v in summary.items() if k.startswith(("test_", "val_")) or k == "epochs_run"
+    }
+
+
+def test_more_epochs_train_a_finished_run_on_to_what_a_longer_run_gives(tiny_config, tmp_path):
+    tiny_config.schedule.name = "exponential"  # a rate that moves with the epoch
+    tiny_config.schedule.decay_rate = 0.5
+    tiny_config.model.dropout_rate = 0.2  # keys of every step
+    first = _train(tiny_config, tmp_path / "on")
+    tiny_config.num_epochs = 3
+    on = _train(tiny_config, tmp_path / "on")
+    straight = _train(tiny_config, tmp_path / "straight")
+    assert _results(on) == _results(straight) and on["epochs_run"] == 3
+    assert _without_timings(_rows(tmp_path / "on")) == _without_timings(
+        _rows(tmp_path / "straight")
+    )
+    kept = json.loads((tmp_path / "on" / "summary_2_epochs.json").read_text())
+    assert _results(kept) == _results(first)
+    assert _train(tiny_config, tmp_path / "on") == on  # finished at 3: reported, not retrained
+
+    tiny_config.num_epochs = 2
+    with pytest.raises(UserError, match="num_epochs: 3 there, 2 now\\). num_epochs may grow"):
+        _train(tiny_config, tmp_path / "on")
+    tiny_config.schedule = config_lib.default().schedule
+    tiny_config.schedule.name = "cosine"
+    _train(tiny_config, tmp_path / "cosine")
+    tiny_config.num_epochs = 3
+    with pytest.raises(UserError, match="nor grow under a cosine schedule"):
+        _train(tiny_config, tmp_path / "cosine")
+    assert not (tmp_path / "cosine" / "summary_2_epochs.json").exists()
+    assert json.loads((tmp_path / "on" / "config.json").read_text())["num_epochs"] == 3
+
+
 def _stop_early(config, num_epochs):
     config.num_epochs = num_epochs
     config.early_stopping.enabled = True
@@ -248,6 +284,10 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tiny_config, tmp_path)
     assert summary["epochs_run"] == len(rows) < 30
     assert summary["restored_epoch"] == best["epoch"] == len(rows) - 2
     assert summary["val_loss"] == best["val_loss"]  # its row's, the same weights
+    tiny_config.num_epochs = 40
+    with pytest.raises(UserError, match=f"ended by early stopping after epoch {len(rows)} of 30"):
+        _train(tiny_config, tmp_path)
+    assert (tmp_path / "summary.json").exists()
 
 
 def test_divergence_stops_at_once_naming_epoch_and_step(tiny_config, tmp_path):
