@@ -206,7 +206,7 @@ def test_the_commands_the_lines_suggest_survive_a_workdir_with_spaces(tmp_path):
         "train_seconds": 0.5,
     }
     line = lines.summary_line(summary, str(workdir), "seeds")
-    assert line.endswith(f"tensorboard --logdir='{workdir}'.")
+    assert line.endswith(f"tensorboard --logdir='{workdir}'.") and "(1 epoch, 0.5 s" in line
     workdir.mkdir()
     with pytest.raises(UserError, match=f"--workdir='{workdir}'\\)"):
         inference.load(str(workdir))

@@ -33,8 +33,9 @@ def summary_line(summary: Summary, workdir: str, runs: str) -> str:
     )
     plots = os.path.join(workdir, PLOTS_DIR)
     figures = f"Figures in {plots}; " if os.path.isdir(plots) else ""
+    epochs = summary["epochs_run"]
     return (
         f"Test loss {summary['test_loss']:.4f}, test accuracy {summary['test_accuracy']:.4f}{spread} "
-        f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f} s training). "
+        f"({epochs} epoch{'s' * (epochs != 1)}, {summary['train_seconds']:.1f} s training). "
         f"{figures}tensorboard --logdir={shlex.quote(workdir)}."
     )
