@@ -16,8 +16,7 @@ from ml_collections import ConfigDict
 
 
 def _value(config: ConfigDict, values: Mapping[str, Any], key: str) -> Any:
-    section, name = key.split(".")
-    return values.get(key, config[section][name])
+    return values.get(key, config[key])  # ConfigDict reads dotted keys
 
 
 def schedule(
