@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import shlex
 import signal
 import sys
 import traceback
@@ -210,8 +211,19 @@ def load_config(name: str = "config") -> ConfigDict:
         getattr(config, "keys", None)  # the placeholder raises the loading error here
     except OSError as e:
         path = config_flags.get_config_filename(flags.FLAGS[name])
+        beside = os.path.join(_CHECKOUT, path)
+        if not os.path.isabs(path) and os.path.isfile(beside):  # run from outside the checkout
+            raise UserError(
+                f"Config file {path} is not in this directory ({os.getcwd()}): the configs are in "
+                f"the checkout fmnist_jax runs from. Pass --{name}={shlex.quote(beside)}, or run "
+                f"the command from {shlex.quote(_CHECKOUT)}."
+            ) from e
         raise UserError(f"Config file {path} does not exist or cannot be read. {choose}") from e
     return config
+
+
+# The directory above the package: a checkout's root, where configs/ lives (pip install -e).
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(fn: Callable[[], None], clean_stops: bool = True) -> None:

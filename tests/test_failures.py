@@ -24,7 +24,7 @@ from fmnist_jax.errors import UserError
 from fmnist_jax.reports import lines
 
 
-def _cli(module, *args, env=None, timeout=300):
+def _cli(module, *args, env=None, timeout=300, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
@@ -32,6 +32,7 @@ def _cli(module, *args, env=None, timeout=300):
         timeout=timeout,
         env=env,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -189,6 +190,10 @@ def test_bad_inputs_to_training_are_one_paragraph_without_traceback(mock_tfds_di
     ]
     for args, env, phrases in cases:
         _assert_one_clear_error(_cli("fmnist_jax.main", *args, env={**os.environ, **env}), *phrases)
+    elsewhere = _cli(  # a relative config path from outside the checkout
+        "fmnist_jax.main", f"--workdir={tmp_path / 'e'}", "--config=configs/mlp.py", cwd=tmp_path
+    )
+    _assert_one_clear_error(elsewhere, f"Pass --config={os.path.abspath('configs/mlp.py')}")
     assert (
         not (tmp_path / "c").exists()
         and (tmp_path / "broken" / "config.json").read_text() == "{not json"
