@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ml_collections import ConfigDict
 
 TRACEBACK_VARIABLE = "FMNIST_JAX_TRACEBACK"
+# The directory above the package: a checkout's root, where configs/ lives (pip install -e).
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:
@@ -220,10 +222,6 @@ def load_config(name: str = "config") -> ConfigDict:
             ) from e
         raise UserError(f"Config file {path} does not exist or cannot be read. {choose}") from e
     return config
-
-
-# The directory above the package: a checkout's root, where configs/ lives (pip install -e).
-_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(fn: Callable[[], None], clean_stops: bool = True) -> None:
