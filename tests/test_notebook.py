@@ -38,7 +38,10 @@ def test_notebook_runs_top_to_bottom_with_the_quick_parameters(
     last = _text(outputs[-1][1])
     assert "QUICK = True" in last and "backend cpu" in last and "sweep" in last
     assert (tmp_path / "runs" / "sweep" / "sweep.json").is_file()
-    assert "identical" in "".join(_text(o) for _, o in outputs)  # restored = trained model
+    text = "".join(_text(o) for _, o in outputs)
+    assert "identical" in text  # restored = trained model
+    assert "after 3 epochs" in text and "after 8 epochs" in text  # trained on by 5 more
+    assert (tmp_path / "runs" / "mlp" / "summary_3_epochs.json").is_file()
     # The MLP's progress: one bar settled at its last state, not a line per update or epoch.
     bars = [o.text for _, o in outputs if o.output_type == "stream" and o.name == "stderr"]
     assert bars[0].startswith("epoch 3/3: 100%") and bars[0].count("\n") == 1
@@ -57,6 +60,7 @@ def test_committed_notebook_shows_a_full_run_and_no_machine_paths():
     text = "".join(_text(o) for _, o in outputs)
     assert "QUICK = False" in text and "backend " in text
     assert re.search(r"mlp: test accuracy 0\.8[7-9]\d\d after 10 epochs", text)
+    assert re.search(r"mlp: test accuracy 0\.8[7-9]\d\d after 15 epochs", text)  # trained on
     assert "\r" not in text  # progress bars settled
     leaks = _MACHINE_PATHS.findall(json.dumps(notebook))
     assert not leaks, f"the committed notebook names paths of the machine that ran it: {leaks}"
