@@ -7,6 +7,7 @@ has the same keys and `--config.key=value` overrides hit a known, typed key.
 from __future__ import annotations
 
 import ast
+import difflib
 import itertools
 import math
 from typing import Any
@@ -64,6 +65,17 @@ READ_ONLY_BY: dict[str, tuple[str, tuple[Any, ...]]] = {
 def num_train_examples(config: ConfigDict) -> int:
     """How many examples an epoch trains on (the train split after validation, or `data.num_train`)."""
     return config.data.num_train or NUM_TRAIN_EXAMPLES - config.data.num_validation
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b": value}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def default() -> ConfigDict:
@@ -338,6 +350,22 @@ def validate(config: ConfigDict) -> None:
     _check_read(config)
 
 
+def _check_known(config: ConfigDict) -> None:
+    """Refuses a key that `default()` lacks: Python code may set any attribute of a ConfigDict
+    (`config.num_epoch = 5` adds a key), and nothing would read it. The command line cannot add
+    keys; `models.check` checks the model's own."""
+    known = flatten(default().to_dict())
+    for key in flatten(config.to_dict()):
+        if key not in known and not key.startswith("model."):
+            close = difflib.get_close_matches(key, known, n=1)
+            _check(
+                False,
+                f"config.{key} is not a setting, so nothing would read it"
+                + (f"; did you mean {close[0]}?" if close else ".")
+                + " Every key is in fmnist_jax/config.py's default().",
+            )
+
+
 def _check_values(config: ConfigDict) -> None:
     """Each value's own checks; a sweep's members too (they differ only in swept keys, which
     `_check_grid` checks are read)."""
@@ -351,6 +379,7 @@ def _check_values(config: ConfigDict) -> None:
         not missing,
         f"The config lacks {', '.join(missing)}; start config files from fmnist_jax.config.default().",
     )
+    _check_known(config)
     for key in ("num_epochs", "batch_size"):
         _check(
             isinstance(config[key], int) and config[key] > 0,

@@ -622,7 +622,7 @@ def _write_reports(
     images = _draw_figures(workdir, history, probabilities, splits) if config.plots else {}
     hparams = {
         k: v if isinstance(v, (int, float, str, bool)) else str(v)
-        for k, v in workdir_lib.flatten(workdir_lib.config_as_json(config)).items()
+        for k, v in config_lib.flatten(workdir_lib.config_as_json(config)).items()
     }
     board.finish(hparams, result, images)
 

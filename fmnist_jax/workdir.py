@@ -31,17 +31,6 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {"a.b": value}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_as_json(config: ConfigDict) -> dict[str, Any]:
     """The config as plain JSON values (tuples become lists), as it is written to config.json."""
     return json.loads(json.dumps(config.to_dict()))
@@ -72,9 +61,12 @@ def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> lis
 
     A key that `previous` lacks (a run from before the key existed) counts as its default value.
     """
-    old = {**flatten(config_as_json(config_lib.default())), **flatten(previous)}
-    new = flatten(current)
-    keys = sorted((flatten(previous).keys() | new.keys()) - RESUMABLE_KEYS)
+    old = {
+        **config_lib.flatten(config_as_json(config_lib.default())),
+        **config_lib.flatten(previous),
+    }
+    new = config_lib.flatten(current)
+    keys = sorted((config_lib.flatten(previous).keys() | new.keys()) - RESUMABLE_KEYS)
     if trains_on(previous, current):
         keys.remove("num_epochs")
     return [

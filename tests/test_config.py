@@ -58,6 +58,21 @@ def test_bad_values_are_rejected_with_the_key_named(key, value, message):
         config_lib.validate(config)
 
 
+@pytest.mark.parametrize(
+    "section, name, message",
+    [
+        ("", "num_epoch", "config.num_epoch is not a setting.*did you mean num_epochs\\?"),
+        ("optimizer", "learnig_rate", "did you mean optimizer.learning_rate\\?"),
+        ("", "colour", "config.colour is not a setting, so nothing would read it\\. Every key"),
+    ],
+)
+def test_a_key_python_code_added_by_mistake_is_refused(section, name, message):
+    config = mlp_config.get_config()  # unlocked, as in a notebook: a typo adds a key
+    setattr(config[section] if section else config, name, 5)
+    with pytest.raises(UserError, match=message):
+        config_lib.validate(config)
+
+
 def test_early_stopping_needs_a_validation_split():
     config = mlp_config.get_config()
     config.early_stopping.enabled = True
