@@ -355,15 +355,16 @@ def _check_known(config: ConfigDict) -> None:
     (`config.num_epoch = 5` adds a key), and nothing would read it. The command line cannot add
     keys; `models.check` checks the model's own."""
     known = flatten(default().to_dict())
-    for key in flatten(config.to_dict()):
-        if key not in known and not key.startswith("model."):
-            close = difflib.get_close_matches(key, known, n=1)
-            _check(
-                False,
-                f"config.{key} is not a setting, so nothing would read it"
-                + (f"; did you mean {close[0]}?" if close else ".")
-                + " Every key is in fmnist_jax/config.py's default().",
-            )
+    unknown = [
+        k for k in flatten(config.to_dict()) if k not in known and k.split(".")[0] != "model"
+    ]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise UserError(
+            f"config.{unknown[0]} is not a setting, so nothing would read it"
+            + (f"; did you mean {close[0]}?" if close else ".")
+            + " Every key is in fmnist_jax/config.py's default()."
+        )
 
 
 def _check_values(config: ConfigDict) -> None:
