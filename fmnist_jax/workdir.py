@@ -209,10 +209,8 @@ def open_workdir(
             config_differences(saved, wanted),
         )
     if primary:
-        if finished is not None:  # its summary would otherwise say this longer run finished
-            kept = os.path.join(workdir, f"summary_{previous['num_epochs']}_epochs.json")
-            with writing(kept):
-                os.replace(summary_path, kept)
+        if finished is not None:
+            kept = _keep_finished_records(workdir, previous["num_epochs"])
             logging.info(
                 "Training the finished run in %s on to %d epochs; the summary of its first %d is "
                 "now %s.",
@@ -231,6 +229,25 @@ def open_workdir(
             )
         write_json(config_path, wanted)
     return None
+
+
+# What a finished run writes about its end, which a run trained on writes anew: its summary (which
+# would say the longer run finished) and TensorBoard's hparams run (`reports.board`), whose
+# HParams tab would otherwise find two sessions in one run.
+_FINISHED_RECORDS = (SUMMARY_FILE, os.path.join("tensorboard", "hparams"))
+
+
+def _keep_finished_records(workdir: str, epochs: int) -> str:
+    """Renames the finished run's records to `<name>_<epochs>_epochs[.json]`; returns the summary's
+    new path. Done before config.json changes, so an interrupted run never looks finished."""
+    kept = []
+    for record in _FINISHED_RECORDS:
+        stem, extension = os.path.splitext(os.path.join(workdir, record))
+        kept.append(f"{stem}_{epochs}_epochs{extension}")
+        if os.path.exists(stem + extension):
+            with writing(kept[-1]):
+                os.replace(stem + extension, kept[-1])
+    return kept[0]
 
 
 def _refuse_a_stopped_run(workdir: str, summary: dict[str, Any], previous: dict[str, Any]) -> None:

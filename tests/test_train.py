@@ -231,6 +231,8 @@ def test_more_epochs_train_a_finished_run_on_to_what_a_longer_run_gives(tiny_con
     )
     kept = json.loads((tmp_path / "on" / "summary_2_epochs.json").read_text())
     assert _results(kept) == _results(first)
+    for hparams in ("hparams", "hparams_2_epochs"):  # one TensorBoard session each
+        assert len(list((tmp_path / "on" / "tensorboard" / hparams).iterdir())) == 1
     assert _train(tiny_config, tmp_path / "on") == on  # finished at 3: reported, not retrained
 
     tiny_config.num_epochs = 2
