@@ -58,7 +58,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     Returns:
         The summary (also written to summary.json): test loss and accuracy (mean over the seeds,
         with `_std` and per-seed `_seeds`), epochs run, timings, parameters, backend. A workdir
-        that already holds this finished run returns its summary without training.
+        that already holds this finished run returns its summary without training; one whose run
+        finished with fewer epochs trains it on to `config.num_epochs` (`workdir.trains_on`).
 
     Raises:
         UserError: a failure the user can fix (config, workdir, data, backend, divergence).
