@@ -29,6 +29,8 @@ CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+BOARD_DIR = "tensorboard"  # `reports.board`'s event files,
+HPARAMS_RUN = "hparams"  # and in it the run holding the config and test metrics as hparams
 
 
 def config_as_json(config: ConfigDict) -> dict[str, Any]:
@@ -61,12 +63,10 @@ def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> lis
 
     A key that `previous` lacks (a run from before the key existed) counts as its default value.
     """
-    old = {
-        **config_lib.flatten(config_as_json(config_lib.default())),
-        **config_lib.flatten(previous),
-    }
+    given = config_lib.flatten(previous)
+    old = {**config_lib.flatten(config_as_json(config_lib.default())), **given}
     new = config_lib.flatten(current)
-    keys = sorted((config_lib.flatten(previous).keys() | new.keys()) - RESUMABLE_KEYS)
+    keys = sorted((given.keys() | new.keys()) - RESUMABLE_KEYS)
     if trains_on(previous, current):
         keys.remove("num_epochs")
     return [
@@ -232,9 +232,9 @@ def open_workdir(
 
 
 # What a finished run writes about its end, which a run trained on writes anew: its summary (which
-# would say the longer run finished) and TensorBoard's hparams run (`reports.board`), whose
-# HParams tab would otherwise find two sessions in one run.
-_FINISHED_RECORDS = (SUMMARY_FILE, os.path.join("tensorboard", "hparams"))
+# would say the longer run finished) and TensorBoard's hparams run, whose HParams tab would
+# otherwise find two sessions in one run.
+_FINISHED_RECORDS = (SUMMARY_FILE, os.path.join(BOARD_DIR, HPARAMS_RUN))
 
 
 def _keep_finished_records(workdir: str, epochs: int) -> str:

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 from tensorboardX import SummaryWriter
 
-DIRECTORY = "tensorboard"
+from fmnist_jax.workdir import BOARD_DIR, HPARAMS_RUN
 
 
 class Board:
     """Writes a run's scalars, hparams and figures; every method is a no-op when disabled."""
 
     def __init__(self, workdir: str, enabled: bool = True):
-        self._writer = SummaryWriter(os.path.join(workdir, DIRECTORY)) if enabled else None
+        self._writer = SummaryWriter(os.path.join(workdir, BOARD_DIR)) if enabled else None
 
     def epoch(self, row: dict[str, Any]) -> None:
         if self._writer is None:
@@ -48,7 +48,7 @@ class Board:
         for tag, image in images.items():
             self._writer.add_image(tag, image, result["epochs_run"], dataformats="HWC")
         self._writer.add_hparams(
-            hparams, {f"hparam/{k}": v for k, v in metrics.items()}, name="hparams"
+            hparams, {f"hparam/{k}": v for k, v in metrics.items()}, name=HPARAMS_RUN
         )
         self._writer.close()
 
@@ -59,7 +59,7 @@ def write_members(workdir: str, result: dict[str, Any]) -> None:
     hparams (TensorBoard's HParams tab compares them)."""
     for m in result["members"]:
         writer = SummaryWriter(
-            os.path.join(workdir, DIRECTORY, "members", m["name"].replace(" ", ","))
+            os.path.join(workdir, BOARD_DIR, "members", m["name"].replace(" ", ","))
         )
         for key, values in m["curves"].items():
             split, _, metric = key.partition("_")
@@ -69,5 +69,5 @@ def write_members(workdir: str, result: dict[str, Any]) -> None:
         scores = {
             f"hparam/{k}": m[k] for k in ("val_accuracy", "test_accuracy") if m[k] is not None
         }
-        writer.add_hparams(m["hparams"], scores, name="hparams")
+        writer.add_hparams(m["hparams"], scores, name=HPARAMS_RUN)
         writer.close()
