@@ -152,9 +152,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:
         flag, _, detail = str(e).partition(":")
-        if (
-            "Error whilst parsing config file" in detail
-        ):  # the user's own code raised: keep its traceback
+        if "Error whilst parsing config file" in detail:
+            _refuse_get_config_call(e)
+            # the user's own code raised: keep its traceback
             sys.exit(f"{detail.strip()}\nerror: {flag} failed to load: {_RAISED_IN_IT}")
         sys.exit(f"error: {e}. Pass --helpfull to list the flags and config keys.")
     except (AttributeError, KeyError) as e:
@@ -171,6 +171,30 @@ def parse_flags(argv: list[str]) -> list[str]:
             f"{_user_traceback(e, config_file)}error: flag --config={config_file} failed to load: "
             + _RAISED_IN_IT
         )
+
+
+def _refuse_get_config_call(error: flags.Error) -> None:
+    """Exits with one line when the config file's `get_config` could not be called with the text
+    after `--config=FILE:` (ml_collections passes it as the argument): no frame of the file ran."""
+    failed = error
+    while failed.__context__ is not None:
+        failed = failed.__context__
+    value = str(error).partition(": Error whilst parsing config file")[0].partition("=")[2]
+    path, colon, argument = value.partition(":")
+    frames = [os.path.abspath(f.filename) for f in traceback.extract_tb(failed.__traceback__)]
+    if not isinstance(failed, TypeError) or os.path.abspath(path) in frames:
+        return
+    if colon:
+        fix = (
+            f"Pass --config={path} without ':{argument}', and change settings with "
+            "--config.KEY=VALUE"
+        )
+    else:
+        fix = f"Pass its argument after a colon: --config={path}:VALUE"
+    sys.exit(
+        f"error: --config={value} cannot call {path}'s get_config(): {failed}. The text after a "
+        f"colon in --config is get_config's one argument. {fix}."
+    )
 
 
 def _raised_in_config_file(error: Exception, argv: list[str]) -> str | None:

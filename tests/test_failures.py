@@ -223,8 +223,9 @@ def test_the_commands_the_lines_suggest_survive_a_workdir_with_spaces(tmp_path):
         ("def get_config():\n    raise ValueError('my own bug')\n", "ValueError: my own bug"),
         ("def get_config():\n    return 1 / 0\n", "ZeroDivisionError: division by zero"),
         ("def get_config(:\n", "SyntaxError"),
+        ("def get_config():\n    return len(1)\n", "TypeError: object of type 'int' has no len()"),
     ],
-    ids=["wrapped by absl", "not wrapped", "syntax"],
+    ids=["wrapped by absl", "not wrapped", "syntax", "a TypeError of its own"],
 )
 def test_a_config_files_own_exception_keeps_its_traceback_under_one_line(tmp_path, code, exception):
     raises = tmp_path / "raises.py"
@@ -235,6 +236,31 @@ def test_a_config_files_own_exception_keeps_its_traceback_under_one_line(tmp_pat
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: flag --config={raises} failed to load: the exception above arose in that file's code."
     )
+
+
+@pytest.mark.parametrize(
+    "get_config, suffix, message",
+    [
+        ("get_config()", ":64", "takes 0 positional arguments but 1 was given"),
+        ("get_config(batch_size)", "", "missing 1 required positional argument: 'batch_size'"),
+    ],
+)
+def test_a_config_argument_get_config_does_not_take_is_one_line(
+    tmp_path, get_config, suffix, message
+):
+    """`--config=FILE:ARG` calls get_config(ARG) (ml_collections): a mismatch is not the file's bug."""
+    config_file = tmp_path / "sized.py"
+    config_file.write_text(f"def {get_config}:\n    raise AssertionError('not called')\n")
+    result = _cli(
+        "fmnist_jax.main", f"--workdir={tmp_path / 'w'}", f"--config={config_file}{suffix}"
+    )
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(
+        f"error: --config={config_file}{suffix} cannot call {config_file}'s get_config(): "
+    )
+    fix = "--config.KEY=VALUE" if suffix else f"--config={config_file}:VALUE"
+    assert message in result.stderr and fix in result.stderr
+    assert not (tmp_path / "w").exists()
 
 
 # --- Clean stops ------------------------------------------------------------------------------------
