@@ -262,7 +262,7 @@ class LoopState:
 
 
 def _import_board_meanwhile() -> concurrent.futures.Future:
-    """Starts importing `reports.board` (tensorboardX, 0.25 s) in a thread; the module's future."""
+    """Starts importing `reports.board` (tensorboardX, 0.1 s) in a thread; the module's future."""
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import-board")
     imported = pool.submit(importlib.import_module, "fmnist_jax.reports.board")
     pool.shutdown(wait=False)
