@@ -127,7 +127,7 @@ def seed_keys(seeds: list[int]) -> tuple[jax.Array, jax.Array, jax.Array]:
     Run k gets exactly the keys of a run of its own with seed `seeds[k]`. One program, compiled
     unoptimized (eagerly, the split compiles six programs: 0.4 vs 0.17 s on the seed MLP).
     """
-    return jit_unoptimized(_split_seeds)(np.asarray(seeds, np.int32))
+    return jit_unoptimized(_split_seeds, runs_once=True)(np.asarray(seeds, np.int32))
 
 
 def _split_seeds(seeds: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -137,23 +137,25 @@ def _split_seeds(seeds: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 # XLA:CPU's optimization passes cost more than they save in a program that runs once, or whose time
 # goes to a sort: the initial state compiles ~4x faster without them (reference MLP 1.0 -> 0.23 s,
-# ResNet 4.0 -> 1.1 s), the epoch's shuffle 0.55 -> 0.36 s and still takes ~40 ms. XLA's older loop
-# emitters generate their code in half the CPU time of the fusion emitters (seed MLP's seed keys,
-# initial state and shuffle: 1.5 -> 0.9 CPU-s) with bit-identical results and an unchanged shuffle
-# (the training call keeps the fusion emitters: without them its epochs take 1.8x as long).
-_UNOPTIMIZED_COMPILER_OPTIONS = {
-    "cpu": {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": False}
+# ResNet 4.0 -> 1.1 s), the epoch's shuffle 0.55 -> 0.36 s and still takes ~40 ms.
+_UNOPTIMIZED_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": "0"}}
+# A program that runs once also takes XLA:CPU's older loop emitters, which generate its code in
+# about half the CPU time of the fusion emitters, with bit-identical results (seed MLP's seed keys
+# and initial state: 0.9 -> 0.5 CPU-s). Programs run every step or epoch keep the fusion emitters:
+# without them the training call's epochs take 1.8x as long.
+_ONCE_COMPILER_OPTIONS = {
+    "cpu": {**_UNOPTIMIZED_COMPILER_OPTIONS["cpu"], "xla_cpu_use_fusion_emitters": False}
 }
 
 
-def jit_unoptimized(fn: Callable[..., Any], **jit_options: Any) -> Callable[..., Any]:
+def jit_unoptimized(
+    fn: Callable[..., Any], runs_once: bool = False, **jit_options: Any
+) -> Callable[..., Any]:
     """`jax.jit` compiled without XLA:CPU's optimization passes: for initialization, the seed keys
-    and the shuffle, whose compile time the passes would lengthen more than they shorten any run."""
-    return jax.jit(
-        fn,
-        compiler_options=_UNOPTIMIZED_COMPILER_OPTIONS.get(jax.default_backend()),
-        **jit_options,
-    )
+    and the shuffle, whose compile time the passes would lengthen more than they shorten any run;
+    `runs_once` (the seed keys, the initial state) also with the loop emitters."""
+    options = _ONCE_COMPILER_OPTIONS if runs_once else _UNOPTIMIZED_COMPILER_OPTIONS
+    return jax.jit(fn, compiler_options=options.get(jax.default_backend()), **jit_options)
 
 
 def _init_fn(
@@ -169,7 +171,7 @@ def init_states(
     ema: bool = False,
 ) -> TrainState:
     """`init_state` of each of the `[num_runs]` keys, stacked on a leading run axis, as one compiled program."""
-    return jit_unoptimized(_init_fn(model, tx, ema))(init_keys)
+    return jit_unoptimized(_init_fn(model, tx, ema), runs_once=True)(init_keys)
 
 
 def state_shapes(
