@@ -296,13 +296,13 @@ class _Board:
 
 def _log_compiled(program: program_lib.Program, compile_seconds: float) -> None:
     logging.info(
-        "Backend %s (%d device(s), %d process(es)); %d steps per epoch, %s steps per call%s; "
+        "Backend %s (%d device(s), %d process(es)); %s per epoch, %s per call%s; "
         "compiled in %.1f s; training needs %s.",
         jax.default_backend(),
         jax.device_count(),
         jax.process_count(),
-        program.steps_per_epoch,
-        min(program.runner.steps_per_call, program.steps_per_epoch),
+        lines.counted(program.steps_per_epoch, "step"),
+        lines.counted(min(program.runner.steps_per_call, program.steps_per_epoch), "step"),
         " (unrolled)" if program.engine.unroll else "",
         compile_seconds,
         program.memory().describe(),

@@ -108,6 +108,14 @@ def test_tensorboard_waits_for_its_import_and_the_epochs_do_not(tmp_path):
     assert losses == pytest.approx({1: 1.0, 2: 0.5, 3: 1.0 / 3})
 
 
+def test_the_log_counts_one_step_in_the_singular(tiny_config, tmp_path, caplog):
+    tiny_config.data.num_train, tiny_config.num_epochs = tiny_config.batch_size, 1
+    with caplog.at_level("INFO"):
+        _train(tiny_config, tmp_path)
+    assert "; 1 step per epoch, 1 step per call; compiled in" in caplog.text
+    assert "(1 epoch, " in caplog.text
+
+
 @pytest.mark.slow
 def test_tensorboardx_is_imported_without_the_cloud_sdk_it_would_pull_in(tmp_path):
     """tensorboardX imports boto3 wherever it is installed (0.2 s of a run's CPU) for s3:// log

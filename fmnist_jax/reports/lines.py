@@ -36,6 +36,11 @@ def summary_line(summary: Summary, workdir: str, runs: str) -> str:
     epochs = summary["epochs_run"]
     return (
         f"Test loss {summary['test_loss']:.4f}, test accuracy {summary['test_accuracy']:.4f}{spread} "
-        f"({epochs} epoch{'s' * (epochs != 1)}, {summary['train_seconds']:.1f} s training). "
+        f"({counted(epochs, 'epoch')}, {summary['train_seconds']:.1f} s training). "
         f"{figures}tensorboard --logdir={shlex.quote(workdir)}."
     )
+
+
+def counted(number: int, noun: str) -> str:
+    """ "1 epoch", "2 epochs": a count with its noun, for log lines."""
+    return f"{number} {noun}{'s' * (number != 1)}"
