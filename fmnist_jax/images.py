@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import os
 import warnings
 
 import numpy as np
@@ -58,6 +60,36 @@ def _gray_levels(image: Image.Image) -> np.ndarray:
 # Decoding is bounded by this many pixels (~12 bytes each at the peak: RGBA, then float32 gray), far
 # below PIL's own bomb limit (89 MP warns, 179 MP refuses). JPEGs above it decode at 1/2-1/8 scale.
 MAX_PIXELS = 16_000_000
+
+
+def files(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(the image files `paths` name, what could not be found): a file as given, a directory's
+    image files (by extension, sorted), a quoted wildcard pattern's matches (sorted; the shell
+    expands unquoted ones)."""
+    found, missing = [], []
+    for path in paths:
+        if os.path.isdir(path):
+            extensions = Image.registered_extensions()
+            try:
+                inside = sorted(
+                    entry.path
+                    for entry in os.scandir(path)
+                    if entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions
+                )
+            except OSError as e:
+                missing.append(f"Directory {path} could not be read ({e}).")
+                continue
+            found += inside
+            if not inside:
+                missing.append(f"Directory {path} holds no image files (PNG, JPEG, ...).")
+        elif not os.path.exists(path) and any(c in path for c in "*?["):
+            matches = sorted(glob.glob(path))
+            found += matches
+            if not matches:
+                missing.append(f"No file matches {path}.")
+        else:
+            found.append(path)
+    return found, missing
 
 
 def read(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:

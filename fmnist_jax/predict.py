@@ -1,6 +1,7 @@
 """Classify images with a trained model and draw them with their class probabilities.
 
     python -m fmnist_jax.predict --workdir=DIR --images a.png b.jpg
+    python -m fmnist_jax.predict --workdir=DIR --images photos/     # every image file in it
     python -m fmnist_jax.predict --workdir=DIR --test_indices=0,17,42
     python -m fmnist_jax.predict --workdir=DIR --random=6 --output=predictions.png
 
@@ -26,7 +27,10 @@ _WHICH = flags.DEFINE_enum(
     "which", "final", ["final", "best", "latest"], "Which checkpoint to use."
 )
 _IMAGES = flags.DEFINE_list(
-    "images", [], "Image files (PNG, JPEG, ...); more may follow as plain arguments."
+    "images",
+    [],
+    "Image files (PNG, JPEG, ...), directories of them, or quoted wildcard patterns "
+    "('photos/*.jpg'); more may follow as plain arguments.",
 )
 _TEST_INDICES = flags.DEFINE_list("test_indices", [], "Indices into the test split, e.g. 0,17,42.")
 _RANDOM = flags.DEFINE_integer("random", 0, "Predict this many random test images.")
@@ -55,11 +59,11 @@ def _check_output(path: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    files = list(_IMAGES.value) + argv[1:]
+    paths, missing = images.files(list(_IMAGES.value) + argv[1:])
     failures = []
 
     def run():
-        if not files and not _TEST_INDICES.value and not _RANDOM.value:
+        if not paths and not missing and not _TEST_INDICES.value and not _RANDOM.value:
             raise UserError(
                 "Nothing to predict: pass --images FILE ..., --test_indices=I,J or --random=N."
             )
@@ -74,7 +78,10 @@ def main(argv: list[str]) -> None:
 
         classifier = inference.load(_WORKDIR.value, _WHICH.value)
         batch, titles, truths = [], [], []
-        for path in files:
+        for problem in missing:
+            failures.append(problem)
+            print(f"error: {problem}", file=sys.stderr)
+        for path in paths:
             try:
                 batch.append(images.read(path, _MAX_PIXELS.value))
             except UserError as e:
@@ -138,7 +145,7 @@ def main(argv: list[str]) -> None:
     if failures:
         cli.exit_now(
             1,
-            f"error: {len(failures)} of {len(files)} image(s) could not be read (each named above); the others were predicted.",
+            f"error: {len(failures)} of {len(paths) + len(missing)} image(s) could not be read (each named above); the others were predicted.",
         )
     cli.exit_now(0)  # not the ~1 s of tearing JAX down
 

@@ -385,6 +385,32 @@ def test_oversized_images_are_refused_by_name_before_decoding(tmp_path):
     assert images.read(str(tmp_path / "photo.jpg"), max_pixels=4_000_000).shape == (28, 28, 1)
 
 
+def test_predict_takes_directories_and_quoted_wildcards_of_images(tmp_path):
+    photos, empty = tmp_path / "photos", tmp_path / "empty"
+    photos.mkdir(), empty.mkdir()
+    for name in ("b.png", "a.JPG", "notes.txt", "c.jpeg"):
+        (photos / name).write_bytes(b"")  # named, not read: files() only finds them
+    (photos / "sub.png").mkdir()
+    given = [
+        str(photos),
+        str(photos / "*.png"),
+        str(tmp_path / "none*.gif"),
+        str(empty),
+        str(tmp_path / "plain.png"),
+    ]
+    found, missing = images.files(given)
+    assert found == [
+        *(str(photos / n) for n in ("a.JPG", "b.png", "c.jpeg")),
+        str(photos / "b.png"),
+        str(photos / "sub.png"),  # a match that is a directory: read() reports it by name
+        str(tmp_path / "plain.png"),  # a plain path as given: read() says it does not exist
+    ]
+    assert missing == [
+        f"No file matches {tmp_path / 'none*.gif'}.",
+        f"Directory {empty} holds no image files (PNG, JPEG, ...).",
+    ]
+
+
 @pytest.mark.slow
 def test_outputs_that_cannot_be_written_are_one_error_and_the_rerun_writes_them(
     mock_tfds_dir, tmp_path
@@ -418,16 +444,20 @@ def test_predict_skips_bombs_and_bad_flags_are_refused_before_work(tiny_config, 
     workdir = tmp_path / "run"
     train.train_and_evaluate(tiny_config, str(workdir))
     _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
-    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "photos" / "ok.png")
     result = _cli(
         "fmnist_jax.predict",
         f"--workdir={workdir}",
         "--images",
         str(tmp_path / "bomb.png"),
-        str(tmp_path / "ok.png"),
+        str(tmp_path / "photos"),  # a directory: its image files
+        str(tmp_path / "*.gif"),  # a quoted wildcard that matches nothing
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "bomb.png was not decoded" in result.stderr and result.stdout.startswith("ok.png: ")
+    assert f"No file matches {tmp_path / '*.gif'}." in result.stderr
+    assert "error: 2 of 3 image(s) could not be read" in result.stderr
     for flag, phrase in [
         ("--random=1000000", "--random=1000000 must be between 0 and"),
         ("--random=-3", "--random=-3 must be between 0 and"),
