@@ -63,10 +63,10 @@ MAX_PIXELS = 16_000_000
 
 
 def files(paths: list[str]) -> tuple[list[str], list[str]]:
-    """(the image files `paths` name, what could not be found): a file as given, a directory's
-    image files (by extension, sorted), a quoted wildcard pattern's matches (sorted; the shell
-    expands unquoted ones)."""
-    found, missing = [], []
+    """(the image files `paths` name, a message for each path that names none): a file as given, a
+    directory's image files (by extension, sorted), a quoted wildcard pattern's matches (sorted;
+    the shell expands unquoted ones)."""
+    found, problems = [], []
     for path in paths:
         if os.path.isdir(path):
             extensions = Image.registered_extensions()
@@ -77,19 +77,19 @@ def files(paths: list[str]) -> tuple[list[str], list[str]]:
                     if entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions
                 )
             except OSError as e:
-                missing.append(f"Directory {path} could not be read ({e}).")
+                problems.append(f"Directory {path} could not be read ({e}).")
                 continue
             found += inside
             if not inside:
-                missing.append(f"Directory {path} holds no image files (PNG, JPEG, ...).")
+                problems.append(f"Directory {path} holds no image files (PNG, JPEG, ...).")
         elif not os.path.exists(path) and any(c in path for c in "*?["):
             matches = sorted(glob.glob(path))
             found += matches
             if not matches:
-                missing.append(f"No file matches {path}.")
+                problems.append(f"No file matches {path}.")
         else:
             found.append(path)
-    return found, missing
+    return found, problems
 
 
 def read(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:

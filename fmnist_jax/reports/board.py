@@ -19,7 +19,8 @@ import numpy as np
 from fmnist_jax.workdir import BOARD_DIR, HPARAMS_RUN
 
 # Cloud SDKs tensorboardX imports, where installed, only to write s3:// and gs:// log dirs, which a
-# run never does: boto3 alone took 0.2 s of Python, which a run pays while it compiles and trains.
+# run never does: boto3 alone took 0.2 s of Python, which a run pays while it compiles and trains
+# (this module is imported in a thread then; nothing else in a run imports them).
 _CLOUD_SDKS = ("boto3", "google.cloud.storage")
 
 

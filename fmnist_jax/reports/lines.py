@@ -42,5 +42,5 @@ def summary_line(summary: Summary, workdir: str, runs: str) -> str:
 
 
 def counted(number: int, noun: str) -> str:
-    """ "1 epoch", "2 epochs": a count with its noun, for log lines."""
+    """A count with its noun, in the singular for one: 1 epoch, 2 epochs."""
     return f"{number} {noun}{'s' * (number != 1)}"
