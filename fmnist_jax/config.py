@@ -59,6 +59,10 @@ READ_ONLY_BY: dict[str, tuple[str, tuple[Any, ...]]] = {
         f"early_stopping.{key}": ("early_stopping.enabled", (True,))
         for key in ("monitor", "patience", "min_delta", "restore_best")
     },
+    **{
+        f"reduce_lr.{key}": ("reduce_lr.enabled", (True,))
+        for key in ("monitor", "factor", "patience", "min_delta", "cooldown", "min_lr")
+    },
 }
 
 
@@ -177,6 +181,18 @@ def default() -> ConfigDict:
     c.early_stopping.patience = 3
     c.early_stopping.min_delta = 0.0
     c.early_stopping.restore_best = True
+
+    # Keras' ReduceLROnPlateau, with its defaults: each run's learning rate is multiplied by `factor`
+    # (down to `min_lr`) once `monitor` has not improved by more than `min_delta` for `patience`
+    # epochs; then `cooldown` epochs pass before it counts again. Needs the constant schedule.
+    c.reduce_lr = ConfigDict()
+    c.reduce_lr.enabled = False
+    c.reduce_lr.monitor = "val_loss"
+    c.reduce_lr.factor = 0.1
+    c.reduce_lr.patience = 10
+    c.reduce_lr.min_delta = 1e-4
+    c.reduce_lr.cooldown = 0
+    c.reduce_lr.min_lr = 0.0
     return c
 
 
@@ -350,6 +366,33 @@ def validate(config: ConfigDict) -> None:
     _check_read(config)
 
 
+def _check_reduce_lr(config: ConfigDict) -> None:
+    r = config.reduce_lr
+    _check_choice("reduce_lr.monitor", r.monitor, MONITORS)
+    _check(0 < r.factor < 1, f"reduce_lr.factor must be in (0, 1), got {r.factor}.")
+    _check(
+        isinstance(r.patience, int) and r.patience >= 1,
+        f"reduce_lr.patience must be an integer >= 1, got {r.patience!r}.",
+    )
+    _check(
+        isinstance(r.cooldown, int) and r.cooldown >= 0,
+        f"reduce_lr.cooldown must be an integer >= 0, got {r.cooldown!r}.",
+    )
+    _check(r.min_delta >= 0, f"reduce_lr.min_delta must be >= 0, got {r.min_delta}.")
+    _check(r.min_lr >= 0, f"reduce_lr.min_lr must be >= 0, got {r.min_lr}.")
+    if r.enabled:
+        _check(
+            config.data.num_validation > 0,
+            "reduce_lr.enabled needs a validation split: set data.num_validation > 0.",
+        )
+        _check(
+            config.schedule.name == "constant",
+            f"reduce_lr lowers a constant learning rate (as Keras' ReduceLROnPlateau does), but "
+            f"schedule.name={config.schedule.name!r} already changes it every step: set "
+            "schedule.name='constant', or reduce_lr.enabled=False.",
+        )
+
+
 def _check_known(config: ConfigDict) -> None:
     """Refuses a key that `default()` lacks: Python code may set any attribute of a ConfigDict
     (`config.num_epoch = 5` adds a key), and nothing would read it. The command line cannot add
@@ -459,6 +502,7 @@ def _check_values(config: ConfigDict) -> None:
         not config.early_stopping.enabled or config.data.num_validation > 0,
         "early_stopping.enabled needs a validation split: set data.num_validation > 0.",
     )
+    _check_reduce_lr(config)
     _check(
         config.checkpoint.every_epochs >= 1,
         f"checkpoint.every_epochs must be >= 1, got {config.checkpoint.every_epochs}.",

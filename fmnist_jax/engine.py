@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -592,6 +592,11 @@ class EpochRunner:
         return [(start, start + length) for start in range(0, whole, length)] + [
             (start, start + 1) for start in range(whole, steps)
         ]
+
+    def set_value(self, key: str, per_run: Sequence[float]) -> None:
+        """Gives every run a new value of `key` from the next call on (`reduce_lr`'s learning
+        rates): an argument of the compiled calls, so nothing compiles again."""
+        self.values = {**self.values, key: self.placement.put(np.asarray(per_run, np.float32))}
 
     def batches(self, epoch: int) -> jax.Array:
         """Epoch `epoch`'s shuffled batches of training indices, `[num_runs, steps, batch]`."""

@@ -24,7 +24,17 @@ from absl import logging
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, data, distributed, engine, inference, models, records, stopping
+from fmnist_jax import (
+    checkpoint,
+    data,
+    distributed,
+    engine,
+    inference,
+    models,
+    records,
+    reduce_lr,
+    stopping,
+)
 from fmnist_jax import config as config_lib
 from fmnist_jax import export as export_lib
 from fmnist_jax import program as program_lib
@@ -333,6 +343,7 @@ def _train_epoch(
     is logged once, and that run goes on as NaN while the others train. With `progress` (the
     primary process), shows progress and stops mid-epoch when asked."""
     config = program.config
+    learning_rate = _learning_rate(program, loop.history, epoch)
     start = time.perf_counter()
     hook = None if progress is None else _between_calls(progress, epoch, workdir, checkpoints)
     loop.state, sums = program.runner.run(loop.state, epoch, hook)
@@ -359,11 +370,41 @@ def _train_epoch(
         **over_runs("train", train),
         "epoch_seconds": seconds,
         "examples_per_second": examples / seconds,
-        "learning_rate": float(program.learning_rate(epoch * program.steps_per_epoch - 1)),
+        **learning_rate,
     }
     if "val" in program.eval_sets:
         row.update(over_runs("val", program.evaluate(loop.state.weights(), "val").per_run()))
     return row
+
+
+def _learning_rate(
+    program: program_lib.Program, history: list[EpochRow], epoch: int
+) -> dict[str, float | list[float]]:
+    """The learning rate epoch `epoch` trains at, for its metrics row: the schedule's at its last
+    step, or with `reduce_lr` each run's from the validation history so far, which this sets (and
+    logs where it dropped)."""
+    config = program.config
+    if not config.reduce_lr.enabled:
+        return {"learning_rate": float(program.learning_rate(epoch * program.steps_per_epoch - 1))}
+    initial = program_lib.run_arrays(config)["optimizer.learning_rate"].tolist()
+    rates = reduce_lr.learning_rates(history, config, initial)
+    before = reduce_lr.learning_rates(history[:-1], config, initial)
+    r = config.reduce_lr
+    for run, (old, new) in enumerate(zip(before, rates, strict=True)):
+        if new != old:
+            logging.info(
+                "Epoch %d (%s): learning rate %.3g -> %.3g, as %s has not improved by more than "
+                "%g for %d epochs (reduce_lr).",
+                epoch,
+                records.run_name(config, run),
+                old,
+                new,
+                r.monitor,
+                r.min_delta,
+                r.patience,
+            )
+    program.runner.set_value("optimizer.learning_rate", rates)
+    return {"learning_rate": float(np.mean(rates)), "learning_rate_seeds": rates}
 
 
 def _due(config: ConfigDict, loop: LoopState) -> list[str]:
