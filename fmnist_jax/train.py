@@ -394,14 +394,14 @@ def _learning_rate(
         if new != old:
             logging.info(
                 "Epoch %d (%s): learning rate %.3g -> %.3g, as %s has not improved by more than "
-                "%g for %d epochs (reduce_lr).",
+                "%g for %s (reduce_lr).",
                 epoch,
                 records.run_name(config, run),
                 old,
                 new,
                 r.monitor,
                 r.min_delta,
-                r.patience,
+                lines.counted(r.patience, "epoch"),
             )
     program.runner.set_value("optimizer.learning_rate", rates)
     return {"learning_rate": float(np.mean(rates)), "learning_rate_seeds": rates}

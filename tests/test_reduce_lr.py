@@ -109,7 +109,10 @@ def test_a_run_trains_at_the_reduced_rates_and_trains_on_to_what_a_longer_run_gi
     tiny_config.num_epochs = 4
     with caplog.at_level("INFO"):
         on = train.train_and_evaluate(tiny_config, str(tmp_path / "on"))
-    assert "Epoch 3 (seed 1): learning rate 0.001 -> 0.0001, as val_loss" in caplog.text
+    assert (
+        "Epoch 3 (seed 1): learning rate 0.001 -> 0.0001, as val_loss has not improved by more "
+        "than 10 for 1 epoch (reduce_lr)."
+    ) in caplog.text
     rows = _rows(tmp_path / "on")
     assert [r["learning_rate"] for r in rows] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
     straight = train.train_and_evaluate(tiny_config, str(tmp_path / "straight"))
