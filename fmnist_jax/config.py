@@ -184,7 +184,8 @@ def default() -> ConfigDict:
 
     # Keras' ReduceLROnPlateau, with its defaults: each run's learning rate is multiplied by `factor`
     # (down to `min_lr`) once `monitor` has not improved by more than `min_delta` for `patience`
-    # epochs; then `cooldown` epochs pass before it counts again. Needs the constant schedule.
+    # epochs; a `cooldown` of N then leaves N - 1 epochs uncounted (Keras' counting). Needs the
+    # constant schedule.
     c.reduce_lr = ConfigDict()
     c.reduce_lr.enabled = False
     c.reduce_lr.monitor = "val_loss"
