@@ -153,7 +153,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         flag, _, detail = str(e).partition(":")
         if "Error whilst parsing config file" in detail:
-            _refuse_get_config_call(e)
+            _refuse_get_config_call(e, argv)
             # the user's own code raised: keep its traceback
             sys.exit(f"{detail.strip()}\nerror: {flag} failed to load: {_RAISED_IN_IT}")
         sys.exit(f"error: {e}. Pass --helpfull to list the flags and config keys.")
@@ -173,17 +173,16 @@ def parse_flags(argv: list[str]) -> list[str]:
         )
 
 
-def _refuse_get_config_call(error: flags.Error) -> None:
+def _refuse_get_config_call(error: flags.Error, argv: list[str]) -> None:
     """Exits with one line when the config file's `get_config` could not be called with the text
     after `--config=FILE:` (ml_collections passes it as the argument): no frame of the file ran."""
     failed = error
     while failed.__context__ is not None:
         failed = failed.__context__
-    value = str(error).partition(": Error whilst parsing config file")[0].partition("=")[2]
-    path, colon, argument = value.partition(":")
-    frames = [os.path.abspath(f.filename) for f in traceback.extract_tb(failed.__traceback__)]
-    if not isinstance(failed, TypeError) or os.path.abspath(path) in frames:
+    value = _config_value(argv)
+    if value is None or not isinstance(failed, TypeError) or _raised_in_config_file(failed, argv):
         return
+    path, colon, argument = value.partition(":")
     if colon:
         fix = (
             f"Pass --config={path} without ':{argument}', and change settings with "
@@ -197,17 +196,24 @@ def _refuse_get_config_call(error: flags.Error) -> None:
     )
 
 
+def _config_value(argv: list[str]) -> str | None:
+    """The last `--config=` value in `argv` (the one absl keeps), or None."""
+    values = [a.partition("=")[2] for a in argv if a.startswith("--config=")]
+    return values[-1] if values else None
+
+
 def _raised_in_config_file(error: Exception, argv: list[str]) -> str | None:
     """The config file named in `argv` when `error` arose in its code (a bug of the user's, whose
     traceback they need), else None."""
-    files = [a.partition("=")[2].partition(":")[0] for a in argv if a.startswith("--config=")]
-    if not files:
+    value = _config_value(argv)
+    if value is None:
         return None
-    path = os.path.abspath(files[-1])
+    config_file = value.partition(":")[0]
+    path = os.path.abspath(config_file)
     raised_in = [f.filename for f in traceback.extract_tb(error.__traceback__)]
     if isinstance(error, SyntaxError):
         raised_in.append(error.filename or "")
-    return files[-1] if any(os.path.abspath(f) == path for f in raised_in) else None
+    return config_file if any(os.path.abspath(f) == path for f in raised_in) else None
 
 
 def _user_traceback(error: Exception, config_file: str) -> str:

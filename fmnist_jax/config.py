@@ -367,6 +367,14 @@ def validate(config: ConfigDict) -> None:
     _check_read(config)
 
 
+def _check_validation_split(config: ConfigDict, section: str) -> None:
+    """`section` (early stopping, reduce_lr) watches a validation metric: there must be one."""
+    _check(
+        config.data.num_validation > 0,
+        f"{section}.enabled needs a validation split: set data.num_validation > 0.",
+    )
+
+
 def _check_reduce_lr(config: ConfigDict) -> None:
     r = config.reduce_lr
     _check_choice("reduce_lr.monitor", r.monitor, MONITORS)
@@ -382,10 +390,7 @@ def _check_reduce_lr(config: ConfigDict) -> None:
     _check(r.min_delta >= 0, f"reduce_lr.min_delta must be >= 0, got {r.min_delta}.")
     _check(r.min_lr >= 0, f"reduce_lr.min_lr must be >= 0, got {r.min_lr}.")
     if r.enabled:
-        _check(
-            config.data.num_validation > 0,
-            "reduce_lr.enabled needs a validation split: set data.num_validation > 0.",
-        )
+        _check_validation_split(config, "reduce_lr")
         _check(
             config.schedule.name == "constant",
             f"reduce_lr lowers a constant learning rate (as Keras' ReduceLROnPlateau does), but "
@@ -499,10 +504,8 @@ def _check_values(config: ConfigDict) -> None:
         config.early_stopping.patience >= 1,
         f"early_stopping.patience must be >= 1, got {config.early_stopping.patience}.",
     )
-    _check(
-        not config.early_stopping.enabled or config.data.num_validation > 0,
-        "early_stopping.enabled needs a validation split: set data.num_validation > 0.",
-    )
+    if config.early_stopping.enabled:
+        _check_validation_split(config, "early_stopping")
     _check_reduce_lr(config)
     _check(
         config.checkpoint.every_epochs >= 1,

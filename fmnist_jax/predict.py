@@ -59,11 +59,11 @@ def _check_output(path: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    paths, missing = images.files(list(_IMAGES.value) + argv[1:])
+    paths, problems = images.files(list(_IMAGES.value) + argv[1:])
     failures = []
 
     def run():
-        if not paths and not missing and not _TEST_INDICES.value and not _RANDOM.value:
+        if not paths and not problems and not _TEST_INDICES.value and not _RANDOM.value:
             raise UserError(
                 "Nothing to predict: pass --images FILE ..., --test_indices=I,J or --random=N."
             )
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
 
         classifier = inference.load(_WORKDIR.value, _WHICH.value)
         batch, titles, truths = [], [], []
-        for problem in missing:
+        for problem in problems:
             failures.append(problem)
             print(f"error: {problem}", file=sys.stderr)
         for path in paths:
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> None:
     if failures:
         cli.exit_now(
             1,
-            f"error: {len(failures)} of {len(paths) + len(missing)} image(s) could not be read (each named above); the others were predicted.",
+            f"error: {len(failures)} of {len(paths) + len(problems)} image(s) could not be read (each named above); the others were predicted.",
         )
     cli.exit_now(0)  # not the ~1 s of tearing JAX down
 

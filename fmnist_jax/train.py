@@ -388,7 +388,7 @@ def _learning_rate(
         return {"learning_rate": float(program.learning_rate(epoch * program.steps_per_epoch - 1))}
     initial = program_lib.run_arrays(config)["optimizer.learning_rate"].tolist()
     rates = reduce_lr.learning_rates(history, config, initial)
-    before = reduce_lr.learning_rates(history[:-1], config, initial)
+    before = history[-1]["learning_rate_seeds"] if history else initial  # the last epoch's rates
     r = config.reduce_lr
     for run, (old, new) in enumerate(zip(before, rates, strict=True)):
         if new != old:
