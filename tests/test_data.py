@@ -82,7 +82,12 @@ def test_damaged_arrays_file_is_not_trusted(tmp_path):
     path = os.path.join(directory, data.ARRAYS_FILE)
     with open(path, "rb") as f:
         raw = bytearray(f.read())
-    for damaged in (raw[: len(raw) // 2], raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:]):
+    labels_dtype = raw.index(b"'<i4'")  # a header still readable, as int32 -> uint32
+    for damaged in (
+        raw[: len(raw) // 2],
+        raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:],
+        raw[:labels_dtype] + b"'<u4'" + raw[labels_dtype + 5 :],
+    ):
         with open(path, "wb") as f:
             f.write(damaged)
         assert (
