@@ -13,6 +13,7 @@ device once and does all scaling there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -146,6 +147,19 @@ def read_arrays(directory: str) -> tuple[dict[str, np.ndarray], list[str]] | Non
         )
         return None
     return arrays, manifest["class_names"]
+
+
+def read_ahead(data_config: ConfigDict) -> None:
+    """Asks the kernel to read the arrays file into its page cache in the background, so that a
+    read from disk (0.1-0.8 s for its 55 MB on the dev VMs after the cache was dropped) overlaps
+    the imports that come before `load` instead of following them. Nothing happens where the
+    file or `os.posix_fadvise` (Linux, not macOS) is missing."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(os.path.join(prepared_dir(data_config), ARRAYS_FILE), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
 
 def prepare(data_config: ConfigDict) -> tuple[dict[str, np.ndarray], list[str]]:
