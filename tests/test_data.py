@@ -94,6 +94,18 @@ def test_read_ahead_asks_the_kernel_for_the_arrays_file(tmp_path, monkeypatch):
     assert len(asked) == 1
 
 
+def test_an_arrays_file_compressed_since_reads_the_same(tmp_path):
+    directory = os.path.join(write_mock_dataset(str(tmp_path)), data.DATASET, data.VERSION)
+    path = os.path.join(directory, data.ARRAYS_FILE)
+    arrays, names = data.read_arrays(directory)
+    with np.load(path) as f:
+        np.savez_compressed(path, **f)  # e.g. to carry it to another machine
+    compressed, compressed_names = data.read_arrays(directory)
+    assert compressed_names == names and compressed.keys() == arrays.keys()
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(compressed[name], array, strict=True)
+
+
 def test_damaged_arrays_file_is_not_trusted(tmp_path):
     directory = os.path.join(write_mock_dataset(str(tmp_path)), data.DATASET, data.VERSION)
     path = os.path.join(directory, data.ARRAYS_FILE)
