@@ -10,23 +10,18 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 
+from fmnist_jax.imports import without
+
 # `flax.nnx` imports IPython (~0.35 s, a third of the package's imports) only to ask whether it
 # runs inside an IPython shell. Where IPython is not imported yet no shell runs and the answer is
 # no; flax gets it from a failed import instead of loading IPython to be told.
-_outside_ipython = "IPython" not in sys.modules
-if _outside_ipython:
-    sys.modules["IPython"] = None  # type: ignore[assignment]  # `import IPython` raises ImportError
-try:
+with without("IPython"):
     from flax import nnx
-finally:
-    if _outside_ipython:
-        del sys.modules["IPython"]
 from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError

@@ -7,38 +7,19 @@ sample test predictions. Only process 0 of a multi-host run writes.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from fmnist_jax.imports import without
 from fmnist_jax.workdir import BOARD_DIR, HPARAMS_RUN
 
-# Cloud SDKs tensorboardX imports, where installed, only to write s3:// and gs:// log dirs, which a
-# run never does: boto3 alone took 0.2 s of Python, which a run pays while it compiles and trains
-# (this module is imported in a thread then; nothing else in a run imports them).
-_CLOUD_SDKS = ("boto3", "google.cloud.storage")
-
-
-@contextlib.contextmanager
-def _without_cloud_sdks() -> Iterator[None]:
-    """Imports inside see the cloud SDKs as not installed (a None entry in `sys.modules` makes an
-    import raise ImportError); other imports of them work again afterwards."""
-    absent = [name for name in _CLOUD_SDKS if name not in sys.modules]
-    sys.modules.update(dict.fromkeys(absent))
-    try:
-        yield
-    finally:
-        for name in absent:
-            if sys.modules.get(name, ...) is None:
-                del sys.modules[name]
-
-
-with _without_cloud_sdks():
+# tensorboardX imports the cloud SDKs, where installed, only to write s3:// and gs:// log dirs,
+# which a run never does: boto3 alone took 0.2 s of Python, which a run pays while it compiles and
+# trains (this module is imported in a thread then; nothing else in a run imports them).
+with without("boto3", "google.cloud.storage"):
     from tensorboardX import SummaryWriter
 
 
