@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from fmnist_jax import cli, train
 from fmnist_jax import workdir as workdir_lib
-from fmnist_jax.reports import plots
+from fmnist_jax.reports import lines, plots
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Config file.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds trained together (num_seeds).")
@@ -52,7 +52,7 @@ def _epochs_to_accuracy() -> None:
             r["epoch_seconds"] for r in rows if reached is not None and r["epoch"] <= reached
         )
         table.append(f"| {label} | {reached or 'not reached'} | {seconds:.1f} | {values[-1]:.4f} |")
-    plot = _PLOT.value or os.path.join(_WORKDIR.value, train.PLOTS_DIR, "epochs_to_accuracy.png")
+    plot = _PLOT.value or os.path.join(_WORKDIR.value, lines.PLOTS_DIR, "epochs_to_accuracy.png")
     plots.save(plots.curves_to_target(epochs, per_seed, _TARGET.value, "training accuracy"), plot)
     std = f" ± {summary['test_accuracy_std']:.4f}" if "test_accuracy_std" in summary else ""
     print(

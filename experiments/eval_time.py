@@ -4,7 +4,7 @@
 
 Every epoch ends with a validation and a run with a test evaluation: on a CPU they cost as much as
 a good part of the training of a small model. `eval_batch_size` 0 (the default) picks 250 on CPU
-and 1000 elsewhere (`engine.eval_batch_size`); this measures that choice on any machine. For each
+and 1000 elsewhere (`backend.eval_batch_size`); this measures that choice on any machine. For each
 batch size: the first evaluation of both splits (it compiles the program), then the best of three
 validations of the config's initial weights (random images in the run's shapes, as
 `experiments.compile_time` makes them).
@@ -21,8 +21,8 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from experiments import compile_time
+from fmnist_jax import backend, data
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, engine
 from fmnist_jax import program as program_lib
 
 
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
         f"{config.model.name}: backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
         f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), jax "
         f"{jax.__version__}; automatic batch here: "
-        f"{engine.eval_batch_size(0, jax.default_backend())}"
+        f"{backend.eval_batch_size(0, jax.default_backend())}"
     )
     print(
         f"| eval batch | first evaluation of both splits (compiles), s | "

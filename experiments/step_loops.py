@@ -1,15 +1,15 @@
 """Measures how the training steps of an epoch should be looped on this backend.
 
 For each reference model (MLP, CNN): ms per step for a whole epoch as one rolled `lax.scan`, for calls of 8
-unrolled steps, for those with XLA's default options instead of `engine.compiler_options`, and
+unrolled steps, for those with XLA's default options instead of `backend.compiler_options`, and
 (CNN) with the native pooling ops instead of the CPU formulation. This is the measurement behind
-`fmnist_jax.engine.plan_calls`, `engine.compiler_options` and `models.layers.pool`.
+`fmnist_jax.backend.plan_calls`, `backend.compiler_options` and `models.layers.pool`.
 
     python -m experiments.step_loops
     python -m experiments.step_loops --scan_unrolls=1,4,8,16
 
 `--calls` measures instead calls of k unrolled steps of one config, with the compile time of
-each call, the trade `engine.plan_calls` makes for conv models on CPU (8 steps per call, or 1 in
+each call, the trade `backend.plan_calls` makes for conv models on CPU (8 steps per call, or 1 in
 a short run):
 
     python -m experiments.step_loops --calls=1,8 --config=configs/fast.py --num_steps=32
@@ -27,8 +27,8 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from configs import cnn, mlp
+from fmnist_jax import backend, data
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, engine
 from fmnist_jax import program as program_lib
 
 
@@ -90,7 +90,7 @@ def calls(lengths: list[int], config: ConfigDict, num_steps: int, options: dict 
 def main(argv: list[str]) -> None:
     del argv
     print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
-    options = engine.compiler_options(jax.default_backend())
+    options = backend.compiler_options(jax.default_backend())
     if flags.FLAGS.calls:
         lengths = [int(k) for k in flags.FLAGS.calls]
         calls(lengths, flags.FLAGS.config, flags.FLAGS.num_steps, options)

@@ -2,7 +2,7 @@
 
 The public API, what `experiments/`, notebooks and tests use (each documented where it lives):
 
-- `train.train_and_evaluate(config, workdir) -> records.Summary`: a whole run, resumable; with a
+- `train.train_and_evaluate(config, workdir) -> metrics.Summary`: a whole run, resumable; with a
   larger `num_epochs` a finished run trains on.
 - `config.default()`, `config.validate(config)`: every key, its default and its checks.
 - `data.load(data_config) -> data.Splits`; `data.random_splits(...)` to time programs.

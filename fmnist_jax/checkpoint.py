@@ -84,6 +84,8 @@ class Checkpoints:
     """The run's checkpoint managers; saves are asynchronous, restores fall back past broken ones."""
 
     def __init__(self, workdir: str, keep: int, asynchronous: bool = True):
+        self.workdir = workdir
+
         def manager(kind: str, max_to_keep: int) -> ocp.CheckpointManager:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
@@ -137,6 +139,9 @@ class Checkpoints:
                 m.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - see save
             raise _write_failed(e) from e
+
+    def directory(self, kind: str) -> str:
+        return directory(self.workdir, kind)
 
     def latest_epoch(self) -> int | None:
         """The epoch of the newest complete `latest/` checkpoint (None if there is none)."""

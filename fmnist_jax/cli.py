@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
 
-from fmnist_jax import stopping
+from fmnist_jax import interrupts
 from fmnist_jax.errors import UserError
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def _fail(error: UserError) -> None:
 def run(fn: Callable[[], None], clean_stops: bool = True) -> None:
     """Runs `fn`; a `UserError` becomes its message on stderr and exit status 1, a stop (SIGINT,
     SIGTERM) its one line and 128 + the signal's number. With `clean_stops` (commands that train),
-    SIGINT and SIGTERM ask `fn` to stop where it checks (`stopping`); without (commands with nothing
+    SIGINT and SIGTERM ask `fn` to stop where it checks (`interrupts`); without (commands with nothing
     to finish: predict, evaluate, prepare), they stop it at once."""
     logging.get_absl_handler().addFilter(_quiet_orbax)
     # JAX reports each platform it probes and does not find ("Unable to initialize backend 'tpu'"):
@@ -113,7 +113,7 @@ def run(fn: Callable[[], None], clean_stops: bool = True) -> None:
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
     _keep_compiled_programs()
     if clean_stops:
-        stopping.install()
+        interrupts.install()
     else:
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, _leave_now)
@@ -128,7 +128,7 @@ def run(fn: Callable[[], None], clean_stops: bool = True) -> None:
             raise
         error.__cause__ = e
         _fail(error)
-    except stopping.Stopped as e:
+    except interrupts.Stopped as e:
         exit_now(128 + e.signal_number, str(e))
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, mid-call
         exit_now(

@@ -93,9 +93,9 @@ def default() -> ConfigDict:
     c.grid = ()
     c.num_epochs = 10
     c.batch_size = 32
-    # Evaluation batch; 0 = automatic (250 on CPU, 1000 on GPU/TPU; see engine.eval_batch_size).
+    # Evaluation batch; 0 = automatic (250 on CPU, 1000 on GPU/TPU; see backend.eval_batch_size).
     c.eval_batch_size = 0
-    # Training steps per compiled call; 0 = automatic (see fmnist_jax.engine.plan_calls).
+    # Training steps per compiled call; 0 = automatic (see fmnist_jax.backend.plan_calls).
     c.steps_per_call = 0
     # Compute dtype of the training steps: "bfloat16" for GPU/TPU speed; weights stay float32.
     c.dtype = "float32"

@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
-from fmnist_jax import stopping
+from fmnist_jax import interrupts
 from fmnist_jax.errors import UserError
 from fmnist_jax.shapes import IMAGE_SHAPE
 
@@ -197,7 +197,7 @@ def prepare(data_config: ConfigDict) -> tuple[dict[str, np.ndarray], list[str]]:
     ]
     child = subprocess.run(command, capture_output=True, text=True, env=env)
     if child.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # Ctrl-C reaches both
-        raise stopping.Stopped(
+        raise interrupts.Stopped(
             child.returncode - 128,
             f"Stopped by {signal.Signals(child.returncode - 128).name} while preparing "
             "Fashion-MNIST, before any training: nothing was lost (tfds keeps nothing half-written).",

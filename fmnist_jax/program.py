@@ -21,9 +21,11 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
+from fmnist_jax import backend as backend_lib
 from fmnist_jax import config as config_lib
 from fmnist_jax import data, engine, models, optim
 from fmnist_jax import memory as memory_lib
+from fmnist_jax import runner as runner_lib
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
 from fmnist_jax.reports import tables
@@ -40,8 +42,8 @@ def _engine(
 ) -> tuple[engine.Engine, int]:
     """The compiled math of `num_runs` runs of `config` (a sweep's widest config) as built for
     `backend`, with the training steps per compiled call."""
-    has_convolution = engine.uses_convolution(model, IMAGE_SHAPE)
-    steps_per_call, unroll = engine.plan_calls(
+    has_convolution = backend_lib.uses_convolution(model, IMAGE_SHAPE)
+    steps_per_call, unroll = backend_lib.plan_calls(
         config.steps_per_call, backend, has_convolution, steps_per_epoch * config.num_epochs
     )
     eng = engine.Engine(
@@ -50,11 +52,11 @@ def _engine(
         normalizer=normalizer,
         label_smoothing=config.loss.label_smoothing,
         unroll=unroll,
-        compiler_options=engine.compiler_options(backend),
+        compiler_options=backend_lib.compiler_options(backend),
         compute_dtype=config.dtype,
         num_runs=num_runs,
         augment=Augment(**config.augment),
-        loop_runs=engine.seed_loop(backend, has_convolution),
+        loop_runs=backend_lib.seed_loop(backend, has_convolution),
         ema_decay=config.ema_decay,
         test_time_flip=config.test_time_flip,
     )
@@ -83,9 +85,9 @@ class Program:
     config: ConfigDict
     model: models.Model
     engine: engine.Engine
-    runner: engine.EpochRunner
+    runner: runner_lib.EpochRunner
     # "test", and "val" when the config holds out a validation split.
-    eval_sets: dict[str, engine.EvalSet]
+    eval_sets: dict[str, runner_lib.EvalSet]
     learning_rate: optax.Schedule
     init_keys: jax.Array
     placement: DataParallel
@@ -150,11 +152,11 @@ class Program:
         )
 
     def evaluate(
-        self, weights: dict[str, PyTree], split: str | engine.EvalSet
-    ) -> engine.Evaluation:
+        self, weights: dict[str, PyTree], split: str | runner_lib.EvalSet
+    ) -> runner_lib.Evaluation:
         """`weights`' evaluation of a split (`.per_run()`: each run's mean loss and accuracy)."""
         eval_set = self.eval_sets[split] if isinstance(split, str) else split
-        return self.engine.evaluate(weights, eval_set)
+        return runner_lib.evaluate(self.engine, weights, eval_set)
 
     def model_item(self, weights: dict[str, PyTree]) -> dict[str, PyTree]:
         """What checkpoints keep of a model: its weights and the input normalization."""
@@ -183,7 +185,7 @@ def build(
         widest, model, normalizer, steps_per_epoch, backend, config_lib.num_runs(config)
     )
     init_keys, shuffle_keys, dropout_keys = engine.seed_keys(config_lib.run_seeds(config))
-    runner = engine.EpochRunner(
+    runner = runner_lib.EpochRunner(
         engine=eng,
         images=splits.train_images,
         labels=splits.train_labels,
@@ -202,8 +204,8 @@ def build(
         model=model,
         engine=eng,
         runner=runner,
-        eval_sets=engine.EvalSet.create_all(
-            eval_splits, engine.eval_batch_size(config.eval_batch_size, backend), placement
+        eval_sets=runner_lib.EvalSet.create_all(
+            eval_splits, backend_lib.eval_batch_size(config.eval_batch_size, backend), placement
         ),
         learning_rate=optim.schedule(config, steps_per_epoch),
         init_keys=init_keys,
@@ -236,8 +238,8 @@ def lower_for(
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)
     indices = jax.ShapeDtypeStruct((eng.num_runs, steps, config.batch_size), jnp.int32)
-    batches = engine.eval_batches(  # the test split in one call
-        10_000, engine.eval_batch_size(config.eval_batch_size, platform)
+    batches = runner_lib.eval_batches(  # the test split in one call
+        10_000, backend_lib.eval_batch_size(config.eval_batch_size, platform)
     )
     train_call = jax.jit(eng.train_program(), donate_argnums=(0, 1)).trace(
         state,

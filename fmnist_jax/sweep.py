@@ -29,7 +29,7 @@ from ml_collections import ConfigDict
 from fmnist_jax import config as config_lib
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import UserError
-from fmnist_jax.records import EpochRow, Summary, member_name
+from fmnist_jax.metrics import EpochRow, Summary, member_name
 
 SWEEP_FILE = "sweep.json"
 TABLE_FILE = "sweep.md"

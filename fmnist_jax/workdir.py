@@ -280,7 +280,7 @@ class MetricsLog:
 
 
 def read_history(workdir: str) -> list[dict[str, Any]]:
-    """A run's `metrics.jsonl` rows (`records.EpochRow`), oldest epoch first: its learning curves."""
+    """A run's `metrics.jsonl` rows (`metrics.EpochRow`), oldest epoch first: its learning curves."""
     with open(os.path.join(workdir, METRICS_FILE)) as f:
         return [json.loads(line) for line in f]
 

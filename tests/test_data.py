@@ -14,7 +14,7 @@ import pytest
 from conftest import write_mock_dataset
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, kaggle, prepare, staging, stopping
+from fmnist_jax import data, interrupts, kaggle, prepare, staging
 from fmnist_jax.errors import UserError
 
 
@@ -151,7 +151,7 @@ def test_a_stop_while_preparing_is_a_stop_not_a_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(
         data.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 130, "", "")
     )
-    with pytest.raises(stopping.Stopped, match="Stopped by SIGINT while preparing") as stopped:
+    with pytest.raises(interrupts.Stopped, match="Stopped by SIGINT while preparing") as stopped:
         data.load(_data_config(tmp_path / "tfds"))
     assert stopped.value.signal_number == signal.SIGINT
 

@@ -10,7 +10,7 @@ from conftest import tolerance
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
-from fmnist_jax import data, engine, inference, models, optim, program
+from fmnist_jax import backend, data, engine, inference, models, optim, program, runner
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
 
@@ -39,7 +39,7 @@ def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
         compute_dtype=config.dtype,
         augment=Augment(**config.augment),
     )
-    runner = engine.EpochRunner(
+    epoch_runner = runner.EpochRunner(
         eng,
         images,
         labels,
@@ -50,7 +50,7 @@ def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
     )
     history = []
     for epoch in range(epochs):
-        state, sums = runner.run(state, epoch)
+        state, sums = epoch_runner.run(state, epoch)
         history.extend(sums.per_run())
     return state, history
 
@@ -116,7 +116,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_learns_like_float32(model):
         f32_state.batch_stats,
     )
     model = models.create(config.model)
-    initial = engine.jit_unoptimized(model.init)(jax.random.key(0))  # eagerly: a compile per op
+    initial = backend.jit_unoptimized(model.init)(jax.random.key(0))  # eagerly: a compile per op
     weights = jax.tree.map(lambda a: a.astype(jnp.bfloat16), initial["params"])
     logits, _ = jax.jit(model.apply)(
         engine.variables(weights, initial["batch_stats"]), jnp.zeros((2, 28, 28, 1), jnp.bfloat16)
@@ -165,7 +165,7 @@ def test_progress_reports_steps_of_long_epochs():
     config.batch_size = 8
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
     model, optimizer, state, images, labels = _setup(config, num_examples=64)
-    runner = engine.EpochRunner(
+    epoch_runner = runner.EpochRunner(
         engine.Engine(model, optimizer, engine.Normalizer()),
         images,
         labels,
@@ -175,7 +175,7 @@ def test_progress_reports_steps_of_long_epochs():
         jax.random.key(7)[None],
     )
     reported = []
-    runner.run(state, 0, reported.append)
+    epoch_runner.run(state, 0, reported.append)
     assert reported == [2, 4, 6, 8, None]
 
 
@@ -220,14 +220,14 @@ def test_progress_bar_on_a_terminal_and_log_lines_elsewhere(caplog, monkeypatch)
 def test_call_plan_unrolls_convolutions_only_on_cpu():
     cnn = models.create(cnn_config.get_config().model)
     mlp = models.create(mlp_config.get_config().model)
-    assert engine.uses_convolution(cnn, (28, 28, 1)) and not engine.uses_convolution(
+    assert backend.uses_convolution(cnn, (28, 28, 1)) and not backend.uses_convolution(
         mlp, (28, 28, 1)
     )
-    assert engine.plan_calls(0, "cpu", True, 8590) == (8, True)  # the reference CNN's 10 epochs
-    assert engine.plan_calls(0, "cpu", True, 78) == (1, True)  # a short run compiles less
-    assert engine.plan_calls(0, "gpu", True, 8590)[1] is False
-    assert engine.plan_calls(0, "cpu", False, 8590)[0] >= 10**6
-    assert engine.plan_calls(5, "cpu", False, 8590) == (5, False)
+    assert backend.plan_calls(0, "cpu", True, 8590) == (8, True)  # the reference CNN's 10 epochs
+    assert backend.plan_calls(0, "cpu", True, 78) == (1, True)  # a short run compiles less
+    assert backend.plan_calls(0, "gpu", True, 8590)[1] is False
+    assert backend.plan_calls(0, "cpu", False, 8590)[0] >= 10**6
+    assert backend.plan_calls(5, "cpu", False, 8590) == (5, False)
 
 
 def test_one_unrolled_step_is_not_a_loop():
@@ -251,8 +251,8 @@ def test_one_unrolled_step_is_not_a_loop():
 
 
 def test_evaluation_batch_is_chosen_per_backend_unless_set(tiny_config):
-    assert engine.eval_batch_size(0, "cpu") == 250 and engine.eval_batch_size(0, "cuda") == 1000
-    assert engine.eval_batch_size(16, "cpu") == 16
+    assert backend.eval_batch_size(0, "cpu") == 250 and backend.eval_batch_size(0, "cuda") == 1000
+    assert backend.eval_batch_size(16, "cpu") == 16
     tiny_config.eval_batch_size = 0
     images, labels = np.zeros((1000, 28, 28, 1), np.uint8), np.zeros(1000, np.int32)
     splits = data.Splits(images[:64], labels[:64], images[:500], labels[:500], images, labels, ())
@@ -271,7 +271,7 @@ def test_first_nonfinite_step_is_reported():
 def test_eval_set_masks_padding():
     images = np.zeros((5, 28, 28, 1), np.uint8)
     labels = np.arange(5, dtype=np.int32)
-    s = engine.EvalSet.create(
+    s = runner.EvalSet.create(
         images, labels, batch_size=2, placement=DataParallel.over_all_devices()
     )
     ((images, _, mask),) = s.calls
@@ -280,7 +280,9 @@ def test_eval_set_masks_padding():
     optimizer = functools.partial(optim.optimizer, mlp_config.get_config(), 10)
     tx = optimizer({})
     state = engine.init_states(model, tx, jax.random.key(0)[None])
-    evaluation = engine.Engine(model, optimizer, engine.Normalizer()).evaluate(state.weights(), s)
+    evaluation = runner.evaluate(
+        engine.Engine(model, optimizer, engine.Normalizer()), state.weights(), s
+    )
     assert evaluation.sums.count.tolist() == [5]
     assert evaluation.run_probabilities(0).shape == (5, 10)  # the padding dropped
 
@@ -292,7 +294,7 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
         rng.integers(0, 10, 20).astype(np.int32),
     )
     placement = DataParallel.over_all_devices()
-    sets = engine.EvalSet.create_all(
+    sets = runner.EvalSet.create_all(
         {"val": (images[:8], labels[:8]), "test": (images, labels)},
         batch_size=2,
         placement=placement,
@@ -305,8 +307,8 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     tx = optimizer({})
     weights = engine.init_states(model, tx, jax.random.key(0)[None]).weights()
     eng = engine.Engine(model, optimizer, engine.Normalizer())
-    in_calls = eng.evaluate(weights, sets["test"])
-    in_one = eng.evaluate(weights, engine.EvalSet.create(images, labels, 2, placement))
+    in_calls = runner.evaluate(eng, weights, sets["test"])
+    in_one = runner.evaluate(eng, weights, runner.EvalSet.create(images, labels, 2, placement))
     assert (
         in_calls.sums.count.tolist() == [20]
         and in_calls.sums.loss.tolist() == in_one.sums.loss.tolist()
@@ -324,9 +326,9 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
 
 
 def test_evaluation_calls_are_few_and_pad_little():
-    assert engine.batches_per_call([20, 40]) == 20  # the default splits: 1 + 2 calls, no padding
-    assert engine.batches_per_call([40]) == 40
-    k = engine.batches_per_call([227, 40])  # no common divisor but 1: not 267 calls
+    assert runner.batches_per_call([20, 40]) == 20  # the default splits: 1 + 2 calls, no padding
+    assert runner.batches_per_call([40]) == 40
+    k = runner.batches_per_call([227, 40])  # no common divisor but 1: not 267 calls
     calls = [-(-b // k) for b in (227, 40)]
     assert sum(calls) <= 8 and sum(c * k for c in calls) - 267 < k
 
@@ -442,7 +444,7 @@ def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
     for a, b in zip(jax.tree.leaves(vmapped.params), jax.tree.leaves(looped.params), strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert (
-        engine.seed_loop("cpu", True)
-        and not engine.seed_loop("gpu", True)
-        and not engine.seed_loop("cpu", False)
+        backend.seed_loop("cpu", True)
+        and not backend.seed_loop("gpu", True)
+        and not backend.seed_loop("cpu", False)
     )

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from fmnist_jax import engine
+from fmnist_jax import backend
 from fmnist_jax import program as program_lib
 
 CONFIGS = sorted(
@@ -36,7 +36,7 @@ def test_training_and_evaluation_lower_for_accelerators(name, platform):
         # Native pooling (reduce_window, select-and-scatter gradient), not the CPU formulation.
         assert "reduce_window" in lowered["train"] and "select_and_scatter" in lowered["train"]
         assert "reduce_window" in lowered["eval"]
-    assert engine.compiler_options(platform) is None
+    assert backend.compiler_options(platform) is None
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from flax import nnx
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
-from fmnist_jax import engine, models
+from fmnist_jax import backend, models
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import layers
 from fmnist_jax.models.cnn import CNN
@@ -21,7 +21,7 @@ from fmnist_jax.reports import tables
 
 
 def _logits(model, batch=3):
-    variables = engine.jit_unoptimized(model.init)(jax.random.key(0))
+    variables = backend.jit_unoptimized(model.init)(jax.random.key(0))
     return jax.jit(model.apply)(variables, jnp.zeros((batch, 28, 28, 1)))[0], variables
 
 
@@ -51,7 +51,7 @@ def test_summary_lists_layers_in_call_order_with_shapes():
 
 def test_mlp_accepts_hwc_batches_of_any_size():
     model = models.create(mlp_config.get_config().model)
-    variables = engine.jit_unoptimized(model.init)(jax.random.key(0))
+    variables = backend.jit_unoptimized(model.init)(jax.random.key(0))
     assert model.apply(variables, jnp.ones((7, 28, 28, 1)))[0].shape == (7, 10)
 
 
@@ -116,7 +116,7 @@ def test_cnn_cpu_formulation_trains_like_the_native_ops(batch_norm):
     results = []
     for formulation in ("cpu", "native"):
         model = models.Model(CNN, {"batch_norm": batch_norm, "formulation": formulation})
-        variables = engine.jit_unoptimized(model.init)(jax.random.key(0))
+        variables = backend.jit_unoptimized(model.init)(jax.random.key(0))
 
         def loss(params, model=model, variables=variables):
             logits, _ = model.apply({**variables, "params": params}, images, train=True)
@@ -159,11 +159,11 @@ def test_resnet_blocks_start_as_the_identity_and_strided_stages_halve_the_resolu
     # Each block built and called in one compiled program: eagerly, every initializer and layer
     # compiles on its own (4.6 s instead of 0.9 s).
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 14, 14, 8), np.float32))
-    identity = engine.jit_unoptimized(
+    identity = backend.jit_unoptimized(
         lambda x: BasicBlock(8, 8, 1, "relu", rngs=nnx.Rngs(1))(x, train=False)
     )
     np.testing.assert_allclose(identity(x), jax.nn.relu(x), atol=1e-5)
-    strided = engine.jit_unoptimized(
+    strided = backend.jit_unoptimized(
         lambda x: BasicBlock(8, 16, 2, "relu", rngs=nnx.Rngs(1))(x, train=True)
     )
     assert strided(x).shape == (2, 7, 7, 16)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from conftest import noise, tolerance
 
-from fmnist_jax import data, inference, records, train
+from fmnist_jax import data, inference, loop_state, metrics, train
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import UserError
+from fmnist_jax.reports.run import RunReports
 
 
 def _train(config, workdir):
@@ -47,7 +48,7 @@ def test_mock_run_writes_config_metrics_and_summary(tiny_config, tmp_path):
     ):
         assert all(key in r for r in rows)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
-    assert on_disk == pytest.approx(summary)
+    assert on_disk == json.loads(json.dumps(summary))  # what JSON keeps of it, exactly
     # The reported weights are the last epoch's: its validation, not evaluated again.
     assert {k: summary[k] for k in rows[-1] if k.startswith("val_")} == {
         k: v for k, v in rows[-1].items() if k.startswith("val_")
@@ -93,13 +94,13 @@ def test_tensorboard_waits_for_its_import_and_the_epochs_do_not(tmp_path):
     from fmnist_jax.reports import board as board_module
 
     imported = concurrent.futures.Future()
-    board = train._Board(imported, str(tmp_path), primary=True)
+    board = RunReports(str(tmp_path), primary=True, imported=imported)
     for epoch in (1, 2):
         board.epoch({"epoch": epoch, "train_loss": 1.0 / epoch})
     assert not (tmp_path / "tensorboard").exists()
     imported.set_result(board_module)
     board.epoch({"epoch": 3, "train_loss": 1.0 / 3})
-    board.opened().finish({}, {"test_loss": 0.5, "test_accuracy": 0.8, "epochs_run": 3}, {})
+    board.board().finish({}, {"test_loss": 0.5, "test_accuracy": 0.8, "epochs_run": 3}, {})
     files = (tmp_path / "tensorboard").rglob("events.out.tfevents.*")
     events = [e for f in files for e in _events(f)]
     losses = {
@@ -296,9 +297,9 @@ def test_reported_validation_is_read_from_its_epochs_row_bit_for_bit(
     tiny_config.early_stopping.restore_best = restore_best
     read = train.train_and_evaluate(tiny_config, str(tmp_path / "read"))
     monkeypatch.setattr(
-        train,
+        loop_state,
         "_reported_val",
-        lambda program, loop, weights, epochs: records.over_runs(
+        lambda program, loop, weights, epochs: metrics.over_runs(
             "val", program.evaluate(weights, "val").per_run()
         ),
     )
