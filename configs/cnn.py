@@ -5,10 +5,9 @@ conv 32 3x3 SAME + 2x2 max pool, conv 64 3x3 SAME + 2x2 max pool, Dense 128 relu
 
     python -m fmnist_jax.main --config=configs/cnn.py --workdir=/tmp/fmnist/cnn
 
-Measured on the 2-core AMD EPYC dev/CI machine (CPU backend, WORKSPACE.md): test accuracy 0.9111
-(0.9135 and 0.9085 with the Flax Linen models, whose initial weights came from other keys), 88.5 s of training (8.0-9.6 s per epoch, 8 unrolled steps per call) + 7.2 s
-compile; session 1, before the CPU pooling and XLA options, needed 137 s. On one H100 GPU (jax 0.11.2, CUDA 13; WORKSPACE.md 2026-11-24):
-0.9134 in 1.75 s of training + 5.0 s compile; `--config.dtype=bfloat16` 0.9134 in 1.46 s.
+Expected (docs/benchmarks.md has the machines and versions): test accuracy 0.9111 for seed 0;
+on a 2-core CPU about 90 s of training (8-10 s per epoch) + 7 s of compiling; on one H100 0.9134
+in 1.75 s of training (`--config.dtype=bfloat16`: 1.46 s).
 """
 
 import ml_collections

@@ -7,11 +7,9 @@ cosine decay over 20 epochs at batch 128, on-device flips and 2-pixel random cro
 
     python -m fmnist_jax.main --config=configs/fast.py --workdir=/tmp/fmnist/fast
 
-Measured on the 2-core AMD EPYC dev machine (CPU backend, WORKSPACE.md "Strong configs"): test
-accuracy 0.9427 (seed 0; validation 0.9506), 584,618 parameters. Alone on the machine an epoch
-takes 50-58 s (~1,050 images/s; 3-epoch run) + 28 s compile, so ~17-18 min for the 20 epochs; the
-accuracy run itself shared the 2 cores with other jobs and took 2,487 s. On one H100 GPU (jax 0.11.2, CUDA 13; WORKSPACE.md 2026-11-24): 0.9437
-(validation 0.9508) in 7.7 s of training + 9.8 s compile, 38 s for the whole command.
+Expected (docs/benchmarks.md has the machines and versions): test accuracy 0.9427 for seed 0
+(validation 0.9506), 584,618 parameters; on a 2-core CPU about 17-18 min (50-58 s per epoch) + 28 s
+of compiling; on one H100 0.9437 in 7.7 s of training + 9.8 s of compiling.
 """
 
 import ml_collections

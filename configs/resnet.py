@@ -10,16 +10,10 @@ flips, 2-pixel random crops and random erasing (p=0.5); label smoothing 0.1; EMA
     # several seeds in one program (mean +- std), on a GPU/TPU:
     python -m fmnist_jax.main --config=configs/resnet.py --workdir=/tmp/fmnist/resnet3 --config.num_seeds=3
 
-Measured (seed 0, one run): **0.9569 test accuracy** (val 0.9596 at epoch 40), on the 2-core AMD
-EPYC dev machine (CPU; no GPU was lent in any session): 26,986 s of training (7.5 h over three
-sessions, resumed from the per-epoch checkpoints; some epochs shared the cores with tests, alone
-an epoch takes 505-595 s, ~6 h for 40) plus one compile per start (126, 134, 87 s);
-`python -m fmnist_jax.evaluate --workdir=... --which=final` on the restored checkpoint gives the
-same 0.9569. About 1.9 GFLOP of training per image (~110 TFLOP per epoch), so a GPU/TPU is the
-place for several seeds. The shortened CPU run (widths 16-32-64, 2 epochs: 0.8560 test, 112 s) and
-the per-epoch table are in WORKSPACE.md. On one H100 GPU (jax 0.11.2, CUDA 13; WORKSPACE.md 2026-11-24), `--config.num_seeds=3`:
-0.9547 ± 0.0002 (seeds 0.9549, 0.9544, 0.9549; validation 0.9588), 291 s of training (7.3 s per
-epoch for the three, 22,660 images/s) + 19 s compile, 5.9 min for the whole command.
+Expected (docs/benchmarks.md has the machines and versions): **0.9569 test accuracy** for seed 0
+(validation 0.9596); on a 2-core CPU about 6-7.5 h of training (505-595 s per epoch, about 1.9
+GFLOP per training image: a GPU or TPU is the place for it) + 1.5-2 min of compiling per start; on
+one H100, `--config.num_seeds=3`: 0.9547 ± 0.0002 in 291 s of training + 19 s of compiling.
 """
 
 import ml_collections

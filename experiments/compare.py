@@ -19,7 +19,7 @@ import tempfile
 from absl import flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from fmnist_jax import cli
+from fmnist_jax import cli, config_checks
 from fmnist_jax import config as config_lib
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import UserError
@@ -49,7 +49,7 @@ def _variant_configs() -> dict[str, ConfigDict]:
         try:
             config_lib.apply_overrides(config, overrides)
             config.num_seeds = _SEEDS.value
-            config_lib.validate(config)
+            config_checks.validate(config)
         except UserError as e:
             raise UserError(f"Variant {label!r}: {e}") from e
         configs[label] = config

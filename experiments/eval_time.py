@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from experiments import compile_time
-from fmnist_jax import backend, data
+from fmnist_jax import backend, config_checks, data
 from fmnist_jax import config as config_lib
 from fmnist_jax import program as program_lib
 
@@ -34,7 +34,7 @@ class EvalTime:
 
 
 def measure(config: ConfigDict, batch_sizes: list[int]) -> list[EvalTime]:
-    config_lib.validate(config)
+    config_checks.validate(config)
     splits = compile_time.run_shaped_splits(config)
     return [_time(config, splits, batch_size) for batch_size in batch_sizes]
 

@@ -19,7 +19,7 @@ import jax
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from fmnist_jax import cli, data
+from fmnist_jax import cli, config_checks, data
 from fmnist_jax import config as config_lib
 from fmnist_jax import program as program_lib
 
@@ -51,7 +51,7 @@ class StepTime:
 
 def measure(config: ConfigDict, num_steps: int) -> StepTime:
     """Compiles `config`'s training step and times `num_steps` steps after as many warm-up steps."""
-    config_lib.validate(config)
+    config_checks.validate(config)
     steps_per_epoch = config_lib.num_train_examples(config) // config.batch_size
     splits = data.random_splits(num_steps * config.batch_size, config.batch_size)
     program = program_lib.build(config, splits)

@@ -19,8 +19,7 @@ import shlex
 from absl import flags
 from ml_collections import config_flags
 
-from fmnist_jax import cli
-from fmnist_jax import config as config_lib
+from fmnist_jax import cli, config_checks
 from fmnist_jax import sweep as sweep_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep's run.", required=True)
@@ -36,7 +35,7 @@ def _sweep() -> None:
     config.grid = sweep_lib.parse_grid(_GRID.value)
     if _SEEDS.value is not None:
         config.num_seeds = _SEEDS.value
-    config_lib.validate(config)  # a sweep that cannot work starts nothing
+    config_checks.validate(config)  # a sweep that cannot work starts nothing
     result = sweep_lib.train(config, _WORKDIR.value)
     best = result["members"][result["best"]]
     figure = os.path.join(_WORKDIR.value, sweep_lib.FIGURE_FILE)  # unless config.plots is off

@@ -4,7 +4,7 @@ The public API, what `experiments/`, notebooks and tests use (each documented wh
 
 - `train.train_and_evaluate(config, workdir) -> metrics.Summary`: a whole run, resumable; with a
   larger `num_epochs` a finished run trains on.
-- `config.default()`, `config.validate(config)`: every key, its default and its checks.
+- `config.default()`, `config_checks.validate(config)`: every key, its default and its checks.
 - `data.load(data_config) -> data.Splits`; `data.random_splits(...)` to time programs.
 - `program.build(config, splits) -> program.Program`: model, optimizer, engine, epoch runner and
   evaluation sets; `Program.compile()`, `Program.runner.run(state, epoch)`, `Program.evaluate`.
@@ -26,3 +26,5 @@ The notebook `notebooks/classify_clothing.ipynb` uses exactly these.
 
 Modules import lazily (nothing here), so a command pays only for what it uses.
 """
+
+__version__ = "0.1.0"

@@ -230,7 +230,7 @@ def _user_traceback(error: Exception, config_file: str) -> str:
 def load_config(name: str = "config") -> ConfigDict:
     """The config that the `config_flags.DEFINE_config_file` flag `name` points to; a file that
     cannot be read is one error (ml_collections returns a placeholder that fails on first use)."""
-    from ml_collections import config_flags
+    from ml_collections import ConfigDict, config_flags
 
     config = getattr(flags.FLAGS, name)
     choose = (
@@ -251,6 +251,12 @@ def load_config(name: str = "config") -> ConfigDict:
                 f"the command from {shlex.quote(_CHECKOUT)}."
             ) from e
         raise UserError(f"Config file {path} does not exist or cannot be read. {choose}") from e
+    if not isinstance(config, ConfigDict):
+        path = config_flags.get_config_filename(flags.FLAGS[name])
+        raise UserError(
+            f"Config file {path}: its get_config() returned {type(config).__name__}, not an "
+            f"ml_collections.ConfigDict. {choose}"
+        )
     return config
 
 

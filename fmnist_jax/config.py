@@ -1,15 +1,13 @@
-"""The config schema: every key with its default, and the checks that make bad values clear errors.
+"""The config schema: every key with its default, and setting keys by name.
 
 Config files in `configs/` start from `default()` and change what their recipe needs, so every run
-has the same keys and `--config.key=value` overrides hit a known, typed key.
+has the same keys and `--config.key=value` overrides hit a known, typed key. The checks that make
+bad values clear errors are in `config_checks`; the run axis a config describes is in `run_axis`.
 """
 
 from __future__ import annotations
 
 import ast
-import difflib
-import itertools
-import math
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -102,11 +100,19 @@ def default() -> ConfigDict:
     # Write a jax.profiler trace of a few training steps to <workdir>/profile for TensorBoard.
     c.profile = False
     # Draw the run's figures: <workdir>/plots/, TensorBoard's sample predictions, a sweep's
-    # sweep.png. They cost ~1.5 CPU-s in two background processes per run; False for scripted runs
+    # sweep.png. They cost CPU time after the last epoch; False for scripted runs
     # whose figures nobody looks at (the tests set it where they check none).
     c.plots = True
 
-    # Multi-host runs (README "Multiple devices and hosts"); one process needs none of this.
+    _add_data_and_model(c)
+    _add_optimization(c)
+    _add_run_control(c)
+    return c
+
+
+def _add_data_and_model(c: ConfigDict) -> None:
+    """Several hosts, the data and the model."""
+    # Multi-host runs (docs/runs.md, "Several devices and hosts"); one process needs none of this.
     c.distributed = ConfigDict()
     c.distributed.coordinator_address = (
         ""  # "host:port" of process 0, or "auto" (Cloud TPU, SLURM).
@@ -130,6 +136,9 @@ def default() -> ConfigDict:
     c.model.activation = "relu"
     c.model.dropout_rate = 0.0
 
+
+def _add_optimization(c: ConfigDict) -> None:
+    """The optimizer, its schedule, augmentation, the loss and the weights' moving average."""
     c.optimizer = ConfigDict()
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
@@ -166,6 +175,9 @@ def default() -> ConfigDict:
     # Test-time augmentation: average the class probabilities of each image and its mirror image.
     c.test_time_flip = False
 
+
+def _add_run_control(c: ConfigDict) -> None:
+    """When to save, and when to stop or lower the learning rate on validation."""
     c.checkpoint = ConfigDict()
     # `latest/` is written every `every_epochs` epochs once `min_interval_seconds` have passed since
     # the previous one, after the last epoch and when a stop is asked between epochs. A crash loses at
@@ -194,24 +206,6 @@ def default() -> ConfigDict:
     c.reduce_lr.min_delta = 1e-4
     c.reduce_lr.cooldown = 0
     c.reduce_lr.min_lr = 0.0
-    return c
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, f"Unknown {key}={value!r}; choose one of {', '.join(choices)}.")
-
-
-def _check_positive(key: str, value: float) -> None:
-    _check(math.isfinite(value) and value > 0, f"{key} must be a positive number, got {value!r}.")
-
-
-def _check_fraction(key: str, value: float) -> None:
-    _check(0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value!r}.")
 
 
 def apply_overrides(config: ConfigDict, overrides: str) -> None:
@@ -246,32 +240,6 @@ def set_key(config: ConfigDict, key: str, value: Any) -> None:
         raise UserError(f"Setting {key}={value}: {e}.") from None
 
 
-def members(config: ConfigDict) -> list[dict[str, Any]]:
-    """The sweep's members, each {key: value}: every combination of `config.grid`, the last key
-    varying fastest; one member, {}, without a grid."""
-    keys = [key for key, _ in config.grid]
-    return [
-        dict(zip(keys, combo, strict=True))
-        for combo in itertools.product(*(v for _, v in config.grid))
-    ]
-
-
-def run_seeds(config: ConfigDict) -> list[int]:
-    """The seed of each run on the run axis: every member with seeds seed, seed+1, ...; member m's
-    seed s is run m * num_seeds + s."""
-    return [config.seed + s for _ in members(config) for s in range(config.num_seeds)]
-
-
-def num_runs(config: ConfigDict) -> int:
-    """The length of the run axis: members x seeds."""
-    return len(members(config)) * config.num_seeds
-
-
-def run_values(config: ConfigDict, run: int) -> dict[str, Any]:
-    """The swept keys' values of run `run` ({} without a grid)."""
-    return members(config)[run // config.num_seeds]
-
-
 def with_values(config: ConfigDict, values: dict[str, Any]) -> ConfigDict:
     """A copy of `config` without its grid and with `values` set: one member as a run of its own."""
     copy = config.copy_and_resolve_references()
@@ -279,260 +247,3 @@ def with_values(config: ConfigDict, values: dict[str, Any]) -> ConfigDict:
     for key, value in values.items():
         set_key(copy, key, value)
     return copy
-
-
-def widest(config: ConfigDict) -> ConfigDict:
-    """The config a sweep's program is built from: each swept key at its largest value, so that the
-    parts a 0 turns off (dropout, momentum, clipping, weight decay, EMA, erasing) exist for every
-    member; each run's own values replace those numbers inside the program."""
-    return with_values(config, {key: max(values) for key, values in config.grid})
-
-
-def _check_grid(config: ConfigDict) -> None:
-    """Each grid entry is (a sweepable key this config reads, its values), and each value valid."""
-    grid = config.grid
-    _check(
-        config.data.num_validation > 0,
-        "A sweep (grid) chooses its best member on the validation split: set data.num_validation > 0.",
-    )
-    _check(
-        isinstance(grid, (tuple, list))
-        and all(isinstance(e, (tuple, list)) and len(e) == 2 for e in grid),
-        f"grid must be a tuple of (key, (value, ...)) pairs, got {grid!r}.",
-    )
-    keys = [key for key, _ in grid]
-    _check(len(set(keys)) == len(keys), f"grid names a key twice: {keys}.")
-    for key, values in grid:
-        _check(
-            key in SWEEPABLE,
-            f"{key} cannot be swept inside one compiled program: only numbers that change no array "
-            "shape and no program structure can ride the run axis, and it is not one of them "
-            f"(sweepable: {', '.join(SWEEPABLE)}). Compare values of {key} as separate runs with "
-            "experiments.compare, e.g. python -m experiments.compare --config=configs/mlp.py "
-            f"--variant='a:{key}=...' --variant='b:{key}=...'.",
-        )
-        if not _read(config, key):
-            raise UserError(_does_nothing(config, key, "sweep another key"))
-        _check(
-            isinstance(values, (tuple, list))
-            and len(values) > 0
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
-            f"grid values of {key} must be a non-empty tuple of numbers, got {values!r}.",
-        )
-        for value in values:
-            _check_values(with_values(config, {key: value}))
-
-
-def _read(config: ConfigDict, key: str) -> bool:
-    """Whether what the config chose (optimizer, schedule, early stopping) reads `key`."""
-    choice_key, readers = READ_ONLY_BY.get(key, (None, ()))
-    return choice_key is None or config[choice_key] in readers
-
-
-def _does_nothing(config: ConfigDict, key: str, instead: str) -> str:
-    choice_key, readers = READ_ONLY_BY[key]
-    return (
-        f"{key} does nothing with {choice_key}={config[choice_key]!r} (only with "
-        f"{' or '.join(map(repr, readers))}); {instead}, or set {choice_key}."
-    )
-
-
-def _check_read(config: ConfigDict) -> None:
-    """Refuses a setting that the chosen optimizer, schedule or early stopping would not read."""
-    defaults, swept = default(), {key for key, _ in config.grid}  # the grid is checked by now
-    for key in READ_ONLY_BY:
-        value = config[key]  # ConfigDict reads dotted keys
-        if value != defaults[key] and key not in swept and not _read(config, key):
-            raise UserError(_does_nothing(config, key, f"remove {key}={value!r}"))
-    _check(
-        config.optimizer.name != "adamw"
-        or config.optimizer.weight_decay > 0
-        or "optimizer.weight_decay" in swept,
-        "optimizer.name='adamw' with optimizer.weight_decay=0 is Adam: set "
-        "optimizer.weight_decay (decoupled; optax's default is 1e-4, Keras' 0.004), or use "
-        "optimizer.name='adam'.",
-    )
-    if config.schedule.name == "cosine":
-        _check(
-            0 <= config.schedule.warmup_epochs < config.num_epochs,
-            f"schedule.warmup_epochs must be in [0, num_epochs={config.num_epochs}): the cosine "
-            f"decay follows the warmup, got {config.schedule.warmup_epochs}.",
-        )
-
-
-def validate(config: ConfigDict) -> None:
-    """Raises `UserError` naming the first key whose value cannot work, and the values that can, or
-    a setting that nothing the config chose would read (`READ_ONLY_BY`)."""
-    _check_values(config)
-    _check_read(config)
-
-
-def _check_validation_split(config: ConfigDict, section: str) -> None:
-    """`section` (early stopping, reduce_lr) watches a validation metric: there must be one."""
-    _check(
-        config.data.num_validation > 0,
-        f"{section}.enabled needs a validation split: set data.num_validation > 0.",
-    )
-
-
-def _check_reduce_lr(config: ConfigDict) -> None:
-    r = config.reduce_lr
-    _check_choice("reduce_lr.monitor", r.monitor, MONITORS)
-    _check(0 < r.factor < 1, f"reduce_lr.factor must be in (0, 1), got {r.factor}.")
-    _check(
-        isinstance(r.patience, int) and r.patience >= 1,
-        f"reduce_lr.patience must be an integer >= 1, got {r.patience!r}.",
-    )
-    _check(
-        isinstance(r.cooldown, int) and r.cooldown >= 0,
-        f"reduce_lr.cooldown must be an integer >= 0, got {r.cooldown!r}.",
-    )
-    _check(r.min_delta >= 0, f"reduce_lr.min_delta must be >= 0, got {r.min_delta}.")
-    _check(r.min_lr >= 0, f"reduce_lr.min_lr must be >= 0, got {r.min_lr}.")
-    if r.enabled:
-        _check_validation_split(config, "reduce_lr")
-        _check(
-            config.schedule.name == "constant",
-            f"reduce_lr lowers a constant learning rate (as Keras' ReduceLROnPlateau does), but "
-            f"schedule.name={config.schedule.name!r} already changes it every step: set "
-            "schedule.name='constant', or reduce_lr.enabled=False.",
-        )
-
-
-def _check_known(config: ConfigDict) -> None:
-    """Refuses a key that `default()` lacks: Python code may set any attribute of a ConfigDict
-    (`config.num_epoch = 5` adds a key), and nothing would read it. The command line cannot add
-    keys; `models.check` checks the model's own."""
-    known = flatten(default().to_dict())
-    unknown = [
-        k for k in flatten(config.to_dict()) if k not in known and k.split(".")[0] != "model"
-    ]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        raise UserError(
-            f"config.{unknown[0]} is not a setting, so nothing would read it"
-            + (f"; did you mean {close[0]}?" if close else ".")
-            + " Every key is in fmnist_jax/config.py's default()."
-        )
-
-
-def _check_values(config: ConfigDict) -> None:
-    """Each value's own checks; a sweep's members too (they differ only in swept keys, which
-    `_check_grid` checks are read)."""
-    _check(
-        isinstance(config, ConfigDict),
-        f"A config must be an ml_collections.ConfigDict, got {type(config).__name__}: a config file's get_config() "
-        "returns fmnist_jax.config.default() with its changes (see configs/mlp.py).",
-    )
-    missing = sorted(set(default().keys()) - set(config.keys()))
-    _check(
-        not missing,
-        f"The config lacks {', '.join(missing)}; start config files from fmnist_jax.config.default().",
-    )
-    _check_known(config)
-    for key in ("num_epochs", "batch_size"):
-        _check(
-            isinstance(config[key], int) and config[key] > 0,
-            f"{key} must be a positive integer, got {config[key]!r}.",
-        )
-    for key in ("eval_batch_size", "steps_per_call"):
-        _check(
-            isinstance(config[key], int) and config[key] >= 0,
-            f"{key} must be an integer >= 0 (0 = automatic), got {config[key]!r}.",
-        )
-    _check(
-        0 <= config.data.num_validation < NUM_TRAIN_EXAMPLES,
-        f"data.num_validation must be in [0, {NUM_TRAIN_EXAMPLES - 1}], got {config.data.num_validation}.",
-    )
-    available = NUM_TRAIN_EXAMPLES - config.data.num_validation
-    _check(
-        0 <= config.data.num_train <= available,
-        f"data.num_train must be in [0, {available}] (0 = all {available} training examples after "
-        f"data.num_validation={config.data.num_validation}), got {config.data.num_train}.",
-    )
-    _check(
-        config.batch_size <= num_train_examples(config),
-        f"batch_size={config.batch_size} is larger than the training split "
-        f"({num_train_examples(config)} examples after data.num_validation="
-        f"{config.data.num_validation}, data.num_train={config.data.num_train}); use a smaller "
-        "batch_size.",
-    )
-    _check_choice("dtype", config.dtype, DTYPES)
-    _check(
-        isinstance(config.num_seeds, int) and config.num_seeds >= 1,
-        f"num_seeds must be a positive integer, got {config.num_seeds!r}.",
-    )
-    if config.grid:
-        _check_grid(config)
-    d = config.distributed
-    _check(d.num_processes >= 1, f"distributed.num_processes must be >= 1, got {d.num_processes}.")
-    _check(
-        0 <= d.process_id < d.num_processes,
-        f"distributed.process_id must be in [0, {d.num_processes - 1}] for num_processes={d.num_processes}, got {d.process_id}.",
-    )
-    _check(
-        d.timeout_seconds >= 1,
-        f"distributed.timeout_seconds must be >= 1, got {d.timeout_seconds}.",
-    )
-    _check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
-    _check_positive("optimizer.learning_rate", config.optimizer.learning_rate)
-    _check(
-        config.optimizer.weight_decay >= 0,
-        f"optimizer.weight_decay must be >= 0, got {config.optimizer.weight_decay}.",
-    )
-    _check(
-        config.optimizer.grad_clip_norm >= 0,
-        f"optimizer.grad_clip_norm must be >= 0 (0 = off), got {config.optimizer.grad_clip_norm}.",
-    )
-    _check_choice("schedule.name", config.schedule.name, SCHEDULES)
-    _check(
-        len(config.schedule.boundaries_epochs) == len(config.schedule.scales),
-        "schedule.boundaries_epochs and schedule.scales must have the same length.",
-    )
-    _check_fraction("loss.label_smoothing", config.loss.label_smoothing)
-    _check_fraction("ema_decay", config.ema_decay)
-    _check(
-        0 <= config.augment.crop_padding <= 14,
-        f"augment.crop_padding must be in [0, 14] pixels, got {config.augment.crop_padding}.",
-    )
-    _check(
-        0.0 <= config.augment.erasing <= 1.0,
-        f"augment.erasing must be a probability in [0, 1], got {config.augment.erasing}.",
-    )
-    _check_choice("early_stopping.monitor", config.early_stopping.monitor, MONITORS)
-    _check(
-        config.early_stopping.patience >= 1,
-        f"early_stopping.patience must be >= 1, got {config.early_stopping.patience}.",
-    )
-    if config.early_stopping.enabled:
-        _check_validation_split(config, "early_stopping")
-    _check_reduce_lr(config)
-    _check(
-        config.checkpoint.every_epochs >= 1,
-        f"checkpoint.every_epochs must be >= 1, got {config.checkpoint.every_epochs}.",
-    )
-    _check(
-        config.checkpoint.min_interval_seconds >= 0,
-        "checkpoint.min_interval_seconds must be >= 0, got "
-        f"{config.checkpoint.min_interval_seconds}.",
-    )
-    _check(
-        config.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {config.checkpoint.keep}."
-    )
-    for key in ("hidden_sizes", "conv_channels", "stage_channels"):
-        if key in config.model:
-            sizes = config.model[key]
-            _check(
-                isinstance(sizes, (tuple, list))
-                and all(isinstance(n, int) and n >= 1 for n in sizes),
-                f"model.{key} must be a tuple of positive integers (layer widths), got {sizes!r}; e.g. model.{key}=(128,).",
-            )
-    for key in ("stem_channels", "blocks_per_stage"):
-        if key in config.model:
-            _check(
-                isinstance(config.model[key], int) and config.model[key] >= 1,
-                f"model.{key} must be a positive integer, got {config.model[key]!r}.",
-            )
-    for key in ("dropout_rate", "conv_dropout_rate"):
-        if key in config.model:
-            _check_fraction(f"model.{key}", config.model[key])

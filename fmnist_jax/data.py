@@ -13,19 +13,15 @@ device once and does all scaling there.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zipfile
-import zlib
 
 import numpy as np
 from absl import logging
@@ -93,47 +89,13 @@ def write_arrays(directory: str, arrays: dict[str, np.ndarray], class_names: lis
     os.replace(tmp, path)
 
 
-_LOCAL_HEADER = struct.Struct("<4s22xHH")  # a zip member's signature, name and extra lengths
-
-
-def _read_npz(path: str) -> dict[str, np.ndarray]:
-    """The arrays of an .npz; uncompressed ones (as `write_arrays` writes them) each read from its
-    offset in the file, CRC-checked.
-
-    `np.load` reads an npz member through zipfile, 256 KiB at a time into fresh buffers: this
-    dataset's 55 MB took 0.04-0.86 s (2-core AMD EPYC VM, by the moment), `np.fromfile` from the
-    member's offset 0.013 s, and the CRC-32 zipfile would check 0.02 s.
-    """
-    arrays = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
-        for member in archive.infolist():
-            name = member.filename.removesuffix(".npy")
-            if member.compress_type != zipfile.ZIP_STORED:  # compressed since: zipfile inflates
-                with archive.open(member) as stream:
-                    arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
-                continue
-            f.seek(member.header_offset)
-            signature, name_length, extra_length = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
-            if signature != b"PK\x03\x04":
-                raise zipfile.BadZipFile(f"{member.filename} has no local header")
-            start = member.header_offset + _LOCAL_HEADER.size + name_length + extra_length
-            f.seek(start)
-            array = np.lib.format.read_array(f, allow_pickle=False)
-            header_length = f.tell() - start - array.nbytes
-            f.seek(start)
-            if zlib.crc32(array, zlib.crc32(f.read(header_length))) != member.CRC:
-                raise zipfile.BadZipFile(f"{member.filename} does not match its CRC-32")
-            arrays[name] = array
-    return arrays
-
-
 def read_arrays(directory: str) -> tuple[dict[str, np.ndarray], list[str]] | None:
     """The arrays and class names, or None when the file is missing, damaged or not derived from the
     prepared dataset now in `directory`."""
     try:
-        stored = _read_npz(os.path.join(directory, ARRAYS_FILE))
-        manifest = json.loads(str(stored["manifest"]))
-        arrays = {name: stored[name] for name in manifest["arrays_sha256"]}
+        with np.load(os.path.join(directory, ARRAYS_FILE), allow_pickle=False) as stored:
+            manifest = json.loads(str(stored["manifest"]))
+            arrays = {name: stored[name] for name in manifest["arrays_sha256"]}
     except FileNotFoundError:
         return None
     except Exception as e:  # NumPy and zipfile raise many types for a damaged file.
@@ -153,19 +115,6 @@ def read_arrays(directory: str) -> tuple[dict[str, np.ndarray], list[str]] | Non
         )
         return None
     return arrays, manifest["class_names"]
-
-
-def read_ahead(data_config: ConfigDict) -> None:
-    """Asks the kernel to read the arrays file into its page cache in the background, so that a
-    read from disk (0.1-0.8 s for its 55 MB on the dev VMs after the cache was dropped) overlaps
-    the imports that come before `load` instead of following them. Nothing happens where the
-    file or `os.posix_fadvise` (Linux, not macOS) is missing."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(os.path.join(prepared_dir(data_config), ARRAYS_FILE), os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
 
 
 def prepare(data_config: ConfigDict) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -60,38 +60,47 @@ def _rendezvous(address: str, num_processes: int, process_id: int, timeout: floa
     (process_id, num_processes); process 0 answers every one with the verdict. Raises `UserError`
     on every process when one is missing, unreachable or disagrees.
     """
-    host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout
-    joined = f"as process {process_id} of {num_processes} within {timeout} s"
     if process_id != 0:
-        while True:
-            try:
-                with socket.create_connection(
-                    (host, int(port)), timeout=max(0.1, deadline - time.monotonic())
-                ) as conn:
-                    conn.sendall(
-                        json.dumps(
-                            {"process_id": process_id, "num_processes": num_processes}
-                        ).encode()
-                        + b"\n"
-                    )
-                    verdict = json.loads(
-                        conn.makefile().readline() or '{"error": "process 0 closed the connection"}'
-                    )
-                break
-            except OSError as e:
-                if time.monotonic() >= deadline:
-                    raise UserError(
-                        f"Could not join the multi-host run at distributed.coordinator_address={address!r} {joined}: "
-                        f"{e.strerror or e}. Start process 0 (it runs the coordinator) with the same address, "
-                        "check that the host and port are reachable from here, or raise distributed.timeout_seconds."
-                    ) from e
-                time.sleep(0.2)
-        if verdict.get("error"):
-            raise UserError(
-                f"The multi-host run at {address} refused this process: {verdict['error']}"
-            )
-        return
+        _join(address, num_processes, process_id, timeout, deadline)
+    else:
+        _gather(address, num_processes, timeout, deadline)
+
+
+def _join(
+    address: str, num_processes: int, process_id: int, timeout: float, deadline: float
+) -> None:
+    """A process other than 0: says who it is to process 0 and raises its verdict's error."""
+    host, port = address.rsplit(":", 1)
+    joined = f"as process {process_id} of {num_processes} within {timeout} s"
+    while True:
+        try:
+            with socket.create_connection(
+                (host, int(port)), timeout=max(0.1, deadline - time.monotonic())
+            ) as conn:
+                conn.sendall(
+                    json.dumps({"process_id": process_id, "num_processes": num_processes}).encode()
+                    + b"\n"
+                )
+                verdict = json.loads(
+                    conn.makefile().readline() or '{"error": "process 0 closed the connection"}'
+                )
+            break
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"Could not join the multi-host run at distributed.coordinator_address={address!r} {joined}: "
+                    f"{e.strerror or e}. Start process 0 (it runs the coordinator) with the same address, "
+                    "check that the host and port are reachable from here, or raise distributed.timeout_seconds."
+                ) from e
+            time.sleep(0.2)
+    if verdict.get("error"):
+        raise UserError(f"The multi-host run at {address} refused this process: {verdict['error']}")
+
+
+def _gather(address: str, num_processes: int, timeout: float, deadline: float) -> None:
+    """Process 0: waits for every other process, checks they agree, answers each the verdict."""
+    port = address.rsplit(":", 1)[1]
     peers, connections, error = set(), [], None
     with socket.create_server(("", int(port))) as server:
         while len(peers) < num_processes - 1 and error is None:

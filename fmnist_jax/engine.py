@@ -1,7 +1,7 @@
 """The math of training and evaluation, as pure functions over explicit state.
 
-The train state, the loss, one training step, a call's scan of steps, the evaluation of batches
-and the epoch's shuffle. Every function here sees one run; `Engine.over_runs` maps it over the
+The train state, the loss, one training step, a call's scan of steps and the evaluation of
+batches. Every function here sees one run; `Engine.over_runs` maps it over the
 run axis (seeds and sweep members). Running these on devices is `runner`'s job, and the choices
 that depend on the backend are `backend`'s.
 """
@@ -202,6 +202,13 @@ def log_probabilities(
     return out
 
 
+def moving_average(average: PyTree, params: PyTree, decay: jax.Array, step: jax.Array) -> PyTree:
+    """The weights' moving average after `step`, with TensorFlow's ExponentialMovingAverage
+    warm-up: early steps average over fewer steps."""
+    decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, average, params)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
     """Per-example softmax cross-entropy on integer labels, with label smoothing (0 = none: the
     targets stay exactly one-hot; a sweep's smoothing is a traced per-run value)."""
@@ -312,13 +319,8 @@ class Engine:
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
         if self.ema_decay:
-            # TensorFlow's ExponentialMovingAverage warm-up: early steps average over fewer steps.
-            decay = jnp.minimum(
-                values.get("ema_decay", self.ema_decay), (1.0 + state.step) / (10.0 + state.step)
-            )
-            ema_params = jax.tree.map(
-                lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params
-            )
+            decay = values.get("ema_decay", self.ema_decay)
+            ema_params = moving_average(ema_params, params, decay, state.step)
         n = labels.shape[0]
         finite = jnp.isfinite(loss)
         sums = Sums(
@@ -401,11 +403,3 @@ class Engine:
     def compiled_eval_sums(self) -> Callable[..., tuple[Sums, jax.Array]]:
         """`eval_program` compiled, once per engine (evaluations of every split share it)."""
         return jax.jit(self.eval_program(), compiler_options=self.compiler_options)
-
-
-def epoch_batches(
-    key: jax.Array, epoch: jax.Array, num_examples: int, num_steps: int, batch_size: int
-) -> jax.Array:
-    """Epoch `epoch`'s shuffle of the training indices as `[num_steps, batch_size]`; the remainder is left out."""
-    order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-    return order[: num_steps * batch_size].reshape(num_steps, batch_size)

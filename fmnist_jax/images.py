@@ -69,18 +69,10 @@ def files(paths: list[str]) -> tuple[list[str], list[str]]:
     found, problems = [], []
     for path in paths:
         if os.path.isdir(path):
-            extensions = Image.registered_extensions()
-            try:
-                inside = sorted(
-                    entry.path
-                    for entry in os.scandir(path)
-                    if entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions
-                )
-            except OSError as e:
-                problems.append(f"Directory {path} could not be read ({e}).")
-                continue
+            inside, unreadable = _directory_images(path)
             found += inside
-            if not inside:
+            problems += unreadable
+            if not inside and not unreadable:
                 problems.append(f"Directory {path} holds no image files (PNG, JPEG, ...).")
         elif not os.path.exists(path) and any(c in path for c in "*?["):
             matches = sorted(glob.glob(path))
@@ -90,6 +82,26 @@ def files(paths: list[str]) -> tuple[list[str], list[str]]:
         else:
             found.append(path)
     return found, problems
+
+
+def _directory_images(path: str) -> tuple[list[str], list[str]]:
+    """(a directory's image files by extension, sorted; a message for each entry that could not
+    be read, such as a symbolic link that loops): one bad entry leaves the others readable."""
+    extensions = Image.registered_extensions()
+    try:
+        entries = sorted(os.scandir(path), key=lambda entry: entry.name)
+    except OSError as e:
+        return [], [f"Directory {path} could not be read ({e})."]
+    inside, unreadable = [], []
+    for entry in entries:
+        if os.path.splitext(entry.name)[1].lower() not in extensions:
+            continue
+        try:
+            if entry.is_file():
+                inside.append(entry.path)
+        except OSError as e:
+            unreadable.append(f"{entry.path} could not be read ({e.strerror}).")
+    return inside, unreadable
 
 
 def read(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:

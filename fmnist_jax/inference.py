@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmnist_jax import checkpoint, engine, models
+from fmnist_jax import checkpoint, engine, models, run_axis
 from fmnist_jax import config as config_lib
 from fmnist_jax.errors import UserError
 from fmnist_jax.shapes import IMAGE_SHAPE
@@ -67,8 +67,8 @@ class Classifier:
     def _jitted(self):
         # The weights as arguments, not constants: one program per model shape, which the
         # compilation cache keeps for every later model of that shape. With the weights built in,
-        # every trained model compiled its own (MLP ~0.2 s, CNN ~0.3 s) and left a cache entry as
-        # large as its weights.
+        # every trained model would compile its own and leave a cache entry as large as its
+        # weights.
         return jax.jit(self._probabilities)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
@@ -205,13 +205,13 @@ def load(workdir: str, which: str = "final", run: int | None = None) -> Classifi
     config.grid = tuple((key, tuple(values)) for key, values in config.get("grid", ()))
     if run is None:
         run = meta.get("summary", {}).get("reported_run", 0)
-    runs = config_lib.num_runs(config)
+    runs = run_axis.num_runs(config)
     if not 0 <= run < runs:
         raise UserError(
             f"{workdir} holds runs 0 to {runs - 1} (members x seeds); run={run} is not one of them."
         )
     return Classifier(
-        config=config_lib.with_values(config, config_lib.run_values(config, run)),
+        config=config_lib.with_values(config, run_axis.run_values(config, run)),
         class_names=tuple(meta["class_names"]),
         epoch=int(meta["epoch"]),
         variables=one_run(model, run),

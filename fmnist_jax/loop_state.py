@@ -18,8 +18,7 @@ import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, engine, metrics
-from fmnist_jax import config as config_lib
+from fmnist_jax import checkpoint, engine, metrics, run_axis
 from fmnist_jax import program as program_lib
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.early_stopping import EarlyStopping
@@ -52,9 +51,9 @@ class LoopState:
             state=state,
             stoppers=[
                 EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta)
-                for _ in range(config_lib.num_runs(config))
+                for _ in range(run_axis.num_runs(config))
             ],
-            kept=_keep(None, state.weights(), [True] * config_lib.num_runs(config)),
+            kept=_keep(None, state.weights(), [True] * run_axis.num_runs(config)),
         )
 
     @classmethod
@@ -128,7 +127,7 @@ class LoopState:
     def reported(self, config: ConfigDict) -> tuple[dict[str, PyTree], list[int]]:
         """(the weights each run reports, the epoch they are from, per run)."""
         if not self.stoppers:
-            return self.state.weights(), [self.epochs_done] * config_lib.num_runs(config)
+            return self.state.weights(), [self.epochs_done] * run_axis.num_runs(config)
         return self.kept, [
             s.best_epoch
             if config.early_stopping.restore_best
@@ -145,7 +144,7 @@ def summarize(
     config = program.config
     weights, epochs = loop.reported(config)
     examples = (
-        config_lib.num_runs(config) * loop.epochs_done * program.steps_per_epoch * config.batch_size
+        run_axis.num_runs(config) * loop.epochs_done * program.steps_per_epoch * config.batch_size
     )
     test = program.evaluate(weights, "test")
     memory = program.memory()

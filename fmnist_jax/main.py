@@ -20,15 +20,13 @@ config_flags.DEFINE_config_file(
 
 
 def _train() -> None:
-    from fmnist_jax import config as config_lib
-    from fmnist_jax import data
+    from fmnist_jax import config_checks
     from fmnist_jax.reports import figure_workers
 
     config = cli.load_config()
-    config_lib.validate(config)  # a config that cannot work starts nothing
+    config_checks.validate(config)  # a config that cannot work starts nothing
     if config.plots and config.distributed.process_id == 0:  # the process that draws the figures
         figure_workers.start()  # they import matplotlib while this process imports JAX
-    data.read_ahead(config.data)  # the data comes from disk while JAX imports
     from fmnist_jax.train import train_and_evaluate  # after flag parsing: keeps --help fast
 
     train_and_evaluate(config, _WORKDIR.value)

@@ -12,7 +12,7 @@ from typing import NotRequired, TypedDict
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import config as config_lib
+from fmnist_jax import run_axis
 
 
 class Validation(TypedDict):
@@ -98,6 +98,6 @@ def member_name(values: dict[str, float]) -> str:
 
 def run_name(config: ConfigDict, run: int) -> str:
     """How logs name run `run`: its seed, and in a sweep its member."""
-    seed = f"seed {config_lib.run_seeds(config)[run]}"
-    values = config_lib.run_values(config, run)
+    seed = f"seed {run_axis.run_seeds(config)[run]}"
+    values = run_axis.run_values(config, run)
     return f"{member_name(values)}, {seed}" if values else seed

@@ -44,8 +44,8 @@ _MAX_PIXELS = flags.DEFINE_integer(
 )
 
 
-# The figure draws one row per image, 176 pixels tall: --random=400 drew for 77 s into a 640 x
-# 70,400 PNG, past what a viewer shows. Every prediction is printed either way.
+# The figure draws one row per image: hundreds of rows take minutes to draw into a PNG taller than
+# a viewer shows. Every prediction is printed either way.
 _FIGURE_ROWS = 20
 
 
@@ -60,94 +60,95 @@ def _check_output(path: str) -> None:
 
 def main(argv: list[str]) -> None:
     paths, problems = images.files(list(_IMAGES.value) + argv[1:])
-    failures = []
-
-    def run():
-        if not paths and not problems and not _TEST_INDICES.value and not _RANDOM.value:
-            raise UserError(
-                "Nothing to predict: pass --images FILE ..., --test_indices=I,J or --random=N."
-            )
-        if _TOP.value < 1:
-            raise UserError(
-                f"--top={_TOP.value} prints no class: pass --top=1 or more (10 lists all)."
-            )
-        output = _OUTPUT.value or os.path.join(_WORKDIR.value, "predictions.png")
-        _check_output(output)
-        figure_workers.start()  # they import matplotlib while this process imports JAX
-        from fmnist_jax import inference
-
-        classifier = inference.load(_WORKDIR.value, _WHICH.value)
-        batch, titles, truths = [], [], []
-        for problem in problems:
-            failures.append(problem)
-            print(f"error: {problem}", file=sys.stderr)
-        for path in paths:
-            try:
-                batch.append(images.read(path, _MAX_PIXELS.value))
-            except UserError as e:
-                failures.append(str(e))
-                print(f"error: {e}", file=sys.stderr)
-                continue
-            titles.append(os.path.basename(path))
-            truths.append(None)
-        if _TEST_INDICES.value or _RANDOM.value:
-            splits = data.load(classifier.config.data)
-            n = len(splits.test_labels)
-            try:
-                indices = [int(i) for i in _TEST_INDICES.value]
-            except ValueError as e:
-                raise UserError(
-                    f"--test_indices must be integers, got {_TEST_INDICES.value}."
-                ) from e
-            if not 0 <= _RANDOM.value <= n:
-                raise UserError(
-                    f"--random={_RANDOM.value} must be between 0 and the test split's {n} images."
-                )
-            indices += (
-                np.random.default_rng(_SEED.value).choice(n, _RANDOM.value, replace=False).tolist()
-            )
-            bad = [i for i in indices if not 0 <= i < n]
-            if bad:
-                raise UserError(
-                    f"Test indices {bad} are out of range: the test split has {n} images (0..{n - 1})."
-                )
-            batch += [splits.test_images[i] for i in indices]
-            titles += [f"test #{i}" for i in indices]
-            truths += [int(splits.test_labels[i]) for i in indices]
-        if not batch:
-            raise UserError("None of the images could be read; nothing was predicted.")
-        probabilities = classifier.predict_proba(np.stack(batch))
-        names = classifier.class_names
-        for title, p, truth in zip(titles, probabilities, truths, strict=False):
-            top = np.argsort(-p)[: _TOP.value]
-            ranked = ", ".join(f"{names[k]} {p[k]:.3f}" for k in top)
-            print(f"{title}: {ranked}" + ("" if truth is None else f"  (true: {names[truth]})"))
-        shown = slice(_FIGURE_ROWS)
-        figure = {
-            "images": np.stack(batch[shown]),
-            "probabilities": probabilities[shown],
-            "class_names": names,
-            "titles": titles[shown],
-            "true_labels": truths[shown],
-        }
-        figure_workers.draw([("predictions", figure, output)])
-        more = len(batch) - _FIGURE_ROWS
-        print(
-            f"Figure written to {output}"
-            + (
-                f" (the first {_FIGURE_ROWS} images; the other {more} are printed above)."
-                if more > 0
-                else "."
-            )
-        )
-
-    cli.run(run, clean_stops=False)
+    failures = list(problems)  # with each file that cannot be read, once it is tried
+    cli.run(lambda: _predict(paths, failures), clean_stops=False)
     if failures:
         cli.exit_now(
             1,
             f"error: {len(failures)} of {len(paths) + len(problems)} image(s) could not be read (each named above); the others were predicted.",
         )
-    cli.exit_now(0)  # not the ~1 s of tearing JAX down
+    cli.exit_now(0)  # not the teardown of JAX's backends
+
+
+def _predict(paths: list[str], failures: list[str]) -> None:
+    """Predicts the image files `paths` and the test images the flags ask for, prints each and
+    draws the first `_FIGURE_ROWS`; adds each file that cannot be read to `failures`."""
+    if not paths and not failures and not _TEST_INDICES.value and not _RANDOM.value:
+        raise UserError(
+            "Nothing to predict: pass --images FILE ..., --test_indices=I,J or --random=N."
+        )
+    if _TOP.value < 1:
+        raise UserError(f"--top={_TOP.value} prints no class: pass --top=1 or more (10 lists all).")
+    output = _OUTPUT.value or os.path.join(_WORKDIR.value, "predictions.png")
+    _check_output(output)
+    figure_workers.start()  # they import matplotlib while this process imports JAX
+    from fmnist_jax import inference
+
+    classifier = inference.load(_WORKDIR.value, _WHICH.value)
+    for problem in failures:
+        print(f"error: {problem}", file=sys.stderr)
+    batch, titles, truths = _read_files(paths, failures)
+    if _TEST_INDICES.value or _RANDOM.value:
+        splits = data.load(classifier.config.data)
+        indices = _test_indices(len(splits.test_labels))
+        batch += [splits.test_images[i] for i in indices]
+        titles += [f"test #{i}" for i in indices]
+        truths += [int(splits.test_labels[i]) for i in indices]
+    if not batch:
+        raise UserError("None of the images could be read; nothing was predicted.")
+    probabilities = classifier.predict_proba(np.stack(batch))
+    names = classifier.class_names
+    for title, p, truth in zip(titles, probabilities, truths, strict=True):
+        top = np.argsort(-p)[: _TOP.value]
+        ranked = ", ".join(f"{names[k]} {p[k]:.3f}" for k in top)
+        print(f"{title}: {ranked}" + ("" if truth is None else f"  (true: {names[truth]})"))
+    shown = slice(_FIGURE_ROWS)
+    figure = {
+        "images": np.stack(batch[shown]),
+        "probabilities": probabilities[shown],
+        "class_names": names,
+        "titles": titles[shown],
+        "true_labels": truths[shown],
+    }
+    figure_workers.draw([("predictions", figure, output)])
+    more = len(batch) - _FIGURE_ROWS
+    shown_note = f" (the first {_FIGURE_ROWS} images; the other {more} are printed above)"
+    print(f"Figure written to {output}{shown_note if more > 0 else ''}.")
+
+
+def _read_files(
+    paths: list[str], failures: list[str]
+) -> tuple[list[np.ndarray], list[str], list[int | None]]:
+    """(images, titles, true labels: None) of the files that can be read; names the others."""
+    batch, titles = [], []
+    for path in paths:
+        try:
+            batch.append(images.read(path, _MAX_PIXELS.value))
+        except UserError as e:
+            failures.append(str(e))
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        titles.append(os.path.basename(path))
+    return batch, titles, [None] * len(batch)
+
+
+def _test_indices(n: int) -> list[int]:
+    """The test images `--test_indices` and `--random` ask for, in a test split of `n` images."""
+    try:
+        indices = [int(i) for i in _TEST_INDICES.value]
+    except ValueError as e:
+        raise UserError(f"--test_indices must be integers, got {_TEST_INDICES.value}.") from e
+    if not 0 <= _RANDOM.value <= n:
+        raise UserError(
+            f"--random={_RANDOM.value} must be between 0 and the test split's {n} images."
+        )
+    indices += np.random.default_rng(_SEED.value).choice(n, _RANDOM.value, replace=False).tolist()
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise UserError(
+            f"Test indices {bad} are out of range: the test split has {n} images (0..{n - 1})."
+        )
+    return indices
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import optax
 from ml_collections import ConfigDict
 
 from fmnist_jax import backend as backend_lib
-from fmnist_jax import config as config_lib
-from fmnist_jax import data, engine, models, optim
+from fmnist_jax import data, engine, models, optim, run_axis
 from fmnist_jax import memory as memory_lib
 from fmnist_jax import runner as runner_lib
 from fmnist_jax.augment import Augment
@@ -70,7 +69,7 @@ def run_arrays(config: ConfigDict) -> dict[str, np.ndarray]:
     compilation cache. It only multiplies the update: the bits of a constant (tests/test_sweep.py)."""
     members = [
         {"optimizer.learning_rate": config.optimizer.learning_rate, **member}
-        for member in config_lib.members(config)
+        for member in run_axis.members(config)
     ]
     return {
         key: np.repeat(np.array([m[key] for m in members], np.float32), config.num_seeds)
@@ -177,14 +176,14 @@ def build(
     the data on `placement`'s devices (default: all of them)."""
     backend = backend or jax.default_backend()
     placement = placement or DataParallel.over_all_devices()
-    widest = config_lib.widest(config)
+    widest = run_axis.widest(config)
     model = models.create(widest.model, backend)
     normalizer = engine.Normalizer.fit(splits.train_images, config.data.standardize)
     steps_per_epoch = len(splits.train_labels) // config.batch_size
     eng, steps_per_call = _engine(
-        widest, model, normalizer, steps_per_epoch, backend, config_lib.num_runs(config)
+        widest, model, normalizer, steps_per_epoch, backend, run_axis.num_runs(config)
     )
-    init_keys, shuffle_keys, dropout_keys = engine.seed_keys(config_lib.run_seeds(config))
+    init_keys, shuffle_keys, dropout_keys = engine.seed_keys(run_axis.run_seeds(config))
     runner = runner_lib.EpochRunner(
         engine=eng,
         images=splits.train_images,
@@ -219,7 +218,7 @@ def lower_for(
     """The training call and the evaluation program of `config` exactly as a run on `platform` ("cpu",
     "cuda", "tpu") builds them, lowered on this machine without compiling: proves that every backend's
     programs build, with that backend's choices (steps per call, unrolling, seed loop, pooling ops)."""
-    widest = config_lib.widest(config)
+    widest = run_axis.widest(config)
     model = models.create(widest.model, platform)
     normalizer = (
         engine.Normalizer(
@@ -230,9 +229,9 @@ def lower_for(
     )
     steps_per_epoch = num_train // config.batch_size
     eng, steps_per_call = _engine(
-        widest, model, normalizer, steps_per_epoch, platform, config_lib.num_runs(config)
+        widest, model, normalizer, steps_per_epoch, platform, run_axis.num_runs(config)
     )
-    init_key, _, dropout_key = engine.seed_keys(config_lib.run_seeds(config))
+    init_key, _, dropout_key = engine.seed_keys(run_axis.run_seeds(config))
     state = engine.state_shapes(model, eng.tx, init_key, ema=eng.ema_decay > 0)
     steps = min(steps_per_call, steps_per_epoch)
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)

@@ -22,7 +22,7 @@ import numpy as np
 
 from fmnist_jax.backend import jit_unoptimized
 from fmnist_jax.distributed import DataParallel, fetch
-from fmnist_jax.engine import Engine, Sums, TrainState, epoch_batches, eval_params
+from fmnist_jax.engine import Engine, Sums, TrainState, eval_params
 from fmnist_jax.shapes import PyTree
 
 
@@ -54,6 +54,14 @@ def evaluate(engine: Engine, weights: dict[str, PyTree], split: EvalSet) -> Eval
         )
         probabilities.append(call_probabilities)
     return Evaluation(sums, tuple(probabilities), split.num_examples)
+
+
+def epoch_batches(
+    key: jax.Array, epoch: jax.Array, num_examples: int, num_steps: int, batch_size: int
+) -> jax.Array:
+    """Epoch `epoch`'s shuffle of the training indices as `[num_steps, batch_size]`; the remainder is left out."""
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    return order[: num_steps * batch_size].reshape(num_steps, batch_size)
 
 
 _BATCH_AXIS = 2  # of the batch indices [run, step, example]: the axis split over the devices

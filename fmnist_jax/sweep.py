@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import config as config_lib
+from fmnist_jax import run_axis
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import UserError
 from fmnist_jax.metrics import EpochRow, Summary, member_name
@@ -89,9 +89,9 @@ def _first_nonfinite_epoch(history: list[EpochRow], run: int) -> int | None:
 
 def results(config: ConfigDict, history: list[EpochRow], summary: Summary) -> dict[str, Any]:
     """sweep.json's content from a finished sweep's metrics history and summary."""
-    seeds = config_lib.run_seeds(config)
+    seeds = run_axis.run_seeds(config)
     members = []
-    for m, values in enumerate(config_lib.members(config)):
+    for m, values in enumerate(run_axis.members(config)):
         runs = list(range(m * config.num_seeds, (m + 1) * config.num_seeds))
         diverged = [
             {"seed": seeds[r], "epoch": e}

@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 
 from fmnist_jax import (
     checkpoint,
+    config_checks,
     data,
     distributed,
     inference,
@@ -29,6 +30,7 @@ from fmnist_jax import (
     metrics,
     models,
     reduce_lr,
+    run_axis,
 )
 from fmnist_jax import config as config_lib
 from fmnist_jax import export as export_lib
@@ -88,7 +90,7 @@ class _Run:
 
 
 def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
-    config_lib.validate(config)
+    config_checks.validate(config)
     models.check(config.model)  # a model name or setting that does not exist changes no workdir
     distributed.initialize(config.distributed)
     primary = distributed.is_primary()
@@ -205,7 +207,7 @@ def _train(run: _Run, loop: LoopState, epoch: int, progress: Progress | None) ->
         if t["first_nonfinite_step"] >= 0 and not _diverged_before(loop.history, index):
             _diverged(run, epoch, t["first_nonfinite_step"], index)
     loop.train_seconds += seconds
-    examples = config_lib.num_runs(config) * program.steps_per_epoch * config.batch_size
+    examples = run_axis.num_runs(config) * program.steps_per_epoch * config.batch_size
     return {
         "epoch": epoch,
         **over_runs("train", train),
@@ -335,7 +337,7 @@ def _finish(run: _Run, loop: LoopState, summary: Summary, test_probabilities: np
     try:
         if run.primary:  # the reports draw while the export lowers and the checkpoints write
             classifier = inference.Classifier(
-                config=config_lib.with_values(config, config_lib.run_values(config, reported)),
+                config=config_lib.with_values(config, run_axis.run_values(config, reported)),
                 class_names=run.splits.class_names,
                 epoch=epochs[reported],
                 variables=inference.one_run(jax.device_get(final_model), reported),

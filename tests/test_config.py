@@ -10,13 +10,13 @@ import pytest
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
 from fmnist_jax import config as config_lib
-from fmnist_jax import models
+from fmnist_jax import config_checks, models
 from fmnist_jax.errors import UserError
 
 
 def test_seed_configs_are_valid_and_match_their_recipes():
     mlp = mlp_config.get_config()
-    config_lib.validate(mlp)
+    config_checks.validate(mlp)
     assert (
         mlp.model.name,
         mlp.model.hidden_sizes,
@@ -25,7 +25,7 @@ def test_seed_configs_are_valid_and_match_their_recipes():
     ) == ("mlp", (128,), "adam", 1e-3)
     assert (mlp.batch_size, mlp.num_epochs, mlp.data.num_validation) == (32, 10, 5000)
     cnn = cnn_config.get_config()
-    config_lib.validate(cnn)
+    config_checks.validate(cnn)
     assert (cnn.model.name, cnn.model.conv_channels, cnn.batch_size) == ("cnn", (32, 64), 64)
 
 
@@ -55,7 +55,7 @@ def test_bad_values_are_rejected_with_the_key_named(key, value, message):
     section, _, name = key.rpartition(".")
     (config[section] if section else config)[name] = value
     with pytest.raises(UserError, match=message):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_a_key_python_code_added_by_mistake_is_refused(section, name, message):
     config = mlp_config.get_config()  # unlocked, as in a notebook: a typo adds a key
     setattr(config[section] if section else config, name, 5)
     with pytest.raises(UserError, match=message):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 def test_early_stopping_needs_a_validation_split():
@@ -78,7 +78,7 @@ def test_early_stopping_needs_a_validation_split():
     config.early_stopping.enabled = True
     config.data.num_validation = 0
     with pytest.raises(UserError, match="needs a validation split"):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_settings_the_chosen_optimizer_or_schedule_would_not_read_are_refused(ov
     config = mlp_config.get_config()
     config_lib.apply_overrides(config, overrides)
     with pytest.raises(UserError, match=message):
-        config_lib.validate(config)
+        config_checks.validate(config)
 
 
 def test_a_sweep_may_compare_adamw_without_weight_decay_and_read_keys_may_change():
@@ -112,11 +112,11 @@ def test_a_sweep_may_compare_adamw_without_weight_decay_and_read_keys_may_change
     config_lib.apply_overrides(
         config, "optimizer.name=adamw;grid=(('optimizer.weight_decay', (0.0, 1e-4)),)"
     )
-    config_lib.validate(config)  # a member without weight decay is the sweep's baseline
+    config_checks.validate(config)  # a member without weight decay is the sweep's baseline
     config_lib.apply_overrides(
         config, "optimizer.name=sgd;optimizer.momentum=0.9;optimizer.nesterov=True;grid=()"
     )
-    config_lib.validate(config)
+    config_checks.validate(config)
 
 
 def _cli(*args, cwd=None):
@@ -197,7 +197,7 @@ def test_cli_rejects_an_unwritable_workdir(tmp_path):
 def test_every_config_is_valid_and_its_docstring_says_how_to_run_it(name):
     module = importlib.import_module(f"configs.{name}")
     config = module.get_config()
-    config_lib.validate(config)
+    config_checks.validate(config)
     models.create(config.model)
     assert f"python -m fmnist_jax.main --config=configs/{name}.py" in module.__doc__
 

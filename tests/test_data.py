@@ -77,23 +77,6 @@ def test_arrays_that_no_longer_match_are_not_trusted(tmp_path):
     assert data.read_arrays(directory) is None
 
 
-def test_read_ahead_asks_the_kernel_for_the_arrays_file(tmp_path, monkeypatch):
-    asked = []
-    monkeypatch.setattr(
-        os,
-        "posix_fadvise",
-        lambda fd, offset, length, advice: asked.append(
-            (os.readlink(f"/proc/self/fd/{fd}"), offset, length, advice)
-        ),
-    )
-    data_dir = write_mock_dataset(str(tmp_path / "tfds"))
-    data.read_ahead(_data_config(data_dir))
-    path = os.path.join(data_dir, data.DATASET, data.VERSION, data.ARRAYS_FILE)
-    assert asked == [(path, 0, 0, os.POSIX_FADV_WILLNEED)]
-    data.read_ahead(_data_config(str(tmp_path / "empty")))  # nothing prepared: nothing asked
-    assert len(asked) == 1
-
-
 def test_an_arrays_file_compressed_since_reads_the_same(tmp_path):
     directory = os.path.join(write_mock_dataset(str(tmp_path)), data.DATASET, data.VERSION)
     path = os.path.join(directory, data.ARRAYS_FILE)

@@ -175,7 +175,7 @@ def test_bad_inputs_to_training_are_one_paragraph_without_traceback(mock_tfds_di
         (
             [f"--workdir={tmp_path / 'b'}", f"--config={returns_int}"],
             {},
-            ["must be an ml_collections.ConfigDict, got int"],
+            [f"Config file {returns_int}: its get_config() returned int", "ConfigDict"],
         ),
         (
             [f"--workdir={tmp_path / 'c'}", *base, "--config.model.hidden_sizes=(0,)"],
@@ -409,6 +409,16 @@ def test_predict_takes_directories_and_quoted_wildcards_of_images(tmp_path):
         f"No file matches {tmp_path / 'none*.gif'}.",
         f"Directory {empty} holds no image files (PNG, JPEG, ...).",
     ]
+
+
+def test_a_symbolic_link_loop_in_a_directory_is_named_and_the_other_images_found(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "shirt.png").write_bytes(b"")
+    (photos / "loop.png").symlink_to(photos / "loop.png")  # resolving it raises ELOOP
+    found, problems = images.files([str(photos)])
+    assert found == [str(photos / "shirt.png")]
+    assert len(problems) == 1 and problems[0].startswith(f"{photos / 'loop.png'} could not be read")
 
 
 @pytest.mark.slow

@@ -78,11 +78,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_worker_killed_is_one_clear_error_and_the_next_draw_starts_new_ones(tmp_path):
-    figure_workers.start()
-    server = figure_workers._workers.process.pid
-    time.sleep(0.5)  # let it import and fork: a worker is killed mid-run, not at its start
-    os.kill(server, signal.SIGKILL)
     task = ("per_class_accuracy", {"accuracies": _ACCURACIES}, str(tmp_path / "a.png"))
+    figure_workers.draw([task])  # returns once the workers have imported, forked and drawn
+    server = figure_workers._workers.process.pid
+    os.kill(server, signal.SIGKILL)  # a worker killed mid-run, not at its start
     with pytest.raises(UserError, match="figure worker process ended while drawing"):
         figure_workers.draw([task, task])
     figure_workers.draw([task])

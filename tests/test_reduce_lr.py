@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import reduce_lr, train
+from fmnist_jax import config_checks, reduce_lr, train
 from fmnist_jax.errors import UserError
 
 
@@ -71,22 +71,22 @@ def test_accuracy_is_monitored_upwards():
 )
 def test_bad_settings_are_refused(settings, message):
     with pytest.raises(UserError, match=message):
-        config_lib.validate(_config(**settings))
+        config_checks.validate(_config(**settings))
 
 
 def test_it_needs_a_constant_schedule_a_validation_split_and_to_be_on():
     cosine = _config()
     cosine.schedule.name = "cosine"
     with pytest.raises(UserError, match="schedule.name='cosine' already changes it every step"):
-        config_lib.validate(cosine)
+        config_checks.validate(cosine)
     no_val = _config()
     no_val.data.num_validation = 0
     with pytest.raises(UserError, match="reduce_lr.enabled needs a validation split"):
-        config_lib.validate(no_val)
+        config_checks.validate(no_val)
     off = config_lib.default()
     off.reduce_lr.patience = 3
     with pytest.raises(UserError, match="reduce_lr.patience"):
-        config_lib.validate(off)
+        config_checks.validate(off)
 
 
 def _rows(workdir):

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_cli_args
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, inference, program, sweep, train
+from fmnist_jax import config_checks, data, inference, program, run_axis, sweep, train
 from fmnist_jax import memory as memory_lib
 from fmnist_jax.errors import UserError
 
@@ -23,7 +23,7 @@ def _rows(workdir):
 
 def _assert_member_equals_single_run(config, workdir, result, member, seed, single_dir):
     """Run (member, seed) of the sweep in `workdir` against a run of its own with those values."""
-    values = config_lib.members(config)[member]
+    values = run_axis.members(config)[member]
     single_config = config_lib.with_values(config, values)
     single_config.seed, single_config.num_seeds = config.seed + seed, 1
     single = train.train_and_evaluate(single_config, str(single_dir))
@@ -161,7 +161,7 @@ def test_the_sweep_command_prints_what_it_wrote(mock_tfds_dir, tmp_path):
 def test_grid_validation_needs_a_validation_split(tiny_config):
     tiny_config.grid, tiny_config.data.num_validation = (("optimizer.learning_rate", (1e-3,)),), 0
     with pytest.raises(UserError, match="chooses its best member on the validation split"):
-        config_lib.validate(tiny_config)
+        config_checks.validate(tiny_config)
 
 
 def test_memory_check_says_how_many_members_fit():

@@ -117,29 +117,6 @@ def test_the_log_counts_one_step_in_the_singular(tiny_config, tmp_path, caplog):
     assert "(1 epoch, " in caplog.text
 
 
-@pytest.mark.slow
-def test_tensorboardx_is_imported_without_the_cloud_sdk_it_would_pull_in(tmp_path):
-    """tensorboardX imports boto3 wherever it is installed (0.2 s of a run's CPU) for s3:// log
-    dirs; `reports.board` keeps it out, and boto3 imports afterwards as usual."""
-    (tmp_path / "boto3.py").write_text("INSTALLED_HERE = True\n")
-    code = (
-        "import sys\n"
-        "import fmnist_jax.reports.board\n"
-        "assert 'boto3' not in sys.modules, 'tensorboardX imported boto3'\n"
-        "import boto3\n"
-        "assert boto3.INSTALLED_HERE\n"
-    )
-    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": path},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def test_run_writes_plots_and_tensorboard_events(tiny_config, tmp_path, caplog):
     from PIL import Image
 

@@ -14,14 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-
-from fmnist_jax.imports import without
-
-# `flax.nnx` imports IPython (~0.35 s, a third of the package's imports) only to ask whether it
-# runs inside an IPython shell. Where IPython is not imported yet no shell runs and the answer is
-# no; flax gets it from a failed import instead of loading IPython to be told.
-with without("IPython"):
-    from flax import nnx
+from flax import nnx
 from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError
@@ -61,7 +54,7 @@ class Model:
     @property
     def _abstract(self) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
         """(graph, parameter shapes, batch-statistic shapes) of a module built without memory. Once
-        per process and model: tracing the build costs ~0.1 s, and a run's programs, model table,
+        per process and model: tracing the build takes time, and a run's programs, model table,
         classifier and export each start from a `Model` of the same settings."""
         key = (self.module_class, json.dumps(self.settings, sort_keys=True))
         if key not in _ABSTRACT:

@@ -12,15 +12,9 @@ import os
 from typing import Any
 
 import numpy as np
+from tensorboardX import SummaryWriter
 
-from fmnist_jax.imports import without
 from fmnist_jax.workdir import BOARD_DIR, HPARAMS_RUN
-
-# tensorboardX imports the cloud SDKs, where installed, only to write s3:// and gs:// log dirs,
-# which a run never does: boto3 alone took 0.2 s of Python, which a run pays while it compiles and
-# trains (this module is imported in a thread then; nothing else in a run imports them).
-with without("boto3", "google.cloud.storage"):
-    from tensorboardX import SummaryWriter
 
 
 class Board:
