@@ -14,8 +14,8 @@ the same work up to 2x slower at some moments than at others, and the loop says 
 
 With `--against`, it compares this checkout with another one (the same code but for one change, say)
 instead: `repeats` interleaved pairs, each checkout's programs cached by a first run not counted,
-the order within a pair alternating, and prints both medians and the median of the pairs'
-differences. That is how docs/design.md's start-up decisions were measured.
+the order within a pair alternating (`--empty_cache`: every run compiling), and prints both medians
+and the median of the pairs' differences. That is how docs/design.md's start-up decisions were measured.
 """
 
 from __future__ import annotations
@@ -124,9 +124,8 @@ def compare(args: argparse.Namespace) -> None:
             for name in order:
                 if args.cold:
                     _drop_page_cache()
-                run = run_once(
-                    args.config, args.epochs, args.overrides, caches[name], checkouts[name]
-                )
+                cache = os.path.join(scratch, f"{name}-{i}") if args.empty_cache else caches[name]
+                run = run_once(args.config, args.epochs, args.overrides, cache, checkouts[name])
                 walls[name].append(run["wall"])
     differences = [a - b for a, b in zip(walls["against"], walls["this"], strict=True)]
     print(f"whole command, seconds, {args.repeats} interleaved pairs:")
@@ -153,6 +152,9 @@ def main() -> None:
         "--cold",
         action="store_true",
         help="with --against: drop the page cache before each run (root)",
+    )
+    parser.add_argument(
+        "--empty_cache", action="store_true", help="with --against: every run compiles its programs"
     )
     parser.add_argument("overrides", nargs="*", help="extra --config.key=value flags (after --)")
     args = parser.parse_args()

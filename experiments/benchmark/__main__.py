@@ -177,7 +177,6 @@ def end_to_end(tfds_data_dir: str, repeats: int) -> dict[str, list[float]]:
     cache) and of the same notebook job in Keras 3 + TensorFlow (`experiments.benchmark.notebook`)."""
     data = [f"--config.data.tfds_data_dir={tfds_data_dir}"] if tfds_data_dir else []
     notebook_data = [f"--tfds_data_dir={tfds_data_dir}"] if tfds_data_dir else []
-    seconds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         jobs = {
             "fmnist_jax, empty compilation cache": (
@@ -192,13 +191,13 @@ def end_to_end(tfds_data_dir: str, repeats: int) -> dict[str, list[float]]:
             ),
             "keras_tf notebook job": ("experiments.benchmark.notebook", notebook_data, False),
         }
-        for label, (module, args, fresh_cache) in jobs.items():
-            seconds[label] = []
-            for i in range(repeats):
-                workdir = os.path.join(scratch, f"{module}-{i}-{len(seconds)}")
-                cache = os.path.join(
-                    scratch, f"cache-{i}" if fresh_cache else "cache-0"
-                )  # cache-0: filled by the first run
+        # Interleaved, one run of each job per round: the VM's speed moves within minutes, and
+        # each round meets the same moment. The empty-cache run of round 0 fills cache-0.
+        seconds = {label: [] for label in jobs}
+        for i in range(repeats):
+            for label, (module, args, fresh_cache) in jobs.items():
+                workdir = os.path.join(scratch, f"{module}-{i}-{len(seconds[label])}-{fresh_cache}")
+                cache = os.path.join(scratch, f"cache-{i}" if fresh_cache else "cache-0")
                 env = dict(
                     os.environ,
                     KERAS_BACKEND="tensorflow",
@@ -217,7 +216,8 @@ def end_to_end(tfds_data_dir: str, repeats: int) -> dict[str, list[float]]:
                 if result.returncode != 0:
                     raise SystemExit(f"error: {module} failed:\n{result.stderr[-2000:]}")
                 seconds[label].append(time.perf_counter() - start)
-            print(label, [round(s, 2) for s in seconds[label]])
+        for label, values in seconds.items():
+            print(label, [round(v, 2) for v in values])
     return seconds
 
 
