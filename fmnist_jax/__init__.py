@@ -13,6 +13,8 @@ The public API, what `experiments/`, notebooks and tests use (each documented wh
 - `sweep.train(config, workdir)`: a config with a `grid` (members x seeds in one program) and its
   sweep.json, table and figure; `sweep.table(result)` (Markdown);
   `sweep.parse_grid(["key=v1,v2"])`.
+- `search.run(config, workdir)`: the hyperparameter search of `config.search` (trials trained
+  side by side, one program per shape), then its best trial trained and tested in `workdir/best`.
 - `inference.load(workdir, which="final", run=None) -> inference.Classifier` (`predict_proba`,
   `predict`); `inference.report(probabilities, labels, class_names)`; `export.export`/`load`.
 - `images.read(path) -> [28, 28, 1] uint8`: any image file as the model sees it.

@@ -107,6 +107,7 @@ def default() -> ConfigDict:
     _add_data_and_model(c)
     _add_optimization(c)
     _add_run_control(c)
+    _add_search(c)
     return c
 
 
@@ -206,6 +207,25 @@ def _add_run_control(c: ConfigDict) -> None:
     c.reduce_lr.min_delta = 1e-4
     c.reduce_lr.cooldown = 0
     c.reduce_lr.min_lr = 0.0
+
+
+def _add_search(c: ConfigDict) -> None:
+    """A hyperparameter search (`python -m experiments.search`, `fmnist_jax.search.run`); a
+    single run does not read these."""
+    c.search = ConfigDict()
+    # ((key, spec), ...): ("int", low, high, step), ("choice", (value, ...)), ("uniform", low,
+    # high) or ("log_uniform", low, high); see fmnist_jax/search_space.py.
+    c.search.space = ()
+    c.search.algorithm = "hyperband"  # grid, random, halton, tpe or hyperband
+    c.search.trials = 20  # trials of random, halton and tpe (a grid tries every combination)
+    c.search.population = 8  # trials trained side by side per round (TPE learns between rounds)
+    c.search.max_epochs = 10  # the most epochs a trial trains (Hyperband's R)
+    c.search.factor = 3  # Hyperband: each rung keeps the best 1/factor, trained factor x longer
+    c.search.objective = "val_accuracy"  # or val_loss, on the validation split, never test
+    c.search.seed = 0  # the sampler's seed; the trials train with `seed`
+    # The best trial then trains this many epochs to find its best one, and is retrained to it
+    # (the Keras Tuner tutorial's 50); 0 retrains it to its own best epoch in the search.
+    c.search.final_epochs = 50
 
 
 def apply_overrides(config: ConfigDict, overrides: str) -> None:

@@ -12,6 +12,7 @@ import math
 
 from ml_collections import ConfigDict
 
+from fmnist_jax import run_axis
 from fmnist_jax.config import (
     DTYPES,
     MONITORS,
@@ -46,7 +47,8 @@ def _check_fraction(key: str, value: float) -> None:
 
 
 def _check_grid(config: ConfigDict) -> None:
-    """Each grid entry is (a sweepable key this config reads, its values), and each value valid."""
+    """Each grid entry is (a sweepable key this config reads, its values), or (such keys, rows of
+    their values), and each value valid."""
     grid = config.grid
     _check(
         config.data.num_validation > 0,
@@ -57,27 +59,41 @@ def _check_grid(config: ConfigDict) -> None:
         and all(isinstance(e, (tuple, list)) and len(e) == 2 for e in grid),
         f"grid must be a tuple of (key, (value, ...)) pairs, got {grid!r}.",
     )
-    keys = [key for key, _ in grid]
+    keys = [k for key, _ in grid for k in (key if isinstance(key, (tuple, list)) else (key,))]
     _check(len(set(keys)) == len(keys), f"grid names a key twice: {keys}.")
     for key, values in grid:
-        _check(
-            key in SWEEPABLE,
-            f"{key} cannot be swept inside one compiled program: only numbers that change no array "
-            "shape and no program structure can ride the run axis, and it is not one of them "
-            f"(sweepable: {', '.join(SWEEPABLE)}). Compare values of {key} as separate runs with "
-            "experiments.compare, e.g. python -m experiments.compare --config=configs/mlp.py "
-            f"--variant='a:{key}=...' --variant='b:{key}=...'.",
-        )
-        if not _read(config, key):
-            raise UserError(_does_nothing(config, key, "sweep another key"))
+        names = tuple(key) if isinstance(key, (tuple, list)) else (key,)
+        for name in names:
+            _check_sweepable(config, name)
+        rows = values if isinstance(key, (tuple, list)) else [(v,) for v in values]
         _check(
             isinstance(values, (tuple, list))
             and len(values) > 0
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
-            f"grid values of {key} must be a non-empty tuple of numbers, got {values!r}.",
+            and all(
+                isinstance(row, (tuple, list))
+                and len(row) == len(names)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)
+                for row in rows
+            ),
+            f"grid values of {key} must be a non-empty tuple of numbers"
+            + (f" (rows of {len(names)})" if len(names) > 1 else "")
+            + f", got {values!r}.",
         )
-        for value in values:
-            _check_values(with_values(config, {key: value}))
+        for row in rows:
+            _check_values(with_values(config, dict(zip(names, row, strict=True))))
+
+
+def _check_sweepable(config: ConfigDict, key: str) -> None:
+    _check(
+        key in SWEEPABLE,
+        f"{key} cannot be swept inside one compiled program: only numbers that change no array "
+        "shape and no program structure can ride the run axis, and it is not one of them "
+        f"(sweepable: {', '.join(SWEEPABLE)}). Compare values of {key} as separate runs with "
+        "experiments.compare, e.g. python -m experiments.compare --config=configs/mlp.py "
+        f"--variant='a:{key}=...' --variant='b:{key}=...'.",
+    )
+    if not _read(config, key):
+        raise UserError(_does_nothing(config, key, "sweep another key"))
 
 
 def _read(config: ConfigDict, key: str) -> bool:
@@ -96,7 +112,8 @@ def _does_nothing(config: ConfigDict, key: str, instead: str) -> str:
 
 def _check_read(config: ConfigDict) -> None:
     """Refuses a setting that the chosen optimizer, schedule or early stopping would not read."""
-    defaults, swept = default(), {key for key, _ in config.grid}  # the grid is checked by now
+    swept = {key for keys, _ in run_axis.entries(config.grid) for key in keys}  # checked by now
+    defaults = default()
     for key in READ_ONLY_BY:
         value = config[key]  # ConfigDict reads dotted keys
         if value != defaults[key] and key not in swept and not _read(config, key):

@@ -202,7 +202,7 @@ def load(workdir: str, which: str = "final", run: int | None = None) -> Classifi
         raise UserError(f"Workdir {workdir} does not exist. Pass the --workdir of a trained run.")
     model, meta = checkpoint.restore_model(workdir, which)
     config = ml_collections.ConfigDict(meta["config"])
-    config.grid = tuple((key, tuple(values)) for key, values in config.get("grid", ()))
+    config.grid = run_axis.from_json(config.get("grid", ()))
     if run is None:
         run = meta.get("summary", {}).get("reported_run", 0)
     runs = run_axis.num_runs(config)

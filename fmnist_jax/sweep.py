@@ -115,7 +115,7 @@ def results(config: ConfigDict, history: list[EpochRow], summary: Summary) -> di
         }
         members.append(member)
     return {
-        "grid": {key: list(values) for key, values in config.grid},
+        "grid": run_axis.swept_values(config),
         "seeds": seeds[: config.num_seeds],
         "members": members,
         "best": summary["reported_run"] // config.num_seeds,

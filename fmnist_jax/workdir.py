@@ -128,7 +128,7 @@ def read_json(path: str) -> Any:
 _held_locks: dict[str, int] = {}
 
 
-def _lock(workdir: str) -> int | None:
+def lock(workdir: str) -> int | None:
     """Takes the exclusive lock of `workdir` (created if missing), or raises naming its holder.
 
     `flock` is local to a machine on most file systems; on NFS, Linux maps it to NFS byte-range locks,
@@ -191,7 +191,7 @@ def open_workdir(
         os.path.join(workdir, CONFIG_FILE),
         os.path.join(workdir, SUMMARY_FILE),
     )
-    lock = _lock(workdir) if primary else None
+    lock_fd = lock(workdir) if primary else None
     wanted = config_as_json(config)
     finished = None
     if os.path.exists(config_path):
@@ -219,11 +219,11 @@ def open_workdir(
                 previous["num_epochs"],
                 kept,
             )
-        if lock is not None:
+        if lock_fd is not None:
             started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-            os.ftruncate(lock, 0)
+            os.ftruncate(lock_fd, 0)
             os.pwrite(
-                lock,
+                lock_fd,
                 f"host {socket.gethostname()}, PID {os.getpid()}, started {started}\n".encode(),
                 0,
             )

@@ -10,7 +10,7 @@ import pytest
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, models
+from fmnist_jax import config_checks, models, search
 from fmnist_jax.errors import UserError
 
 
@@ -199,7 +199,10 @@ def test_every_config_is_valid_and_its_docstring_says_how_to_run_it(name):
     config = module.get_config()
     config_checks.validate(config)
     models.create(config.model)
-    assert f"python -m fmnist_jax.main --config=configs/{name}.py" in module.__doc__
+    command = "experiments.search" if config.search.space else "fmnist_jax.main"
+    assert f"python -m {command} --config=configs/{name}.py" in module.__doc__
+    if config.search.space:
+        search.check(config)
 
 
 def test_key_value_overrides_set_known_keys_and_refuse_others_clearly():

@@ -71,3 +71,18 @@ def write_members(workdir: str, result: dict[str, Any]) -> None:
         }
         writer.add_hparams(m["hparams"], scores, name=HPARAMS_RUN)
         writer.close()
+
+
+def write_trials(workdir: str, result: dict[str, Any]) -> None:
+    """A search's trials as TensorBoard runs, `tensorboard/trials/<index>/`: each trial's
+    validation curve and its values with its objective as hparams (the HParams tab compares them)."""
+    objective = result["objective"]
+    for trial in result["trials"]:
+        writer = SummaryWriter(os.path.join(workdir, BOARD_DIR, "trials", str(trial["index"])))
+        for epoch, value in enumerate(trial.get(objective, []), start=1):
+            if math.isfinite(value):
+                writer.add_scalar(f"val/{objective.removeprefix('val_')}", value, epoch)
+        hparams = {k.rpartition(".")[2]: v for k, v in trial["hparams"].items()}
+        scores = {} if trial["objective"] is None else {f"hparam/{objective}": trial["objective"]}
+        writer.add_hparams(hparams, scores, name=HPARAMS_RUN)
+        writer.close()

@@ -196,6 +196,47 @@ def sweep(result: dict[str, Any]) -> Figure:
     return fig
 
 
+def search(result: dict[str, Any]) -> Figure:
+    """A search at a glance (`fmnist_jax.search.run`): the objective against each searched key,
+    every trial's validation curve with its stop marked (x: pruned or early-stopped), and the best
+    objective so far against the search's wall time."""
+    objective = result["objective"]
+    trials = [t for t in result["trials"] if t["objective"] is not None]
+    keys = [key for key, _ in result["space"]]
+    fig, axes = plt.subplots(
+        1, len(keys) + 2, figsize=(4.2 * (len(keys) + 2), 4), squeeze=False, layout="tight"
+    )
+    for ax, (key, spec) in zip(axes[0], result["space"], strict=False):
+        ax.scatter([t["hparams"][key] for t in trials], [t["objective"] for t in trials], s=14)
+        if spec[0] == "log_uniform" or (
+            spec[0] == "choice" and min(spec[1]) > 0 and max(spec[1]) >= 10 * min(spec[1])
+        ):
+            ax.set_xscale("log")
+        ax.set_xlabel(key), ax.set_ylabel(objective), ax.grid(alpha=0.3)
+    curves, progress = axes[0, -2], axes[0, -1]
+    for t in trials:
+        best = t["index"] == result["best"]
+        epochs = range(1, len(t[objective]) + 1)
+        curves.plot(epochs, t[objective], "-" if best else ":", lw=2 if best else 0.8)
+        if not t["stopped"].startswith("finished"):
+            curves.plot(len(t[objective]), t[objective][-1], "kx", ms=4)
+    (
+        curves.set_xlabel("epoch"),
+        curves.set_ylabel(f"{objective} (best solid)"),
+        curves.grid(alpha=0.3),
+    )
+    pick = max if objective == "val_accuracy" else min
+    done = sorted(trials, key=lambda t: t["seconds"])
+    so_far = [pick(t["objective"] for t in done[: i + 1]) for i in range(len(done))]
+    progress.step([t["seconds"] for t in done], so_far, where="post")
+    (
+        progress.set_xlabel("search seconds (training and compiling)"),
+        progress.set_ylabel(f"best {objective} so far"),
+    )
+    progress.grid(alpha=0.3)
+    return fig
+
+
 def curves_to_target(
     epochs: list[int], curves: dict[str, list[float]], target: float, ylabel: str
 ) -> Figure:

@@ -1,0 +1,44 @@
+"""Search hyperparameters: the trials of `config.search`, then the best one trained and tested.
+
+    python -m experiments.search --config=configs/search_mlp.py --workdir=runs/search \
+        [--config.search.algorithm=tpe] [--config.key=value ...]
+
+The config's `search` block holds the space, the algorithm (grid, random, halton, tpe or
+hyperband), the budget and the objective (fmnist_jax/config.py, fmnist_jax/search.py). Writes
+search.json, search.md, search.png and TensorBoard HParams to --workdir, the trials' runs under
+trials/, the best trial's longer fit under fit/ and its retrain under best/ (`predict`,
+`evaluate` and `inference.load` work on it). The same command again resumes a stopped search.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from absl import flags
+from ml_collections import config_flags
+
+from fmnist_jax import cli
+from fmnist_jax import search as search_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the search.", required=True)
+config_flags.DEFINE_config_file("config", None, "Search config file, e.g. configs/search_mlp.py.")
+
+
+def _search() -> None:
+    from fmnist_jax.reports import search_reports
+
+    config = cli.load_config()
+    result = search_lib.run(config, _WORKDIR.value)
+    best = result["trials"][result["best"]]
+    print(
+        f"{search_reports.table(result)}\nBest on validation: trial {best['index']} "
+        f"{best['hparams']}; best/ holds it retrained for {result['best_epoch']} epochs. "
+        f"{result['seconds']:.1f} s in all ({result['search_seconds']:.1f} s of search). Reports: "
+        f"{os.path.join(_WORKDIR.value, search_reports.TABLE_FILE)}, "
+        f"tensorboard --logdir={shlex.quote(_WORKDIR.value)}"
+    )
+
+
+if __name__ == "__main__":
+    cli.main(_search)

@@ -1,0 +1,56 @@
+"""A search's reports: search.json, the table of its best trials, its figure, TensorBoard HParams."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fmnist_jax import workdir as workdir_lib
+from fmnist_jax.reports import board, figure_workers
+
+SEARCH_FILE = "search.json"
+TABLE_FILE = "search.md"
+FIGURE_FILE = "search.png"
+_TOP = 10
+
+
+def write(workdir: str, result: dict[str, Any], figure: bool) -> None:
+    """search.json, search.md, search.png (if `figure`) and one HParams entry per trial."""
+    workdir_lib.write_json(os.path.join(workdir, SEARCH_FILE), result)
+    with open(os.path.join(workdir, TABLE_FILE), "w") as f:
+        f.write(table(result))
+    if figure:
+        figure_workers.draw([("search", {"result": result}, os.path.join(workdir, FIGURE_FILE))])
+    board.write_trials(workdir, result)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The best trials (on validation) as a Markdown table, then the best one's retrained test."""
+    objective = result["objective"]
+    keys = [key for key, _ in result["space"]]
+    ranked = sorted(
+        (t for t in result["trials"] if t["objective"] is not None),
+        key=lambda t: -t["objective"] if objective == "val_accuracy" else t["objective"],
+    )
+    header = ["trial", *(k.rpartition(".")[2] for k in keys), objective, "epochs", "stopped"]
+    rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for t in ranked[:_TOP]:
+        values = [f"{t['hparams'][k]:g}" for k in keys]
+        best = " (best)" if t["index"] == result["best"] else ""
+        cells = [
+            f"{t['index']}{best}",
+            *values,
+            f"{t['objective']:.4f}",
+            str(t["epochs"]),
+            t["stopped"],
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    diverged = sum(t["objective"] is None for t in result["trials"])
+    final = result["final"]
+    return (
+        f"{len(result['trials'])} trials ({result['algorithm']}), {diverged} diverged; the best "
+        f"{min(_TOP, len(ranked))} on {objective}:\n\n"
+        + "\n".join(rows)
+        + f"\n\nThe best trial retrained for its best epoch ({result['best_epoch']}) in best/: "
+        f"test accuracy {final['test_accuracy']:.4f}, test loss {final['test_loss']:.4f}.\n"
+    )

@@ -1,0 +1,192 @@
+"""A search's space and how it is sampled: pure functions of the config and a seed.
+
+`config.search.space` holds `(key, spec)` pairs over config keys, each spec one of
+
+- `("int", low, high, step)`: low, low + step, ... up to high (Keras Tuner's `hp.Int`);
+- `("choice", (value, ...))`: one of the values (`hp.Choice`);
+- `("uniform", low, high)` and `("log_uniform", low, high)`: a float in [low, high], uniformly or
+  uniformly in its logarithm (`hp.Float`, with `sampling="log"`).
+
+`Sampler` proposes trials: `grid` every combination, `random` and `halton` (scrambled, scipy's)
+points of the unit cube mapped onto the space, `tpe` Optuna's TPE through its ask-and-tell interface
+(Optuna decides, the project trains). `hyperband_brackets` plans Hyperband's brackets of
+successive halving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from fmnist_jax.errors import UserError
+
+KINDS = ("int", "choice", "uniform", "log_uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One searched key and its range."""
+
+    key: str
+    kind: str
+    args: tuple[Any, ...]
+
+    def from_unit(self, u: float) -> Any:
+        """The value at `u` in [0, 1): the unit interval stretched over the range."""
+        if self.kind == "uniform":
+            low, high = self.args
+            return float(low + u * (high - low))
+        if self.kind == "log_uniform":
+            low, high = self.args
+            return float(math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
+        values = self.values()
+        return values[min(int(u * len(values)), len(values) - 1)]
+
+    def values(self) -> list[Any]:
+        """Every value of a discrete range (what a grid takes)."""
+        if self.kind == "int":
+            low, high, step = self.args
+            return list(range(low, high + 1, step))
+        if self.kind == "choice":
+            return list(self.args[0])
+        raise UserError(
+            f"search.space's {self.key} is a continuous range ({self.kind}), which a grid cannot "
+            "list: give it as ('choice', (value, ...)) or ('int', low, high, step), or choose "
+            "search.algorithm='random', 'halton', 'tpe' or 'hyperband'."
+        )
+
+
+def dimensions(space: Any) -> list[Dimension]:
+    """`config.search.space` as dimensions; a spec that cannot work is one clear `UserError`."""
+    example = "e.g. (('model.hidden_sizes', ('int', 32, 512, 32)), ('optimizer.learning_rate', ('choice', (1e-2, 1e-3, 1e-4))))"
+    if not isinstance(space, (tuple, list)) or not space:
+        raise UserError(f"search.space must name at least one (key, spec) pair, {example}.")
+    parsed = []
+    for entry in space:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
+            raise UserError(f"search.space entry {entry!r} is not a (key, spec) pair; {example}.")
+        key, spec = entry
+        parsed.append(_dimension(str(key), spec))
+    keys = [d.key for d in parsed]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"search.space names a key twice: {keys}.")
+    return parsed
+
+
+def _dimension(key: str, spec: Any) -> Dimension:
+    kind = spec[0] if isinstance(spec, (tuple, list)) and spec else None
+    args = tuple(spec[1:]) if kind else ()
+    numbers = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    ok = {
+        "int": len(args) == 3
+        and all(isinstance(a, int) for a in args)
+        and args[2] >= 1
+        and args[0] <= args[1],
+        "choice": len(args) == 1 and isinstance(args[0], (tuple, list)) and len(args[0]) > 0,
+        "uniform": len(args) == 2 and numbers and args[0] < args[1],
+        "log_uniform": len(args) == 2 and numbers and 0 < args[0] < args[1],
+    }
+    if kind not in KINDS or not ok[kind]:
+        raise UserError(
+            f"search.space's {key}: {spec!r} is not a range. Write ('int', low, high, step) with "
+            "integers, ('choice', (value, ...)), ('uniform', low, high) or ('log_uniform', low, "
+            "high) with 0 < low < high."
+        )
+    return Dimension(key, kind, args)
+
+
+class Sampler:
+    """Proposes trials ({key: value}) and learns from their results where its algorithm does."""
+
+    def __init__(self, algorithm: str, space: list[Dimension], seed: int, maximize: bool):
+        self.algorithm, self.space = algorithm, space
+        self._rng = np.random.default_rng(seed)
+        self._pending: list[tuple[dict[str, Any], Any]] = []  # TPE's asked, untold trials
+        if algorithm == "grid":
+            self._grid = itertools.product(*(d.values() for d in space))
+        elif algorithm == "halton":
+            from scipy.stats import qmc
+
+            self._halton = qmc.Halton(d=len(space), scramble=True, seed=seed)
+        elif algorithm == "tpe":
+            self._study = _optuna_study(seed, maximize)
+
+    def ask(self, count: int) -> list[dict[str, Any]]:
+        """Up to `count` new trials (fewer only when a grid is exhausted)."""
+        if self.algorithm == "grid":
+            rows = list(itertools.islice(self._grid, count))
+            return [dict(zip((d.key for d in self.space), row, strict=True)) for row in rows]
+        if self.algorithm == "tpe":
+            return [self._ask_optuna() for _ in range(count)]
+        if self.algorithm == "halton":
+            points = self._halton.random(count)
+        else:  # random, and Hyperband's draws
+            points = self._rng.random((count, len(self.space)))
+        return [{d.key: d.from_unit(u) for d, u in zip(self.space, p, strict=True)} for p in points]
+
+    def _ask_optuna(self) -> dict[str, Any]:
+        trial = self._study.ask({d.key: _optuna_distribution(d) for d in self.space})
+        params = dict(trial.params)
+        self._pending.append((params, trial))
+        return params
+
+    def tell(self, params: dict[str, Any], objective: float | None) -> None:
+        """The result of a trial `ask` proposed (None: it diverged); only TPE learns from it."""
+        index = next((i for i, (p, _) in enumerate(self._pending) if p == params), None)
+        if index is None:
+            return
+        _, trial = self._pending.pop(index)
+        import optuna
+
+        if objective is None:
+            self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self._study.tell(trial, objective)
+
+
+def _optuna_study(seed: int, maximize: bool) -> Any:
+    try:
+        import optuna
+    except ImportError as e:
+        raise UserError(
+            "search.algorithm='tpe' uses Optuna's TPE sampler, and Optuna is not installed: "
+            "pip install 'optuna>=4' (or the package's `search` extra), or choose "
+            "search.algorithm='random', 'halton', 'grid' or 'hyperband'."
+        ) from e
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        direction="maximize" if maximize else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+    )
+
+
+def _optuna_distribution(d: Dimension) -> Any:
+    from optuna import distributions
+
+    if d.kind == "int":
+        low, high, step = d.args
+        return distributions.IntDistribution(low, high - (high - low) % step, step=step)
+    if d.kind == "choice":
+        return distributions.CategoricalDistribution(tuple(d.args[0]))
+    return distributions.FloatDistribution(*d.args, log=d.kind == "log_uniform")
+
+
+def hyperband_brackets(max_epochs: int, factor: int) -> list[list[tuple[int, int]]]:
+    """Hyperband's brackets (Li et al., 2018), most exploratory first: each a list of rungs
+    (trials, epochs), where each rung keeps the best 1/factor of the one before and trains it
+    longer, up to `max_epochs`."""
+    s_max = int(math.floor(math.log(max_epochs) / math.log(factor) + 1e-9))
+    brackets = []
+    for s in range(s_max, -1, -1):
+        n = math.ceil((s_max + 1) / (s + 1) * factor**s)
+        brackets.append(
+            [
+                (max(1, n // factor**i), max(1, round(max_epochs * factor ** (i - s))))
+                for i in range(s + 1)
+            ]
+        )
+    return brackets
