@@ -144,8 +144,9 @@ def _search(config: ConfigDict, space: list[Dimension], workdir: str) -> list[di
         asked = sampler.ask(min(round_size, budget - len(trials)))
         if not asked:
             break
+        tag = f"round{len(trials) // round_size}"
         batch = _new_trials(trials, asked)
-        _train(config, workdir, batch, s.max_epochs, f"round{len(trials) // round_size}", clock)
+        _train(config, workdir, batch, s.max_epochs, tag, clock)
         for t in batch:
             sampler.tell(t["hparams"], t["objective"])
     return trials

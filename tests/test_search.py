@@ -3,6 +3,10 @@ on mock data (resumed to the same result), and the refusals."""
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -159,3 +163,65 @@ def test_a_trial_that_diverges_is_reported_and_the_others_go_on(tiny_config, tmp
     assert diverged["stopped"] == "diverged" and diverged["objective"] is None
     assert healthy["objective"] is not None and result["best"] == healthy["index"]
     assert "1 diverged" in (tmp_path / "search.md").read_text()
+
+
+_SEARCH_CONFIG = """
+from fmnist_jax.config import default
+
+
+def get_config():
+    c = default()
+    c.plots = False
+    c.batch_size, c.eval_batch_size = 8, 16
+    c.data.num_validation = 16
+    c.data.tfds_data_dir = {data_dir!r}
+    c.checkpoint.min_interval_seconds = 0
+    c.search.space = {space!r}
+    c.search.algorithm = "tpe"
+    c.search.trials, c.search.population, c.search.max_epochs = 6, 2, 8
+    c.search.final_epochs = 2
+    return c
+"""
+
+
+@pytest.mark.slow
+def test_a_search_killed_and_run_again_ends_as_the_uninterrupted_one(mock_tfds_dir, tmp_path):
+    """SIGKILL in the middle of a TPE search (its sampler learns from every round), then the same
+    command: the trials, their curves and the choice equal those of a search never stopped."""
+    config_file = tmp_path / "search_config.py"
+    config_file.write_text(_SEARCH_CONFIG.format(data_dir=mock_tfds_dir, space=SPACE))
+
+    def command(workdir):
+        return [
+            sys.executable,
+            "-m",
+            "experiments.search",
+            f"--config={config_file}",
+            f"--workdir={workdir}",
+        ]
+
+    reference = subprocess.run(
+        command(tmp_path / "ref"), capture_output=True, text=True, timeout=600
+    )
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    second_round = killed / "trials"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(second_round.glob("round1-*/checkpoints/latest/*")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "search.json").exists(), "the search finished before it could be killed"
+    resumed = subprocess.run(command(killed), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def trials(workdir):
+        result = json.loads((workdir / "search.json").read_text())
+        return result["best"], [
+            {k: v for k, v in t.items() if k != "seconds"} for t in result["trials"]
+        ]
+
+    assert trials(killed) == trials(tmp_path / "ref")
