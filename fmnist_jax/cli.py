@@ -82,7 +82,8 @@ def _backend_error(error: RuntimeError | AssertionError) -> UserError | None:
 
 def exit_now(status: int, message: str | None = None) -> None:
     """Leaves at once once the logs are out: Orbax's and JAX's threads would print their own
-    tracebacks while the interpreter tears down, and the teardown itself costs ~0.5-1 s. The figure
+    tracebacks while the interpreter tears down, and the teardown itself takes time (docs/design.md
+    measures it). The figure
     workers leave with it."""
     from fmnist_jax.reports import figure_workers
 
@@ -270,7 +271,7 @@ def main(fn: Callable[[], None], clean_stops: bool = True) -> None:
             )
         run(fn, clean_stops)
         # Everything is written and closed by now; tearing down the interpreter's modules and XLA's
-        # backends would only add ~0.5 s before the prompt returns.
+        # backends would only delay the prompt (docs/design.md).
         import jax
 
         if jax.distributed.is_initialized():

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmnist_jax import checkpoint, engine, models, run_axis
+from fmnist_jax import checkpoint, engine, interpret, models, run_axis
 from fmnist_jax import config as config_lib
 from fmnist_jax.errors import UserError
 from fmnist_jax.shapes import IMAGE_SHAPE
@@ -98,6 +98,89 @@ class Classifier:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """The most probable class index of each image (see `predict_proba`)."""
         return self.predict_proba(images).argmax(-1)
+
+    def activations(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every layer output the model records, by name (the MLP's `head.hidden0`, a CNN's
+        `block0`, `block1`, ..., every model's `head.features` or `features`, and `logits`), for
+        images as `predict_proba` takes them; each `[N, ...]`."""
+        program = jax.jit(lambda w, x: interpret.activations(self._model, w, self._normalizer, x))
+        return self._batched(program, images)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """The penultimate features `[N, D]`: what the classifier layer sees."""
+        program = jax.jit(lambda w, x: interpret.embed(self._model, w, self._normalizer, x))
+        return self._batched(program, images)
+
+    def attributions(
+        self,
+        images: np.ndarray,
+        method: str = "integrated_gradients",
+        targets: np.ndarray | None = None,
+        baseline: np.ndarray | None = None,
+        steps: int = 64,
+    ) -> np.ndarray:
+        """How much each input pixel (or, for Grad-CAM, each place of the last convolutional map)
+        speaks for a class: `[N, 28, 28, 1]`, or `[N, H, W]` for Grad-CAM.
+
+        Args:
+            images: as `predict_proba` takes them.
+            method: "gradients" (saliency), "integrated_gradients" (from `baseline`, by the
+                trapezoid rule over `steps`; they sum to the logit's difference between image and
+                baseline) or "grad_cam" (conv models).
+            targets: the class per image; default the predicted one.
+            baseline: a uint8 image for integrated gradients; default black.
+            steps: integrated gradients' steps along the path.
+
+        Raises:
+            UserError: an unknown method, or Grad-CAM on a model without convolutions.
+        """
+        if method not in interpret.METHODS:
+            raise UserError(
+                f"Unknown attribution method {method!r}; choose one of {', '.join(interpret.METHODS)}."
+            )
+        x = as_batch(images)
+        targets = self.predict(x) if targets is None else np.asarray(targets, np.int32)
+        model, normalizer = self._model, self._normalizer
+        if method == "gradients":
+            fn = functools.partial(interpret.gradients, model)
+        elif method == "integrated_gradients":
+            base = np.zeros(IMAGE_SHAPE, np.uint8) if baseline is None else as_batch(baseline)[0]
+            fn = functools.partial(
+                interpret.integrated_gradients, model, baseline=base, steps=steps
+            )
+        else:
+            map_name = interpret.conv_map_name(model, self._weights, normalizer)
+            if map_name is None:
+                raise UserError(
+                    f"Grad-CAM weighs a convolutional feature map, and this {self.config.model.name} has "
+                    "none: use method='integrated_gradients' or 'gradients'."
+                )
+            fn = functools.partial(interpret.grad_cam, model, map_name=map_name)
+        program = jax.jit(lambda w, x, t: fn(w, normalizer, x, t))
+        return self._batched(program, x, np.asarray(targets, np.int32))
+
+    def first_layer_weights(self) -> np.ndarray:
+        """The kernel of the layer that reads the image: `[784, units]` for an MLP, `[kh, kw, 1,
+        channels]` for a conv model."""
+        return np.asarray(interpret.first_layer_kernel(self._model, self._weights))
+
+    def _batched(self, program, images: np.ndarray, *per_image: np.ndarray) -> Any:
+        """`program(weights, batch, *per_image batches)` over fixed-size batches of the images (one
+        compile for any number), its outputs concatenated on the host."""
+        x = as_batch(images)
+        x = x if x.dtype == np.uint8 else (x * 255.0).astype(np.float32)  # the pixel scale
+        weights = jax.device_put(self._weights)
+        outputs = []
+        for start in range(0, len(x), _BATCH):
+            pad = _BATCH - len(x[start : start + _BATCH])
+            args = [
+                np.concatenate([a[start : start + _BATCH], np.zeros((pad, *a.shape[1:]), a.dtype)])
+                for a in (x, *per_image)
+            ]
+            outputs.append(
+                jax.tree.map(lambda a, n=_BATCH - pad: np.asarray(a)[:n], program(weights, *args))
+            )
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
 def report(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict[str, Any]:

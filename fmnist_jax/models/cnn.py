@@ -12,6 +12,7 @@ from fmnist_jax.models.layers import (
     DenseStack,
     activation,
     dropout,
+    expose,
     layer_key,
     pool,
     pooled_size,
@@ -97,6 +98,7 @@ class CNN(nnx.Module):
             else:
                 x = act(x if bias is None else x + bias)
                 x = pool(x, self.pooling, self.pool_size, self.formulation)
+            x = expose(self, f"block{i}", x)
             if self.conv_dropout is not None:
                 x = self.conv_dropout(x, deterministic=not train, rngs=layer_key(dropout_key, i))
         x = x.reshape((x.shape[0], -1))

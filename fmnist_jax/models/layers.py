@@ -32,6 +32,17 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
+def expose(module: nnx.Module, name: str, x: jax.Array) -> jax.Array:
+    """`x`; while the module is explained (`interpret.explaining` sets `explaining`), also recorded
+    as intermediate `name` (`nnx.Intermediate`), plus a zero perturbation `<name>_handle`: the
+    handle by which gradients with respect to it are taken (`Module.perturb`). Training and
+    inference never set the flag, so their programs stay exactly as they were."""
+    if getattr(module, "explaining", False):
+        module.sow(nnx.Intermediate, name, x)
+        x = module.perturb(f"{name}_handle", x)
+    return x
+
+
 def layer_key(key: jax.Array | None, index: int) -> jax.Array | None:
     """The key of a model's `index`-th dropout layer (None when not training)."""
     return None if key is None else jax.random.fold_in(key, index)
@@ -212,7 +223,8 @@ class DenseStack(nnx.Module):
     def __call__(self, x: jax.Array, train: bool, key: jax.Array | None = None) -> jax.Array:
         act = activation(self.activation)
         for i in range(self.num_layers - 1):
-            x = act(getattr(self, f"Dense_{i}")(x))
+            x = expose(self, f"hidden{i}", act(getattr(self, f"Dense_{i}")(x)))
             if self.dropout is not None:
                 x = self.dropout(x, deterministic=not train, rngs=layer_key(key, i))
+        x = expose(self, "features", x)  # what the classifier layer sees: the embedding
         return getattr(self, f"Dense_{self.num_layers - 1}")(x)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from fmnist_jax.models.layers import BatchNorm, activation, dropout
+from fmnist_jax.models.layers import BatchNorm, activation, dropout, expose
 from fmnist_jax.shapes import IMAGE_SHAPE
 
 # He initialization for convolutions followed by ReLU (the ResNet papers' choice).
@@ -97,8 +97,8 @@ class ResNet(nnx.Module):
         act = activation(self.activation)
         x = act(self.stem_bn(self.stem(images), use_running_average=not train))
         for name in self.blocks:
-            x = getattr(self, name)(x, train)
-        x = x.mean(axis=(1, 2))
+            x = expose(self, f"{name}_out", getattr(self, name)(x, train))
+        x = expose(self, "features", x.mean(axis=(1, 2)))
         if self.dropout is not None:
             x = self.dropout(x, deterministic=not train, rngs=dropout_key)
         return self.classifier(x)

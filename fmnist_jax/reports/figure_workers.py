@@ -1,9 +1,9 @@
 """Figures drawn in two worker processes beside the training process.
 
-matplotlib holds the GIL while it draws: a run's figures cost ~0.8 s of one core after its last
-epoch, and importing matplotlib 0.6-0.9 s more. Two workers, started while the training process
-imports JAX (one of two cores idles then), import matplotlib there and draw a run's figures side
-by side; the training process never imports it. The workers live as long as the process that
+matplotlib holds the GIL while it draws, and importing it takes most of a second. Two workers,
+started while the training process imports JAX (one of two cores idles then), import matplotlib
+there and draw a run's figures side by side; the training process never imports it. Drawing in
+the training process instead made the reference command slower (docs/design.md). The workers live as long as the process that
 started them (a notebook's runs, a test session's, reuse them) and leave when it does.
 
     python -m fmnist_jax.reports.figure_workers FD...  # the workers, one per connection FD
@@ -36,7 +36,7 @@ Task = tuple[str, dict[str, Any], "str | None"]
 
 class _Workers:
     """The worker processes: one started here, which forks the others once it has imported
-    matplotlib (a fork costs milliseconds, a second import 0.8 s of CPU), each serving one
+    matplotlib (a fork costs far less than a second import), each serving one
     connection."""
 
     def __init__(self, count: int) -> None:
