@@ -87,6 +87,28 @@ def _events(path):
     return events
 
 
+def test_train_and_validation_curves_overlay_as_keras_writes_them(tiny_config, tmp_path):
+    """Keras' TensorBoard callback: runs `train/` and `validation/` with the same tags, so the two
+    curves share one chart; read back with TensorBoard's own event reader."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
+    _train(tiny_config, tmp_path)
+    rows = _rows(tmp_path)
+    for run, prefix in (("train", "train"), ("validation", "val")):
+        reader = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard" / run))
+        reader.Reload()
+        assert set(reader.Tags()["scalars"]) == {"epoch_loss", "epoch_accuracy"}
+        for tag in ("loss", "accuracy"):
+            logged = [(e.step, e.value) for e in reader.Scalars(f"epoch_{tag}")]
+            expected = [(r["epoch"], r[f"{prefix}_{tag}"]) for r in rows]
+            assert [s for s, _ in logged] == [s for s, _ in expected]
+            assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)
+    main = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    main.Reload()
+    assert "learning_rate" in main.Tags()["scalars"]
+
+
 def test_tensorboard_waits_for_its_import_and_the_epochs_do_not(tmp_path):
     """Epochs that end while tensorboardX is still being imported are written once it is."""
     import concurrent.futures
@@ -101,10 +123,10 @@ def test_tensorboard_waits_for_its_import_and_the_epochs_do_not(tmp_path):
     imported.set_result(board_module)
     board.epoch({"epoch": 3, "train_loss": 1.0 / 3})
     board.board().finish({}, {"test_loss": 0.5, "test_accuracy": 0.8, "epochs_run": 3}, {})
-    files = (tmp_path / "tensorboard").rglob("events.out.tfevents.*")
+    files = (tmp_path / "tensorboard" / "train").glob("events.out.tfevents.*")
     events = [e for f in files for e in _events(f)]
     losses = {
-        e.step: v.simple_value for e in events for v in e.summary.value if v.tag == "train/loss"
+        e.step: v.simple_value for e in events for v in e.summary.value if v.tag == "epoch_loss"
     }
     assert losses == pytest.approx({1: 1.0, 2: 0.5, 3: 1.0 / 3})
 
@@ -140,15 +162,13 @@ def test_run_writes_plots_and_tensorboard_events(tiny_config, tmp_path, caplog):
     values = {(v.tag, e.step): v for e in events for v in e.summary.value}
     tags = {tag for tag, _ in values}
     assert {
-        "train/loss",
-        "train/accuracy",
-        "val/loss",
-        "val/accuracy",
+        "epoch_loss",
+        "epoch_accuracy",
         "learning_rate",
         "test/accuracy",
         "test/sample_predictions",
     } <= tags
-    assert values[("train/loss", 2)].simple_value == pytest.approx(_rows(tmp_path)[1]["train_loss"])
+    assert not {"train/loss", "val/loss"} & tags  # Keras' layout instead, below
     assert values[("test/sample_predictions", 2)].image.encoded_image_string.startswith(b"\x89PNG")
     assert any(v.tag.startswith("_hparams_") for e in events for v in e.summary.value)
 
