@@ -108,7 +108,9 @@ class Classifier:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """The penultimate features `[N, D]`: what the classifier layer sees."""
-        program = jax.jit(lambda w, x: interpret.embed(self._model, w, self._normalizer, x))
+        program = self._program(
+            ("embed",), lambda w, x: interpret.embed(self._model, w, self._normalizer, x)
+        )
         return self._batched(program, images)
 
     def attributions(
@@ -156,8 +158,19 @@ class Classifier:
                     "none: use method='integrated_gradients' or 'gradients'."
                 )
             fn = functools.partial(interpret.grad_cam, model, map_name=map_name)
-        program = jax.jit(lambda w, x, t: fn(w, normalizer, x, t))
+        key = (method, steps, None if baseline is None else as_batch(baseline).tobytes())
+        program = self._program(key, lambda w, x, t: fn(w, normalizer, x, t))
         return self._batched(program, x, np.asarray(targets, np.int32))
+
+    @functools.cached_property
+    def _programs(self) -> dict[tuple, Any]:
+        return {}
+
+    def _program(self, key: tuple, fn: Any) -> Any:
+        """`jax.jit(fn)`, made once per `key`: later calls reuse its compiled programs."""
+        if key not in self._programs:
+            self._programs[key] = jax.jit(fn)
+        return self._programs[key]
 
     def first_layer_weights(self) -> np.ndarray:
         """The kernel of the layer that reads the image: `[784, units]` for an MLP, `[kh, kw, 1,

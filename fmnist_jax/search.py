@@ -37,6 +37,7 @@ from fmnist_jax.errors import UserError
 from fmnist_jax.search_space import Dimension, Sampler, dimensions, hyperband_brackets
 
 ALGORITHMS = ("grid", "random", "halton", "tpe", "hyperband")
+_NOT_SEARCHABLE = ("num_epochs", "num_seeds", "seed", "grid", "plots", "data.num_validation")
 
 
 def check(config: ConfigDict) -> list[Dimension]:
@@ -59,6 +60,12 @@ def check(config: ConfigDict) -> list[Dimension]:
         )
     space = dimensions(s.space)
     for d in space:
+        if d.key in _NOT_SEARCHABLE or d.key.startswith("search."):
+            raise UserError(
+                f"search.space cannot search {d.key}: the search sets it itself (epochs by "
+                "search.max_epochs and Hyperband, one seed per trial, its own populations). "
+                "Search model, optimizer, schedule, augmentation or loss settings."
+            )
         for value in d.values() if d.kind in ("int", "choice") else d.args:
             config_checks.validate(_with_trial(config, {d.key: value}))
     return space

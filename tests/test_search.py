@@ -132,6 +132,7 @@ def test_a_hyperband_search_writes_its_trials_and_best_run_and_resumes_to_the_sa
             "a grid cannot",
         ),
         ({"factor": 1}, "search.factor must be an integer >= 2"),
+        ({"space": (("num_epochs", ("int", 1, 5, 1)),)}, "cannot search num_epochs"),
     ],
 )
 def test_searches_that_cannot_work_are_refused_before_training(

@@ -30,20 +30,11 @@ def main() -> None:
     import keras
     import keras_tuner as kt
     import numpy as np
-    import tensorflow_datasets as tfds
+
+    from experiments.benchmark.notebook import load_splits
 
     keras.utils.set_random_seed(args.seed)
-    (img_train, label_train), (img_test, label_test) = tfds.as_numpy(
-        tfds.load(
-            "fashion_mnist",
-            split=["train", "test"],
-            batch_size=-1,
-            as_supervised=True,
-            data_dir=args.tfds_data_dir,
-            download=False,
-        )
-    )
-    img_train, img_test = img_train.astype("float32") / 255.0, img_test.astype("float32") / 255.0
+    (img_train, label_train), (img_test, label_test) = load_splits(args.tfds_data_dir)
 
     def model_builder(hp):  # the tutorial's, word for word
         model = keras.Sequential()

@@ -14,6 +14,24 @@ import argparse
 import os
 
 
+def load_splits(tfds_data_dir: str | None) -> tuple:
+    """((train images, labels), (test images, labels)) as a Keras notebook loads them through tfds
+    (no download: the prepared directory), the images scaled to [0, 1]."""
+    import tensorflow_datasets as tfds
+
+    (train_images, train_labels), (test_images, test_labels) = tfds.as_numpy(
+        tfds.load(
+            "fashion_mnist",
+            split=["train", "test"],
+            batch_size=-1,
+            as_supervised=True,
+            data_dir=tfds_data_dir,
+            download=False,
+        )
+    )
+    return (train_images / 255.0, train_labels), (test_images / 255.0, test_labels)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tfds_data_dir", default=None)
@@ -23,19 +41,8 @@ def main() -> None:
 
     import keras
     import numpy as np
-    import tensorflow_datasets as tfds
 
-    (train_images, train_labels), (test_images, test_labels) = tfds.as_numpy(
-        tfds.load(
-            "fashion_mnist",
-            split=["train", "test"],
-            batch_size=-1,
-            as_supervised=True,
-            data_dir=args.tfds_data_dir,
-            download=False,
-        )
-    )
-    train_images, test_images = train_images / 255.0, test_images / 255.0
+    (train_images, train_labels), (test_images, test_labels) = load_splits(args.tfds_data_dir)
     model = keras.Sequential(
         [
             keras.Input((28, 28, 1)),
