@@ -8,7 +8,8 @@ Per image: the input; integrated gradients for the predicted class and, for test
 one (Grad-CAM's maps too, for conv models); the top 3 probabilities; each layer's activations (an
 MLP's hidden units as a grid, a CNN's first 16 channels of each block). `--weights` draws the
 first layer's weights (an MLP's units as 28x28 templates, a CNN's filters); `--embedding` draws a
-PCA map of the test set's penultimate features coloured by class, and writes them for
+PCA map (`--map=tsne`: t-SNE, with scikit-learn) of the test set's penultimate features coloured
+by class, and writes them for
 TensorBoard's Embedding Projector (labels and sprite images) to DIR/tensorboard/projector/:
 `tensorboard --logdir=DIR/tensorboard`, tab "Projector". Images from files are converted as
 `predict` converts them; a file that cannot be read is named and the others explained (exit 1).
@@ -31,6 +32,9 @@ _IMAGES = flags.DEFINE_list("images", [], "Image files, directories of them or q
 _TEST_INDICES = flags.DEFINE_list("test_indices", [], "Indices into the test split, e.g. 0,17,42.")
 _WEIGHTS = flags.DEFINE_bool("weights", False, "Draw the first layer's weights instead.")
 _EMBEDDING = flags.DEFINE_bool("embedding", False, "Map the test set's embedding instead.")
+_MAP = flags.DEFINE_enum(
+    "map", "pca", ["pca", "tsne"], "--embedding's 2-D map: PCA, or t-SNE (scikit-learn)."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Figure path (default: <workdir>/explain.png).")
 _STEPS = flags.DEFINE_integer("steps", 64, "Integrated gradients' steps along the path.")
 _MAX_IMAGES = 12  # rows of the per-image figure
@@ -66,8 +70,13 @@ def _explain(paths: list[str], failures: list[str]) -> None:
     elif _EMBEDDING.value:
         splits = data.load(classifier.config.data)
         features = classifier.embed(splits.test_images)
-        points = projector.pca(features)
-        figure = explain_plots.embedding(points, splits.test_labels, classifier.class_names, "PCA")
+        points = projector.tsne(features) if _MAP.value == "tsne" else projector.pca(features)
+        figure = explain_plots.embedding(
+            points,
+            splits.test_labels,
+            classifier.class_names,
+            _MAP.value.upper().replace("TSNE", "t-SNE"),
+        )
         written = projector.write(
             os.path.join(_WORKDIR.value, "tensorboard", "projector"),
             features,

@@ -137,6 +137,7 @@ def test_every_figure_is_written(trained, tmp_path, model):
         ("images", ["--test_indices=0,3", f"--images={photo}"]),
         ("weights", ["--weights"]),
         ("embedding", ["--embedding"]),
+        ("tsne", ["--embedding", "--map=tsne"]),
     ):
         output = tmp_path / f"{name}.png"
         result = _explain(f"--workdir={workdir}", f"--output={output}", *extra)

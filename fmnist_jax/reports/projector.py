@@ -14,7 +14,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from fmnist_jax.errors import writing
+from fmnist_jax.errors import UserError, writing
 
 CONFIG_FILE = "projector_config.pbtxt"
 _CONFIG = """embeddings {{
@@ -35,6 +35,19 @@ def pca(features: np.ndarray, components: int = 2) -> np.ndarray:
     centered = features - features.mean(axis=0)
     _, _, vt = np.linalg.svd(centered, full_matrices=False)
     return centered @ vt[:components].T
+
+
+def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 2-D t-SNE map of the features, `[N, 2]`, by scikit-learn (the `explain` extra)."""
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError as e:
+        raise UserError(
+            "--map=tsne uses scikit-learn's t-SNE, which is not installed: pip install "
+            "'scikit-learn>=1.3' (the package's `explain` extra), or keep --map=pca."
+        ) from e
+    perplexity = min(30.0, (len(features) - 1) / 3)
+    return TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 
 
 def write(
