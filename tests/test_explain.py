@@ -62,6 +62,7 @@ def test_activations_are_the_models_own_forward_pass(trained):
     assert cnn["block0"].shape == (5, 14, 14, 4) and cnn["block1"].shape == (5, 7, 7, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_integrated_gradients_add_up_to_the_logit_difference(trained, model):
     """Completeness: the attributions sum to logit(image) - logit(baseline) for the target class;

@@ -59,6 +59,7 @@ def test_hyperband_brackets_are_li_et_al():
     assert search_space.hyperband_brackets(27, 3)[0] == [(27, 1), (9, 3), (3, 9), (1, 27)]
 
 
+@pytest.mark.slow
 def test_trials_as_rows_of_a_grid_train_as_their_own_runs(tiny_config, tmp_path):
     """Trials riding the run axis as rows of values: each one trains as a run of its own would."""
     rows = ((1e-3, 0.0), (5e-3, 0.3))

@@ -87,6 +87,7 @@ def _events(path):
     return events
 
 
+@pytest.mark.slow
 def test_train_and_validation_curves_overlay_as_keras_writes_them(tiny_config, tmp_path):
     """Keras' TensorBoard callback: runs `train/` and `validation/` with the same tags, so the two
     curves share one chart; read back with TensorBoard's own event reader."""
