@@ -279,3 +279,23 @@ def main(fn: Callable[[], None], clean_stops: bool = True) -> None:
         exit_now(0)
 
     app.run(_main, flags_parser=parse_flags)
+
+
+def test_indices(texts: list[str], n: int, random: int = 0, seed: int = 0) -> list[int]:
+    """The test images `--test_indices` (texts) and `--random` ask for, in a test split of `n`
+    images; a request that cannot work is one `UserError` naming the flag."""
+    import numpy as np  # here: every command imports this module before its flags are parsed
+
+    try:
+        indices = [int(i) for i in texts]
+    except ValueError as e:
+        raise UserError(f"--test_indices must be integers, got {texts}.") from e
+    if not 0 <= random <= n:
+        raise UserError(f"--random={random} must be between 0 and the test split's {n} images.")
+    indices += np.random.default_rng(seed).choice(n, random, replace=False).tolist()
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise UserError(
+            f"Test indices {bad} are out of range: the test split has {n} images (0..{n - 1})."
+        )
+    return indices

@@ -97,35 +97,20 @@ def _explain(paths: list[str], failures: list[str]) -> None:
 def _per_image(classifier, paths: list[str], failures: list[str]):
     from fmnist_jax.reports import explain_plots
 
-    batch, titles, truths = [], [], []
     for problem in failures:
         print(f"error: {problem}", file=sys.stderr)
-    for path in paths:
-        try:
-            batch.append(images.read(path))
-        except UserError as e:
-            failures.append(str(e))
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        titles.append(os.path.basename(path))
-        truths.append(None)
+    batch, titles = images.read_files(paths, images.MAX_PIXELS, failures)
+    truths: list[int | None] = [None] * len(batch)
     if _TEST_INDICES.value:
         splits = data.load(classifier.config.data)
-        n = len(splits.test_labels)
-        try:
-            indices = [int(i) for i in _TEST_INDICES.value]
-        except ValueError as e:
-            raise UserError(f"--test_indices must be integers, got {_TEST_INDICES.value}.") from e
-        bad = [i for i in indices if not 0 <= i < n]
-        if bad:
-            raise UserError(
-                f"Test indices {bad} are out of range: the test split has {n} images (0..{n - 1})."
-            )
+        indices = cli.test_indices(_TEST_INDICES.value, len(splits.test_labels))
         batch += [splits.test_images[i] for i in indices]
         titles += [f"test #{i} ({classifier.class_names[splits.test_labels[i]]})" for i in indices]
         truths += [int(splits.test_labels[i]) for i in indices]
     if not batch:
         raise UserError("None of the images could be read; nothing was explained.")
+    if len(batch) > _MAX_IMAGES:
+        print(f"Explaining the first {_MAX_IMAGES} of {len(batch)} images (one figure row each).")
     x = np.stack(batch[:_MAX_IMAGES])
     probabilities = classifier.predict_proba(x)
     predicted = probabilities.argmax(-1)

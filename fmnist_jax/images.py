@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -139,3 +140,20 @@ def _too_large(path: str, width: int, height: int, max_pixels: int) -> UserError
         f"{max_pixels / 1e6:g} MP that keeps memory bounded; it was not decoded. Downscale it (the model sees 28x28), "
         "or raise --max_pixels if the machine has the memory."
     )
+
+
+def read_files(
+    paths: list[str], max_pixels: int, failures: list[str]
+) -> tuple[list[np.ndarray], list[str]]:
+    """(the images of the files that can be read, their file names); each file that cannot be
+    read is printed as one `error:` line and added to `failures`, and the others go on."""
+    batch, titles = [], []
+    for path in paths:
+        try:
+            batch.append(read(path, max_pixels))
+        except UserError as e:
+            failures.append(str(e))
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        titles.append(os.path.basename(path))
+    return batch, titles

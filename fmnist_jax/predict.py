@@ -87,10 +87,12 @@ def _predict(paths: list[str], failures: list[str]) -> None:
     classifier = inference.load(_WORKDIR.value, _WHICH.value)
     for problem in failures:
         print(f"error: {problem}", file=sys.stderr)
-    batch, titles, truths = _read_files(paths, failures)
+    batch, titles = images.read_files(paths, _MAX_PIXELS.value, failures)
+    truths: list[int | None] = [None] * len(batch)
     if _TEST_INDICES.value or _RANDOM.value:
         splits = data.load(classifier.config.data)
-        indices = _test_indices(len(splits.test_labels))
+        n = len(splits.test_labels)
+        indices = cli.test_indices(_TEST_INDICES.value, n, _RANDOM.value, _SEED.value)
         batch += [splits.test_images[i] for i in indices]
         titles += [f"test #{i}" for i in indices]
         truths += [int(splits.test_labels[i]) for i in indices]
@@ -114,41 +116,6 @@ def _predict(paths: list[str], failures: list[str]) -> None:
     more = len(batch) - _FIGURE_ROWS
     shown_note = f" (the first {_FIGURE_ROWS} images; the other {more} are printed above)"
     print(f"Figure written to {output}{shown_note if more > 0 else ''}.")
-
-
-def _read_files(
-    paths: list[str], failures: list[str]
-) -> tuple[list[np.ndarray], list[str], list[int | None]]:
-    """(images, titles, true labels: None) of the files that can be read; names the others."""
-    batch, titles = [], []
-    for path in paths:
-        try:
-            batch.append(images.read(path, _MAX_PIXELS.value))
-        except UserError as e:
-            failures.append(str(e))
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        titles.append(os.path.basename(path))
-    return batch, titles, [None] * len(batch)
-
-
-def _test_indices(n: int) -> list[int]:
-    """The test images `--test_indices` and `--random` ask for, in a test split of `n` images."""
-    try:
-        indices = [int(i) for i in _TEST_INDICES.value]
-    except ValueError as e:
-        raise UserError(f"--test_indices must be integers, got {_TEST_INDICES.value}.") from e
-    if not 0 <= _RANDOM.value <= n:
-        raise UserError(
-            f"--random={_RANDOM.value} must be between 0 and the test split's {n} images."
-        )
-    indices += np.random.default_rng(_SEED.value).choice(n, _RANDOM.value, replace=False).tolist()
-    bad = [i for i in indices if not 0 <= i < n]
-    if bad:
-        raise UserError(
-            f"Test indices {bad} are out of range: the test split has {n} images (0..{n - 1})."
-        )
-    return indices
 
 
 if __name__ == "__main__":
