@@ -299,3 +299,12 @@ def test_indices(texts: list[str], n: int, random: int = 0, seed: int = 0) -> li
             f"Test indices {bad} are out of range: the test split has {n} images (0..{n - 1})."
         )
     return indices
+
+
+def check_output(path: str) -> None:
+    """Refuses a figure path (`--output`) that cannot be written, before any work starts."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(
+            f"Cannot write the figure to {path}: {'it is a directory' if os.path.isdir(path) else f'{folder} is not a writable directory'}. Pass --output=FILE.png in a writable directory."
+        )

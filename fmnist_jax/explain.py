@@ -57,10 +57,7 @@ def _explain(paths: list[str], failures: list[str]) -> None:
             "--weights, or --embedding."
         )
     output = _OUTPUT.value or os.path.join(_WORKDIR.value, "explain.png")
-    if os.path.isdir(output) or not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise UserError(
-            f"Cannot write the figure to {output}: pass --output=FILE.png in a writable directory."
-        )
+    cli.check_output(output)
     from fmnist_jax import inference
     from fmnist_jax.reports import explain_plots, plots, projector
 

@@ -19,6 +19,7 @@ import numpy as np
 from fmnist_jax import checkpoint, engine, interpret, models, run_axis
 from fmnist_jax import config as config_lib
 from fmnist_jax.errors import UserError
+from fmnist_jax.normalizer import Normalizer
 from fmnist_jax.shapes import IMAGE_SHAPE
 
 _BATCH = 256  # predictions run in fixed-size batches: one compile for any number of images
@@ -38,8 +39,8 @@ class Classifier:
         return models.create(self.config.model)
 
     @functools.cached_property
-    def _normalizer(self) -> engine.Normalizer:
-        return engine.Normalizer.from_tree(self.variables.get("normalizer", {}))
+    def _normalizer(self) -> Normalizer:
+        return Normalizer.from_tree(self.variables.get("normalizer", {}))
 
     @functools.cached_property
     def _weights(self) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class Classifier:
                 interpret.integrated_gradients, model, baseline=base, steps=steps
             )
         else:
-            map_name = interpret.conv_map_name(model, self._weights, normalizer)
+            map_name = self._conv_map_name
             if map_name is None:
                 raise UserError(
                     f"Grad-CAM weighs a convolutional feature map, and this {self.config.model.name} has "
@@ -161,6 +162,11 @@ class Classifier:
         key = (method, steps, None if baseline is None else as_batch(baseline).tobytes())
         program = self._program(key, lambda w, x, t: fn(w, normalizer, x, t))
         return self._batched(program, x, np.asarray(targets, np.int32))
+
+    @functools.cached_property
+    def _conv_map_name(self) -> str | None:
+        """The last convolutional map Grad-CAM weighs (None for an MLP), traced once."""
+        return interpret.conv_map_name(self._model, self._weights, self._normalizer)
 
     @functools.cached_property
     def _programs(self) -> dict[tuple, Any]:

@@ -49,15 +49,6 @@ _MAX_PIXELS = flags.DEFINE_integer(
 _FIGURE_ROWS = 20
 
 
-def _check_output(path: str) -> None:
-    """Refuses an output path that cannot be written before any work starts."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UserError(
-            f"Cannot write the figure to {path}: {'it is a directory' if os.path.isdir(path) else f'{folder} is not a writable directory'}. Pass --output=FILE.png in a writable directory."
-        )
-
-
 def main(argv: list[str]) -> None:
     paths, problems = images.files(list(_IMAGES.value) + argv[1:])
     failures = list(problems)  # with each file that cannot be read, once it is tried
@@ -80,7 +71,7 @@ def _predict(paths: list[str], failures: list[str]) -> None:
     if _TOP.value < 1:
         raise UserError(f"--top={_TOP.value} prints no class: pass --top=1 or more (10 lists all).")
     output = _OUTPUT.value or os.path.join(_WORKDIR.value, "predictions.png")
-    _check_output(output)
+    cli.check_output(output)
     figure_workers.start()  # they import matplotlib while this process imports JAX
     from fmnist_jax import inference
 

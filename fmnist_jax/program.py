@@ -27,6 +27,7 @@ from fmnist_jax import memory as memory_lib
 from fmnist_jax import runner as runner_lib
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
+from fmnist_jax.normalizer import Normalizer
 from fmnist_jax.reports import tables
 from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
 
@@ -34,7 +35,7 @@ from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
 def _engine(
     config: ConfigDict,
     model: models.Model,
-    normalizer: engine.Normalizer,
+    normalizer: Normalizer,
     steps_per_epoch: int,
     backend: str,
     num_runs: int,
@@ -178,7 +179,7 @@ def build(
     placement = placement or DataParallel.over_all_devices()
     widest = run_axis.widest(config)
     model = models.create(widest.model, backend)
-    normalizer = engine.Normalizer.fit(splits.train_images, config.data.standardize)
+    normalizer = Normalizer.fit(splits.train_images, config.data.standardize)
     steps_per_epoch = len(splits.train_labels) // config.batch_size
     eng, steps_per_call = _engine(
         widest, model, normalizer, steps_per_epoch, backend, run_axis.num_runs(config)
@@ -221,11 +222,9 @@ def lower_for(
     widest = run_axis.widest(config)
     model = models.create(widest.model, platform)
     normalizer = (
-        engine.Normalizer(
-            mean=np.zeros(IMAGE_SHAPE, np.float32), std=np.ones(IMAGE_SHAPE, np.float32)
-        )
+        Normalizer(mean=np.zeros(IMAGE_SHAPE, np.float32), std=np.ones(IMAGE_SHAPE, np.float32))
         if config.data.standardize
-        else engine.Normalizer()
+        else Normalizer()
     )
     steps_per_epoch = num_train // config.batch_size
     eng, steps_per_call = _engine(

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shlex
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -244,7 +245,7 @@ def _diverged_before(history: list[EpochRow], index: int) -> bool:
     return bool(history) and not np.isfinite(history[-1]["train_loss_seeds"][index])
 
 
-def _between_calls(run: _Run, progress: Progress, epoch: int):
+def _between_calls(run: _Run, progress: Progress, epoch: int) -> Callable[[int | None], None]:
     """The primary process's hook between an epoch's compiled calls: the progress bar and, in a
     single-process run, a requested stop (several processes stop together, at epoch ends)."""
 

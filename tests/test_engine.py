@@ -13,6 +13,7 @@ from configs import mlp as mlp_config
 from fmnist_jax import backend, data, engine, inference, models, optim, program, runner
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
+from fmnist_jax.normalizer import Normalizer
 
 
 def _setup(config, num_examples=64, seed=0):
@@ -33,7 +34,7 @@ def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
     eng = engine.Engine(
         model,
         optimizer,
-        engine.Normalizer(),
+        Normalizer(),
         config.loss.label_smoothing,
         unroll=unroll,
         compute_dtype=config.dtype,
@@ -166,7 +167,7 @@ def test_progress_reports_steps_of_long_epochs():
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
     model, optimizer, state, images, labels = _setup(config, num_examples=64)
     epoch_runner = runner.EpochRunner(
-        engine.Engine(model, optimizer, engine.Normalizer()),
+        engine.Engine(model, optimizer, Normalizer()),
         images,
         labels,
         8,
@@ -237,7 +238,7 @@ def test_one_unrolled_step_is_not_a_loop():
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
     model, optimizer, state, images, labels = _setup(config, 8)
     for unroll, loops in ((True, False), (False, True)):
-        eng = engine.Engine(model, optimizer, engine.Normalizer(), 0.0, unroll=unroll)
+        eng = engine.Engine(model, optimizer, Normalizer(), 0.0, unroll=unroll)
         program = jax.jit(eng.train_program()).lower(
             state,
             engine.Sums.zeros(1),
@@ -280,9 +281,7 @@ def test_eval_set_masks_padding():
     optimizer = functools.partial(optim.optimizer, mlp_config.get_config(), 10)
     tx = optimizer({})
     state = engine.init_states(model, tx, jax.random.key(0)[None])
-    evaluation = runner.evaluate(
-        engine.Engine(model, optimizer, engine.Normalizer()), state.weights(), s
-    )
+    evaluation = runner.evaluate(engine.Engine(model, optimizer, Normalizer()), state.weights(), s)
     assert evaluation.sums.count.tolist() == [5]
     assert evaluation.run_probabilities(0).shape == (5, 10)  # the padding dropped
 
@@ -306,7 +305,7 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     optimizer = functools.partial(optim.optimizer, mlp_config.get_config(), 10)
     tx = optimizer({})
     weights = engine.init_states(model, tx, jax.random.key(0)[None]).weights()
-    eng = engine.Engine(model, optimizer, engine.Normalizer())
+    eng = engine.Engine(model, optimizer, Normalizer())
     in_calls = runner.evaluate(eng, weights, sets["test"])
     in_one = runner.evaluate(eng, weights, runner.EvalSet.create(images, labels, 2, placement))
     assert (
@@ -374,10 +373,10 @@ def test_label_smoothing_raises_the_loss_of_confident_predictions():
 
 def test_standardization_centers_the_training_pixels():
     images = np.random.default_rng(0).integers(0, 255, (50, 28, 28, 1)).astype(np.uint8)
-    x = np.asarray(engine.Normalizer.fit(images, standardize=True)(jnp.asarray(images)))
+    x = np.asarray(Normalizer.fit(images, standardize=True)(jnp.asarray(images)))
     assert abs(x.mean()) < 1e-4 and x.std() == pytest.approx(1.0, rel=1e-3)
     np.testing.assert_allclose(
-        engine.Normalizer.fit(images, False)(jnp.asarray(images)), images / 255.0, rtol=1e-6
+        Normalizer.fit(images, False)(jnp.asarray(images)), images / 255.0, rtol=1e-6
     )
 
 
@@ -388,7 +387,7 @@ def test_ema_is_the_warmed_up_moving_average_of_the_weights():
     state = engine.select_run(
         engine.init_states(model, optimizer({}), jax.random.key(0)[None], ema=True), 0
     )
-    eng = engine.Engine(model, optimizer, engine.Normalizer(), ema_decay=0.5)
+    eng = engine.Engine(model, optimizer, Normalizer(), ema_decay=0.5)
     step = jax.jit(eng.train_step)  # one run's step
     expected, sums = state.params, engine.select_run(engine.Sums.zeros(1), 0)
     for t in range(3):
@@ -409,7 +408,7 @@ def test_flip_tta_averages_the_probabilities_of_an_image_and_its_mirror():
     config = mlp_config.get_config()
     model, _, state, images, _ = _setup(config, num_examples=4)
     state = engine.select_run(state, 0)
-    norm = engine.Normalizer()
+    norm = Normalizer()
     plain = jnp.exp(engine.log_probabilities(model, norm, state.params, {}, images, flip=False))
     mirrored = jnp.exp(
         engine.log_probabilities(model, norm, state.params, {}, images[:, :, ::-1], flip=False)
@@ -436,7 +435,7 @@ def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
     keys = jax.random.split(jax.random.key(1), 2)
     results = []
     for loop_runs in (False, True):
-        eng = engine.Engine(model, optimizer, engine.Normalizer(), num_runs=2, loop_runs=loop_runs)
+        eng = engine.Engine(model, optimizer, Normalizer(), num_runs=2, loop_runs=loop_runs)
         steps = jax.jit(eng.train_program())
         results.append(steps(state, engine.Sums.zeros(2), images, labels, batches, keys, {}))
     (vmapped, vsums), (looped, lsums) = results
