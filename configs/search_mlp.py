@@ -6,8 +6,12 @@ relu), Dense(10), Adam. Its search, mapped key by key:
 - `hp.Int('units', min_value=32, max_value=512, step=32)` -> `model.hidden_sizes` ("int", 32,
   512, 32): a one-layer width;
 - `hp.Choice('learning_rate', values=[1e-2, 1e-3, 1e-4])` -> `optimizer.learning_rate`;
-- `kt.Hyperband(objective='val_accuracy', max_epochs=10, factor=3)` -> `search.algorithm`,
-  `search.objective`, `search.max_epochs`, `search.factor`;
+- `kt.Hyperband(objective='val_accuracy', max_epochs=10, factor=3)` -> random trials
+  (`search.algorithm`) stopped by Hyperband (`search.pruner`), `search.objective`,
+  `search.max_epochs`, `search.factor`, and one Hyperband iteration's 17 trials (9, 5 and 3 in
+  its three brackets; `search.trials`), 3 at a time (`search.population`: on a CPU every slot
+  costs the widest trial's step, so few slots waste least; raise it on a GPU). Survivors of a rung
+  train on where they are instead of again from the start;
 - `validation_split=0.2` -> `data.num_validation=12000` (20% of the training split: Keras takes
   the last 20%, every run here the first);
 - `EarlyStopping(monitor='val_loss', patience=5)` -> `early_stopping` (it cuts a trial's curve, and
@@ -34,7 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
         ("model.hidden_sizes", ("int", 32, 512, 32)),
         ("optimizer.learning_rate", ("choice", (1e-2, 1e-3, 1e-4))),
     )
-    config.search.algorithm = "hyperband"
+    config.search.algorithm = "random"
+    config.search.pruner = "hyperband"
+    config.search.trials = 17
+    config.search.population = 3
     config.search.objective = "val_accuracy"
     config.search.max_epochs = 10
     config.search.factor = 3

@@ -3,11 +3,12 @@
     python -m experiments.search --config=configs/search_mlp.py --workdir=runs/search \
         [--config.search.algorithm=tpe] [--config.key=value ...]
 
-The config's `search` block holds the space, the algorithm (grid, random, halton, tpe or
-hyperband), the budget and the objective (fmnist_jax/config.py, fmnist_jax/search.py). Writes
-search.json, search.md, search.png and TensorBoard HParams to --workdir, the trials' runs under
-trials/, the best trial's longer fit under fit/ and its retrain under best/ (`predict`,
-`evaluate` and `inference.load` work on it). The same command again resumes a stopped search.
+The config's `search` block holds the space, the sampler (grid, random, halton or tpe), the
+pruner (none, asha or hyperband), the budget and the objective (fmnist_jax/config.py,
+fmnist_jax/search.py). Writes search.json, search.md, search.png and TensorBoard HParams to
+--workdir, the population's checkpoints under population/, the best trial's longer fit under fit/
+and its retrain under best/ (`predict`, `evaluate` and `inference.load` work on it). The same
+command again resumes a stopped search.
 """
 
 from __future__ import annotations

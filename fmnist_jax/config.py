@@ -216,11 +216,12 @@ def _add_search(c: ConfigDict) -> None:
     # ((key, spec), ...): ("int", low, high, step), ("choice", (value, ...)), ("uniform", low,
     # high) or ("log_uniform", low, high); see fmnist_jax/search_space.py.
     c.search.space = ()
-    c.search.algorithm = "hyperband"  # grid, random, halton, tpe or hyperband
+    c.search.algorithm = "random"  # the sampler: grid, random, halton or tpe
+    c.search.pruner = "hyperband"  # which trials stop early: none, asha or hyperband
     c.search.trials = 20  # trials of random, halton and tpe (a grid tries every combination)
-    c.search.population = 8  # trials trained side by side per round (TPE learns between rounds)
+    c.search.population = 8  # slots: trials trained side by side in one compiled program
     c.search.max_epochs = 10  # the most epochs a trial trains (Hyperband's R)
-    c.search.factor = 3  # Hyperband: each rung keeps the best 1/factor, trained factor x longer
+    c.search.factor = 3  # the pruner keeps the best 1/factor at each rung, factor x apart
     c.search.objective = "val_accuracy"  # or val_loss, on the validation split, never test
     c.search.seed = 0  # the sampler's seed; the trials train with `seed`
     # The best trial then trains this many epochs to find its best one, and is retrained to it

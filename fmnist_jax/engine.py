@@ -106,10 +106,18 @@ def _split_seeds(seeds: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return keys[:, 0], keys[:, 1], keys[:, 2]
 
 
+def model_settings(values: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The model settings among a run's values ("model.dropout_rate" -> "dropout_rate")."""
+    return {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
+
+
 def _init_fn(
     model: Model, tx: optax.GradientTransformation, ema: bool
-) -> Callable[[jax.Array], TrainState]:
-    return jax.vmap(functools.partial(init_state, model, tx, ema=ema))
+) -> Callable[[jax.Array, Mapping[str, jax.Array]], TrainState]:
+    def init(key, values):
+        return init_state(model, tx, key, ema=ema, settings=model_settings(values))
+
+    return jax.vmap(init)
 
 
 def init_states(
@@ -117,9 +125,11 @@ def init_states(
     tx: optax.GradientTransformation,
     init_keys: jax.Array,
     ema: bool = False,
+    values: Mapping[str, jax.Array] | None = None,
 ) -> TrainState:
-    """`init_state` of each of the `[num_runs]` keys, stacked on a leading run axis, as one compiled program."""
-    return jit_unoptimized(_init_fn(model, tx, ema), runs_once=True)(init_keys)
+    """`init_state` of each of the `[num_runs]` keys with its run's `values` (a search trial's
+    widths), stacked on a leading run axis, as one compiled program."""
+    return jit_unoptimized(_init_fn(model, tx, ema), runs_once=True)(init_keys, values or {})
 
 
 def state_shapes(
@@ -127,9 +137,27 @@ def state_shapes(
     tx: optax.GradientTransformation,
     init_keys: jax.Array,
     ema: bool = False,
+    values: Mapping[str, jax.Array] | None = None,
 ) -> TrainState:
     """The shapes and dtypes of `init_states`' result, computing nothing (to compile against)."""
-    return jax.eval_shape(_init_fn(model, tx, ema), init_keys)
+    return jax.eval_shape(_init_fn(model, tx, ema), init_keys, values or {})
+
+
+def reinitialize(
+    model: Model,
+    tx: optax.GradientTransformation,
+    ema: bool,
+    state: TrainState,
+    fresh: jax.Array,
+    init_keys: jax.Array,
+    values: Mapping[str, jax.Array],
+) -> TrainState:
+    """`state` with the runs marked `fresh` (`[num_runs]` booleans) back at their initial state:
+    the `init_states` of their keys and values (a search's refilled slots)."""
+    new = _init_fn(model, tx, ema)(init_keys, values)
+    return jax.tree.map(
+        lambda n, old: jnp.where(fresh.reshape(-1, *(1,) * (old.ndim - 1)), n, old), new, state
+    )
 
 
 def select_run(tree: PyTree, index: int) -> PyTree:
@@ -142,9 +170,11 @@ def init_state(
     tx: optax.GradientTransformation,
     key: jax.Array,
     ema: bool = False,
+    settings: Mapping[str, jax.Array] | None = None,
 ) -> TrainState:
-    """Initial weights (and batch-norm statistics) and optimizer state of one run."""
-    weights = model.init(key)
+    """Initial weights (and batch-norm statistics) and optimizer state of one run; `settings`:
+    its traced model settings (see `Model.init`)."""
+    weights = model.init(key, settings)
     params = weights["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -268,7 +298,7 @@ class Engine:
         if self.augment.enabled:
             images = self.augment(images, augment_key, values.get("augment.erasing"))
         x = self.normalizer(images)
-        rates = {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
+        settings = model_settings(values)
 
         def loss_fn(params):
             logits, batch_stats = self.model.apply(
@@ -277,7 +307,7 @@ class Engine:
                 self._compute(x),
                 train=True,
                 dropout_key=model_key,
-                rates=rates,
+                settings=settings,
             )
             logits = logits.astype(jnp.float32)
             smoothing = values.get("loss.label_smoothing", self.label_smoothing)

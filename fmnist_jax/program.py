@@ -73,7 +73,7 @@ def run_arrays(config: ConfigDict) -> dict[str, np.ndarray]:
         for member in run_axis.members(config)
     ]
     return {
-        key: np.repeat(np.array([m[key] for m in members], np.float32), config.num_seeds)
+        key: np.repeat(np.array([m[key] for m in members], np.float32), config.num_seeds, axis=0)
         for key in members[0]
     }
 
@@ -97,7 +97,8 @@ class Program:
         return self.runner.steps_per_epoch
 
     def _init_args(self) -> tuple:
-        return (self.model, self.engine.tx, self.init_keys, self.engine.ema_decay > 0)
+        ema = self.engine.ema_decay > 0
+        return (self.model, self.engine.tx, self.init_keys, ema, self.runner.values)
 
     def compile(self, poll: Callable[[], None] = lambda: None) -> tuple[engine.TrainState, float]:
         """(the initial state of every run, on the devices; the seconds spent).

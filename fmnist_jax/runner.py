@@ -102,7 +102,7 @@ class EpochRunner:
             batch_size=self.batch_size,
         )
         self._shuffle = jit_unoptimized(
-            self.engine.over_runs(shuffle, in_axes=(0, None)),
+            self.engine.over_runs(shuffle, in_axes=(0, 0)),
             out_shardings=self.placement.split(_BATCH_AXIS),
         )
 
@@ -126,9 +126,11 @@ class EpochRunner:
         rates): an argument of the compiled calls, so nothing compiles again."""
         self.values = {**self.values, key: self.placement.put(np.asarray(per_run, np.float32))}
 
-    def batches(self, epoch: int) -> jax.Array:
-        """Epoch `epoch`'s shuffled batches of training indices, `[num_runs, steps, batch]`."""
-        return self._shuffle(self.shuffle_key, epoch)
+    def batches(self, epoch: int | np.ndarray) -> jax.Array:
+        """Epoch `epoch`'s shuffled batches of training indices, `[num_runs, steps, batch]`; each
+        run's own epoch where `epoch` is `[num_runs]` (a search's slots)."""
+        epochs = np.broadcast_to(np.asarray(epoch, np.int32), (self.engine.num_runs,))
+        return self._shuffle(self.shuffle_key, self.placement.put(epochs))
 
     def _zeros(self) -> Sums:
         return self.placement.put(Sums.zeros(self.engine.num_runs))
@@ -213,9 +215,13 @@ class EpochRunner:
         return len(calls) * length
 
     def run(
-        self, state: TrainState, epoch: int, progress: Callable[[int | None], None] | None = None
+        self,
+        state: TrainState,
+        epoch: int | np.ndarray,
+        progress: Callable[[int | None], None] | None = None,
     ) -> tuple[TrainState, Sums]:
-        """Epoch `epoch` in its own shuffled order; returns without waiting for the devices.
+        """Epoch `epoch` (each run's own, `[num_runs]`) in its own shuffled order; returns without
+        waiting for the devices.
 
         With `progress`, epochs of several calls wait for the devices about 20 times to report the
         steps done (a few ms per epoch), then `progress(None)`.

@@ -1,15 +1,15 @@
 """Hyperparameter search: `run(config, workdir)` tries the trials of `config.search` and trains the
 best one, as the Keras Tuner tutorial does.
 
-Trials ride the run axis. The trials trained for the same number of epochs that share every value
-that shapes the program (a width, say) are one sweep: one compiled program, each trial a member
-with its own values of the keys that only change numbers (learning rate, dropout, ...), all side
-by side (`run_axis`'s rows of values). Trials of another width are another program. Hyperband
-trains each rung's survivors again from the start for the rung's epochs.
+The trials train in a population of slots in one compiled program (`population`): each slot one
+trial with its own values, the hidden widths masked inside the widest. After every epoch each trial
+is judged on its validation curve: it stops when it diverges, when early stopping would stop it,
+when the pruner stops it at a rung (`pruning`), or when it has trained `max_epochs`. Its slot then
+takes the sampler's next trial, and TPE learns from the stopped one.
 
-A search is runs in `workdir/trials/` and a file of its own: each population is a normal run
-directory, so a search stopped at any point and started again with the same command skips what is
-trained and goes on (every choice is a function of the seed and of results on disk). Then:
+The slots' state and the search's record (its trials, the order of the sampler's asks and tells,
+the slots' trials) are checkpointed after every epoch in workdir/population: a search stopped at
+any point and started again with the same command resumes to the identical result. Then:
 
 - search.json: `trials` (each with `hparams`, per-epoch `val_accuracy` and `val_loss`, `epochs`,
   `stopped` with its reason, and `objective`), `best` (the trial chosen on validation, never on
@@ -30,24 +30,23 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks
+from fmnist_jax import config_checks, interrupts, pruning
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
-from fmnist_jax.search_space import Dimension, Sampler, dimensions, hyperband_brackets
+from fmnist_jax.population import RIDE_THE_AXIS
+from fmnist_jax.search_space import Dimension, Sampler, dimensions
 
-ALGORITHMS = ("grid", "random", "halton", "tpe", "hyperband")
-_NOT_SEARCHABLE = ("num_epochs", "num_seeds", "seed", "grid", "plots", "data.num_validation")
+ALGORITHMS = ("grid", "random", "halton", "tpe")
 
 
 def check(config: ConfigDict) -> list[Dimension]:
     """The space of a search that can work, or one clear `UserError`."""
     s = config.search
     config_checks.validate(config)
-    if s.algorithm not in ALGORITHMS:
-        raise UserError(
-            f"Unknown search.algorithm={s.algorithm!r}; choose one of {', '.join(ALGORITHMS)}."
-        )
+    for key, choices in (("algorithm", ALGORITHMS), ("pruner", pruning.PRUNERS)):
+        if s[key] not in choices:
+            raise UserError(f"Unknown search.{key}={s[key]!r}; choose one of {', '.join(choices)}.")
     for key in ("trials", "population", "max_epochs", "factor"):
         if not (isinstance(s[key], int) and s[key] >= (2 if key == "factor" else 1)):
             raise UserError(f"search.{key} must be an integer >= {2 if key == 'factor' else 1}.")
@@ -60,27 +59,31 @@ def check(config: ConfigDict) -> list[Dimension]:
         )
     space = dimensions(s.space)
     for d in space:
-        if d.key in _NOT_SEARCHABLE or d.key.startswith("search."):
-            raise UserError(
-                f"search.space cannot search {d.key}: the search sets it itself (epochs by "
-                "search.max_epochs and Hyperband, one seed per trial, its own populations). "
-                "Search model, optimizer, schedule, augmentation or loss settings."
-            )
         for value in d.values() if d.kind in ("int", "choice") else d.args:
             config_checks.validate(_with_trial(config, {d.key: value}))
+        if d.key not in RIDE_THE_AXIS:
+            raise UserError(
+                f"search.space cannot search {d.key}: a search's trials train side by side in one "
+                "compiled program, so it searches the numbers a sweep varies and the hidden widths "
+                f"({', '.join(RIDE_THE_AXIS)}). Compare other choices as separate searches or "
+                "runs (python -m experiments.compare)."
+            )
     return space
 
 
 def _with_trial(config: ConfigDict, hparams: dict[str, Any]) -> ConfigDict:
     """`config` with a trial's values; an integer for a tuple of widths is a one-layer width."""
-    values = {
+    try:
+        return config_lib.with_values(config, _as_config_values(config, hparams))
+    except UserError as e:
+        raise UserError(f"search.space: {e}") from None
+
+
+def _as_config_values(config: ConfigDict, hparams: dict[str, Any]) -> dict[str, Any]:
+    return {
         key: (value,) if _is_widths(config, key) and not isinstance(value, (tuple, list)) else value
         for key, value in hparams.items()
     }
-    try:
-        return config_lib.with_values(config, values)
-    except UserError as e:
-        raise UserError(f"search.space: {e}") from None
 
 
 def _is_widths(config: ConfigDict, key: str) -> bool:
@@ -121,113 +124,202 @@ def _claim(config: ConfigDict, workdir: str) -> None:
     workdir_lib.write_json(path, wanted)
 
 
+def _largest(config: ConfigDict, space: list[Dimension]) -> dict[str, Any]:
+    """Each searched key at its largest value, as the config holds it: the population's program."""
+    largest = {}
+    for d in space:
+        values = d.values() if d.kind in ("int", "choice") else list(d.args)
+        values = [_as_config_values(config, {d.key: v})[d.key] for v in values]
+        if isinstance(values[0], tuple):
+            largest[d.key] = tuple(max(column) for column in zip(*values, strict=True))
+        else:
+            largest[d.key] = max(values)
+    return largest
+
+
 def _search(config: ConfigDict, space: list[Dimension], workdir: str) -> list[dict[str, Any]]:
+    """The trials, trained in a population of slots until the budget is spent."""
+    from fmnist_jax import data, population
+
     s = config.search
-    clock = [0.0]
     maximize = s.objective == "val_accuracy"
-    sampler = Sampler(
-        "random" if s.algorithm == "hyperband" else s.algorithm, space, s.seed, maximize
-    )
-    trials: list[dict[str, Any]] = []
-    if s.algorithm == "hyperband":
-        for b, bracket in enumerate(hyperband_brackets(s.max_epochs, s.factor)):
-            alive = _new_trials(trials, sampler.ask(bracket[0][0]))
-            for r, (_, epochs) in enumerate(bracket):
-                _train(config, workdir, alive, epochs, f"bracket{b}-rung{r}", clock)
-                if r + 1 < len(bracket):
-                    keep = max(1, len(alive) // s.factor)
-                    ranked = sorted(alive, key=lambda t: _rank(t, maximize))
-                    for t in ranked[keep:]:
-                        t["stopped"] = (
-                            t["stopped"]
-                            if t["stopped"] == "diverged"
-                            else f"pruned after {epochs} epochs"
-                        )
-                    alive = ranked[:keep]
-        return trials
     budget = s.trials if s.algorithm != "grid" else math.prod(len(d.values()) for d in space)
-    round_size = s.population if s.algorithm == "tpe" else budget
-    while len(trials) < budget:
-        asked = sampler.ask(min(round_size, budget - len(trials)))
-        if not asked:
-            break
-        tag = f"round{len(trials) // round_size}"
-        batch = _new_trials(trials, asked)
-        _train(config, workdir, batch, s.max_epochs, tag, clock)
-        for t in batch:
-            sampler.tell(t["hparams"], t["objective"])
-    return trials
+    splits = data.load(config.data)
+    trial_config = config.copy_and_resolve_references()
+    trial_config.search, trial_config.plots = config_lib.default().search, False
+    slots = population.Population(
+        trial_config,
+        splits,
+        _largest(config, space),
+        min(s.population, budget),
+        os.path.join(workdir, "population"),
+    )
+    latest = slots.checkpoints.directory("latest")
+    compile_seconds = slots.compile(poll=lambda: interrupts.check_while_compiling(latest))
+    record = _Record(config, Sampler(s.algorithm, space, s.seed, maximize), compile_seconds)
+    record.resume(slots)
+    try:
+        while True:
+            record.fill(slots, budget)
+            if all(t is None for t in record.slots):
+                return record.trials
+            interrupts.check(record.step + 1, slots.checkpoints, save=lambda: None)
+            start = time.perf_counter()
+            train, validation = slots.train_epoch()
+            record.clock += time.perf_counter() - start
+            record.judge(train, validation)
+            record.step += 1
+            record.log()
+            slots.save(record.step, record.meta())
+    finally:
+        slots.close()
 
 
-def _new_trials(trials: list[dict[str, Any]], asked: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    new = [{"index": len(trials) + i, "hparams": h, "stopped": None} for i, h in enumerate(asked)]
-    trials.extend(new)
-    return new
+class _Record:
+    """The search's own state: its trials, the slots' trials and the sampler's asks and tells, in
+    order, from which a resumed search replays the sampler to the same state."""
 
+    def __init__(self, config: ConfigDict, sampler: Sampler, compile_seconds: float):
+        self.config, self.sampler = config, sampler
+        self.trials: list[dict[str, Any]] = []
+        self.slots: list[int | None] = []
+        self.events: list[tuple[str, int]] = []
+        self.step, self.clock = 0, compile_seconds
 
-def _rank(trial: dict[str, Any], maximize: bool) -> float:
-    """Sorting key: best trials first, diverged last."""
-    objective = trial["objective"]
-    if objective is None:
-        return math.inf
-    return -objective if maximize else objective
+    def meta(self) -> dict[str, Any]:
+        return {
+            "trials": self.trials,
+            "slots": self.slots,
+            "events": self.events,
+            "step": self.step,
+            "clock": self.clock,
+        }
 
-
-def _train(
-    config: ConfigDict,
-    workdir: str,
-    trials: list[dict[str, Any]],
-    epochs: int,
-    tag: str,
-    clock: list[float],
-) -> None:
-    """Trains `trials` for `epochs`, one program per shape, and records each one's curves;
-    `clock[0]` counts the search's seconds of training and compiling."""
-    from fmnist_jax import train as train_lib
-
-    shapes: dict[str, list[dict[str, Any]]] = {}
-    for t in trials:
-        shape = {k: v for k, v in t["hparams"].items() if k not in config_lib.SWEEPABLE}
-        shapes.setdefault(repr(sorted(shape.items())), []).append(t)
-    for g, group in enumerate(shapes.values()):
-        hparams = group[0]["hparams"]
-        fixed = {k: v for k, v in hparams.items() if k not in config_lib.SWEEPABLE}
-        swept = [k for k in hparams if k in config_lib.SWEEPABLE]
-        population = _with_trial(config, fixed)
-        population.search = config_lib.default().search
-        population.num_epochs, population.plots = epochs, False
-        if swept:
-            population.grid = (
-                (tuple(swept), tuple(tuple(t["hparams"][k] for k in swept) for t in group)),
-            )
-        run_dir = os.path.join(workdir, "trials", f"{tag}-shape{g}")
-        summary = train_lib.train_and_evaluate(population, run_dir)
-        clock[0] += summary["train_seconds"] + summary["compile_seconds"]
-        history = workdir_lib.read_history(run_dir)
-        for m, t in enumerate(group):
-            _record(config, t, history, m if swept else 0, epochs)
-            t["seconds"] = clock[0]  # training and compiling so far: the same when resumed
+    def log(self) -> None:
+        done = [t for t in self.trials if t["stopped"] is not None]
+        best = max(
+            (t for t in done if t["objective"] is not None),
+            default=None,
+            key=lambda t: -_rank(t, self.config.search.objective == "val_accuracy"),
+        )
         logging.info(
-            "Search %s, shape %d: %d trial(s) of %d epochs done.", tag, g, len(group), epochs
+            "Search epoch %d (%.1f s): %d trial(s) training, %d stopped%s.",
+            self.step,
+            self.clock,
+            sum(i is not None for i in self.slots),
+            len(done),
+            f"; best so far trial {best['index']}, {self.config.search.objective} "
+            f"{best['objective']:.4f}"
+            if best
+            else "",
+        )
+
+    def resume(self, slots: Any) -> None:
+        """Takes the newest checkpoint's state, if any, and replays the sampler to it."""
+        self.slots = [None] * len(slots.epochs)
+        restored = slots.restore()
+        if restored is None:
+            return
+        self.step, meta = restored
+        self.trials, self.slots, self.clock = meta["trials"], meta["slots"], meta["clock"]
+        self.events = [tuple(e) for e in meta["events"]]
+        for kind, index in self.events:
+            if kind == "ask":
+                self.sampler.ask(1)  # the same proposal, as nothing else changed the sampler
+            else:
+                self._tell(self.trials[index])
+        occupied = {slot: self.trials[i] for slot, i in enumerate(self.slots) if i is not None}
+        slots.assign({slot: t["hparams"] for slot, t in occupied.items()}, fresh=False)
+        for slot, trial in occupied.items():
+            slots.epochs[slot] = trial["epochs"]
+        logging.info(
+            "Resuming the search after its epoch %d (%d trials).", self.step, len(self.trials)
+        )
+
+    def fill(self, slots: Any, budget: int) -> None:
+        """Gives every free slot the sampler's next trial while the budget lasts."""
+        s = self.config.search
+        fresh = {}
+        for slot, index in enumerate(self.slots):
+            if index is not None or len(self.trials) >= budget:
+                continue
+            asked = self.sampler.ask(1)
+            if not asked:  # a grid is exhausted
+                break
+            index = len(self.trials)
+            bracket = pruning.bracket_of(index, s.pruner, s.max_epochs, s.factor)
+            self.trials.append(
+                {
+                    "index": index,
+                    "hparams": asked[0],
+                    "bracket": bracket,
+                    "epochs": 0,
+                    "val_accuracy": [],
+                    "val_loss": [],
+                    "stopped": None,
+                    "objective": None,
+                }
+            )
+            self.events.append(("ask", index))
+            self.slots[slot] = index
+            fresh[slot] = asked[0]
+        slots.assign(fresh)
+
+    def judge(self, train: list[dict[str, float]], validation: list[dict[str, float]]) -> None:
+        """Records every running trial's epoch, then stops those that should stop."""
+        running = [(slot, self.trials[i]) for slot, i in enumerate(self.slots) if i is not None]
+        for slot, trial in running:
+            trial["val_accuracy"].append(validation[slot]["accuracy"])
+            trial["val_loss"].append(validation[slot]["loss"])
+            trial["epochs"] += 1
+            trial["seconds"] = self.clock
+            finite = train[slot]["first_nonfinite_step"] < 0 and math.isfinite(
+                validation[slot]["loss"]
+            )
+            trial["objective"] = _best(self.config, trial) if finite else None
+        for slot, trial in running:
+            reason = self._reason_to_stop(trial)
+            if reason:
+                trial["stopped"] = reason
+                self.slots[slot] = None
+                self._tell(trial)
+                self.events.append(("tell", trial["index"]))
+
+    def _reason_to_stop(self, trial: dict[str, Any]) -> str | None:
+        s, epochs = self.config.search, trial["epochs"]
+        if trial["objective"] is None:
+            return "diverged"
+        if _early_stop_epoch(self.config, trial["val_accuracy"], trial["val_loss"]) == epochs:
+            return "early stopping"
+        if epochs >= s.max_epochs:
+            return f"finished {epochs} epochs"
+        if epochs in pruning.rungs(s.pruner, s.max_epochs, s.factor)[trial["bracket"]]:
+            rivals = [
+                _best(self.config, t, epochs)
+                for t in self.trials
+                if t["bracket"] == trial["bracket"]
+                and t["epochs"] >= epochs
+                and t["stopped"] != "diverged"
+                and t["objective"] is not None
+            ]
+            maximize = s.objective == "val_accuracy"
+            if not pruning.goes_on(_best(self.config, trial, epochs), rivals, s.factor, maximize):
+                return f"pruned after {epochs} epochs"
+        return None
+
+    def _tell(self, trial: dict[str, Any]) -> None:
+        self.sampler.tell(
+            trial["hparams"],
+            trial["objective"],
+            trial[self.config.search.objective],
+            pruned=trial["stopped"].startswith("pruned"),
         )
 
 
-def _record(
-    config: ConfigDict, trial: dict[str, Any], history: list[dict[str, Any]], run: int, epochs: int
-) -> None:
-    """A trial's curves, its epochs (cut where early stopping would stop it alone), its objective
-    (the best value over those epochs) and why it stopped."""
-    val_accuracy = [row["val_accuracy_seeds"][run] for row in history]
-    val_loss = [row["val_loss_seeds"][run] for row in history]
-    train_loss = [row["train_loss_seeds"][run] for row in history]
-    cut = _early_stop_epoch(config, val_accuracy, val_loss) or len(history)
-    trial.update(val_accuracy=val_accuracy[:cut], val_loss=val_loss[:cut], epochs=cut)
-    values = trial[config.search.objective]
-    if not all(map(math.isfinite, train_loss[:cut] + values)):
-        trial.update(objective=None, stopped="diverged")
-        return
-    trial["objective"] = max(values) if config.search.objective == "val_accuracy" else min(values)
-    trial["stopped"] = "early stopping" if cut < epochs else f"finished {epochs} epochs"
+def _best(config: ConfigDict, trial: dict[str, Any], epochs: int | None = None) -> float:
+    """A trial's objective: the best value of its curve (over its first `epochs`)."""
+    curve = trial[config.search.objective][:epochs]
+    return max(curve) if config.search.objective == "val_accuracy" else min(curve)
 
 
 def _early_stop_epoch(
@@ -246,6 +338,14 @@ def _early_stop_epoch(
     return None
 
 
+def _rank(trial: dict[str, Any], maximize: bool) -> float:
+    """Sorting key: best trials first, diverged last."""
+    objective = trial["objective"]
+    if objective is None:
+        return math.inf
+    return -objective if maximize else objective
+
+
 def _result(config: ConfigDict, trials: list[dict[str, Any]]) -> dict[str, Any]:
     maximize = config.search.objective == "val_accuracy"
     finished = [t for t in trials if t["objective"] is not None]
@@ -257,6 +357,7 @@ def _result(config: ConfigDict, trials: list[dict[str, Any]]) -> dict[str, Any]:
     best = min(finished, key=lambda t: _rank(t, maximize))
     return {
         "algorithm": config.search.algorithm,
+        "pruner": config.search.pruner,
         "objective": config.search.objective,
         "space": [list(entry) for entry in config.search.space],
         "trials": trials,

@@ -9,8 +9,7 @@
 
 `Sampler` proposes trials: `grid` every combination, `random` and `halton` (scrambled, scipy's)
 points of the unit cube mapped onto the space, `tpe` Optuna's TPE through its ask-and-tell interface
-(Optuna decides, the project trains). `hyperband_brackets` plans Hyperband's brackets of
-successive halving.
+(Optuna decides, the project trains).
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ class Dimension:
         raise UserError(
             f"search.space's {self.key} is a continuous range ({self.kind}), which a grid cannot "
             "list: give it as ('choice', (value, ...)) or ('int', low, high, step), or choose "
-            "search.algorithm='random', 'halton', 'tpe' or 'hyperband'."
+            "search.algorithm='random', 'halton' or 'tpe'."
         )
 
 
@@ -134,8 +133,16 @@ class Sampler:
         self._pending.append((params, trial))
         return params
 
-    def tell(self, params: dict[str, Any], objective: float | None) -> None:
-        """The result of a trial `ask` proposed (None: it diverged); only TPE learns from it."""
+    def tell(
+        self,
+        params: dict[str, Any],
+        objective: float | None,
+        curve: list[float] | None = None,
+        pruned: bool = False,
+    ) -> None:
+        """The result of a trial `ask` proposed (None: it diverged); only TPE learns from it. A
+        pruned trial is told as pruned with its objective's `curve`, as Optuna's pruners report
+        it, so that TPE weighs it by how far it got."""
         index = next((i for i, (p, _) in enumerate(self._pending) if p == params), None)
         if index is None:
             return
@@ -144,6 +151,10 @@ class Sampler:
 
         if objective is None:
             self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif pruned:
+            for epoch, value in enumerate(curve or [objective], start=1):
+                trial.report(value, epoch)
+            self._study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             self._study.tell(trial, objective)
 
@@ -155,7 +166,7 @@ def _optuna_study(seed: int, maximize: bool) -> Any:
         raise UserError(
             "search.algorithm='tpe' uses Optuna's TPE sampler, and Optuna is not installed: "
             "pip install 'optuna>=4' (or the package's `search` extra), or choose "
-            "search.algorithm='random', 'halton', 'grid' or 'hyperband'."
+            "search.algorithm='random', 'halton' or 'grid'."
         ) from e
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
@@ -173,20 +184,3 @@ def _optuna_distribution(d: Dimension) -> Any:
     if d.kind == "choice":
         return distributions.CategoricalDistribution(tuple(d.args[0]))
     return distributions.FloatDistribution(*d.args, log=d.kind == "log_uniform")
-
-
-def hyperband_brackets(max_epochs: int, factor: int) -> list[list[tuple[int, int]]]:
-    """Hyperband's brackets (Li et al., 2018), most exploratory first: each a list of rungs
-    (trials, epochs), where each rung keeps the best 1/factor of the one before and trains it
-    longer, up to `max_epochs`."""
-    s_max = int(math.floor(math.log(max_epochs) / math.log(factor) + 1e-9))
-    brackets = []
-    for s in range(s_max, -1, -1):
-        n = math.ceil((s_max + 1) / (s + 1) * factor**s)
-        brackets.append(
-            [
-                (max(1, n // factor**i), max(1, round(max_epochs * factor ** (i - s))))
-                for i in range(s + 1)
-            ]
-        )
-    return brackets

@@ -1,6 +1,7 @@
-"""Search: its space and samplers, Hyperband's plan, trials riding the run axis, the whole search
-on mock data (resumed to the same result), and the refusals."""
+"""Search: its space and samplers, the pruners, trials riding the run axis (masked widths, refilled
+slots), the whole search on mock data (resumed to the same result), and the refusals."""
 
+import functools
 import json
 import math
 import signal
@@ -8,12 +9,17 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
+from configs import mlp as mlp_config
 from fmnist_jax import config as config_lib
-from fmnist_jax import run_axis, search, search_space, train
+from fmnist_jax import engine, models, optim, pruning, run_axis, search, search_space, train
 from fmnist_jax.errors import UserError
+from fmnist_jax.normalizer import Normalizer
 
 SPACE = (
     ("model.hidden_sizes", ("int", 8, 24, 8)),
@@ -51,12 +57,12 @@ def test_tpe_learns_from_what_it_is_told():
 
 
 def test_hyperband_brackets_are_li_et_al():
-    assert search_space.hyperband_brackets(10, 3) == [
+    assert pruning.hyperband_brackets(10, 3) == [
         [(9, 1), (3, 3), (1, 10)],
         [(5, 3), (1, 10)],
         [(3, 10)],
     ]
-    assert search_space.hyperband_brackets(27, 3)[0] == [(27, 1), (9, 3), (3, 9), (1, 27)]
+    assert pruning.hyperband_brackets(27, 3)[0] == [(27, 1), (9, 3), (3, 9), (1, 27)]
 
 
 @pytest.mark.slow
@@ -81,10 +87,10 @@ def test_trials_as_rows_of_a_grid_train_as_their_own_runs(tiny_config, tmp_path)
             )
 
 
-def _search_config(tiny_config, algorithm="hyperband"):
+def _search_config(tiny_config, algorithm="random", pruner="hyperband"):
     c = tiny_config
     c.search.space = SPACE
-    c.search.algorithm = algorithm
+    c.search.algorithm, c.search.pruner = algorithm, pruner
     c.search.max_epochs, c.search.factor, c.search.trials = 3, 3, 4
     c.search.final_epochs = 2
     return c
@@ -97,9 +103,10 @@ def test_a_hyperband_search_writes_its_trials_and_best_run_and_resumes_to_the_sa
     config = _search_config(tiny_config)
     result = search.run(config, str(tmp_path))
     on_disk = json.loads((tmp_path / "search.json").read_text())
-    assert on_disk["algorithm"] == "hyperband" and on_disk["best"] == result["best"]
+    assert on_disk["pruner"] == "hyperband" and on_disk["best"] == result["best"]
     trials = on_disk["trials"]
-    assert len(trials) == 3 + 2  # brackets of R=3, factor 3: 3 trials, then 2
+    # Brackets of R=3, factor 3: 3 trials judged after 1 epoch, then 2 of 3 epochs; 4 trials.
+    assert [t["bracket"] for t in trials] == [0, 0, 0, 1]
     pruned = [t for t in trials if t["stopped"].startswith("pruned")]
     assert len(pruned) == 2 and all(t["epochs"] == 1 for t in pruned)
     for t in trials:
@@ -134,6 +141,8 @@ def test_a_hyperband_search_writes_its_trials_and_best_run_and_resumes_to_the_sa
         ),
         ({"factor": 1}, "search.factor must be an integer >= 2"),
         ({"space": (("num_epochs", ("int", 1, 5, 1)),)}, "cannot search num_epochs"),
+        ({"space": (("model.activation", ("choice", ("relu", "tanh"))),)}, "side by side"),
+        ({"pruner": "median"}, "Unknown search.pruner"),
     ],
 )
 def test_searches_that_cannot_work_are_refused_before_training(
@@ -188,8 +197,9 @@ def get_config():
 
 @pytest.mark.slow
 def test_a_search_killed_and_run_again_ends_as_the_uninterrupted_one(mock_tfds_dir, tmp_path):
-    """SIGKILL in the middle of a TPE search (its sampler learns from every round), then the same
-    command: the trials, their curves and the choice equal those of a search never stopped."""
+    """SIGKILL in the middle of a TPE search (its sampler learns from every stopped trial), then
+    the same command: the trials, their curves and the choice equal those of a search never
+    stopped."""
     config_file = tmp_path / "search_config.py"
     config_file.write_text(_SEARCH_CONFIG.format(data_dir=mock_tfds_dir, space=SPACE))
 
@@ -210,9 +220,13 @@ def test_a_search_killed_and_run_again_ends_as_the_uninterrupted_one(mock_tfds_d
     process = subprocess.Popen(
         command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    second_round = killed / "trials"
+    saved = killed / "population" / "checkpoints" / "latest"
+
+    def epochs_saved():
+        return max((int(p.name) for p in saved.glob("*") if p.name.isdigit()), default=0)
+
     deadline = time.time() + 300
-    while time.time() < deadline and not any(second_round.glob("round1-*/checkpoints/latest/*")):
+    while time.time() < deadline and epochs_saved() < 5:  # TPE has learnt from stopped trials
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -227,3 +241,138 @@ def test_a_search_killed_and_run_again_ends_as_the_uninterrupted_one(mock_tfds_d
         ]
 
     assert trials(killed) == trials(tmp_path / "ref")
+
+
+def test_pruners_deal_trials_to_brackets_and_keep_the_best_third():
+    assert [pruning.bracket_of(i, "hyperband", 10, 3) for i in range(18)] == [0] * 9 + [1] * 5 + [
+        2
+    ] * 3 + [0]
+    assert pruning.rungs("hyperband", 10, 3) == [[1, 3], [3], []]
+    assert pruning.rungs("asha", 10, 3) == [[1, 3]] and pruning.rungs("none", 10, 3) == [[]]
+    rivals = [0.5, 0.9, 0.7, 0.6, 0.8, 0.4]  # 6 at the rung: the best 2 go on
+    assert [pruning.goes_on(v, rivals, 3, maximize=True) for v in rivals] == [
+        False,
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
+    assert pruning.goes_on(0.2, [0.3, 0.2], 3, maximize=False)  # fewer than 3: only the best
+    assert not pruning.goes_on(0.3, [0.3, 0.2], 3, maximize=False)
+
+
+@pytest.mark.slow
+def test_a_refilled_slot_trains_as_a_fresh_trial_without_compiling_again(tiny_config, tmp_path):
+    """Slot 0 trains trial A for an epoch, then takes trial C (another width and rate): C's curves
+    and weights equal those of C in a fresh population, and nothing compiled again."""
+    from fmnist_jax import data, population
+
+    trial = {
+        name: {"model.hidden_sizes": width, "optimizer.learning_rate": lr}
+        for name, width, lr in (("A", 24, 1e-2), ("B", 8, 1e-3), ("C", 16, 3e-3))
+    }
+    splits = data.load(tiny_config.data)
+    largest = {"model.hidden_sizes": (24,), "optimizer.learning_rate": 1e-2}
+
+    def slots(name):
+        p = population.Population(tiny_config, splits, largest, 2, str(tmp_path / name))
+        p.compile(poll=lambda: None)
+        return p
+
+    refilled = slots("refilled")
+    refilled.assign({0: trial["A"], 1: trial["B"]})
+    refilled.train_epoch()
+    compiled = len(refilled.program.runner._executables)
+    refilled.assign({0: trial["C"]})
+    curves = [refilled.train_epoch()[1][0]["loss"] for _ in range(2)]
+    fresh = slots("fresh")
+    fresh.assign({0: trial["C"], 1: trial["B"]})
+    expected = [fresh.train_epoch()[1][0]["loss"] for _ in range(2)]
+    assert curves == pytest.approx(expected, rel=1e-5)
+    assert refilled.epochs.tolist() == [2, 3]
+    for a, b in zip(
+        jax.tree.leaves(refilled.state.params), jax.tree.leaves(fresh.state.params), strict=True
+    ):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-7)
+    assert len(refilled.program.runner._executables) == compiled
+    assert refilled._reinitialize._cache_size() == 1  # both fillings ran one compiled program
+    for p in (refilled, fresh):
+        p.close()
+
+
+@pytest.mark.slow
+def test_a_masked_width_k_trial_is_a_width_k_model():
+    """Inside a 64-wide MLP, a width-24 trial starts from a genuine width-24 model's initial
+    distribution and computes and learns what that model does, step for step."""
+    config = mlp_config.get_config()
+    config.optimizer.name, config.optimizer.weight_decay = "adamw", 1e-3
+    config.model.activation = "sigmoid"  # silent units would still pass 0.5 on without the mask
+    wide = config.copy_and_resolve_references()
+    wide.model.hidden_sizes = (64,)
+    config.model.hidden_sizes = (24,)
+    settings = {"hidden_sizes": jnp.array([24.0])}
+    masked_init = models.create(wide.model).init(jax.random.key(1), settings)["params"]
+    genuine_init = models.create(config.model).init(jax.random.key(2))["params"]
+    for layer, (fan_in, fan_out) in {"Dense_0": (784, 24), "Dense_1": (24, 10)}.items():
+        kernel = np.asarray(masked_init["head"][layer]["kernel"])
+        used = kernel[:fan_in, :fan_out]
+        assert not kernel[fan_in:].any() and not kernel[:, fan_out:].any()
+        limit = np.sqrt(6 / (fan_in + fan_out))  # Glorot's, of the narrow layer's fans
+        assert stats.kstest(used.ravel() / limit, stats.uniform(-1, 2).cdf).pvalue > 1e-3
+        other = np.asarray(genuine_init["head"][layer]["kernel"]).ravel()
+        assert stats.ks_2samp(used.ravel(), other).pvalue > 1e-3
+
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 255, (5, 32, 28, 28, 1)), jnp.uint8)
+    labels = jnp.asarray(rng.integers(0, 10, (5, 32)), jnp.int32)
+    key = jax.random.key(3)
+    results = {}
+    for name, model_config, values, params in (
+        ("masked", wide.model, {"model.hidden_sizes": jnp.array([24.0])}, masked_init),
+        ("genuine", config.model, {}, _narrow(masked_init, 24)),
+    ):
+        eng = engine.Engine(
+            models.create(model_config),
+            functools.partial(optim.optimizer, config, 10),
+            Normalizer(),
+        )
+        state = engine.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats={},
+            opt_state=eng.tx.init(params),
+            ema_params={},
+        )
+        sums = engine.Sums.zeros(1)
+        sums = jax.tree.map(lambda a: a[0], sums)
+        for images_, labels_ in zip(images, labels, strict=True):
+            state, sums = jax.jit(eng.train_step)(state, sums, images_, labels_, key, values)
+        results[name] = (state.params, sums)
+    (masked, masked_sums), (genuine, genuine_sums) = results["masked"], results["genuine"]
+    np.testing.assert_allclose(masked_sums.loss, genuine_sums.loss, rtol=1e-5)
+    assert masked_sums.correct == genuine_sums.correct
+    for leaf_masked, leaf_genuine in zip(
+        jax.tree.leaves(_narrow(masked, 24)), jax.tree.leaves(genuine), strict=True
+    ):
+        np.testing.assert_allclose(leaf_masked, leaf_genuine, rtol=1e-4, atol=1e-6)
+    kernel = np.asarray(masked["head"]["Dense_0"]["kernel"])
+    assert (
+        not kernel[:, 24:].any() and not np.asarray(masked["head"]["Dense_1"]["kernel"])[24:].any()
+    )
+
+
+def _narrow(params, width):
+    head = params["head"]
+    return {
+        "head": {
+            "Dense_0": {
+                "kernel": head["Dense_0"]["kernel"][:, :width],
+                "bias": head["Dense_0"]["bias"][:width],
+            },
+            "Dense_1": {
+                "kernel": head["Dense_1"]["kernel"][:width],
+                "bias": head["Dense_1"]["bias"],
+            },
+        }
+    }

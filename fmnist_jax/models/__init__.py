@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError
 from fmnist_jax.models.cnn import CNN
-from fmnist_jax.models.layers import Dropout, formulation_for
+from fmnist_jax.models.layers import DenseStack, Dropout, formulation_for
 from fmnist_jax.models.mlp import MLP
 from fmnist_jax.models.resnet import ResNet
 from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
@@ -72,9 +72,17 @@ class Model:
         """The shapes and dtypes of `init`'s weights, computing nothing."""
         return _weights(*self._abstract[1:])
 
-    def init(self, key: jax.Array) -> dict[str, PyTree]:
-        """Initial weights drawn from `key`."""
-        return _weights(*nnx.split(self.build(nnx.Rngs(key)), nnx.Param, nnx.BatchStat)[1:])
+    def init(
+        self, key: jax.Array, settings: Mapping[str, jax.Array] | None = None
+    ) -> dict[str, PyTree]:
+        """Initial weights drawn from `key`; with a run's own traced `settings`["hidden_sizes"],
+        those of that narrower model inside this one (`DenseStack.narrow`)."""
+        module = self.build(nnx.Rngs(key))
+        if "hidden_sizes" in (settings or {}):
+            for _, layer in nnx.iter_graph(module):
+                if isinstance(layer, DenseStack):
+                    layer.narrow(settings["hidden_sizes"])
+        return _weights(*nnx.split(module, nnx.Param, nnx.BatchStat)[1:])
 
     def module(self, variables: dict[str, PyTree]) -> nnx.Module:
         """The module holding `variables`, to inspect or call it the NNX way."""
@@ -86,16 +94,21 @@ class Model:
         images: jax.Array,
         train: bool = False,
         dropout_key: jax.Array | None = None,
-        rates: Mapping[str, jax.Array] | None = None,
+        settings: Mapping[str, jax.Array] | None = None,
     ) -> tuple[jax.Array, PyTree]:
         """(logits, the batch-norm statistics after the call: updated when `train`).
 
-        `rates` gives dropout settings (e.g. "dropout_rate") a run's own traced value: a sweep's.
+        `settings` gives model settings a run's own traced value (a sweep's or a search trial's):
+        dropout rates (e.g. "dropout_rate"), and "hidden_sizes", the widths a trial uses inside
+        this model's (see `DenseStack`).
         """
+        settings = settings or {}
         module = self.module(variables)
         for _, layer in nnx.iter_graph(module):  # nnx.iter_modules is newer than flax 0.12.0
-            if isinstance(layer, Dropout) and layer.setting in (rates or {}):
-                layer.rate = nnx.data(rates[layer.setting])  # a traced value, not structure
+            if isinstance(layer, Dropout) and layer.setting in settings:
+                layer.rate = nnx.data(settings[layer.setting])  # a traced value, not structure
+            if isinstance(layer, DenseStack) and "hidden_sizes" in settings:
+                layer.widths = nnx.data(settings["hidden_sizes"])
         logits = module(images, train=train, dropout_key=dropout_key)
         return logits, nnx.state(module, nnx.BatchStat).to_pure_dict()
 

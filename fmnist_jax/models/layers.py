@@ -178,7 +178,7 @@ class BatchNorm(nnx.BatchNorm):
 
 class Dropout(nnx.Dropout):
     """`nnx.Dropout` that names the model setting its rate comes from (`setting`), so that a sweep
-    can give each run its own rate (`Model.apply(rates=...)`): a traced rate draws the same mask
+    can give each run its own rate (`Model.apply(settings=...)`): a traced rate draws the same mask
     and scales the same way as nnx's Python one, and a traced 0 keeps every input unchanged."""
 
     def __init__(self, rate: float, setting: str):
@@ -199,7 +199,12 @@ def dropout(rate: float, setting: str = "dropout_rate") -> Dropout | None:
 
 
 class DenseStack(nnx.Module):
-    """Hidden dense layers (activation, optional dropout) followed by the classifier layer."""
+    """Hidden dense layers (activation, optional dropout) followed by the classifier layer.
+
+    A search trains trials of several widths in one program, each inside the widest stack
+    (`narrow`, and `widths` while it trains): its units beyond its own widths start at zero and
+    are held at zero, so the trial computes and learns exactly what a stack of its widths would.
+    """
 
     def __init__(
         self,
@@ -219,11 +224,33 @@ class DenseStack(nnx.Module):
             layer = nnx.Linear(sizes[i], sizes[i + 1], kernel_init=kernel_init, rngs=rngs)
             setattr(self, f"Dense_{i}", layer)
         self.dropout = dropout(dropout_rate)
+        # The hidden widths in use, `[num_hidden]` (a trial's, traced; see `Model.apply`); None: all.
+        self.widths = None
+
+    def narrow(self, widths: jax.Array) -> None:
+        """Makes these weights the initial weights of a stack of hidden `widths`: the units beyond
+        them zero, and the rest rescaled from this stack's Glorot limit, sqrt(6 / (fan_in +
+        fan_out)), to that of the narrower layer's fans, so that they are drawn from the same
+        distribution as a genuine stack of those widths."""
+        for i in range(self.num_layers):
+            layer = getattr(self, f"Dense_{i}")
+            fan_in, fan_out = layer.kernel.value.shape
+            used_in = fan_in if i == 0 else widths[i - 1]
+            used_out = fan_out if i == self.num_layers - 1 else widths[i]
+            rows, columns = jnp.arange(fan_in)[:, None], jnp.arange(fan_out)
+            scale = jnp.sqrt((fan_in + fan_out) / (used_in + used_out))
+            layer.kernel.value = jnp.where(
+                (rows < used_in) & (columns < used_out), layer.kernel.value * scale, 0.0
+            )
+            layer.bias.value = jnp.where(columns < used_out, layer.bias.value, 0.0)
 
     def __call__(self, x: jax.Array, train: bool, key: jax.Array | None = None) -> jax.Array:
         act = activation(self.activation)
         for i in range(self.num_layers - 1):
-            x = expose(self, f"hidden{i}", act(getattr(self, f"Dense_{i}")(x)))
+            x = act(getattr(self, f"Dense_{i}")(x))
+            if self.widths is not None:  # the units beyond this trial's width stay silent
+                x = jnp.where(jnp.arange(x.shape[-1]) < self.widths[i], x, 0.0)
+            x = expose(self, f"hidden{i}", x)
             if self.dropout is not None:
                 x = self.dropout(x, deterministic=not train, rngs=layer_key(key, i))
         x = expose(self, "features", x)  # what the classifier layer sees: the embedding
