@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, data, engine, run_axis
+from fmnist_jax import config_checks, data, initial_state, run_axis
 from fmnist_jax import program as program_lib
 
 _NUM_TEST = 10_000
@@ -52,7 +52,7 @@ def alone(config, splits: data.Splits) -> list[tuple[str, float, float]]:
         rows.append((name, wall, cpu))
         return result
 
-    row("seed keys", lambda: engine.seed_keys(run_axis.run_seeds(config)))
+    row("seed keys", lambda: initial_state.seed_keys(run_axis.run_seeds(config)))
     program = program_lib.build(config, splits)
     state = row("initial state", program.initial_state)
     row("shuffle", lambda: program.runner.batches(0))

@@ -1,7 +1,7 @@
 """The math of training and evaluation, as pure functions over explicit state.
 
 The train state, the loss, one training step, a call's scan of steps and the evaluation of
-batches. Every function here sees one run; `Engine.over_runs` maps it over the
+batches (the state runs start from is `initial_state`'s). Every function here sees one run; `Engine.over_runs` maps it over the
 run axis (seeds and sweep members). Running these on devices is `runner`'s job, and the choices
 that depend on the backend are `backend`'s.
 """
@@ -20,7 +20,6 @@ import numpy as np
 import optax
 
 from fmnist_jax.augment import Augment
-from fmnist_jax.backend import jit_unoptimized
 from fmnist_jax.models import Model
 from fmnist_jax.normalizer import Normalizer
 from fmnist_jax.shapes import PyTree
@@ -92,97 +91,14 @@ def variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
     return {"params": params, "batch_stats": batch_stats}
 
 
-def seed_keys(seeds: list[int]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(init, shuffle, dropout) keys of runs with these seeds, each `[len(seeds)]`.
-
-    Run k gets exactly the keys of a run of its own with seed `seeds[k]`. One program compiled
-    without optimization: run eagerly, the split would compile six small programs.
-    """
-    return jit_unoptimized(_split_seeds, runs_once=True)(np.asarray(seeds, np.int32))
-
-
-def _split_seeds(seeds: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(seeds)
-    return keys[:, 0], keys[:, 1], keys[:, 2]
-
-
 def model_settings(values: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """The model settings among a run's values ("model.dropout_rate" -> "dropout_rate")."""
     return {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
 
 
-def _init_fn(
-    model: Model, tx: optax.GradientTransformation, ema: bool
-) -> Callable[[jax.Array, Mapping[str, jax.Array]], TrainState]:
-    def init(key, values):
-        return init_state(model, tx, key, ema=ema, settings=model_settings(values))
-
-    return jax.vmap(init)
-
-
-def init_states(
-    model: Model,
-    tx: optax.GradientTransformation,
-    init_keys: jax.Array,
-    ema: bool = False,
-    values: Mapping[str, jax.Array] | None = None,
-) -> TrainState:
-    """`init_state` of each of the `[num_runs]` keys with its run's `values` (a search trial's
-    widths), stacked on a leading run axis, as one compiled program."""
-    return jit_unoptimized(_init_fn(model, tx, ema), runs_once=True)(init_keys, values or {})
-
-
-def state_shapes(
-    model: Model,
-    tx: optax.GradientTransformation,
-    init_keys: jax.Array,
-    ema: bool = False,
-    values: Mapping[str, jax.Array] | None = None,
-) -> TrainState:
-    """The shapes and dtypes of `init_states`' result, computing nothing (to compile against)."""
-    return jax.eval_shape(_init_fn(model, tx, ema), init_keys, values or {})
-
-
-def reinitialize(
-    model: Model,
-    tx: optax.GradientTransformation,
-    ema: bool,
-    state: TrainState,
-    fresh: jax.Array,
-    init_keys: jax.Array,
-    values: Mapping[str, jax.Array],
-) -> TrainState:
-    """`state` with the runs marked `fresh` (`[num_runs]` booleans) back at their initial state:
-    the `init_states` of their keys and values (a search's refilled slots)."""
-    new = _init_fn(model, tx, ema)(init_keys, values)
-    return jax.tree.map(
-        lambda n, old: jnp.where(fresh.reshape(-1, *(1,) * (old.ndim - 1)), n, old), new, state
-    )
-
-
 def select_run(tree: PyTree, index: int) -> PyTree:
     """One run's slice of a tree with a leading run axis."""
     return jax.tree.map(lambda a: a[index], tree)
-
-
-def init_state(
-    model: Model,
-    tx: optax.GradientTransformation,
-    key: jax.Array,
-    ema: bool = False,
-    settings: Mapping[str, jax.Array] | None = None,
-) -> TrainState:
-    """Initial weights (and batch-norm statistics) and optimizer state of one run; `settings`:
-    its traced model settings (see `Model.init`)."""
-    weights = model.init(key, settings)
-    params = weights["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=weights["batch_stats"],
-        opt_state=tx.init(params),
-        ema_params=jax.tree.map(jnp.copy, params) if ema else {},
-    )
 
 
 def log_probabilities(

@@ -18,13 +18,8 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, data, engine
-from fmnist_jax import config as config_lib
+from fmnist_jax import checkpoint, data, engine, initial_state
 from fmnist_jax import program as program_lib
-
-# The keys a trial can set inside the population's one program: the numbers a sweep varies, and
-# the hidden widths, masked inside the widest.
-RIDE_THE_AXIS = (*config_lib.SWEEPABLE, "model.hidden_sizes")
 
 
 class Population:
@@ -42,13 +37,17 @@ class Population:
         population = config.copy_and_resolve_references()
         population.grid = ((tuple(largest), (tuple(largest.values()),) * slots),)
         self.program = program_lib.build(population, splits)
-        self.keys = list(largest)
+        # The searched keys' values of every slot, as the host last gave them.
+        arrays = program_lib.run_arrays(population)
+        self.values = {key: arrays[key] for key in largest}
         self.epochs = np.zeros(slots, np.int32)  # the epochs each slot's trial has trained
         self.state: engine.TrainState | None = None
         self.checkpoints = checkpoint.Checkpoints(directory, keep=1)
         eng = self.program.engine
         self._reinitialize = jax.jit(
-            functools.partial(engine.reinitialize, self.program.model, eng.tx, eng.ema_decay > 0),
+            functools.partial(
+                initial_state.reinitialize, self.program.model, eng.tx, eng.ema_decay > 0
+            ),
             donate_argnums=(0,),
         )
 
@@ -61,8 +60,7 @@ class Population:
         """Gives slots (slot -> the trial's hparams) their trials' values; `fresh` ones start from
         their initial state (a resumed search's slots keep the restored one)."""
         runner = self.program.runner
-        for key in self.keys:
-            column = np.array(jax.device_get(runner.values[key]))
+        for key, column in self.values.items():
             for slot, hparams in trials.items():
                 column[slot] = hparams[key]
             runner.set_value(key, column)

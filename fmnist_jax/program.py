@@ -22,7 +22,7 @@ import optax
 from ml_collections import ConfigDict
 
 from fmnist_jax import backend as backend_lib
-from fmnist_jax import data, engine, models, optim, run_axis
+from fmnist_jax import data, engine, initial_state, models, optim, run_axis
 from fmnist_jax import memory as memory_lib
 from fmnist_jax import runner as runner_lib
 from fmnist_jax.augment import Augment
@@ -111,7 +111,7 @@ class Program:
         ends (a minute and more for the ResNet on a CPU). The threads then finish unwaited for.
         """
         start = time.perf_counter()
-        shapes = self.placement.abstract(engine.state_shapes(*self._init_args()))
+        shapes = self.placement.abstract(initial_state.state_shapes(*self._init_args()))
         pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
         try:
             training = pool.submit(self._compile_training, shapes)
@@ -137,7 +137,7 @@ class Program:
 
     def initial_state(self) -> engine.TrainState:
         """Every run's initial state, on the devices (compiling its program on the first call)."""
-        return self.placement.put(engine.init_states(*self._init_args()))
+        return self.placement.put(initial_state.init_states(*self._init_args()))
 
     def _compile_training(self, shapes: engine.TrainState) -> None:
         self.runner.compile(shapes)
@@ -185,7 +185,7 @@ def build(
     eng, steps_per_call = _engine(
         widest, model, normalizer, steps_per_epoch, backend, run_axis.num_runs(config)
     )
-    init_keys, shuffle_keys, dropout_keys = engine.seed_keys(run_axis.run_seeds(config))
+    init_keys, shuffle_keys, dropout_keys = initial_state.seed_keys(run_axis.run_seeds(config))
     runner = runner_lib.EpochRunner(
         engine=eng,
         images=splits.train_images,
@@ -231,8 +231,8 @@ def lower_for(
     eng, steps_per_call = _engine(
         widest, model, normalizer, steps_per_epoch, platform, run_axis.num_runs(config)
     )
-    init_key, _, dropout_key = engine.seed_keys(run_axis.run_seeds(config))
-    state = engine.state_shapes(model, eng.tx, init_key, ema=eng.ema_decay > 0)
+    init_key, _, dropout_key = initial_state.seed_keys(run_axis.run_seeds(config))
+    state = initial_state.state_shapes(model, eng.tx, init_key, ema=eng.ema_decay > 0)
     steps = min(steps_per_call, steps_per_epoch)
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((num_train,), jnp.int32)

@@ -83,10 +83,10 @@ def widest(config: ConfigDict) -> ConfigDict:
     """The config a sweep's program is built from: each swept key at its largest value, so that the
     parts a 0 turns off (dropout, momentum, clipping, weight decay, EMA, erasing) exist for every
     member; each run's own values replace those numbers inside the program."""
-    return with_values(config, {key: _largest(v) for key, v in swept_values(config).items()})
+    return with_values(config, {key: largest(v) for key, v in swept_values(config).items()})
 
 
-def _largest(values: list[Any]) -> Any:
+def largest(values: list[Any]) -> Any:
     """The largest value; of tuples of widths, the largest of each."""
     if isinstance(values[0], (tuple, list)):
         return tuple(max(column) for column in zip(*values, strict=True))

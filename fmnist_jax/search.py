@@ -24,18 +24,20 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, interrupts, pruning
+from fmnist_jax import config_checks, interrupts, pruning, run_axis
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
-from fmnist_jax.population import RIDE_THE_AXIS
 from fmnist_jax.search_space import Dimension, Sampler, dimensions
+
+if TYPE_CHECKING:  # the population imports JAX, which a search's checks do not need
+    from fmnist_jax.population import Population
 
 ALGORITHMS = ("grid", "random", "halton", "tpe")
 
@@ -61,11 +63,11 @@ def check(config: ConfigDict) -> list[Dimension]:
     for d in space:
         for value in d.values() if d.kind in ("int", "choice") else d.args:
             config_checks.validate(_with_trial(config, {d.key: value}))
-        if d.key not in RIDE_THE_AXIS:
+        if d.key not in config_lib.SEARCHABLE:
             raise UserError(
                 f"search.space cannot search {d.key}: a search's trials train side by side in one "
                 "compiled program, so it searches the numbers a sweep varies and the hidden widths "
-                f"({', '.join(RIDE_THE_AXIS)}). Compare other choices as separate searches or "
+                f"({', '.join(config_lib.SEARCHABLE)}). Compare other choices as separate searches or "
                 "runs (python -m experiments.compare)."
             )
     return space
@@ -129,11 +131,9 @@ def _largest(config: ConfigDict, space: list[Dimension]) -> dict[str, Any]:
     largest = {}
     for d in space:
         values = d.values() if d.kind in ("int", "choice") else list(d.args)
-        values = [_as_config_values(config, {d.key: v})[d.key] for v in values]
-        if isinstance(values[0], tuple):
-            largest[d.key] = tuple(max(column) for column in zip(*values, strict=True))
-        else:
-            largest[d.key] = max(values)
+        largest[d.key] = run_axis.largest(
+            [_as_config_values(config, {d.key: v})[d.key] for v in values]
+        )
     return largest
 
 
@@ -144,12 +144,9 @@ def _search(config: ConfigDict, space: list[Dimension], workdir: str) -> list[di
     s = config.search
     maximize = s.objective == "val_accuracy"
     budget = s.trials if s.algorithm != "grid" else math.prod(len(d.values()) for d in space)
-    splits = data.load(config.data)
-    trial_config = config.copy_and_resolve_references()
-    trial_config.search, trial_config.plots = config_lib.default().search, False
     slots = population.Population(
-        trial_config,
-        splits,
+        config,
+        data.load(config.data),
         _largest(config, space),
         min(s.population, budget),
         os.path.join(workdir, "population"),
@@ -163,6 +160,7 @@ def _search(config: ConfigDict, space: list[Dimension], workdir: str) -> list[di
             record.fill(slots, budget)
             if all(t is None for t in record.slots):
                 return record.trials
+            # Every epoch run is saved already: nothing to write before stopping.
             interrupts.check(record.step + 1, slots.checkpoints, save=lambda: None)
             start = time.perf_counter()
             train, validation = slots.train_epoch()
@@ -191,7 +189,6 @@ class _Record:
             "trials": self.trials,
             "slots": self.slots,
             "events": self.events,
-            "step": self.step,
             "clock": self.clock,
         }
 
@@ -214,7 +211,7 @@ class _Record:
             else "",
         )
 
-    def resume(self, slots: Any) -> None:
+    def resume(self, slots: Population) -> None:
         """Takes the newest checkpoint's state, if any, and replays the sampler to it."""
         self.slots = [None] * len(slots.epochs)
         restored = slots.restore()
@@ -236,16 +233,14 @@ class _Record:
             "Resuming the search after its epoch %d (%d trials).", self.step, len(self.trials)
         )
 
-    def fill(self, slots: Any, budget: int) -> None:
+    def fill(self, slots: Population, budget: int) -> None:
         """Gives every free slot the sampler's next trial while the budget lasts."""
         s = self.config.search
         fresh = {}
         for slot, index in enumerate(self.slots):
             if index is not None or len(self.trials) >= budget:
                 continue
-            asked = self.sampler.ask(1)
-            if not asked:  # a grid is exhausted
-                break
+            asked = self.sampler.ask(1)  # a grid's budget is its size: never exhausted here
             index = len(self.trials)
             bracket = pruning.bracket_of(index, s.pruner, s.max_epochs, s.factor)
             self.trials.append(
@@ -299,8 +294,7 @@ class _Record:
                 for t in self.trials
                 if t["bracket"] == trial["bracket"]
                 and t["epochs"] >= epochs
-                and t["stopped"] != "diverged"
-                and t["objective"] is not None
+                and t["objective"] is not None  # not diverged
             ]
             maximize = s.objective == "val_accuracy"
             if not pruning.goes_on(_best(self.config, trial, epochs), rivals, s.factor, maximize):

@@ -3,8 +3,12 @@ JAX_PLATFORMS names another (`JAX_PLATFORMS=cuda python -m pytest` runs the suit
 
 import fcntl
 import os
+import pathlib
 import re
+import signal
+import subprocess
 import threading
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -165,3 +169,19 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if _uses_real_data(item):
             item.add_marker(pytest.mark.slow)
+
+
+def kill_after_checkpoint(command: list[str], latest: pathlib.Path, step: int) -> None:
+    """Starts `command` and SIGKILLs it once `latest` holds a checkpoint of step `step` or later
+    (or after 300 s): a process killed with its work half done."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def newest() -> int:
+        steps = [int(p.name) for p in latest.glob("*") if p.name.isdigit()]
+        return max(steps, default=0)
+
+    deadline = time.time() + 300
+    while time.time() < deadline and newest() < step:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -14,7 +14,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_cli_args
+from conftest import kill_after_checkpoint, tiny_cli_args
 from PIL import Image
 
 from configs import mlp as mlp_config
@@ -66,17 +66,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(mock_tfds_dir, 
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    latest = killed / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (
-        latest.is_dir() and any(p.name.isdigit() and int(p.name) >= 3 for p in latest.iterdir())
-    ):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_checkpoint(command(killed), killed / "checkpoints" / "latest", 3)
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
     epochs_done = len(_rows(killed))
     assert 3 <= epochs_done < 25

@@ -10,7 +10,17 @@ from conftest import tolerance
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
-from fmnist_jax import backend, data, engine, inference, models, optim, program, runner
+from fmnist_jax import (
+    backend,
+    data,
+    engine,
+    inference,
+    initial_state,
+    models,
+    optim,
+    program,
+    runner,
+)
 from fmnist_jax.augment import Augment
 from fmnist_jax.distributed import DataParallel
 from fmnist_jax.normalizer import Normalizer
@@ -25,7 +35,9 @@ def _setup(config, num_examples=64, seed=0):
         images[i, 2 * y : 2 * y + 3] = 250
     model = models.create(config.model)
     optimizer = functools.partial(optim.optimizer, config, 10)
-    state = engine.init_states(model, optimizer({}), jax.random.key(config.seed)[None])  # one run
+    state = initial_state.init_states(
+        model, optimizer({}), jax.random.key(config.seed)[None]
+    )  # one run
     return model, optimizer, state, jnp.asarray(images), jnp.asarray(labels)
 
 
@@ -280,7 +292,7 @@ def test_eval_set_masks_padding():
     model = models.create(mlp_config.get_config().model)
     optimizer = functools.partial(optim.optimizer, mlp_config.get_config(), 10)
     tx = optimizer({})
-    state = engine.init_states(model, tx, jax.random.key(0)[None])
+    state = initial_state.init_states(model, tx, jax.random.key(0)[None])
     evaluation = runner.evaluate(engine.Engine(model, optimizer, Normalizer()), state.weights(), s)
     assert evaluation.sums.count.tolist() == [5]
     assert evaluation.run_probabilities(0).shape == (5, 10)  # the padding dropped
@@ -304,7 +316,7 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     model = models.create(mlp_config.get_config().model)
     optimizer = functools.partial(optim.optimizer, mlp_config.get_config(), 10)
     tx = optimizer({})
-    weights = engine.init_states(model, tx, jax.random.key(0)[None]).weights()
+    weights = initial_state.init_states(model, tx, jax.random.key(0)[None]).weights()
     eng = engine.Engine(model, optimizer, Normalizer())
     in_calls = runner.evaluate(eng, weights, sets["test"])
     in_one = runner.evaluate(eng, weights, runner.EvalSet.create(images, labels, 2, placement))
@@ -385,7 +397,7 @@ def test_ema_is_the_warmed_up_moving_average_of_the_weights():
     config = mlp_config.get_config()
     model, optimizer, _, images, labels = _setup(config, num_examples=24)
     state = engine.select_run(
-        engine.init_states(model, optimizer({}), jax.random.key(0)[None], ema=True), 0
+        initial_state.init_states(model, optimizer({}), jax.random.key(0)[None], ema=True), 0
     )
     eng = engine.Engine(model, optimizer, Normalizer(), ema_decay=0.5)
     step = jax.jit(eng.train_step)  # one run's step
@@ -430,7 +442,7 @@ def test_seeds_as_unrolled_copies_equal_vmapped_seeds():
     config = cnn_config.get_config()
     config.model.conv_channels, config.model.hidden_sizes = (4, 8), (16,)
     model, optimizer, _, images, labels = _setup(config, num_examples=32)
-    state = engine.init_states(model, optimizer({}), jax.random.split(jax.random.key(0), 2))
+    state = initial_state.init_states(model, optimizer({}), jax.random.split(jax.random.key(0), 2))
     batches = jnp.stack([jnp.arange(32).reshape(4, 8), jnp.arange(32)[::-1].reshape(4, 8)])
     keys = jax.random.split(jax.random.key(1), 2)
     results = []

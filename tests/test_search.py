@@ -4,15 +4,14 @@ slots), the whole search on mock data (resumed to the same result), and the refu
 import functools
 import json
 import math
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import kill_after_checkpoint
 from scipy import stats
 
 from configs import mlp as mlp_config
@@ -217,19 +216,8 @@ def test_a_search_killed_and_run_again_ends_as_the_uninterrupted_one(mock_tfds_d
     )
     assert reference.returncode == 0, reference.stderr[-2000:]
     killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     saved = killed / "population" / "checkpoints" / "latest"
-
-    def epochs_saved():
-        return max((int(p.name) for p in saved.glob("*") if p.name.isdigit()), default=0)
-
-    deadline = time.time() + 300
-    while time.time() < deadline and epochs_saved() < 5:  # TPE has learnt from stopped trials
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_checkpoint(command(killed), saved, 5)  # TPE has learnt from stopped trials
     assert not (killed / "search.json").exists(), "the search finished before it could be killed"
     resumed = subprocess.run(command(killed), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
