@@ -18,7 +18,9 @@ relu), Dense(10), Adam. Its search, mapped key by key:
   each trial of a population stops on its own);
 - then "find the best epoch": the best hyperparameters trained for 50 epochs
   (`search.final_epochs`), the epoch with the best validation accuracy, the model retrained to
-  that epoch and evaluated on the test split: fit/ and best/ in the workdir.
+  that epoch and evaluated on the test split: best/ in the workdir, where the 50-epoch fit keeps
+  its best epoch's weights instead of training them again (the same weights: training is
+  deterministic and the rate constant).
 
     python -m experiments.search --config=configs/search_mlp.py --workdir=runs/search_mlp
 """

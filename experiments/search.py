@@ -6,9 +6,9 @@
 The config's `search` block holds the space, the sampler (grid, random, halton or tpe), the
 pruner (none, asha or hyperband), the budget and the objective (fmnist_jax/config.py,
 fmnist_jax/search.py). Writes search.json, search.md, search.png and TensorBoard HParams to
---workdir, the population's checkpoints under population/, the best trial's longer fit under fit/
-and its retrain under best/ (`predict`, `evaluate` and `inference.load` work on it). The same
-command again resumes a stopped search.
+--workdir, the population's checkpoints under population/, and the best trial's longer fit, taken
+back to its best epoch, under best/ (`predict`, `evaluate` and `inference.load` work on it). The
+same command again resumes a stopped search.
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ def _map_run_arrays(fn: Any, tree: PyTree) -> PyTree:
 
 
 def _drop_run_axis(target: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(target.shape[1:], target.dtype, sharding=target.sharding)
+    """A single run's array as old releases saved it: replicated over the mesh of `target`."""
+    replicated = jax.sharding.NamedSharding(target.sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.ShapeDtypeStruct(target.shape[1:], target.dtype, sharding=replicated)
 
 
 def _add_run_axis(array: jax.Array) -> jax.Array:

@@ -1,16 +1,19 @@
-"""Devices and hosts: joining a multi-host run, the data-parallel mesh, and placing arrays on it.
+"""Devices and hosts: joining a multi-host run, the mesh, and placing arrays on it.
 
-One mesh axis, `data`, spans every device of every process. The training state is replicated and
-each global batch is split along `data`; `jax.jit` partitions the compiled epoch (SPMD), so the
-gradient all-reduce happens inside the one program, with no host round trip. Every process holds
-the whole dataset and computes the same shuffled batch indices from the seed; each device gathers
-its own slice of every global batch, so nothing depends on the device count but float rounding.
+The mesh spans every device of every process in two axes, `runs` and `data`. Everything with a run
+axis (the training state, the keys, the swept values, the sums) is split along `runs`, and each
+global batch along `data`; `jax.jit` partitions the compiled epoch (SPMD), so the gradient
+all-reduce happens inside the one program over `data` only, never between runs. A single run has
+a `runs` axis of one: plain data parallelism. Every process holds the whole dataset and computes
+the same shuffled batch indices from the seed; each device gathers its own slice of every global
+batch, so nothing depends on the device count but float rounding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import socket
 import time
 from typing import Any
@@ -24,7 +27,7 @@ from ml_collections import ConfigDict
 from fmnist_jax.errors import UserError
 from fmnist_jax.shapes import PyTree
 
-DATA_AXIS = "data"
+RUNS_AXIS, DATA_AXIS = "runs", "data"
 
 
 def initialize(cfg: ConfigDict) -> None:
@@ -148,26 +151,37 @@ def fetch(tree: PyTree) -> PyTree:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataParallel:
-    """Placement of arrays on a 1-D `data` mesh over all devices of all processes."""
+class Placement:
+    """Placement of arrays on a `runs` x `data` mesh over all devices of all processes."""
 
     mesh: Mesh
 
     @classmethod
-    def over_all_devices(cls) -> DataParallel:
-        return cls(Mesh(np.asarray(jax.devices()), (DATA_AXIS,)))
+    def over_all_devices(cls, num_runs: int = 1) -> Placement:
+        """The runs spread over as many devices as divide both their number and the device count
+        (a search's slots over 8 GPUs, one each), each group of devices data-parallel."""
+        devices = np.asarray(jax.devices())
+        runs = math.gcd(num_runs, devices.size)
+        return cls(Mesh(devices.reshape(runs, -1), (RUNS_AXIS, DATA_AXIS)))
 
     @property
     def num_devices(self) -> int:
-        return self.mesh.size
+        """The devices each batch is split over."""
+        return self.mesh.shape[DATA_AXIS]
 
     @property
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec())
 
-    def split(self, batch_axis: int) -> NamedSharding:
-        """Arrays split along `batch_axis` over the devices."""
-        return NamedSharding(self.mesh, PartitionSpec(*[None] * batch_axis, DATA_AXIS))
+    @property
+    def per_run(self) -> NamedSharding:
+        """Arrays with a leading run axis, split along it."""
+        return NamedSharding(self.mesh, PartitionSpec(RUNS_AXIS))
+
+    def split(self, batch_axis: int, run_axis: bool = False) -> NamedSharding:
+        """Arrays split along `batch_axis` over the devices (and along a leading `run_axis`)."""
+        spec = [RUNS_AXIS if run_axis else None] + [None] * (batch_axis - 1) + [DATA_AXIS]
+        return NamedSharding(self.mesh, PartitionSpec(*spec))
 
     def check_batch(self, key: str, batch_size: int) -> None:
         if batch_size % self.num_devices:
@@ -177,14 +191,15 @@ class DataParallel:
             )
 
     def abstract(self, tree: PyTree) -> PyTree:
-        """Shapes and dtypes of `tree`, replicated: enough to compile for arrays that `put` will place."""
+        """Shapes and dtypes of `tree`'s per-run arrays: enough to compile for arrays that `put`
+        will place."""
         return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), tree
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.per_run), tree
         )
 
     def put(self, tree: PyTree, sharding: NamedSharding | None = None) -> PyTree:
-        """Global arrays from host values that every process holds in full (replicated by default)."""
-        sharding = sharding or self.replicated
+        """Global arrays from host values that every process holds in full (per run by default)."""
+        sharding = sharding or self.per_run
 
         def place(x: Any) -> Any:
             if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):

@@ -49,6 +49,7 @@ class Population:
                 initial_state.reinitialize, self.program.model, eng.tx, eng.ema_decay > 0
             ),
             donate_argnums=(0,),
+            out_shardings=self.program.placement.per_run,  # the state's own: one compile
         )
 
     def compile(self, poll: Callable[[], None]) -> float:

@@ -26,7 +26,7 @@ from fmnist_jax import data, engine, initial_state, models, optim, run_axis
 from fmnist_jax import memory as memory_lib
 from fmnist_jax import runner as runner_lib
 from fmnist_jax.augment import Augment
-from fmnist_jax.distributed import DataParallel
+from fmnist_jax.distributed import Placement
 from fmnist_jax.normalizer import Normalizer
 from fmnist_jax.reports import tables
 from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
@@ -90,7 +90,7 @@ class Program:
     eval_sets: dict[str, runner_lib.EvalSet]
     learning_rate: optax.Schedule
     init_keys: jax.Array
-    placement: DataParallel
+    placement: Placement
 
     @property
     def steps_per_epoch(self) -> int:
@@ -171,13 +171,13 @@ class Program:
 def build(
     config: ConfigDict,
     splits: data.Splits,
-    placement: DataParallel | None = None,
+    placement: Placement | None = None,
     backend: str | None = None,
 ) -> Program:
     """The programs of `config` over `splits`, for `backend` (default: the one JAX runs on), with
-    the data on `placement`'s devices (default: all of them)."""
+    the data on `placement`'s devices (default: all of them, the runs spread over them)."""
     backend = backend or jax.default_backend()
-    placement = placement or DataParallel.over_all_devices()
+    placement = placement or Placement.over_all_devices(run_axis.num_runs(config))
     widest = run_axis.widest(config)
     model = models.create(widest.model, backend)
     normalizer = Normalizer.fit(splits.train_images, config.data.standardize)

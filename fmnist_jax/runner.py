@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmnist_jax.backend import jit_unoptimized
-from fmnist_jax.distributed import DataParallel, fetch
+from fmnist_jax.distributed import Placement, fetch
 from fmnist_jax.engine import Engine, Sums, TrainState, eval_params
 from fmnist_jax.shapes import PyTree
 
@@ -71,8 +71,9 @@ _BATCH_AXIS = 2  # of the batch indices [run, step, example]: the axis split ove
 class EpochRunner:
     """Runs training epochs over device-resident data with ahead-of-time compiled step chunks.
 
-    The data and keys are replicated on `placement`'s mesh and each batch is split over its devices
-    (see `fmnist_jax.distributed`); on one device that is plain single-device training.
+    The data is replicated on `placement`'s mesh, the runs' keys and values split over its `runs`
+    axis and each batch over its `data` axis (see `fmnist_jax.distributed`); on one device that is
+    plain single-device training.
     """
 
     engine: Engine
@@ -84,16 +85,17 @@ class EpochRunner:
     dropout_key: jax.Array
     # Each run's values of the swept keys, `[num_runs]` each ({} without a sweep; see `Engine`).
     values: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
-    placement: DataParallel = dataclasses.field(default_factory=DataParallel.over_all_devices)
+    placement: Placement = dataclasses.field(default_factory=Placement.over_all_devices)
     # Compiled training calls by length; a `dataclasses.replace` copy starts with none.
     _executables: dict[int, Any] = dataclasses.field(default_factory=dict, init=False)
 
     def __post_init__(self):
         self.placement.check_batch("batch_size", self.batch_size)
-        self.images, self.labels, self.shuffle_key, self.dropout_key, self.values = (
-            self.placement.put(
-                (self.images, self.labels, self.shuffle_key, self.dropout_key, self.values)
-            )
+        self.images, self.labels = self.placement.put(
+            (self.images, self.labels), self.placement.replicated
+        )
+        self.shuffle_key, self.dropout_key, self.values = self.placement.put(
+            (self.shuffle_key, self.dropout_key, self.values)
         )
         shuffle = functools.partial(
             epoch_batches,
@@ -103,7 +105,7 @@ class EpochRunner:
         )
         self._shuffle = jit_unoptimized(
             self.engine.over_runs(shuffle, in_axes=(0, 0)),
-            out_shardings=self.placement.split(_BATCH_AXIS),
+            out_shardings=self.placement.split(_BATCH_AXIS, run_axis=True),
         )
 
     @property
@@ -137,11 +139,15 @@ class EpochRunner:
 
     def _executable(self, state: TrainState, length: int) -> Any:
         if length not in self._executables:
-            jitted = jax.jit(self.engine.train_program(), donate_argnums=(0, 1))
+            jitted = jax.jit(
+                self.engine.train_program(),
+                donate_argnums=(0, 1),
+                out_shardings=self.placement.per_run,  # as they came: the next call's arguments
+            )
             indices = jax.ShapeDtypeStruct(
                 (self.engine.num_runs, length, self.batch_size),
                 jnp.int32,
-                sharding=self.placement.split(_BATCH_AXIS),
+                sharding=self.placement.split(_BATCH_AXIS, run_axis=True),
             )
             lowered = jitted.lower(
                 state,
@@ -264,7 +270,7 @@ class EvalSet:
     calls: tuple[tuple[jax.Array, jax.Array, jax.Array], ...]
     # Where the calls live; the sums start there too, so every call finds the arguments the
     # first one compiled for (host zeros would compile a second program for the later calls).
-    placement: DataParallel
+    placement: Placement
     num_examples: int
 
     @property
@@ -278,7 +284,7 @@ class EvalSet:
         images: np.ndarray,
         labels: np.ndarray,
         batch_size: int,
-        placement: DataParallel,
+        placement: Placement,
         batches_per_call: int | None = None,
     ) -> EvalSet:
         """Batches of `batch_size` (at most the split, rounded up to split evenly over the devices),
@@ -310,7 +316,7 @@ class EvalSet:
         cls,
         splits: dict[str, tuple[np.ndarray, np.ndarray]],
         batch_size: int,
-        placement: DataParallel,
+        placement: Placement,
     ) -> dict[str, EvalSet]:
         """`create` for each named (images, labels) split, in calls of one shape where the batch sizes
         agree, so that one compiled program evaluates them all (validation 20 and test 40 batches:

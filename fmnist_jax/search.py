@@ -14,9 +14,9 @@ any point and started again with the same command resumes to the identical resul
 - search.json: `trials` (each with `hparams`, per-epoch `val_accuracy` and `val_loss`, `epochs`,
   `stopped` with its reason, and `objective`), `best` (the trial chosen on validation, never on
   test) and `algorithm`; search.md, the best trials as a table; search.png, the figures;
-- fit/: the best trial trained `search.final_epochs` epochs, to find its best epoch;
-- best/: the best trial retrained to that epoch, a normal run directory with its test accuracy,
-  checkpoints and export (`predict`, `evaluate` and `inference.load` work on it).
+- best/: the best trial trained `search.final_epochs` epochs and taken back to its best epoch on
+  validation, a normal run directory with its test accuracy, checkpoints and export (`predict`,
+  `evaluate` and `inference.load` work on it).
 """
 
 from __future__ import annotations
@@ -150,6 +150,13 @@ def _search(config: ConfigDict, space: list[Dimension], workdir: str) -> list[di
         _largest(config, space),
         min(s.population, budget),
         os.path.join(workdir, "population"),
+    )
+    mesh = slots.program.placement.mesh.shape
+    logging.info(
+        "%d slots on a runs x data mesh of %d x %d devices.",
+        len(slots.epochs),
+        mesh["runs"],
+        mesh["data"],
     )
     latest = slots.checkpoints.directory("latest")
     compile_seconds = slots.compile(poll=lambda: interrupts.check_while_compiling(latest))
@@ -362,25 +369,29 @@ def _result(config: ConfigDict, trials: list[dict[str, Any]]) -> dict[str, Any]:
 def _train_best(
     config: ConfigDict, workdir: str, best: dict[str, Any]
 ) -> tuple[int, dict[str, Any]]:
-    """(the best epoch, the summary of best/): the best trial trained `final_epochs` in fit/ to
-    find its best epoch on validation, then retrained to it in best/."""
+    """(the best epoch, the summary of best/): the best trial trained `final_epochs` in best/,
+    keeping the weights of its best epoch on validation, which are tested and exported.
+
+    The tutorial trains the 50 epochs, then retrains to the best epoch. Training is deterministic,
+    so with a schedule that does not depend on the run's length (the tutorial's constant rate) the
+    retrain would repeat the first epochs bit for bit: restoring the best epoch gives the same
+    model without training it twice. `final_epochs` 0 trains to the trial's best epoch in the
+    search instead."""
     from fmnist_jax import train as train_lib
 
     trial_config = _with_trial(config, best["hparams"])
     trial_config.search = config_lib.default().search
-    curve = best[config.search.objective]
     if config.search.final_epochs:
         trial_config.num_epochs = config.search.final_epochs
-        trial_config.early_stopping = config_lib.default().early_stopping  # the tutorial's fit
-        fit_dir = os.path.join(workdir, "fit")
-        train_lib.train_and_evaluate(trial_config, fit_dir)
-        history = workdir_lib.read_history(fit_dir)
-        curve = [row[config.search.objective] for row in history]
-    pick = max if config.search.objective == "val_accuracy" else min
-    best_epoch = curve.index(pick(curve)) + 1
-    trial_config.num_epochs = best_epoch
+        es = trial_config.early_stopping
+        es.enabled, es.restore_best, es.min_delta = True, True, 0.0
+        es.monitor, es.patience = config.search.objective, config.search.final_epochs
+    else:
+        curve = best[config.search.objective]
+        pick = max if config.search.objective == "val_accuracy" else min
+        trial_config.num_epochs = curve.index(pick(curve)) + 1
     summary = train_lib.train_and_evaluate(trial_config, os.path.join(workdir, "best"))
-    return best_epoch, {
+    return summary["restored_epoch"], {
         k: summary[k]
         for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_seconds")
     }

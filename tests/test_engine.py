@@ -22,7 +22,7 @@ from fmnist_jax import (
     runner,
 )
 from fmnist_jax.augment import Augment
-from fmnist_jax.distributed import DataParallel
+from fmnist_jax.distributed import Placement
 from fmnist_jax.normalizer import Normalizer
 
 
@@ -284,9 +284,7 @@ def test_first_nonfinite_step_is_reported():
 def test_eval_set_masks_padding():
     images = np.zeros((5, 28, 28, 1), np.uint8)
     labels = np.arange(5, dtype=np.int32)
-    s = runner.EvalSet.create(
-        images, labels, batch_size=2, placement=DataParallel.over_all_devices()
-    )
+    s = runner.EvalSet.create(images, labels, batch_size=2, placement=Placement.over_all_devices())
     ((images, _, mask),) = s.calls
     assert images.shape == (3, 2, 28, 28, 1) and int(mask.sum()) == 5
     model = models.create(mlp_config.get_config().model)
@@ -304,7 +302,7 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
         rng.integers(0, 256, (20, 28, 28, 1), np.uint8),
         rng.integers(0, 10, 20).astype(np.int32),
     )
-    placement = DataParallel.over_all_devices()
+    placement = Placement.over_all_devices()
     sets = runner.EvalSet.create_all(
         {"val": (images[:8], labels[:8]), "test": (images, labels)},
         batch_size=2,

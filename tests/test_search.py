@@ -4,6 +4,7 @@ slots), the whole search on mock data (resumed to the same result), and the refu
 import functools
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -115,7 +116,14 @@ def test_a_hyperband_search_writes_its_trials_and_best_run_and_resumes_to_the_sa
     best = trials[result["best"]]
     assert best["objective"] == max(t["objective"] for t in trials)
     summary = json.loads((tmp_path / "best" / "summary.json").read_text())
-    assert summary["epochs_run"] == result["best_epoch"] <= 2
+    assert summary["epochs_run"] == 2 and summary["restored_epoch"] == result["best_epoch"]
+    # The tutorial's retrain to the best epoch gives the model that best/ restored.
+    retrain = search._with_trial(config, best["hparams"])
+    retrain.search = config_lib.default().search
+    retrain.num_epochs = result["best_epoch"]
+    retrained = train.train_and_evaluate(retrain, str(tmp_path / "retrain"))
+    assert retrained["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+    assert retrained["test_accuracy"] == summary["test_accuracy"]
     assert (tmp_path / "search.md").read_text().count("\n|") >= 3
     assert (tmp_path / "tensorboard" / "trials" / "0").is_dir()
     from fmnist_jax import inference
@@ -187,11 +195,39 @@ def get_config():
     c.data.tfds_data_dir = {data_dir!r}
     c.checkpoint.min_interval_seconds = 0
     c.search.space = {space!r}
-    c.search.algorithm = "tpe"
-    c.search.trials, c.search.population, c.search.max_epochs = 6, 2, 8
+    c.search.algorithm = {algorithm!r}
+    c.search.trials, c.search.population, c.search.max_epochs = {trials}, {population}, 8
     c.search.final_epochs = 2
     return c
 """
+
+
+def _search_command(tmp_path, data_dir, workdir, algorithm="tpe", trials=6, population=2):
+    config_file = tmp_path / f"{algorithm}_{trials}_{population}.py"
+    config_file.write_text(
+        _SEARCH_CONFIG.format(
+            data_dir=data_dir,
+            space=SPACE,
+            algorithm=algorithm,
+            trials=trials,
+            population=population,
+        )
+    )
+    return [
+        sys.executable,
+        "-m",
+        "experiments.search",
+        f"--config={config_file}",
+        f"--workdir={workdir}",
+    ]
+
+
+def _trials(workdir):
+    """The search's choice and its trials, without their wall times."""
+    result = json.loads((workdir / "search.json").read_text())
+    return result["best"], [
+        {k: v for k, v in t.items() if k != "seconds"} for t in result["trials"]
+    ]
 
 
 @pytest.mark.slow
@@ -199,36 +235,48 @@ def test_a_search_killed_and_run_again_ends_as_the_uninterrupted_one(mock_tfds_d
     """SIGKILL in the middle of a TPE search (its sampler learns from every stopped trial), then
     the same command: the trials, their curves and the choice equal those of a search never
     stopped."""
-    config_file = tmp_path / "search_config.py"
-    config_file.write_text(_SEARCH_CONFIG.format(data_dir=mock_tfds_dir, space=SPACE))
-
-    def command(workdir):
-        return [
-            sys.executable,
-            "-m",
-            "experiments.search",
-            f"--config={config_file}",
-            f"--workdir={workdir}",
-        ]
-
     reference = subprocess.run(
-        command(tmp_path / "ref"), capture_output=True, text=True, timeout=600
+        _search_command(tmp_path, mock_tfds_dir, tmp_path / "ref"),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert reference.returncode == 0, reference.stderr[-2000:]
     killed = tmp_path / "killed"
+    command = _search_command(tmp_path, mock_tfds_dir, killed)
     saved = killed / "population" / "checkpoints" / "latest"
-    kill_after_checkpoint(command(killed), saved, 5)  # TPE has learnt from stopped trials
+    kill_after_checkpoint(command, saved, 5)  # TPE has learnt from stopped trials
     assert not (killed / "search.json").exists(), "the search finished before it could be killed"
-    resumed = subprocess.run(command(killed), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _trials(killed) == _trials(tmp_path / "ref")
 
-    def trials(workdir):
-        result = json.loads((workdir / "search.json").read_text())
-        return result["best"], [
-            {k: v for k, v in t.items() if k != "seconds"} for t in result["trials"]
-        ]
 
-    assert trials(killed) == trials(tmp_path / "ref")
+@pytest.mark.slow
+def test_a_search_over_8_devices_equals_the_search_on_one(mock_tfds_dir, tmp_path):
+    """8 slots on 8 simulated CPU devices train one slot per device (a `runs` mesh axis, no
+    all-reduce between trials), and the search takes the same trials, curves and choice as on one
+    device, up to float rounding; 4 slots share each pair of devices' batches (runs x data)."""
+    results = {}
+    for devices, population in ((1, 8), (8, 8), (8, 4), (1, 4)):
+        workdir = tmp_path / f"{devices}_{population}"
+        command = _search_command(tmp_path, mock_tfds_dir, workdir, "random", 12, population)
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs = population if devices == 8 else 1
+        mesh = f"{population} slots on a runs x data mesh of {runs} x {devices // runs} devices"
+        assert mesh in done.stderr
+        results[devices, population] = _trials(workdir)
+    for population in (8, 4):
+        (best, trials), (best_8, trials_8) = results[1, population], results[8, population]
+        assert best_8 == best
+        for one, eight in zip(trials, trials_8, strict=True):
+            for key in ("val_accuracy", "val_loss"):
+                assert eight.pop(key) == pytest.approx(one.pop(key), rel=1e-4)
+            assert eight["objective"] == pytest.approx(one.pop("objective"), rel=1e-4)
+            assert {k: v for k, v in eight.items() if k != "objective"} == one
 
 
 def test_pruners_deal_trials_to_brackets_and_keep_the_best_third():
