@@ -34,7 +34,7 @@ def _search() -> None:
     best = result["trials"][result["best"]]
     print(
         f"{search_reports.table(result)}\nBest on validation: trial {best['index']} "
-        f"{best['hparams']}; best/ holds it retrained for {result['best_epoch']} epochs. "
+        f"{best['hparams']}; best/ holds it at its best epoch, {result['best_epoch']}. "
         f"{result['seconds']:.1f} s in all ({result['search_seconds']:.1f} s of search). Reports: "
         f"{os.path.join(_WORKDIR.value, search_reports.TABLE_FILE)}, "
         f"tensorboard --logdir={shlex.quote(_WORKDIR.value)}"

@@ -66,7 +66,7 @@ def check(config: ConfigDict) -> list[Dimension]:
         if d.key not in config_lib.SEARCHABLE:
             raise UserError(
                 f"search.space cannot search {d.key}: a search's trials train side by side in one "
-                "compiled program, so it searches the numbers a sweep varies and the hidden widths "
+                "compiled program, so it searches the numbers a sweep varies and the widths "
                 f"({', '.join(config_lib.SEARCHABLE)}). Compare other choices as separate searches or "
                 "runs (python -m experiments.compare)."
             )
@@ -83,9 +83,14 @@ def _with_trial(config: ConfigDict, hparams: dict[str, Any]) -> ConfigDict:
 
 def _as_config_values(config: ConfigDict, hparams: dict[str, Any]) -> dict[str, Any]:
     return {
-        key: (value,) if _is_widths(config, key) and not isinstance(value, (tuple, list)) else value
+        key: _as_widths(value) if _is_widths(config, key) else value
         for key, value in hparams.items()
     }
+
+
+def _as_widths(value: Any) -> tuple[int, ...]:
+    """Widths as the config holds them: a tuple (a resumed search reads lists back)."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
 def _is_widths(config: ConfigDict, key: str) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from typing import Any
 
@@ -24,6 +25,19 @@ import numpy as np
 from fmnist_jax.errors import UserError
 
 KINDS = ("int", "choice", "uniform", "log_uniform")
+
+
+def shown(value: Any) -> float | str:
+    """A searched value as tables, figures and TensorBoard show it: a number, or widths "32x64"."""
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value)
+    return value
+
+
+def is_numeric(dimension_spec: Any) -> bool:
+    """Whether a space entry's values are numbers (a choice may hold widths)."""
+    kind, *args = dimension_spec
+    return kind != "choice" or all(isinstance(v, (int, float)) for v in args[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +143,10 @@ class Sampler:
 
     def _ask_optuna(self) -> dict[str, Any]:
         trial = self._study.ask({d.key: _optuna_distribution(d) for d in self.space})
-        params = dict(trial.params)
+        params = {
+            d.key: d.values()[trial.params[d.key]] if d.kind == "choice" else trial.params[d.key]
+            for d in self.space
+        }
         self._pending.append((params, trial))
         return params
 
@@ -143,7 +160,13 @@ class Sampler:
         """The result of a trial `ask` proposed (None: it diverged); only TPE learns from it. A
         pruned trial is told as pruned with its objective's `curve`, as Optuna's pruners report
         it, so that TPE weighs it by how far it got."""
-        index = next((i for i, (p, _) in enumerate(self._pending) if p == params), None)
+        told = json.dumps(
+            params, sort_keys=True
+        )  # as a resumed search read it back: widths as lists
+        index = next(
+            (i for i, (p, _) in enumerate(self._pending) if json.dumps(p, sort_keys=True) == told),
+            None,
+        )
         if index is None:
             return
         _, trial = self._pending.pop(index)
@@ -181,6 +204,6 @@ def _optuna_distribution(d: Dimension) -> Any:
     if d.kind == "int":
         low, high, step = d.args
         return distributions.IntDistribution(low, high - (high - low) % step, step=step)
-    if d.kind == "choice":
-        return distributions.CategoricalDistribution(tuple(d.args[0]))
+    if d.kind == "choice":  # by position: Optuna's choices are numbers and strings, not widths
+        return distributions.CategoricalDistribution(tuple(range(len(d.args[0]))))
     return distributions.FloatDistribution(*d.args, log=d.kind == "log_uniform")

@@ -412,3 +412,87 @@ def _narrow(params, width):
             },
         }
     }
+
+
+@pytest.mark.slow
+def test_a_masked_channels_trial_is_a_cnn_of_those_channels():
+    """Inside a (16, 32)-channel CNN, an (8, 16)-channel trial starts from a genuine (8, 16) CNN's
+    initial distribution, and computes and learns what that CNN does, step for step: the head
+    reads only the used channels of the flattened maps."""
+    from configs import cnn as cnn_config
+
+    config = cnn_config.get_config()
+    config.optimizer.name, config.optimizer.weight_decay = "adamw", 1e-3
+    config.model.activation, config.model.hidden_sizes = "sigmoid", (32,)
+    wide = config.copy_and_resolve_references()
+    wide.model.conv_channels, config.model.conv_channels = (16, 32), (8, 16)
+    settings = {"conv_channels": jnp.array([8.0, 16.0])}
+    init = models.create(wide.model).init(jax.random.key(1), settings)["params"]
+    narrow = _narrow_cnn(init)
+    fans = {"conv0": (9 * 1, 9 * 8), "conv1": (9 * 8, 9 * 16), "head": (7 * 7 * 16, 32)}
+    kernels = {
+        "conv0": narrow["conv0"]["kernel"],
+        "conv1": narrow["conv1"]["kernel"],
+        "head": narrow["head"]["Dense_0"]["kernel"],
+    }
+    for name, (fan_in, fan_out) in fans.items():
+        limit = np.sqrt(6 / (fan_in + fan_out))  # Glorot's, of the narrow layer's fans
+        used = np.asarray(kernels[name]).ravel() / limit
+        assert stats.kstest(used, stats.uniform(-1, 2).cdf).pvalue > 1e-3
+    total = sum(np.count_nonzero(a) for a in jax.tree.leaves(init))
+    assert total == sum(np.count_nonzero(a) for a in jax.tree.leaves(narrow))  # the rest is zero
+
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 255, (4, 8, 28, 28, 1)), jnp.uint8)
+    labels = jnp.asarray(rng.integers(0, 10, (4, 8)), jnp.int32)
+    results = {}
+    for name, model_config, values, params in (
+        ("masked", wide.model, {"model.conv_channels": jnp.array([8.0, 16.0])}, init),
+        ("genuine", config.model, {}, narrow),
+    ):
+        eng = engine.Engine(
+            models.create(model_config),
+            functools.partial(optim.optimizer, config, 10),
+            Normalizer(),
+        )
+        state = engine.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats={},
+            opt_state=eng.tx.init(params),
+            ema_params={},
+        )
+        sums = jax.tree.map(lambda a: a[0], engine.Sums.zeros(1))
+        for images_, labels_ in zip(images, labels, strict=True):
+            state, sums = jax.jit(eng.train_step)(
+                state, sums, images_, labels_, jax.random.key(3), values
+            )
+        results[name] = (state.params, sums)
+    (masked, masked_sums), (genuine, genuine_sums) = results["masked"], results["genuine"]
+    np.testing.assert_allclose(masked_sums.loss, genuine_sums.loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(_narrow_cnn(masked)), jax.tree.leaves(genuine), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    nonzero = sum(np.count_nonzero(a) for a in jax.tree.leaves(masked))
+    assert nonzero == sum(np.count_nonzero(a) for a in jax.tree.leaves(_narrow_cnn(masked)))
+
+
+def _narrow_cnn(params):
+    """The (8, 16)-channel CNN's weights inside a (16, 32)-channel CNN's."""
+    head = params["head"]["Dense_0"]["kernel"]
+    return {
+        "conv0": {
+            "kernel": params["conv0"]["kernel"][..., :8],
+            "bias": params["conv0"]["bias"][:8],
+        },
+        "conv1": {
+            "kernel": params["conv1"]["kernel"][..., :8, :16],
+            "bias": params["conv1"]["bias"][:16],
+        },
+        "head": {
+            "Dense_0": {
+                "kernel": head.reshape(49, 32, -1)[:, :16].reshape(49 * 16, -1),
+                "bias": params["head"]["Dense_0"]["bias"],
+            },
+            "Dense_1": params["head"]["Dense_1"],
+        },
+    }

@@ -75,10 +75,13 @@ class Model:
     def init(
         self, key: jax.Array, settings: Mapping[str, jax.Array] | None = None
     ) -> dict[str, PyTree]:
-        """Initial weights drawn from `key`; with a run's own traced `settings`["hidden_sizes"],
-        those of that narrower model inside this one (`DenseStack.narrow`)."""
+        """Initial weights drawn from `key`; with a run's own traced `settings`["hidden_sizes"]
+        or ["conv_channels"], those of that narrower model inside this one (`layers.narrowed`)."""
         module = self.build(nnx.Rngs(key))
-        if "hidden_sizes" in (settings or {}):
+        settings = settings or {}
+        if "conv_channels" in settings:
+            module.narrow(settings["conv_channels"], settings.get("hidden_sizes"))
+        elif "hidden_sizes" in settings:
             for _, layer in nnx.iter_graph(module):
                 if isinstance(layer, DenseStack):
                     layer.narrow(settings["hidden_sizes"])
@@ -99,8 +102,8 @@ class Model:
         """(logits, the batch-norm statistics after the call: updated when `train`).
 
         `settings` gives model settings a run's own traced value (a sweep's or a search trial's):
-        dropout rates (e.g. "dropout_rate"), and "hidden_sizes", the widths a trial uses inside
-        this model's (see `DenseStack`).
+        dropout rates (e.g. "dropout_rate"), and "hidden_sizes" and "conv_channels", the widths a
+        trial uses inside this model's (see `DenseStack` and `CNN`).
         """
         settings = settings or {}
         module = self.module(variables)
@@ -109,6 +112,8 @@ class Model:
                 layer.rate = nnx.data(settings[layer.setting])  # a traced value, not structure
             if isinstance(layer, DenseStack) and "hidden_sizes" in settings:
                 layer.widths = nnx.data(settings["hidden_sizes"])
+            if isinstance(layer, CNN) and "conv_channels" in settings:
+                layer.channels = nnx.data(settings["conv_channels"])
         logits = module(images, train=train, dropout_key=dropout_key)
         return logits, nnx.state(module, nnx.BatchStat).to_pure_dict()
 

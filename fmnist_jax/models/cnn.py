@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from fmnist_jax.models.layers import (
@@ -14,8 +15,11 @@ from fmnist_jax.models.layers import (
     dropout,
     expose,
     layer_key,
+    leading,
+    narrowed,
     pool,
     pooled_size,
+    silence,
 )
 from fmnist_jax.shapes import IMAGE_SHAPE
 
@@ -25,6 +29,9 @@ class CNN(nnx.Module):
 
     Layers are named `conv{block}` and `bn{block}` (`conv{block}_{i}` with several convolutions
     per block), the names of the Flax Linen version, so its checkpoints restore as they are.
+
+    A search trains trials of several channel counts inside the widest CNN (`narrow`, and
+    `channels` while it trains), as `DenseStack` does with widths.
     """
 
     def __init__(
@@ -74,6 +81,28 @@ class CNN(nnx.Module):
             num_classes,
             rngs=rngs,
         )
+        # The channels in use per block, `[num_blocks]` (a trial's, traced; see `Model.apply`); None: all.
+        self.channels = None
+
+    def narrow(self, channels: jax.Array | None, hidden_sizes: jax.Array | None) -> None:
+        """Makes these weights the initial weights of a CNN of `channels` per block and head
+        `hidden_sizes` (None: these) inside this one (`layers.narrowed`)."""
+        used = None  # the image's channels: all
+        for i, names in enumerate(self.blocks):
+            for suffix in names:
+                conv = getattr(self, f"conv{suffix}")
+                columns = leading(conv.kernel.value.shape[-1], self._channels(channels, i))
+                conv.kernel.value = narrowed(conv.kernel.value, used, columns)
+                if conv.bias is not None:
+                    conv.bias.value = jnp.where(columns, conv.bias.value, 0.0)
+                used = columns
+        # The head reads the flattened maps, each position's channels in turn.
+        in_features = self.head.Dense_0.kernel.value.shape[0]
+        self.head.narrow(hidden_sizes, jnp.tile(used, in_features // used.size))
+
+    @staticmethod
+    def _channels(channels: jax.Array | None, block: int) -> jax.Array | None:
+        return None if channels is None else channels[block]
 
     def _conv(self, x: jax.Array, suffix: str, train: bool) -> tuple[jax.Array, jax.Array | None]:
         x, bias = getattr(self, f"conv{suffix}")(x)
@@ -87,16 +116,17 @@ class CNN(nnx.Module):
         act = activation(self.activation)
         x = images
         for i, names in enumerate(self.blocks):
+            width = self._channels(self.channels, i)
             for suffix in names[:-1]:
                 x, bias = self._conv(x, suffix, train)
-                x = act(x if bias is None else x + bias)
+                x = silence(act(x if bias is None else x + bias), width)
             x, bias = self._conv(x, names[-1], train)
             if self.pooling == "max" and self.activation in MONOTONE:
                 # Same numbers as act(conv + b) then pool, with the bias and activation on pooled maps.
                 x = pool(x, self.pooling, self.pool_size, self.formulation)
-                x = act(x if bias is None else x + bias)
+                x = silence(act(x if bias is None else x + bias), width)
             else:
-                x = act(x if bias is None else x + bias)
+                x = silence(act(x if bias is None else x + bias), width)
                 x = pool(x, self.pooling, self.pool_size, self.formulation)
             x = expose(self, f"block{i}", x)
             if self.conv_dropout is not None:

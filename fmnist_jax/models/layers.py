@@ -139,6 +139,30 @@ def pool(x: jax.Array, kind: str, size: int, formulation: str = "auto") -> jax.A
     raise UserError(f"Unknown pooling {kind!r}; choose 'max', 'avg' or 'none'.")
 
 
+def leading(size: int, count: jax.Array | None) -> jax.Array:
+    """`[size]` booleans, true for the first `count` (None: all)."""
+    return jnp.arange(size) < (size if count is None else count)
+
+
+def narrowed(kernel: jax.Array, rows: jax.Array | None, columns: jax.Array) -> jax.Array:
+    """A Glorot-uniform `kernel` (`[..., in, out]`, a dense layer's or a convolution's) made the
+    initial kernel of a narrower layer that reads the `rows` (`[in]` booleans; None: all) and
+    writes the `columns` (`[out]`) inside it: the rest zero, and the used weights rescaled from
+    this layer's limit, sqrt(6 / (fan_in + fan_out)), to that of the narrower layer's fans (the
+    receptive field multiplies both fans alike), so that they are drawn as a genuine narrower
+    layer's are. A search's trials of several widths train inside the widest model this way: the
+    zeros receive no gradient, so the trial computes and learns what the narrower model does."""
+    fan_in, fan_out = kernel.shape[-2:]
+    rows = jnp.ones(fan_in, bool) if rows is None else rows
+    scale = jnp.sqrt((fan_in + fan_out) / (rows.sum() + columns.sum()))
+    return jnp.where(rows[:, None] & columns, kernel * scale, 0.0)
+
+
+def silence(x: jax.Array, width: jax.Array | None) -> jax.Array:
+    """`x` with its features (last axis) beyond `width` zero: the units a narrower trial has not."""
+    return x if width is None else jnp.where(jnp.arange(x.shape[-1]) < width, x, 0.0)
+
+
 class Conv(nnx.Module):
     """A SAME-padded convolution with `nnx.Conv`'s parameters, returning the bias apart.
 
@@ -227,29 +251,27 @@ class DenseStack(nnx.Module):
         # The hidden widths in use, `[num_hidden]` (a trial's, traced; see `Model.apply`); None: all.
         self.widths = None
 
-    def narrow(self, widths: jax.Array) -> None:
-        """Makes these weights the initial weights of a stack of hidden `widths`: the units beyond
-        them zero, and the rest rescaled from this stack's Glorot limit, sqrt(6 / (fan_in +
-        fan_out)), to that of the narrower layer's fans, so that they are drawn from the same
-        distribution as a genuine stack of those widths."""
+    def narrow(self, widths: jax.Array | None, used_inputs: jax.Array | None = None) -> None:
+        """Makes these weights the initial weights of a stack of hidden `widths` (None: these)
+        reading the `used_inputs` (`[in_features]` booleans; None: all): see `narrowed`."""
         for i in range(self.num_layers):
             layer = getattr(self, f"Dense_{i}")
             fan_in, fan_out = layer.kernel.value.shape
-            used_in = fan_in if i == 0 else widths[i - 1]
-            used_out = fan_out if i == self.num_layers - 1 else widths[i]
-            rows, columns = jnp.arange(fan_in)[:, None], jnp.arange(fan_out)
-            scale = jnp.sqrt((fan_in + fan_out) / (used_in + used_out))
-            layer.kernel.value = jnp.where(
-                (rows < used_in) & (columns < used_out), layer.kernel.value * scale, 0.0
+            rows = (
+                used_inputs
+                if i == 0
+                else leading(fan_in, None if widths is None else widths[i - 1])
             )
-            layer.bias.value = jnp.where(columns < used_out, layer.bias.value, 0.0)
+            last = i == self.num_layers - 1
+            columns = leading(fan_out, None if last or widths is None else widths[i])
+            layer.kernel.value = narrowed(layer.kernel.value, rows, columns)
+            layer.bias.value = jnp.where(columns, layer.bias.value, 0.0)
 
     def __call__(self, x: jax.Array, train: bool, key: jax.Array | None = None) -> jax.Array:
         act = activation(self.activation)
         for i in range(self.num_layers - 1):
             x = act(getattr(self, f"Dense_{i}")(x))
-            if self.widths is not None:  # the units beyond this trial's width stay silent
-                x = jnp.where(jnp.arange(x.shape[-1]) < self.widths[i], x, 0.0)
+            x = silence(x, None if self.widths is None else self.widths[i])
             x = expose(self, f"hidden{i}", x)
             if self.dropout is not None:
                 x = self.dropout(x, deterministic=not train, rngs=layer_key(key, i))

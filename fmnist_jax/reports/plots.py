@@ -12,6 +12,7 @@ from typing import Any
 
 import matplotlib
 
+from fmnist_jax import search_space
 from fmnist_jax.reports import in_notebook
 
 if not in_notebook():  # a notebook keeps its inline backend to show the figures
@@ -207,9 +208,13 @@ def search(result: dict[str, Any]) -> Figure:
         1, len(keys) + 2, figsize=(4.2 * (len(keys) + 2), 4), squeeze=False, layout="tight"
     )
     for ax, (key, spec) in zip(axes[0], result["space"], strict=False):
-        ax.scatter([t["hparams"][key] for t in trials], [t["objective"] for t in trials], s=14)
+        values = [search_space.shown(t["hparams"][key]) for t in trials]
+        ax.scatter(values, [t["objective"] for t in trials], s=14)
         if spec[0] == "log_uniform" or (
-            spec[0] == "choice" and min(spec[1]) > 0 and max(spec[1]) >= 10 * min(spec[1])
+            spec[0] == "choice"
+            and search_space.is_numeric(spec)
+            and min(spec[1]) > 0
+            and max(spec[1]) >= 10 * min(spec[1])
         ):
             ax.set_xscale("log")
         ax.set_xlabel(key), ax.set_ylabel(objective), ax.grid(alpha=0.3)

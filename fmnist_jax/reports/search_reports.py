@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from fmnist_jax import search_space
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.reports import board, figure_workers
 
@@ -24,8 +25,12 @@ def write(workdir: str, result: dict[str, Any], figure: bool) -> None:
     board.write_trials(workdir, result)
 
 
+def _cell(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
+
+
 def table(result: dict[str, Any]) -> str:
-    """The best trials (on validation) as a Markdown table, then the best one's retrained test."""
+    """The best trials (on validation) as a Markdown table, then the best one's test in best/."""
     objective = result["objective"]
     keys = [key for key, _ in result["space"]]
     ranked = sorted(
@@ -35,7 +40,7 @@ def table(result: dict[str, Any]) -> str:
     header = ["trial", *(k.rpartition(".")[2] for k in keys), objective, "epochs", "stopped"]
     rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for t in ranked[:_TOP]:
-        values = [f"{t['hparams'][k]:g}" for k in keys]
+        values = [_cell(search_space.shown(t["hparams"][k])) for k in keys]
         best = " (best)" if t["index"] == result["best"] else ""
         cells = [
             f"{t['index']}{best}",
@@ -51,6 +56,6 @@ def table(result: dict[str, Any]) -> str:
         f"{len(result['trials'])} trials ({result['algorithm']}), {diverged} diverged; the best "
         f"{min(_TOP, len(ranked))} on {objective}:\n\n"
         + "\n".join(rows)
-        + f"\n\nThe best trial retrained for its best epoch ({result['best_epoch']}) in best/: "
+        + f"\n\nThe best trial at its best epoch ({result['best_epoch']}) in best/: "
         f"test accuracy {final['test_accuracy']:.4f}, test loss {final['test_loss']:.4f}.\n"
     )
