@@ -2,10 +2,11 @@
 best one, as the Keras Tuner tutorial does.
 
 The trials train in a population of slots in one compiled program (`population`): each slot one
-trial with its own values, the hidden widths masked inside the widest. After every epoch each trial
-is judged on its validation curve: it stops when it diverges, when early stopping would stop it,
-when the pruner stops it at a rung (`pruning`), or when it has trained `max_epochs`. Its slot then
-takes the sampler's next trial, and TPE learns from the stopped one.
+trial with its own values, the hidden widths and a CNN's channels masked inside the widest. After
+every epoch each trial is judged on its validation curve (`search_record`): it stops when it
+diverges, when early stopping would stop it, when the pruner stops it at a rung (`pruning`), or
+when it has trained `max_epochs`. Its slot then takes the sampler's next trial, and TPE learns from
+the stopped one.
 
 The slots' state and the search's record (its trials, the order of the sampler's asks and tells,
 the slots' trials) are checkpointed after every epoch in workdir/population: a search stopped at
@@ -24,20 +25,16 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, interrupts, pruning, run_axis
+from fmnist_jax import config_checks, interrupts, pruning, run_axis, search_record
 from fmnist_jax import workdir as workdir_lib
-from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.errors import UserError
 from fmnist_jax.search_space import Dimension, Sampler, dimensions
-
-if TYPE_CHECKING:  # the population imports JAX, which a search's checks do not need
-    from fmnist_jax.population import Population
 
 ALGORITHMS = ("grid", "random", "halton", "tpe")
 
@@ -165,7 +162,9 @@ def _search(config: ConfigDict, space: list[Dimension], workdir: str) -> list[di
     )
     latest = slots.checkpoints.directory("latest")
     compile_seconds = slots.compile(poll=lambda: interrupts.check_while_compiling(latest))
-    record = _Record(config, Sampler(s.algorithm, space, s.seed, maximize), compile_seconds)
+    record = search_record.Record(
+        config, Sampler(s.algorithm, space, s.seed, maximize), compile_seconds
+    )
     record.resume(slots)
     try:
         while True:
@@ -185,173 +184,6 @@ def _search(config: ConfigDict, space: list[Dimension], workdir: str) -> list[di
         slots.close()
 
 
-class _Record:
-    """The search's own state: its trials, the slots' trials and the sampler's asks and tells, in
-    order, from which a resumed search replays the sampler to the same state."""
-
-    def __init__(self, config: ConfigDict, sampler: Sampler, compile_seconds: float):
-        self.config, self.sampler = config, sampler
-        self.trials: list[dict[str, Any]] = []
-        self.slots: list[int | None] = []
-        self.events: list[tuple[str, int]] = []
-        self.step, self.clock = 0, compile_seconds
-
-    def meta(self) -> dict[str, Any]:
-        return {
-            "trials": self.trials,
-            "slots": self.slots,
-            "events": self.events,
-            "clock": self.clock,
-        }
-
-    def log(self) -> None:
-        done = [t for t in self.trials if t["stopped"] is not None]
-        best = max(
-            (t for t in done if t["objective"] is not None),
-            default=None,
-            key=lambda t: -_rank(t, self.config.search.objective == "val_accuracy"),
-        )
-        logging.info(
-            "Search epoch %d (%.1f s): %d trial(s) training, %d stopped%s.",
-            self.step,
-            self.clock,
-            sum(i is not None for i in self.slots),
-            len(done),
-            f"; best so far trial {best['index']}, {self.config.search.objective} "
-            f"{best['objective']:.4f}"
-            if best
-            else "",
-        )
-
-    def resume(self, slots: Population) -> None:
-        """Takes the newest checkpoint's state, if any, and replays the sampler to it."""
-        self.slots = [None] * len(slots.epochs)
-        restored = slots.restore()
-        if restored is None:
-            return
-        self.step, meta = restored
-        self.trials, self.slots, self.clock = meta["trials"], meta["slots"], meta["clock"]
-        self.events = [tuple(e) for e in meta["events"]]
-        for kind, index in self.events:
-            if kind == "ask":
-                self.sampler.ask(1)  # the same proposal, as nothing else changed the sampler
-            else:
-                self._tell(self.trials[index])
-        occupied = {slot: self.trials[i] for slot, i in enumerate(self.slots) if i is not None}
-        slots.assign({slot: t["hparams"] for slot, t in occupied.items()}, fresh=False)
-        for slot, trial in occupied.items():
-            slots.epochs[slot] = trial["epochs"]
-        logging.info(
-            "Resuming the search after its epoch %d (%d trials).", self.step, len(self.trials)
-        )
-
-    def fill(self, slots: Population, budget: int) -> None:
-        """Gives every free slot the sampler's next trial while the budget lasts."""
-        s = self.config.search
-        fresh = {}
-        for slot, index in enumerate(self.slots):
-            if index is not None or len(self.trials) >= budget:
-                continue
-            asked = self.sampler.ask(1)  # a grid's budget is its size: never exhausted here
-            index = len(self.trials)
-            bracket = pruning.bracket_of(index, s.pruner, s.max_epochs, s.factor)
-            self.trials.append(
-                {
-                    "index": index,
-                    "hparams": asked[0],
-                    "bracket": bracket,
-                    "epochs": 0,
-                    "val_accuracy": [],
-                    "val_loss": [],
-                    "stopped": None,
-                    "objective": None,
-                }
-            )
-            self.events.append(("ask", index))
-            self.slots[slot] = index
-            fresh[slot] = asked[0]
-        slots.assign(fresh)
-
-    def judge(self, train: list[dict[str, float]], validation: list[dict[str, float]]) -> None:
-        """Records every running trial's epoch, then stops those that should stop."""
-        running = [(slot, self.trials[i]) for slot, i in enumerate(self.slots) if i is not None]
-        for slot, trial in running:
-            trial["val_accuracy"].append(validation[slot]["accuracy"])
-            trial["val_loss"].append(validation[slot]["loss"])
-            trial["epochs"] += 1
-            trial["seconds"] = self.clock
-            finite = train[slot]["first_nonfinite_step"] < 0 and math.isfinite(
-                validation[slot]["loss"]
-            )
-            trial["objective"] = _best(self.config, trial) if finite else None
-        for slot, trial in running:
-            reason = self._reason_to_stop(trial)
-            if reason:
-                trial["stopped"] = reason
-                self.slots[slot] = None
-                self._tell(trial)
-                self.events.append(("tell", trial["index"]))
-
-    def _reason_to_stop(self, trial: dict[str, Any]) -> str | None:
-        s, epochs = self.config.search, trial["epochs"]
-        if trial["objective"] is None:
-            return "diverged"
-        if _early_stop_epoch(self.config, trial["val_accuracy"], trial["val_loss"]) == epochs:
-            return "early stopping"
-        if epochs >= s.max_epochs:
-            return f"finished {epochs} epochs"
-        if epochs in pruning.rungs(s.pruner, s.max_epochs, s.factor)[trial["bracket"]]:
-            rivals = [
-                _best(self.config, t, epochs)
-                for t in self.trials
-                if t["bracket"] == trial["bracket"]
-                and t["epochs"] >= epochs
-                and t["objective"] is not None  # not diverged
-            ]
-            maximize = s.objective == "val_accuracy"
-            if not pruning.goes_on(_best(self.config, trial, epochs), rivals, s.factor, maximize):
-                return f"pruned after {epochs} epochs"
-        return None
-
-    def _tell(self, trial: dict[str, Any]) -> None:
-        self.sampler.tell(
-            trial["hparams"],
-            trial["objective"],
-            trial[self.config.search.objective],
-            pruned=trial["stopped"].startswith("pruned"),
-        )
-
-
-def _best(config: ConfigDict, trial: dict[str, Any], epochs: int | None = None) -> float:
-    """A trial's objective: the best value of its curve (over its first `epochs`)."""
-    curve = trial[config.search.objective][:epochs]
-    return max(curve) if config.search.objective == "val_accuracy" else min(curve)
-
-
-def _early_stop_epoch(
-    config: ConfigDict, val_accuracy: list[float], val_loss: list[float]
-) -> int | None:
-    """The epoch early stopping would end this trial at, or None (off, or never)."""
-    es = config.early_stopping
-    if not es.enabled:
-        return None
-    stopper = EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta)
-    curve = val_accuracy if es.monitor == "val_accuracy" else val_loss
-    for epoch, value in enumerate(curve, start=1):
-        stopper.update(epoch, value)
-        if stopper.should_stop:
-            return epoch
-    return None
-
-
-def _rank(trial: dict[str, Any], maximize: bool) -> float:
-    """Sorting key: best trials first, diverged last."""
-    objective = trial["objective"]
-    if objective is None:
-        return math.inf
-    return -objective if maximize else objective
-
-
 def _result(config: ConfigDict, trials: list[dict[str, Any]]) -> dict[str, Any]:
     maximize = config.search.objective == "val_accuracy"
     finished = [t for t in trials if t["objective"] is not None]
@@ -360,7 +192,7 @@ def _result(config: ConfigDict, trials: list[dict[str, Any]]) -> dict[str, Any]:
             "Every trial of the search diverged (its loss became NaN or infinite): lower the "
             "learning rates in search.space, or set optimizer.grad_clip_norm (e.g. 1.0)."
         )
-    best = min(finished, key=lambda t: _rank(t, maximize))
+    best = min(finished, key=lambda t: search_record.rank(t, maximize))
     return {
         "algorithm": config.search.algorithm,
         "pruner": config.search.pruner,

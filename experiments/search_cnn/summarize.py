@@ -1,6 +1,6 @@
 """The table of experiments/search_cnn: each seed's searched CNN against the recipe's.
 
-    python experiments/search_cnn/summarize.py runs/search_cnn
+python experiments/search_cnn/summarize.py runs/search_cnn
 """
 
 import json
@@ -11,7 +11,9 @@ from pathlib import Path
 
 def main(root: Path) -> None:
     rows, gains = [], []
-    print("| seed | search's best trial | its best epoch | search test acc | search s | recipe test acc | recipe s |")
+    print(
+        "| seed | search's best trial | its best epoch | search test acc | search s | recipe test acc | recipe s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for seed in range(3):
         search = json.loads((root / f"search_{seed}" / "search.json").read_text())
