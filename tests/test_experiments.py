@@ -1,5 +1,6 @@
 """Experiment tools that users run before or beside training."""
 
+import json
 import subprocess
 import sys
 
@@ -84,3 +85,33 @@ def test_compare_checks_every_variant_before_training_any(mock_tfds_dir, tmp_pat
     rows = [line for line in compared.stdout.splitlines() if line.startswith("| lr ")]
     assert len(rows) == 2 and "±" not in compared.stdout  # one seed: no spread to show
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_the_optuna_loop_peer_runs_the_same_search_as_single_runs(mock_tfds_dir, tmp_path):
+    """experiments/benchmark/optuna_loop.py: Optuna's TPE and Hyperband pruner over single runs,
+    then the slot population's search, and one JSON line comparing them."""
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.benchmark.optuna_loop",
+        "--config=configs/search_mlp.py",
+        f"--workdir={tmp_path}",
+        f"--config.data.tfds_data_dir={mock_tfds_dir}",
+        "--config.data.num_validation=16",
+        "--config.batch_size=8",
+        "--config.eval_batch_size=16",
+        "--config.plots=False",
+        "--config.search.trials=3",
+        "--config.search.max_epochs=2",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["trials"] == 3 and 3 <= line["optuna_trial_epochs"] <= 6
+    assert 3 <= line["population_trial_epochs"] <= 6
+    assert 0 < line["optuna_best"] <= 1 and 0 < line["population_best"] <= 1
+    assert line["speedup"] == pytest.approx(
+        line["optuna_seconds"] / line["population_search_seconds"]
+    )
+    assert (tmp_path / "search.json").exists()
