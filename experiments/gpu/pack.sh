@@ -14,6 +14,10 @@ platforms+=" --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
 .venv/bin/python -m pip download -q $platforms -d .gpu/nb nbclient nbformat ipykernel
 rm -f .gpu/nb/{attrs,packaging,psutil,pygments,python_dateutil,typing_extensions}-*.whl
 mv .gpu/nb/*.whl .gpu/whl/ && rmdir .gpu/nb
+# Optuna (search.algorithm="tpe", experiments/benchmark/optuna_loop.py), with the dependencies the image lacks.
+.venv/bin/python -m pip download -q $platforms -d .gpu/optuna optuna
+rm -f .gpu/optuna/{numpy,packaging,tqdm,typing_extensions}-*.whl
+mv .gpu/optuna/*.whl .gpu/whl/ && rmdir .gpu/optuna
 .venv/bin/python - <<'PY'
 import os, shutil
 import numpy as np

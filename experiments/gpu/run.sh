@@ -6,6 +6,7 @@
 #     source .gpu/setup.sh; bash experiments/gpu/run.sh main      # ~6 min: cuda suite, config rows, notebook
 #     source .gpu/setup.sh; bash experiments/gpu/run.sh resnet    # ~5-6 min: 3-seed ResNet in bfloat16
 #     source .gpu/setup.sh; bash experiments/gpu/run.sh timings   # ~6 min: loops, start-up, compile, eval
+#     source .gpu/setup.sh; bash experiments/gpu/run.sh search    # ~5 min: issue 46's GPU comparison
 # `timings` only with a lease that has the time left. Each command's output, its wall time and
 # exit status go to $OUT/STAGE.log as it runs, so a call cut at its limit still brings back what
 # finished; each config row's summary.json follows its command there; the device and versions go
@@ -13,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 stage=${1:-}
-case $stage in main | resnet | timings) ;; *) echo "usage: run.sh main|resnet|timings" >&2; exit 2 ;; esac
+case $stage in main | resnet | timings | search) ;; *) echo "usage: run.sh main|resnet|timings|search" >&2; exit 2 ;; esac
 out=${OUT:?run on the device machine, which sets OUT}
 log="$out/$stage.log"
 : "${TFDS_DATA_DIR:?source .gpu/setup.sh first}"
@@ -69,6 +70,15 @@ case $stage in
   resnet)
     # float32 on the H100: 0.9547 +- 0.0002 in 290.8 s of training, 352 s whole (session 12).
     row 420 resnet_bfloat16 --config=configs/resnet.py --config.num_seeds=3 --config.dtype=bfloat16
+    ;;
+  search)
+    # The tutorial's search in one program against the same search as single runs one after
+    # another (Optuna's TPE and Hyperband pruner; target 30x), with 3 slots and with 17 (every
+    # trial of a Hyperband iteration at once).
+    for slots in 3 17; do
+      measure 240 python3 -m experiments.benchmark.optuna_loop --config=configs/search_mlp.py \
+        --workdir="/tmp/w/optuna_$slots" --config.search.population="$slots" --config.plots=False
+    done
     ;;
   timings)
     measure 150 python3 -m experiments.step_loops --scan_unrolls=1,4,8,16
