@@ -171,17 +171,25 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
-def kill_after_checkpoint(command: list[str], latest: pathlib.Path, step: int) -> None:
-    """Starts `command` and SIGKILLs it once `latest` holds a checkpoint of step `step` or later
-    (or after 300 s): a process killed with its work half done."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_after_checkpoint(
+    command: list[str],
+    latest: pathlib.Path,
+    step: int,
+    signal_number: int = signal.SIGKILL,
+    log: pathlib.Path | None = None,
+) -> int:
+    """Starts `command` and sends it `signal_number` once `latest` holds a checkpoint of step `step`
+    or later (or after 300 s): a process stopped with its work half done. Its stderr goes to `log`
+    (a file: a pipe left unread would fill up and stall it); returns its exit status."""
+    with open(log or os.devnull, "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
 
-    def newest() -> int:
-        steps = [int(p.name) for p in latest.glob("*") if p.name.isdigit()]
-        return max(steps, default=0)
+        def newest() -> int:
+            steps = [int(p.name) for p in latest.glob("*") if p.name.isdigit()]
+            return max(steps, default=0)
 
-    deadline = time.time() + 300
-    while time.time() < deadline and newest() < step:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+        deadline = time.time() + 300
+        while time.time() < deadline and newest() < step:
+            time.sleep(0.05)
+        process.send_signal(signal_number)
+        return process.wait(timeout=300)

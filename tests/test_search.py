@@ -5,8 +5,10 @@ import functools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -250,6 +252,34 @@ def test_a_search_killed_and_run_again_ends_as_the_uninterrupted_one(mock_tfds_d
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _trials(killed) == _trials(tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_search_in_one_line_and_a_second_search_meanwhile_is_refused(
+    mock_tfds_dir, tmp_path
+):
+    """A search holds its workdir's lock (a second command on it is refused in one paragraph) and
+    stops on SIGTERM after its current epoch, saved, in one line; the same command resumes it."""
+    workdir = tmp_path / "search"
+    command = _search_command(tmp_path, mock_tfds_dir, workdir)
+    latest = workdir / "population" / "checkpoints" / "latest"
+    log = tmp_path / "stderr.txt"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.name.isdigit() for p in latest.glob("*")):
+        time.sleep(0.05)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode != 0 and "in use by another run" in second.stderr
+    assert "Traceback" not in second.stderr
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 128 + signal.SIGTERM
+    stderr = log.read_text()
+    assert "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if x.startswith("Stopped by SIGTERM")]
+    assert "Re-running the same command resumes" in line
+    assert not (workdir / "search.json").exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "Resuming the search after its epoch" in resumed.stderr
 
 
 @pytest.mark.slow
