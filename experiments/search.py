@@ -35,7 +35,8 @@ def _search() -> None:
     print(
         f"{search_reports.table(result)}\nBest on validation: trial {best['index']} "
         f"{best['hparams']}; best/ holds it at its best epoch, {result['best_epoch']}. "
-        f"{result['seconds']:.1f} s in all ({result['search_seconds']:.1f} s of search). Reports: "
+        f"{result['search_seconds']:.1f} s of search (compiling and training), "
+        f"{result['final']['train_seconds']:.1f} s of training in best/. Reports: "
         f"{os.path.join(_WORKDIR.value, search_reports.TABLE_FILE)}, "
         f"tensorboard --logdir={shlex.quote(_WORKDIR.value)}"
     )

@@ -64,7 +64,8 @@ class Record:
         if restored is None:
             return
         self.step, meta = restored
-        self.trials, self.slots, self.clock = meta["trials"], meta["slots"], meta["clock"]
+        self.trials, self.slots = meta["trials"], meta["slots"]
+        self.clock += meta["clock"]  # this start's compile, and every earlier start's seconds
         self.events = [tuple(e) for e in meta["events"]]
         for kind, index in self.events:
             if kind == "ask":
