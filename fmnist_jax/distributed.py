@@ -179,7 +179,8 @@ class Placement:
         return NamedSharding(self.mesh, PartitionSpec(RUNS_AXIS))
 
     def split(self, batch_axis: int, run_axis: bool = False) -> NamedSharding:
-        """Arrays split along `batch_axis` over the devices (and along a leading `run_axis`)."""
+        """Arrays split along `batch_axis` (1 or more) over the devices, and along a leading
+        `run_axis`."""
         spec = [RUNS_AXIS if run_axis else None] + [None] * (batch_axis - 1) + [DATA_AXIS]
         return NamedSharding(self.mesh, PartitionSpec(*spec))
 

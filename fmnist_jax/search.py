@@ -59,7 +59,7 @@ def check(config: ConfigDict) -> list[Dimension]:
     space = dimensions(s.space)
     for d in space:
         for value in d.values() if d.kind in ("int", "choice") else d.args:
-            config_checks.validate(_with_trial(config, {d.key: value}))
+            config_checks.validate(with_trial(config, {d.key: value}))
         if d.key not in config_lib.SEARCHABLE:
             raise UserError(
                 f"search.space cannot search {d.key}: a search's trials train side by side in one "
@@ -70,7 +70,7 @@ def check(config: ConfigDict) -> list[Dimension]:
     return space
 
 
-def _with_trial(config: ConfigDict, hparams: dict[str, Any]) -> ConfigDict:
+def with_trial(config: ConfigDict, hparams: dict[str, Any]) -> ConfigDict:
     """`config` with a trial's values; an integer for a tuple of widths is a one-layer width."""
     try:
         return config_lib.with_values(config, _as_config_values(config, hparams))
@@ -217,7 +217,7 @@ def _train_best(
     search instead."""
     from fmnist_jax import train as train_lib
 
-    trial_config = _with_trial(config, best["hparams"])
+    trial_config = with_trial(config, best["hparams"])
     trial_config.search = config_lib.default().search
     if config.search.final_epochs:
         trial_config.num_epochs = config.search.final_epochs

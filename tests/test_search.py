@@ -120,7 +120,7 @@ def test_a_hyperband_search_writes_its_trials_and_best_run_and_resumes_to_the_sa
     summary = json.loads((tmp_path / "best" / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["restored_epoch"] == result["best_epoch"]
     # The tutorial's retrain to the best epoch gives the model that best/ restored.
-    retrain = search._with_trial(config, best["hparams"])
+    retrain = search.with_trial(config, best["hparams"])
     retrain.search = config_lib.default().search
     retrain.num_epochs = result["best_epoch"]
     retrained = train.train_and_evaluate(retrain, str(tmp_path / "retrain"))

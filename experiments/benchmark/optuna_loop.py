@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
+import ml_collections
 import optuna
 from absl import app, flags
 from ml_collections import config_flags
@@ -24,19 +27,23 @@ from ml_collections import config_flags
 from fmnist_jax import data, search
 from fmnist_jax import program as program_lib
 from fmnist_jax.early_stopping import EarlyStopping
+from fmnist_jax.search_space import Dimension
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/search_mlp.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the slot population's search writes.")
 
 
-def _objective(config, splits, space):
+def _objective(
+    config: ml_collections.ConfigDict, splits: data.Splits, space: list[Dimension]
+) -> Callable[[optuna.Trial], float]:
+    """Optuna's objective: one trial as a single run, reporting its validation after each epoch."""
     s = config.search
     es = config.early_stopping
     maximize = s.objective == "val_accuracy"
 
     def objective(trial: optuna.Trial) -> float:
         hparams = {d.key: _suggest(trial, d) for d in space}
-        trial_config = search._with_trial(config, hparams)
+        trial_config = search.with_trial(config, hparams)
         trial_config.num_epochs = s.max_epochs
         program = program_lib.build(trial_config, splits)
         state, _ = program.compile()
@@ -58,7 +65,7 @@ def _objective(config, splits, space):
     return objective
 
 
-def _suggest(trial: optuna.Trial, d) -> object:
+def _suggest(trial: optuna.Trial, d: Dimension) -> Any:
     if d.kind == "int":
         return trial.suggest_int(d.key, d.args[0], d.args[1], step=d.args[2])
     if d.kind == "choice":
@@ -66,7 +73,7 @@ def _suggest(trial: optuna.Trial, d) -> object:
     return trial.suggest_float(d.key, *d.args, log=d.kind == "log_uniform")
 
 
-def main(argv) -> None:
+def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
     s = config.search
