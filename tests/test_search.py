@@ -58,6 +58,21 @@ def test_tpe_learns_from_what_it_is_told():
     assert sum(abs(x - 0.9) < 0.25 for x in late) >= 5  # random would put ~4 of 8 there
 
 
+def test_widths_as_choices_are_asked_told_after_a_resume_and_shown():
+    space = search_space.dimensions(
+        (
+            ("model.conv_channels", ("choice", ((8, 16), (16, 32)))),
+            ("optimizer.learning_rate", ("uniform", 0.0, 1.0)),
+        )
+    )
+    sampler = search_space.Sampler("tpe", space, seed=0, maximize=True)
+    asked = sampler.ask(3)
+    assert all(a["model.conv_channels"] in ((8, 16), (16, 32)) for a in asked)
+    sampler.tell(json.loads(json.dumps(asked[1])), 0.5)  # as a resumed search reads it: lists
+    assert [p for p, _ in sampler._pending] == [asked[0], asked[2]]
+    assert search_space.shown((16, 32)) == "16x32" and search_space.shown(0.5) == 0.5
+
+
 def test_hyperband_brackets_are_li_et_al():
     assert pruning.hyperband_brackets(10, 3) == [
         [(9, 1), (3, 3), (1, 10)],
