@@ -12,7 +12,7 @@ from pathlib import Path
 def main(root: Path) -> None:
     rows, gains = [], []
     print(
-        "| seed | search's best trial | its best epoch | search test acc | search s | recipe test acc | recipe s |"
+        "| seed | search's best trial | its best epoch | search test acc | search + best/ training s | recipe test acc | recipe training s |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for seed in range(3):
