@@ -227,8 +227,8 @@ def _add_search(c: ConfigDict) -> None:
     c.search.factor = 3  # the pruner keeps the best 1/factor at each rung, factor x apart
     c.search.objective = "val_accuracy"  # or val_loss, on the validation split, never test
     c.search.seed = 0  # the sampler's seed; the trials train with `seed`
-    # The best trial then trains this many epochs to find its best one, and is retrained to it
-    # (the Keras Tuner tutorial's 50); 0 retrains it to its own best epoch in the search.
+    # The best trial then trains this many epochs in best/ and keeps its best epoch (the Keras
+    # Tuner tutorial's 50); 0 trains it to its own best epoch in the search.
     c.search.final_epochs = 50
 
 

@@ -1,9 +1,9 @@
 """The math of training and evaluation, as pure functions over explicit state.
 
 The train state, the loss, one training step, a call's scan of steps and the evaluation of
-batches (the state runs start from is `initial_state`'s). Every function here sees one run; `Engine.over_runs` maps it over the
-run axis (seeds and sweep members). Running these on devices is `runner`'s job, and the choices
-that depend on the backend are `backend`'s.
+batches (the state runs start from is `initial_state`'s). Every function here sees one run;
+`Engine.over_runs` maps it over the run axis (seeds and sweep members). Running these on devices
+is `runner`'s job, and the choices that depend on the backend are `backend`'s.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def check(config: ConfigDict) -> list[Dimension]:
         )
     space = dimensions(s.space)
     for d in space:
-        for value in d.values() if d.kind in ("int", "choice") else d.args:
+        for value in d.values_or_ends():
             config_checks.validate(with_trial(config, {d.key: value}))
         if d.key not in config_lib.SEARCHABLE:
             raise UserError(
@@ -128,13 +128,12 @@ def _claim(config: ConfigDict, workdir: str) -> None:
 
 def _largest(config: ConfigDict, space: list[Dimension]) -> dict[str, Any]:
     """Each searched key at its largest value, as the config holds it: the population's program."""
-    largest = {}
-    for d in space:
-        values = d.values() if d.kind in ("int", "choice") else list(d.args)
-        largest[d.key] = run_axis.largest(
-            [_as_config_values(config, {d.key: v})[d.key] for v in values]
+    return {
+        d.key: run_axis.largest(
+            [_as_config_values(config, {d.key: v})[d.key] for v in d.values_or_ends()]
         )
-    return largest
+        for d in space
+    }
 
 
 def _search(
@@ -145,7 +144,6 @@ def _search(
     from fmnist_jax import data, population
 
     s = config.search
-    maximize = s.objective == "val_accuracy"
     budget = s.trials if s.algorithm != "grid" else math.prod(len(d.values()) for d in space)
     slots = population.Population(
         config,
@@ -164,7 +162,9 @@ def _search(
     latest = slots.checkpoints.directory("latest")
     compile_seconds = slots.compile(poll=lambda: interrupts.check_while_compiling(latest))
     record = search_record.Record(
-        config, Sampler(s.algorithm, space, s.seed, maximize), compile_seconds
+        config,
+        Sampler(s.algorithm, space, s.seed, search_record.maximizes(config)),
+        compile_seconds,
     )
     record.resume(slots)
     try:
@@ -186,14 +186,12 @@ def _search(
 
 
 def _result(config: ConfigDict, trials: list[dict[str, Any]]) -> dict[str, Any]:
-    maximize = config.search.objective == "val_accuracy"
-    finished = [t for t in trials if t["objective"] is not None]
-    if not finished:
+    best = search_record.best_trial(trials, config)
+    if best is None:
         raise UserError(
             "Every trial of the search diverged (its loss became NaN or infinite): lower the "
             "learning rates in search.space, or set optimizer.grad_clip_norm (e.g. 1.0)."
         )
-    best = min(finished, key=lambda t: search_record.rank(t, maximize))
     return {
         "algorithm": config.search.algorithm,
         "pruner": config.search.pruner,
@@ -226,8 +224,7 @@ def _train_best(
         es.monitor, es.patience = config.search.objective, config.search.final_epochs
     else:
         curve = best[config.search.objective]
-        pick = max if config.search.objective == "val_accuracy" else min
-        trial_config.num_epochs = curve.index(pick(curve)) + 1
+        trial_config.num_epochs = curve.index(search_record.best_value(config, best)) + 1
     summary = train_lib.train_and_evaluate(trial_config, os.path.join(workdir, "best"))
     return summary["restored_epoch"], {
         k: summary[k]

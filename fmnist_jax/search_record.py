@@ -40,11 +40,7 @@ class Record:
 
     def log(self) -> None:
         done = [t for t in self.trials if t["stopped"] is not None]
-        best = max(
-            (t for t in done if t["objective"] is not None),
-            default=None,
-            key=lambda t: -rank(t, self.config.search.objective == "val_accuracy"),
-        )
+        best = best_trial(done, self.config)
         logging.info(
             "Search epoch %d (%.1f s): %d trial(s) training, %d stopped%s.",
             self.step,
@@ -143,9 +139,8 @@ class Record:
                 and t["epochs"] >= epochs
                 and t["objective"] is not None  # not diverged
             ]
-            maximize = s.objective == "val_accuracy"
             if not pruning.goes_on(
-                best_value(self.config, trial, epochs), rivals, s.factor, maximize
+                best_value(self.config, trial, epochs), rivals, s.factor, maximizes(self.config)
             ):
                 return f"pruned after {epochs} epochs"
         return None
@@ -159,10 +154,22 @@ class Record:
         )
 
 
+def maximizes(config: ConfigDict) -> bool:
+    """Whether the search's objective is better higher (accuracy) or lower (loss)."""
+    return config.search.objective == "val_accuracy"
+
+
 def best_value(config: ConfigDict, trial: dict[str, Any], epochs: int | None = None) -> float:
     """A trial's objective: the best value of its curve (over its first `epochs`)."""
     curve = trial[config.search.objective][:epochs]
-    return max(curve) if config.search.objective == "val_accuracy" else min(curve)
+    return max(curve) if maximizes(config) else min(curve)
+
+
+def best_trial(trials: list[dict[str, Any]], config: ConfigDict) -> dict[str, Any] | None:
+    """The trial with the best objective, never a diverged one; None if every one diverged."""
+    finished = [t for t in trials if t["objective"] is not None]
+    sign = -1 if maximizes(config) else 1
+    return min(finished, key=lambda t: sign * t["objective"], default=None)
 
 
 def early_stop_epoch(
@@ -179,11 +186,3 @@ def early_stop_epoch(
         if stopper.should_stop:
             return epoch
     return None
-
-
-def rank(trial: dict[str, Any], maximize: bool) -> float:
-    """Sorting key: best trials first, diverged last."""
-    objective = trial["objective"]
-    if objective is None:
-        return math.inf
-    return -objective if maximize else objective

@@ -59,6 +59,11 @@ class Dimension:
         values = self.values()
         return values[min(int(u * len(values)), len(values) - 1)]
 
+    def values_or_ends(self) -> list[Any]:
+        """Every value of a discrete range, both ends of a continuous one: what bounds a trial's
+        value (to check a space, and to size the program that holds every trial)."""
+        return self.values() if self.kind in ("int", "choice") else list(self.args)
+
     def values(self) -> list[Any]:
         """Every value of a discrete range (what a grid takes)."""
         if self.kind == "int":

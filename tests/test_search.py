@@ -407,30 +407,12 @@ def test_a_masked_width_k_trial_is_a_width_k_model():
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 255, (5, 32, 28, 28, 1)), jnp.uint8)
     labels = jnp.asarray(rng.integers(0, 10, (5, 32)), jnp.int32)
-    key = jax.random.key(3)
-    results = {}
-    for name, model_config, values, params in (
-        ("masked", wide.model, {"model.hidden_sizes": jnp.array([24.0])}, masked_init),
-        ("genuine", config.model, {}, _narrow(masked_init, 24)),
-    ):
-        eng = engine.Engine(
-            models.create(model_config),
-            functools.partial(optim.optimizer, config, 10),
-            Normalizer(),
-        )
-        state = engine.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats={},
-            opt_state=eng.tx.init(params),
-            ema_params={},
-        )
-        sums = engine.Sums.zeros(1)
-        sums = jax.tree.map(lambda a: a[0], sums)
-        for images_, labels_ in zip(images, labels, strict=True):
-            state, sums = jax.jit(eng.train_step)(state, sums, images_, labels_, key, values)
-        results[name] = (state.params, sums)
-    (masked, masked_sums), (genuine, genuine_sums) = results["masked"], results["genuine"]
+    masked, masked_sums = _trained(
+        wide.model, config, masked_init, {"model.hidden_sizes": jnp.array([24.0])}, images, labels
+    )
+    genuine, genuine_sums = _trained(
+        config.model, config, _narrow(masked_init, 24), {}, images, labels
+    )
     np.testing.assert_allclose(masked_sums.loss, genuine_sums.loss, rtol=1e-5)
     assert masked_sums.correct == genuine_sums.correct
     for leaf_masked, leaf_genuine in zip(
@@ -441,6 +423,26 @@ def test_a_masked_width_k_trial_is_a_width_k_model():
     assert (
         not kernel[:, 24:].any() and not np.asarray(masked["head"]["Dense_1"]["kernel"])[24:].any()
     )
+
+
+def _trained(model_config, config, params, values, images, labels):
+    """`params` after one step of `config`'s optimizer per batch of `images`, with the run values
+    `values` (no dropout): (the params, the steps' summed loss and correct count)."""
+    eng = engine.Engine(
+        models.create(model_config), functools.partial(optim.optimizer, config, 10), Normalizer()
+    )
+    state = engine.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats={},
+        opt_state=eng.tx.init(params),
+        ema_params={},
+    )
+    sums = jax.tree.map(lambda a: a[0], engine.Sums.zeros(1))
+    step = jax.jit(eng.train_step)
+    for batch_images, batch_labels in zip(images, labels, strict=True):
+        state, sums = step(state, sums, batch_images, batch_labels, jax.random.key(3), values)
+    return state.params, sums
 
 
 def _narrow(params, width):
@@ -490,30 +492,10 @@ def test_a_masked_channels_trial_is_a_cnn_of_those_channels():
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 255, (4, 8, 28, 28, 1)), jnp.uint8)
     labels = jnp.asarray(rng.integers(0, 10, (4, 8)), jnp.int32)
-    results = {}
-    for name, model_config, values, params in (
-        ("masked", wide.model, {"model.conv_channels": jnp.array([8.0, 16.0])}, init),
-        ("genuine", config.model, {}, narrow),
-    ):
-        eng = engine.Engine(
-            models.create(model_config),
-            functools.partial(optim.optimizer, config, 10),
-            Normalizer(),
-        )
-        state = engine.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats={},
-            opt_state=eng.tx.init(params),
-            ema_params={},
-        )
-        sums = jax.tree.map(lambda a: a[0], engine.Sums.zeros(1))
-        for images_, labels_ in zip(images, labels, strict=True):
-            state, sums = jax.jit(eng.train_step)(
-                state, sums, images_, labels_, jax.random.key(3), values
-            )
-        results[name] = (state.params, sums)
-    (masked, masked_sums), (genuine, genuine_sums) = results["masked"], results["genuine"]
+    masked, masked_sums = _trained(
+        wide.model, config, init, {"model.conv_channels": jnp.array([8.0, 16.0])}, images, labels
+    )
+    genuine, genuine_sums = _trained(config.model, config, narrow, {}, images, labels)
     np.testing.assert_allclose(masked_sums.loss, genuine_sums.loss, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(_narrow_cnn(masked)), jax.tree.leaves(genuine), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
