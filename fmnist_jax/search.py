@@ -180,7 +180,7 @@ def _search(
             record.judge(train, validation)
             record.step += 1
             record.log()
-            slots.save(record.step, record.meta())
+            slots.save(record.step, record.snapshot())
     finally:
         slots.close()
 

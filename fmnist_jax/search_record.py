@@ -5,6 +5,7 @@ that stop a trial after each epoch (divergence, early stopping, the pruner's run
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -30,13 +31,20 @@ class Record:
         self.events: list[tuple[str, int]] = []
         self.step, self.clock = 0, compile_seconds
 
-    def meta(self) -> dict[str, Any]:
-        return {
-            "trials": self.trials,
-            "slots": self.slots,
-            "events": self.events,
-            "clock": self.clock,
-        }
+    def snapshot(self) -> dict[str, Any]:
+        """The record as it stands now, as JSON values that nothing changes later: a checkpoint
+        writes it in the background while the search goes on refilling slots, so it must not hold
+        the live lists (its weights are the state after this epoch, and so must its record be)."""
+        return json.loads(
+            json.dumps(
+                {
+                    "trials": self.trials,
+                    "slots": self.slots,
+                    "events": self.events,
+                    "clock": self.clock,
+                }
+            )
+        )
 
     def log(self) -> None:
         done = [t for t in self.trials if t["stopped"] is not None]

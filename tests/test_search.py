@@ -523,3 +523,55 @@ def _narrow_cnn(params):
             "Dense_1": params["head"]["Dense_1"],
         },
     }
+
+
+@pytest.mark.slow
+def test_a_search_stopped_after_any_epoch_on_a_slow_disk_resumes_to_the_same(
+    tiny_config, tmp_path, monkeypatch
+):
+    """The record a checkpoint holds is the one of its weights, however late its JSON lands: with
+    every metadata write 0.3 s late (a slow or busy disk), a search stopped after each epoch in
+    turn and started again ends as the search never stopped."""
+    import asyncio
+
+    import orbax.checkpoint as ocp
+
+    from fmnist_jax import interrupts
+
+    write = ocp.JsonCheckpointHandler._save_fn
+
+    async def late_write(self, x, directory):
+        await asyncio.sleep(0.3)
+        await write(self, x, directory)
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", late_write)
+    config = _search_config(tiny_config, algorithm="tpe")
+    config.search.trials, config.search.population, config.search.final_epochs = 5, 2, 0
+    reference = search.run(config, str(tmp_path / "reference"))
+    epochs = json.loads((tmp_path / "reference" / "search.json").read_text())
+    steps = max(t["epochs"] for t in epochs["trials"])  # a lower bound of the search's epochs
+    check = interrupts.check
+
+    def stop_at(step):
+        def stopping(epoch, checkpoints, save=None):
+            if epoch == step + 1:
+                interrupts._requested.append(signal.SIGTERM)
+            try:
+                check(epoch, checkpoints, save)
+            finally:
+                interrupts._requested.clear()
+
+        return stopping
+
+    def without_seconds(trials):
+        return [{k: v for k, v in t.items() if k != "seconds"} for t in trials]
+
+    for step in range(1, steps + 1):
+        workdir = str(tmp_path / f"stopped_{step}")
+        monkeypatch.setattr(interrupts, "check", stop_at(step))
+        with pytest.raises(interrupts.Stopped):
+            search.run(config, workdir)
+        monkeypatch.setattr(interrupts, "check", check)
+        resumed = search.run(config, workdir)
+        assert without_seconds(resumed["trials"]) == without_seconds(reference["trials"]), step
+        assert resumed["best"] == reference["best"]
