@@ -14,6 +14,12 @@ from ml_collections import ConfigDict
 
 from fmnist_jax import run_axis
 
+# What a run that learned nothing scores on Fashion-MNIST's 10 balanced classes: the cross-entropy
+# of predicting 1/10 for every class, and chance accuracy (0.1) plus the noise of a few thousand
+# examples.
+UNIFORM_GUESS_LOSS = float(np.log(10))
+CHANCE_ACCURACY = 0.15
+
 
 class Validation(TypedDict):
     """Validation metrics (an epoch's, or the reported weights'); absent without a validation split."""

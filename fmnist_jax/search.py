@@ -31,12 +31,25 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, interrupts, pruning, run_axis, search_record
+from fmnist_jax import config_checks, interrupts, pruning, run_axis, search_record, search_space
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import UserError
 from fmnist_jax.search_space import Dimension, Sampler, dimensions
 
 ALGORITHMS = ("grid", "random", "halton", "tpe")
+# The integer settings of a search: their least value, and what a refusal adds about them.
+_INTEGERS = {
+    "trials": (1, ""),
+    "population": (1, ""),
+    "max_epochs": (1, ""),
+    "factor": (2, ""),
+    "seed": (0, " It seeds the sampler."),
+    "final_epochs": (
+        0,
+        " It is how many epochs best/ trains the best trial; 0 trains it to its best epoch in "
+        "the search.",
+    ),
+}
 
 
 def check(config: ConfigDict) -> list[Dimension]:
@@ -46,9 +59,10 @@ def check(config: ConfigDict) -> list[Dimension]:
     for key, choices in (("algorithm", ALGORITHMS), ("pruner", pruning.PRUNERS)):
         if s[key] not in choices:
             raise UserError(f"Unknown search.{key}={s[key]!r}; choose one of {', '.join(choices)}.")
-    for key in ("trials", "population", "max_epochs", "factor"):
-        if not (isinstance(s[key], int) and s[key] >= (2 if key == "factor" else 1)):
-            raise UserError(f"search.{key} must be an integer >= {2 if key == 'factor' else 1}.")
+    for key, (least, meaning) in _INTEGERS.items():
+        if not (_is_integer(s[key]) and s[key] >= least):
+            raise UserError(f"search.{key} must be an integer >= {least}, got {s[key]!r}.{meaning}")
+    search_space.require(s.algorithm)
     if s.objective not in config_lib.MONITORS:
         raise UserError(f"search.objective must be one of {', '.join(config_lib.MONITORS)}.")
     if config.data.num_validation <= 0 or config.grid or config.num_seeds != 1:
@@ -58,6 +72,7 @@ def check(config: ConfigDict) -> list[Dimension]:
         )
     space = dimensions(s.space)
     for d in space:
+        _check_values_of(config, d)
         for value in d.values_or_ends():
             config_checks.validate(with_trial(config, {d.key: value}))
         if d.key not in config_lib.SEARCHABLE:
@@ -67,7 +82,38 @@ def check(config: ConfigDict) -> list[Dimension]:
                 f"({', '.join(config_lib.SEARCHABLE)}). Compare other choices as separate searches or "
                 "runs (python -m experiments.compare)."
             )
+    _budget(config, space)  # a grid lists discrete ranges only
     return space
+
+
+def _budget(config: ConfigDict, space: list[Dimension]) -> int:
+    """How many trials the search trains: `search.trials`, or every point of a grid."""
+    if config.search.algorithm != "grid":
+        return config.search.trials
+    return math.prod(d.size() for d in space)
+
+
+def _check_values_of(config: ConfigDict, d: Dimension) -> None:
+    """A dimension's values are of its key's kind: numbers (never a boolean or None) for a number,
+    widths of one depth for widths (a single integer is one layer's width)."""
+    if d.kind != "choice" or d.key not in config_lib.SEARCHABLE:
+        return  # ranges hold numbers already; an unsearchable key is refused below
+    values = d.values()
+    if _is_widths(config, d.key):
+        depths = {len(_as_widths(v)) for v in values}
+        ok = len(depths) == 1 and all(
+            _is_integer(w) and w >= 1 for v in values for w in _as_widths(v)
+        )
+        wanted = "layer widths of one depth, e.g. ((32, 64), (64, 128)) or (64, 128, 256)"
+    else:
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        wanted = "numbers (not booleans, None or text)"
+    if not ok:
+        raise UserError(f"search.space's {d.key} choices {values!r} must be {wanted}.")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def with_trial(config: ConfigDict, hparams: dict[str, Any]) -> ConfigDict:
@@ -144,7 +190,7 @@ def _search(
     from fmnist_jax import data, population
 
     s = config.search
-    budget = s.trials if s.algorithm != "grid" else math.prod(len(d.values()) for d in space)
+    budget = _budget(config, space)
     slots = population.Population(
         config,
         data.load(config.data),
@@ -191,6 +237,13 @@ def _result(config: ConfigDict, trials: list[dict[str, Any]]) -> dict[str, Any]:
         raise UserError(
             "Every trial of the search diverged (its loss became NaN or infinite): lower the "
             "learning rates in search.space, or set optimizer.grad_clip_norm (e.g. 1.0)."
+        )
+    if best.get("learned") is False:
+        logging.warning(
+            "No trial of the search learned: each one stayed at chance accuracy or its validation "
+            "loss blew up (search.md says which). best/ trains trial %d all the same; widen "
+            "search.space towards smaller learning rates, or train longer (search.max_epochs).",
+            best["index"],
         )
     return {
         "algorithm": config.search.algorithm,

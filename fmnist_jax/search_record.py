@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from absl import logging
 from ml_collections import ConfigDict
 
-from fmnist_jax import pruning
+from fmnist_jax import metrics, pruning
 from fmnist_jax.early_stopping import EarlyStopping
 from fmnist_jax.search_space import Sampler
 
@@ -103,6 +103,7 @@ class Record:
                     "val_accuracy": [],
                     "val_loss": [],
                     "stopped": None,
+                    "learned": None,
                     "objective": None,
                 }
             )
@@ -127,6 +128,7 @@ class Record:
             reason = self._reason_to_stop(trial)
             if reason:
                 trial["stopped"] = reason
+                trial["learned"] = learned(trial)
                 self.slots[slot] = None
                 self._tell(trial)
                 self.events.append(("tell", trial["index"]))
@@ -135,6 +137,12 @@ class Record:
         s, epochs = self.config.search, trial["epochs"]
         if trial["objective"] is None:
             return "diverged"
+        first, last = trial["val_loss"][0], trial["val_loss"][-1]
+        if last > _BLOWN_UP * first:
+            return (
+                f"failed to learn: validation loss {last:.3g}, over {_BLOWN_UP}x its first "
+                f"epoch's {first:.3g}"
+            )
         if early_stop_epoch(self.config, trial["val_accuracy"], trial["val_loss"]) == epochs:
             return "early stopping"
         if epochs >= s.max_epochs:
@@ -158,8 +166,22 @@ class Record:
             trial["hparams"],
             trial["objective"],
             trial[self.config.search.objective],
-            pruned=trial["stopped"].startswith("pruned"),
+            pruned=trial["stopped"].startswith(("pruned", "failed")),
         )
+
+
+# A validation loss this many times its first epoch's: the trial left the region it learned in.
+_BLOWN_UP = 10
+
+
+def learned(trial: dict[str, Any]) -> bool:
+    """Whether a stopped trial learned: finite, its validation loss not blown up, and above chance
+    accuracy at some epoch. A trial that did not is never best while another one learned."""
+    return (
+        trial["objective"] is not None
+        and not trial["stopped"].startswith("failed")
+        and max(trial["val_accuracy"]) > metrics.CHANCE_ACCURACY
+    )
 
 
 def maximizes(config: ConfigDict) -> bool:
@@ -174,8 +196,10 @@ def best_value(config: ConfigDict, trial: dict[str, Any], epochs: int | None = N
 
 
 def best_trial(trials: list[dict[str, Any]], config: ConfigDict) -> dict[str, Any] | None:
-    """The trial with the best objective, never a diverged one; None if every one diverged."""
+    """The trial with the best objective, never a diverged one, nor one that did not learn while
+    another did; None if every one diverged. (A trial of a release before verdicts has none.)"""
     finished = [t for t in trials if t["objective"] is not None]
+    finished = [t for t in finished if t.get("learned") is not False] or finished
     sign = -1 if maximizes(config) else 1
     return min(finished, key=lambda t: sign * t["objective"], default=None)
 

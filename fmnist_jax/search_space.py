@@ -56,13 +56,27 @@ class Dimension:
         if self.kind == "log_uniform":
             low, high = self.args
             return float(math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
-        values = self.values()
-        return values[min(int(u * len(values)), len(values) - 1)]
+        position = min(int(u * self.size()), self.size() - 1)
+        if self.kind == "int":
+            low, _, step = self.args
+            return low + position * step
+        return self.args[0][position]
+
+    def size(self) -> int:
+        """How many values a discrete range holds, counted without listing them."""
+        if self.kind == "int":
+            low, high, step = self.args
+            return (high - low) // step + 1
+        return len(self.values())
 
     def values_or_ends(self) -> list[Any]:
-        """Every value of a discrete range, both ends of a continuous one: what bounds a trial's
-        value (to check a space, and to size the program that holds every trial)."""
-        return self.values() if self.kind in ("int", "choice") else list(self.args)
+        """Every value of a choice, the ends of a range: what bounds a trial's value (to check a
+        space, and to size the program that holds every trial). A range's ends only, so that a
+        range of a million integers is checked as quickly as one of ten."""
+        if self.kind == "int":
+            low, _, step = self.args
+            return [low, low + (self.size() - 1) * step]
+        return self.values() if self.kind == "choice" else list(self.args)
 
     def values(self) -> list[Any]:
         """Every value of a discrete range (what a grid takes)."""
@@ -101,6 +115,7 @@ def _dimension(key: str, spec: Any) -> Dimension:
     numbers = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
     ok = {
         "int": len(args) == 3
+        and numbers
         and all(isinstance(a, int) for a in args)
         and args[2] >= 1
         and args[0] <= args[1],
@@ -187,15 +202,24 @@ class Sampler:
             self._study.tell(trial, objective)
 
 
-def _optuna_study(seed: int, maximize: bool) -> Any:
+def require(algorithm: str) -> None:
+    """Refuses, in one paragraph, a sampler whose optional library is not installed."""
+    if algorithm != "tpe":
+        return
     try:
-        import optuna
+        import optuna  # noqa: F401
     except ImportError as e:
         raise UserError(
             "search.algorithm='tpe' uses Optuna's TPE sampler, and Optuna is not installed: "
             "pip install 'optuna>=4' (or the package's `search` extra), or choose "
             "search.algorithm='random', 'halton' or 'grid'."
         ) from e
+
+
+def _optuna_study(seed: int, maximize: bool) -> Any:
+    require("tpe")
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         direction="maximize" if maximize else "minimize",

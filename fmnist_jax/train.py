@@ -45,9 +45,6 @@ from fmnist_jax.reports import figure_workers, lines
 from fmnist_jax.reports.progress import Progress
 from fmnist_jax.reports.run import RunReports
 
-_UNIFORM_GUESS_LOSS = float(np.log(10))  # cross-entropy of predicting 1/10 for every class
-_CHANCE_ACCURACY = 0.15  # 10 balanced classes: 0.1, plus the noise of a few thousand examples
-
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     """Trains `config` in `workdir`, or resumes it there, and evaluates it on the test split.
@@ -366,14 +363,14 @@ def _finish(run: _Run, loop: LoopState, summary: Summary, test_probabilities: np
 
 
 def _warn_if_not_learned(config: ConfigDict, final_loss: float, test_accuracy: float) -> None:
-    if final_loss >= _UNIFORM_GUESS_LOSS or test_accuracy <= _CHANCE_ACCURACY:
+    if final_loss >= metrics.UNIFORM_GUESS_LOSS or test_accuracy <= metrics.CHANCE_ACCURACY:
         logging.warning(
             "This run did not learn: final training loss %.4f (a uniform guess scores %.4f), test "
             "accuracy %.4f (chance is 0.1). The usual cause is the learning rate, "
             "optimizer.learning_rate=%g here (Adam's usual value is 1e-3, SGD's 0.01-0.1): too "
             "high and training jumps to chance, too low and it never leaves it.",
             final_loss,
-            _UNIFORM_GUESS_LOSS,
+            metrics.UNIFORM_GUESS_LOSS,
             test_accuracy,
             config.optimizer.learning_rate,
         )

@@ -167,17 +167,47 @@ def test_a_hyperband_search_writes_its_trials_and_best_run_and_resumes_to_the_sa
         ({"space": (("num_epochs", ("int", 1, 5, 1)),)}, "cannot search num_epochs"),
         ({"space": (("model.activation", ("choice", ("relu", "tanh"))),)}, "side by side"),
         ({"pruner": "median"}, "Unknown search.pruner"),
+        ({"seed": -1}, "search.seed must be an integer >= 0, got -1. It seeds"),
+        ({"final_epochs": -2}, "search.final_epochs must be an integer >= 0, got -2"),
+        ({"trials": True}, "search.trials must be an integer"),
+        (
+            {"space": (("model.hidden_sizes", ("choice", ((8, 16), (8,)))),)},
+            "widths of one depth",
+        ),
+        ({"space": (("model.hidden_sizes", ("choice", (8, None))),)}, "widths of one depth"),
+        ({"space": (("optimizer.learning_rate", ("choice", (1e-3, True))),)}, "not booleans"),
+        ({"space": (("optimizer.learning_rate", ("choice", (1e-3, None))),)}, "not booleans"),
+        ({"space": (("model.hidden_sizes", ("int", True, 8, 1)),)}, "is not a range"),
     ],
 )
-def test_searches_that_cannot_work_are_refused_before_training(
+def test_searches_that_cannot_work_are_refused_before_anything_is_written(
     tiny_config, tmp_path, change, message
 ):
     config = _search_config(tiny_config)
     for key, value in change.items():
         config.search[key] = value
+    workdir = tmp_path / "search"
     with pytest.raises(UserError, match=message):
-        search.run(config, str(tmp_path))
-    assert not (tmp_path / "trials").exists()
+        search.run(config, str(workdir))
+    assert not workdir.exists()
+
+
+def test_a_range_of_a_million_integers_is_checked_by_its_ends(tiny_config):
+    config = _search_config(tiny_config)
+    config.search.space = (("model.hidden_sizes", ("int", 1, 3_000_000, 3)),)
+    (d,) = search.check(config)
+    assert d.size() == 1_000_000 and d.values_or_ends() == [1, 2_999_998]
+    assert d.from_unit(0.0) == 1 and d.from_unit(0.9999999) == 2_999_998
+
+
+def test_a_sampler_whose_library_is_missing_is_refused_before_anything_is_written(
+    tiny_config, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    config = _search_config(tiny_config, algorithm="tpe")
+    with pytest.raises(UserError, match="Optuna is not installed"):
+        search.run(config, str(tmp_path / "search"))
+    assert not (tmp_path / "search").exists()
 
 
 def test_a_search_refuses_seeds_and_grids_of_its_own(tiny_config, tmp_path):
@@ -575,3 +605,41 @@ def test_a_search_stopped_after_any_epoch_on_a_slow_disk_resumes_to_the_same(
         resumed = search.run(config, workdir)
         assert without_seconds(resumed["trials"]) == without_seconds(reference["trials"]), step
         assert resumed["best"] == reference["best"]
+
+
+def test_a_trial_that_does_not_learn_is_reported_and_never_best(tiny_config):
+    """A trial whose validation loss blows up without a NaN stops as 'failed to learn', and one at
+    chance is marked so; neither is best while another trial learned, however high its objective."""
+    from fmnist_jax import search_record
+
+    config = _search_config(tiny_config, pruner="none")
+    config.search.max_epochs = 2
+    space = search.check(config)
+    record = search_record.Record(config, search_space.Sampler("random", space, 0, True), 0.0)
+    record.slots = [None] * 3
+
+    class Slots:
+        epochs = np.zeros(3)
+
+        def assign(self, trials, fresh=True):
+            pass
+
+    record.fill(Slots(), budget=3)
+    curves = {  # (validation accuracy, loss) per epoch: blown up, at chance, learned
+        0: [(0.9, 0.3), (0.1, 497.0)],
+        1: [(0.1, 2.3), (0.11, 2.3)],
+        2: [(0.5, 1.0), (0.7, 0.8)],
+    }
+    for epoch in range(2):
+        train = [{"first_nonfinite_step": -1}] * 3
+        validation = [
+            {"accuracy": curves[s][epoch][0], "loss": curves[s][epoch][1]} for s in range(3)
+        ]
+        record.judge(train, validation)
+    blown, chance, good = record.trials
+    assert blown["stopped"].startswith("failed to learn: validation loss 497")
+    assert blown["learned"] is False and blown["objective"] == 0.9
+    assert chance["stopped"] == "finished 2 epochs" and chance["learned"] is False
+    assert good["learned"] is True
+    assert search_record.best_trial(record.trials, config) is good
+    assert search_record.best_trial([blown, chance], config) is blown  # none learned: the best

@@ -47,13 +47,15 @@ def table(result: dict[str, Any]) -> str:
             *values,
             f"{t['objective']:.4f}",
             str(t["epochs"]),
-            t["stopped"],
+            t["stopped"] + (" (did not learn)" if t.get("learned") is False else ""),
         ]
         rows.append("| " + " | ".join(cells) + " |")
     diverged = sum(t["objective"] is None for t in result["trials"])
+    failed = sum(t.get("learned") is False for t in result["trials"]) - diverged
     final = result["final"]
     return (
-        f"{len(result['trials'])} trials ({result['algorithm']}), {diverged} diverged; the best "
+        f"{len(result['trials'])} trials ({result['algorithm']}), {diverged} diverged, {failed} "
+        f"did not learn; the best "
         f"{min(_TOP, len(ranked))} on {objective}:\n\n"
         + "\n".join(rows)
         + f"\n\nThe best trial at its best epoch ({result['best_epoch']}) in best/: "
