@@ -15,7 +15,11 @@ that looks valid.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
+import re
 import shlex
 import time
 from typing import Any
@@ -29,6 +33,9 @@ from fmnist_jax.errors import UserError
 from fmnist_jax.shapes import PyTree
 
 KINDS = ("latest", "best", "final")
+# In each checkpoint's directory: the SHA-256 of its other files, written when it is committed and
+# checked before it is restored, so that a changed byte is refused instead of predicting with it.
+DIGEST_FILE = "sha256.json"
 # Layout of the saved arrays, in each checkpoint's meta: 2 = every array but the normalizer carries
 # the leading run axis (one entry per seed); 1 = releases before it, which saved a single run
 # (num_seeds 1) without that axis. Restoring converts 1 to 2.
@@ -74,10 +81,60 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
     }
 
 
+def _step_directory(manager: ocp.CheckpointManager, epoch: int) -> str:
+    return os.path.join(str(manager.directory), str(epoch))
+
+
+def _first_line(error: Exception) -> str:
+    """An error's first line: TensorStore's errors go on to print the whole spec of the array."""
+    return str(error).split("\n")[0][:400]
+
+
+def _digest(step: str) -> dict[str, str]:
+    """The SHA-256 of every file of the checkpoint's items in `step` (its subdirectories: the
+    files beside them are Orbax's own records, which it writes on after committing), by path."""
+    digest = {}
+    for folder, _, names in os.walk(step):
+        for name in names if folder != step else ():
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digest[os.path.relpath(path, step)] = hashlib.file_digest(f, "sha256").hexdigest()
+    return dict(sorted(digest.items()))
+
+
+def _seal(step: str) -> None:
+    """Writes the digest of the checkpoint in `step` into it."""
+    digest, partial = _digest(step), os.path.join(step, DIGEST_FILE + ".partial")
+    with open(partial, "w") as f:
+        json.dump(digest, f, indent=1)
+    os.replace(partial, os.path.join(step, DIGEST_FILE))
+
+
+def _check_sealed(step: str) -> None:
+    """Raises `Damaged` if a file of the checkpoint in `step` changed since it was sealed. A
+    checkpoint of a release before digests has none, and passes."""
+    path = os.path.join(step, DIGEST_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        sealed = json.load(f)
+    found = _digest(step)
+    changed = sorted(
+        name for name in sealed.keys() | found.keys() if sealed.get(name) != found.get(name)
+    )
+    if changed:
+        raise Damaged(
+            f"{len(changed)} of its files changed since it was saved ({', '.join(changed[:3])})"
+        )
+
+
+class Damaged(Exception):
+    """A checkpoint whose files are not those it was saved with."""
+
+
 def _write_failed(error: Exception) -> UserError:
-    reason = str(error).split("\n")[0][:400]
     return UserError(
-        f"Writing a checkpoint failed: {reason}. Earlier checkpoints are untouched; free disk space or fix the "
+        f"Writing a checkpoint failed: {_first_line(error)}. Earlier checkpoints are untouched; free disk space or fix the "
         "workdir's permissions, then run the same command again to resume."
     )
 
@@ -86,13 +143,19 @@ class Checkpoints:
     """The run's checkpoint managers; saves are asynchronous, restores fall back past broken ones."""
 
     def __init__(self, workdir: str, keep: int, asynchronous: bool = True):
-        self.workdir = workdir
+        self.workdir, self.asynchronous = workdir, asynchronous
 
         def manager(kind: str, max_to_keep: int) -> ocp.CheckpointManager:
+            # Sealed in the background once every file is written, before Orbax renames the
+            # temporary directory: the checkpoint appears with its digest.
+            seal = functools.partial(self._seal_saved, kind)
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 enable_async_checkpointing=asynchronous,
                 cleanup_tmp_directories=True,
+                async_options=ocp.AsyncOptions(post_finalization_callback=seal)
+                if asynchronous
+                else None,
             )
             return ocp.CheckpointManager(
                 directory(workdir, kind), options=options, item_handlers=_handlers()
@@ -132,8 +195,22 @@ class Checkpoints:
                 manager.wait_until_finished()
                 manager.delete(epoch)
             manager.save(epoch, args=ocp.args.Composite(**items), force=True)
+            if not self.asynchronous and jax.process_index() == 0:
+                _seal(_step_directory(manager, epoch))
         except Exception as e:  # noqa: BLE001 - OSError, or TensorStore's ValueError (e.g. RESOURCE_EXHAUSTED: disk full) of this or the previous save
             raise _write_failed(e) from e
+
+    def _seal_saved(self, kind: str) -> None:
+        """Seals the one checkpoint of `kind` that Orbax is committing, in its temporary directory
+        (`<epoch>.<suffix>`) before it is renamed. One process seals for all."""
+        if jax.process_index() != 0:
+            return
+        (temporary,) = (
+            entry.path
+            for entry in os.scandir(self.directory(kind))
+            if re.fullmatch(r"\d+\..+", entry.name) and entry.is_dir()
+        )
+        _seal(temporary)
 
     def wait(self) -> None:
         try:
@@ -160,6 +237,7 @@ class Checkpoints:
         manager = self._managers["latest"]
         for epoch in sorted(manager.all_steps(), reverse=True):
             try:
+                _check_sealed(_step_directory(manager, epoch))
                 meta = manager.restore(
                     epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
                 ).meta
@@ -183,14 +261,14 @@ class Checkpoints:
                     f"latest-{epoch}-{int(time.time())}",
                 )
                 logging.warning(
-                    "Checkpoint of epoch %d in %s is unreadable (%s); moved it to %s and trying the previous one.",
+                    "Checkpoint of epoch %d in %s is damaged (%s); moved it to %s and trying the previous one.",
                     epoch,
                     manager.directory,
-                    e,
+                    _first_line(e),
                     damaged,
                 )
                 os.makedirs(os.path.dirname(damaged), exist_ok=True)
-                os.rename(os.path.join(str(manager.directory), str(epoch)), damaged)
+                os.rename(_step_directory(manager, epoch), damaged)
                 manager.reload()
                 continue
             if convert:
@@ -240,9 +318,11 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
     # Target: the saved shapes on this process's first device, so a checkpoint written on GPU/TPU
     # restores on CPU (and vice versa).
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    problems = []
     try:
         for epoch in steps:
             try:
+                _check_sealed(_step_directory(manager, epoch))
                 target = jax.tree.map(
                     lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                     manager.item_metadata(epoch).model,
@@ -254,12 +334,7 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
                     ),
                 )
             except Exception as e:  # see restore_latest
-                logging.warning(
-                    "Checkpoint of epoch %d in %s is unreadable (%s); trying the previous one.",
-                    epoch,
-                    path,
-                    e,
-                )
+                problems.append(f"epoch {epoch}: {_first_line(e)}")
                 continue
             return (
                 _map_run_arrays(_add_run_axis, restored.model)
@@ -269,9 +344,17 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
     finally:
         manager.close()
     if steps:
+        others = [k for k in KINDS if k != kind and _holds_a_checkpoint(directory(workdir, k))]
+        instead = (
+            f"Pick another with {' or '.join(f'--which={k}' for k in others)} (the `which` "
+            "argument in Python), or train again"
+            if others
+            else "Train again"
+        )
         raise UserError(
-            f"The {kind!r} checkpoint in {path} (epoch {', '.join(map(str, steps))}) is damaged (warnings above). "
-            "Pick another with --which=latest (the last epoch's weights), --which=best or --which=final."
+            f"The {kind!r} checkpoint in {path} is damaged ({'; '.join(problems)}): it was changed "
+            f"or cut short after it was saved, and is not used. {instead}: delete {workdir} and "
+            "run its training command."
         )
     raise _missing(workdir, kind)
 

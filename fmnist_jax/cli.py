@@ -302,9 +302,24 @@ def test_indices(texts: list[str], n: int, random: int = 0, seed: int = 0) -> li
 
 
 def check_output(path: str) -> None:
-    """Refuses a figure path (`--output`) that cannot be written, before any work starts."""
+    """Refuses a figure path (`--output`) that cannot be written, before any work starts: a format
+    the figures are not drawn in, something that is not a regular file (a device such as
+    /dev/full, a FIFO), or a folder that is missing or not writable."""
+    from fmnist_jax.reports import FIGURE_FORMATS
+
+    kind = os.path.splitext(path)[1][1:].lower()
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UserError(
-            f"Cannot write the figure to {path}: {'it is a directory' if os.path.isdir(path) else f'{folder} is not a writable directory'}. Pass --output=FILE.png in a writable directory."
-        )
+    if kind not in FIGURE_FORMATS:
+        problem = f"figures are written as {', '.join(f'.{k}' for k in FIGURE_FORMATS)} files"
+    elif os.path.isdir(path):
+        problem = "it is a directory"
+    elif os.path.exists(path) and not os.path.isfile(path):
+        problem = "it is not a regular file (a device, FIFO or socket)"
+    elif not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        problem = f"{folder} is not a writable directory"
+    else:
+        return
+    raise UserError(
+        f"Cannot write the figure to {path}: {problem}. Pass --output=FILE.png (or .pdf, .svg) "
+        "in a writable directory."
+    )

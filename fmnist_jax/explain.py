@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from fmnist_jax import cli, data, images
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import UserError, writing
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
@@ -56,12 +57,20 @@ def _explain(paths: list[str], failures: list[str]) -> None:
             "Explain one thing at a time: images (--test_indices=I,J or --images FILE ...), "
             "--weights, or --embedding."
         )
+    from fmnist_jax import interpret
+
+    if not 1 <= _STEPS.value <= interpret.MAX_STEPS:
+        raise UserError(
+            f"--steps={_STEPS.value}: integrated gradients take 1 to {interpret.MAX_STEPS} steps "
+            "along the path (64, the default, is usually enough)."
+        )
     output = _OUTPUT.value or os.path.join(_WORKDIR.value, "explain.png")
     cli.check_output(output)
     from fmnist_jax import inference
     from fmnist_jax.reports import explain_plots, plots, projector
 
     classifier = inference.load(_WORKDIR.value, _WHICH.value)
+    board = os.path.join(_WORKDIR.value, "tensorboard", "projector")
     if _WEIGHTS.value:
         figure = explain_plots.first_layer(classifier.first_layer_weights())
     elif _EMBEDDING.value:
@@ -74,20 +83,18 @@ def _explain(paths: list[str], failures: list[str]) -> None:
             classifier.class_names,
             _MAP.value.upper().replace("TSNE", "t-SNE"),
         )
-        written = projector.write(
-            os.path.join(_WORKDIR.value, "tensorboard", "projector"),
-            features,
-            splits.test_labels,
-            splits.test_images,
-            classifier.class_names,
-        )
-        print(
-            f"Embedding Projector files in {written}: tensorboard --logdir={os.path.dirname(written)}"
-        )
     else:
         figure = _per_image(classifier, paths, failures)
-    with writing(output):
-        plots.save(figure, output)
+    with workdir_lib.locked_if_inside(_WORKDIR.value, [output, board]):
+        if _EMBEDDING.value:
+            written = projector.write(
+                board, features, splits.test_labels, splits.test_images, classifier.class_names
+            )
+            print(
+                f"Embedding Projector files in {written}: tensorboard --logdir={os.path.dirname(written)}"
+            )
+        with writing(output):
+            plots.save(figure, output)
     print(f"Figure written to {output}.")
 
 

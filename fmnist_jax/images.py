@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import sys
 import warnings
 
@@ -107,8 +108,15 @@ def _directory_images(path: str) -> tuple[list[str], list[str]]:
 
 def read(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Reads one image file (PNG, JPEG, ... any mode; at most `max_pixels` decoded) as a [28, 28, 1]
-    uint8 image. The size is checked from the file's header, before anything is decoded."""
+    uint8 image. The size is checked from the file's header, before anything is decoded, and
+    anything but a regular file (a FIFO would block forever, a device never end) is refused before
+    it is opened."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UserError(
+                f"{path} is not a regular file (a FIFO, device or socket), so it is not read: "
+                "pass image files (PNG, JPEG, ...)."
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             # A damaged EXIF block leaves the picture as stored, with no orientation to apply.

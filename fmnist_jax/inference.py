@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import os
 from typing import Any
 
@@ -18,11 +19,13 @@ import numpy as np
 
 from fmnist_jax import checkpoint, engine, interpret, models, run_axis
 from fmnist_jax import config as config_lib
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import UserError
 from fmnist_jax.normalizer import Normalizer
 from fmnist_jax.shapes import IMAGE_SHAPE
 
 _BATCH = 256  # predictions run in fixed-size batches: one compile for any number of images
+_PATH_CHUNK = 16  # integrated gradients' path points per compiled call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,13 +147,10 @@ class Classifier:
         x = as_batch(images)
         targets = self.predict(x) if targets is None else np.asarray(targets, np.int32)
         model, normalizer = self._model, self._normalizer
+        if method == "integrated_gradients":
+            return self._integrated_gradients(x, targets, baseline, steps)
         if method == "gradients":
             fn = functools.partial(interpret.gradients, model)
-        elif method == "integrated_gradients":
-            base = np.zeros(IMAGE_SHAPE, np.uint8) if baseline is None else as_batch(baseline)[0]
-            fn = functools.partial(
-                interpret.integrated_gradients, model, baseline=base, steps=steps
-            )
         else:
             map_name = self._conv_map_name
             if map_name is None:
@@ -159,9 +159,34 @@ class Classifier:
                     "none: use method='integrated_gradients' or 'gradients'."
                 )
             fn = functools.partial(interpret.grad_cam, model, map_name=map_name)
-        key = (method, steps, None if baseline is None else as_batch(baseline).tobytes())
-        program = self._program(key, lambda w, x, t: fn(w, normalizer, x, t))
-        return self._batched(program, x, np.asarray(targets, np.int32))
+        program = self._program((method,), lambda w, x, t: fn(w, normalizer, x, t))
+        return self._batched(program, x, targets)
+
+    def _integrated_gradients(
+        self, x: np.ndarray, targets: np.ndarray, baseline: np.ndarray | None, steps: int
+    ) -> np.ndarray:
+        """Integrated gradients over the path's points a chunk at a time: each compiled call is
+        short, so Ctrl-C or SIGTERM stops a long path within seconds."""
+        if not (isinstance(steps, numbers.Integral) and 1 <= steps <= interpret.MAX_STEPS):
+            raise UserError(
+                f"Integrated gradients' steps must be an integer from 1 to {interpret.MAX_STEPS} "
+                f"(64 is usually enough), got {steps!r}."
+            )
+        base = np.zeros(IMAGE_SHAPE, np.uint8) if baseline is None else as_batch(baseline)[0]
+        count = min(steps + 1, _PATH_CHUNK)
+        path = functools.partial(
+            interpret.path_gradients, self._model, baseline=base, steps=steps, count=count
+        )
+        program = self._program(
+            ("integrated_gradients", steps, base.tobytes()),
+            lambda w, x, t, first: path(w, self._normalizer, x, t, first=first),
+        )
+        total = sum(
+            self._batched(program, x, targets, scalars=(first,))
+            for first in range(0, steps + 1, count)
+        )
+        pixels = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+        return (pixels - base.astype(np.float32) / 255.0) * total
 
     @functools.cached_property
     def _conv_map_name(self) -> str | None:
@@ -183,9 +208,11 @@ class Classifier:
         channels]` for a conv model."""
         return np.asarray(interpret.first_layer_kernel(self._model, self._weights))
 
-    def _batched(self, program, images: np.ndarray, *per_image: np.ndarray) -> Any:
-        """`program(weights, batch, *per_image batches)` over fixed-size batches of the images (one
-        compile for any number), its outputs concatenated on the host."""
+    def _batched(
+        self, program, images: np.ndarray, *per_image: np.ndarray, scalars: tuple = ()
+    ) -> Any:
+        """`program(weights, batch, *per_image batches, *scalars)` over fixed-size batches of the
+        images (one compile for any number), its outputs concatenated on the host."""
         x = as_batch(images)
         x = x if x.dtype == np.uint8 else (x * 255.0).astype(np.float32)  # the pixel scale
         weights = jax.device_put(self._weights)
@@ -197,7 +224,9 @@ class Classifier:
                 for a in (x, *per_image)
             ]
             outputs.append(
-                jax.tree.map(lambda a, n=_BATCH - pad: np.asarray(a)[:n], program(weights, *args))
+                jax.tree.map(
+                    lambda a, n=_BATCH - pad: np.asarray(a)[:n], program(weights, *args, *scalars)
+                )
             )
         return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
@@ -302,6 +331,8 @@ def load(workdir: str, which: str = "final", run: int | None = None) -> Classifi
         )
     if not os.path.isdir(workdir):
         raise UserError(f"Workdir {workdir} does not exist. Pass the --workdir of a trained run.")
+    if workdir_lib.holds_search(workdir):
+        raise UserError(workdir_lib.search_best(workdir))
     model, meta = checkpoint.restore_model(workdir, which)
     config = ml_collections.ConfigDict(meta["config"])
     config.grid = run_axis.from_json(config.get("grid", ()))

@@ -19,7 +19,8 @@ import numpy as np
 from absl import app, flags
 
 from fmnist_jax import cli, data, images
-from fmnist_jax.errors import UserError
+from fmnist_jax import workdir as workdir_lib
+from fmnist_jax.errors import UserError, writing
 from fmnist_jax.reports import figure_workers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
@@ -103,7 +104,8 @@ def _predict(paths: list[str], failures: list[str]) -> None:
         "titles": titles[shown],
         "true_labels": truths[shown],
     }
-    figure_workers.draw([("predictions", figure, output)])
+    with workdir_lib.locked_if_inside(_WORKDIR.value, [output]), writing(output):
+        figure_workers.draw([("predictions", figure, output)])
     more = len(batch) - _FIGURE_ROWS
     shown_note = f" (the first {_FIGURE_ROWS} images; the other {more} are printed above)"
     print(f"Figure written to {output}{shown_note if more > 0 else ''}.")

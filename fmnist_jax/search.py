@@ -147,19 +147,20 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the search `config.search` in `workdir` (resuming what is there) and trains its best
     trial; returns search.json's content."""
     space = check(config)
-    workdir_lib.lock(workdir)
-    try:
+    from fmnist_jax.reports import search_reports
+
+    with workdir_lib.locked(workdir):
         _claim(config, workdir)
+        finished = os.path.join(workdir, search_reports.SEARCH_FILE)
+        if os.path.exists(finished):  # its reports are written: nothing to compile or redo
+            logging.info("Workdir %s already holds this finished search.", workdir)
+            return workdir_lib.read_json(finished)
         trials, seconds = _search(config, space, workdir)
         result = _result(config, trials)
         result["search_seconds"] = seconds
         result["best_epoch"], result["final"] = _train_best(config, workdir, trials[result["best"]])
-        from fmnist_jax.reports import search_reports
-
         search_reports.write(workdir, result, config.plots)
         return result
-    finally:
-        workdir_lib.unlock(workdir)
 
 
 def _claim(config: ConfigDict, workdir: str) -> None:
@@ -167,8 +168,16 @@ def _claim(config: ConfigDict, workdir: str) -> None:
     path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
     wanted = workdir_lib.config_as_json(config)
     if os.path.exists(path):
-        differences = workdir_lib.config_differences(workdir_lib.read_json(path), wanted)
+        previous = workdir_lib.read_json(path)
+        if not previous.get("search", {}).get("space"):
+            raise UserError(
+                f"Workdir {workdir} holds a training run, not a search: a search there would mix "
+                "the two. Pass a new --workdir for the search."
+            )
+        differences = workdir_lib.config_differences(previous, wanted)
         workdir_lib.refuse_other_config(f"Search workdir {workdir}", differences)
+        if previous == wanted:
+            return
     workdir_lib.write_json(path, wanted)
 
 

@@ -89,6 +89,12 @@ class _Run:
 
 def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
     config_checks.validate(config)
+    if config.search.space:
+        raise UserError(
+            "This config describes a hyperparameter search (its search.space is set), which "
+            "training would ignore: run it with python -m experiments.search --config=... "
+            "--workdir=DIR, or train one run from a config without search.space."
+        )
     models.check(config.model)  # a model name or setting that does not exist changes no workdir
     distributed.initialize(config.distributed)
     primary = distributed.is_primary()

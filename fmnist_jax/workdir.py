@@ -10,13 +10,16 @@ keys that differ; a finished run is reported, not retrained, or trained on when 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import fcntl
 import json
 import os
+import shlex
 import socket
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from absl import logging
@@ -128,8 +131,45 @@ def read_json(path: str) -> Any:
 _held_locks: dict[str, int] = {}
 
 
+def holds_search(workdir: str) -> bool:
+    """Whether `workdir` holds a hyperparameter search (its config.json has a `search.space`),
+    whose best trial is the run in `workdir/best`."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return False
+    return bool(read_json(path).get("search", {}).get("space"))
+
+
+def search_best(workdir: str) -> str:
+    """The one sentence that sends a user from a search's workdir to its best trial's run."""
+    best = os.path.join(workdir, "best")
+    return (
+        f"{workdir} holds a hyperparameter search, not a trained run: its best trial is the run in "
+        f"{best}. Pass --workdir={shlex.quote(best)} (in Python, the path {best!r})."
+    )
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+    """Holds `workdir`'s lock (see `lock`) while the block writes there."""
+    lock(workdir)
+    try:
+        yield
+    finally:
+        unlock(workdir)
+
+
+def locked_if_inside(workdir: str, paths: list[str]) -> contextlib.AbstractContextManager:
+    """`locked(workdir)` when one of `paths` lies inside `workdir` (a command writing its files
+    there), else nothing: a figure written elsewhere may be drawn while the run trains."""
+    root = os.path.abspath(workdir)
+    inside = any(os.path.commonpath([os.path.abspath(p), root]) == root for p in paths)
+    return locked(workdir) if inside else contextlib.nullcontext()
+
+
 def lock(workdir: str) -> int | None:
-    """Takes the exclusive lock of `workdir` (created if missing), or raises naming its holder.
+    """Takes the exclusive lock of `workdir` (created if missing), or raises naming its holder; the
+    lock file then names this process (host, PID, start, command) for the next one refused.
 
     `flock` is local to a machine on most file systems; on NFS, Linux maps it to NFS byte-range locks,
     which hold across clients. Where a file system has no locks at all (some FUSE mounts, e.g. cloud
@@ -165,6 +205,14 @@ def lock(workdir: str) -> int | None:
             "later resumes it), or pass another --workdir."
         ) from e
     _held_locks[os.path.abspath(workdir)] = fd
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    command = shlex.join([os.path.basename(sys.executable), *sys.argv])[:300]
+    os.ftruncate(fd, 0)
+    os.pwrite(
+        fd,
+        f"{command} (host {socket.gethostname()}, PID {os.getpid()}, started {started})\n".encode(),
+        0,
+    )
     return fd
 
 
@@ -191,9 +239,15 @@ def open_workdir(
         os.path.join(workdir, CONFIG_FILE),
         os.path.join(workdir, SUMMARY_FILE),
     )
-    lock_fd = lock(workdir) if primary else None
+    if primary:
+        lock(workdir)
     wanted = config_as_json(config)
     finished = None
+    if holds_search(workdir):
+        raise UserError(
+            f"{search_best(workdir)} Training a run into the search's workdir would mix the two: "
+            "pass a new --workdir to train a run."
+        )
     if os.path.exists(config_path):
         previous = read_json(config_path)
         refuse_other_config(f"Workdir {workdir}", config_differences(previous, wanted))
@@ -218,14 +272,6 @@ def open_workdir(
                 config.num_epochs,
                 previous["num_epochs"],
                 kept,
-            )
-        if lock_fd is not None:
-            started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-            os.ftruncate(lock_fd, 0)
-            os.pwrite(
-                lock_fd,
-                f"host {socket.gethostname()}, PID {os.getpid()}, started {started}\n".encode(),
-                0,
             )
         write_json(config_path, wanted)
     return None

@@ -105,6 +105,52 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, t
     assert _rows(run) == _rows(tmp_path / "ref")
 
 
+def _flip_bytes(step):
+    """64 bytes inverted in the middle of the largest file of a checkpoint (its weights)."""
+    largest = max((p for p in step.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data_ = bytearray(largest.read_bytes())
+    middle = len(data_) // 2
+    data_[middle : middle + 64] = bytes(b ^ 0xFF for b in data_[middle : middle + 64])
+    largest.write_bytes(bytes(data_))
+
+
+@pytest.mark.parametrize("asynchronous", [True, False], ids=["async", "sync"])
+def test_a_changed_byte_is_refused_naming_the_checkpoint_and_resume_falls_back(
+    tiny_config, tmp_path, asynchronous
+):
+    """Every checkpoint holds the digest of its files from when it was committed; a changed byte
+    is one error naming it and the other checkpoints (never itself), and resume takes the one
+    before it, as for a truncated checkpoint."""
+    tiny_config.num_epochs = 3
+    tiny_config.checkpoint.min_interval_seconds = 0  # epochs 2 and 3 kept
+    tiny_config.checkpoint.asynchronous = asynchronous
+    reference = _mock_train(tiny_config, tmp_path / "ref")
+    run = tmp_path / "run"
+    _mock_train(tiny_config, run)
+    steps = [p for p in (run / "checkpoints").glob("*/*") if p.name.isdigit()]
+    assert len(steps) >= 4 and all((p / checkpoint.DIGEST_FILE).is_file() for p in steps)
+    (final,) = (run / "checkpoints" / "final").glob("[0-9]*")
+    _flip_bytes(final)
+    with pytest.raises(UserError) as refused:
+        inference.load(str(run))
+    message = str(refused.value)
+    assert "'final' checkpoint" in message and "changed since it was saved" in message
+    assert "--which=latest or --which=best" in message and "--which=final" not in message
+    assert "\n" not in message
+    _flip_bytes(run / "checkpoints" / "latest" / "3")
+    shutil.rmtree(run / "checkpoints" / "final")
+    (run / "summary.json").unlink()
+    resumed = _mock_train(tiny_config, run)
+    assert [p.name.split("-")[:2] for p in (run / "checkpoints" / "damaged").iterdir()] == [
+        ["latest", "3"]
+    ]  # only the changed one: the run resumed after epoch 2
+    assert (resumed["test_accuracy"], resumed["test_loss"]) == (
+        reference["test_accuracy"],
+        reference["test_loss"],
+    )
+    assert _rows(run) == _rows(tmp_path / "ref")
+
+
 def _saved_epochs(workdir, kind):
     return sorted(
         int(p.name) for p in (workdir / "checkpoints" / kind).iterdir() if p.name.isdigit()

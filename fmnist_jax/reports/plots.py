@@ -7,6 +7,7 @@ and closes it, which is what the command-line programs do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -79,12 +80,25 @@ def confusion_matrix(matrix: np.ndarray, class_names) -> Figure:
 
 
 def save(fig: Figure, path: str) -> None:
-    """Writes `fig` to `path` (a PNG) and closes it. Every figure brings its layout: the run's
-    figures a fixed one (`tight_layout` would cost a third of each save), the others
-    `layout="tight"`. PNG's fastest compression: faster saves for somewhat larger files."""
+    """Writes `fig` to `path` as its extension says (`reports.FIGURE_FORMATS`) and closes it. The figure goes to a
+    temporary file beside `path`, renamed over it once whole: a write that fails (a full disk)
+    leaves an earlier file as it was. Every figure brings its layout: the run's figures a fixed
+    one (`tight_layout` would cost a third of each save), the others `layout="tight"`. PNG's
+    fastest compression: faster saves for somewhat larger files."""
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fig.savefig(path, dpi=80, pil_kwargs={"compress_level": 1})
+        folder, name = os.path.split(path)
+        os.makedirs(folder or ".", exist_ok=True)
+        kind = os.path.splitext(name)[1][1:].lower()
+        options = {"pil_kwargs": {"compress_level": 1}} if kind == "png" else {}
+        partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
+        try:
+            with open(partial, "wb") as f:
+                fig.savefig(f, format=kind, dpi=80, **options)
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
     finally:
         plt.close(fig)
 
