@@ -3,6 +3,7 @@ Grad-CAM has the last conv map's shape, the Projector files parse, the figures a
 input is refused."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -135,28 +136,61 @@ def test_every_figure_is_written(trained, tmp_path, model):
 
     Image.fromarray(_images(1)[0, ..., 0]).save(photo)
     for name, extra in (
-        ("images", ["--test_indices=0,3", f"--images={photo}"]),
-        ("weights", ["--weights"]),
-        ("embedding", ["--embedding"]),
-        ("tsne", ["--embedding", "--map=tsne"]),
+        ("images.png", ["--test_indices=0,3", f"--images={photo}"]),
+        ("weights.pdf", ["--weights"]),
+        ("embedding.svg", ["--embedding"]),
+        ("tsne.png", ["--embedding", "--map=tsne"]),
     ):
-        output = tmp_path / f"{name}.png"
+        output = tmp_path / name
         result = _explain(f"--workdir={workdir}", f"--output={output}", *extra)
         assert result.returncode == 0, result.stderr[-2000:]
         assert output.stat().st_size > 5000, name
+        magic = {"png": b"\x89PNG", "pdf": b"%PDF", "svg": b"<?xml"}[name.rpartition(".")[2]]
+        assert output.read_bytes().startswith(magic), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["photo.png", "images.png", "weights.pdf", "embedding.svg", "tsne.png"]
+    )  # no partial file left beside them
     projected = os.path.join(workdir, "tensorboard", "projector")
     assert len(open(os.path.join(projected, "metadata.tsv")).read().splitlines()) == MOCK_EXAMPLES
 
 
+def _files(directory):
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(pathlib.Path(directory).rglob("*"))
+        if p.is_file()
+    }
+
+
 @pytest.mark.slow
-def test_bad_input_is_one_clear_error(trained, tmp_path):
+def test_bad_input_is_one_clear_error_and_writes_nothing(trained, tmp_path):
     workdir = trained["mlp"]
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    before = _files(workdir)
     for args, phrase in (
         (["--weights", "--embedding"], "Explain one thing at a time"),
         (["--test_indices=0,99999"], "out of range"),
         (["--test_indices=a"], "must be integers"),
         ([f"--images={tmp_path / 'missing.png'}"], "missing.png"),
+        (["--test_indices=0", "--steps=-1"], "integrated gradients take 1 to 1000 steps"),
+        (["--test_indices=0", "--steps=0"], "integrated gradients take 1 to 1000 steps"),
+        (["--test_indices=0", "--steps=1000000"], "integrated gradients take 1 to 1000 steps"),
+        (["--weights", "--output=/dev/full"], "not a regular file"),
+        (["--weights", f"--output={tmp_path / 'x.tiff'}"], "written as .png, .pdf, .svg"),
+        ([f"--images={fifo}"], "is not a regular file"),
     ):
-        result = _explain(f"--workdir={workdir}", f"--output={tmp_path / 'x.png'}", *args)
+        if not any(a.startswith("--output") for a in args):
+            args = [*args, f"--output={tmp_path / 'x.png'}"]
+        result = _explain(f"--workdir={workdir}", *args)
         assert result.returncode == 1, result.stderr[-2000:]
         assert "Traceback" not in result.stderr and phrase in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.tiff").exists()
+    assert _files(workdir) == before
+
+
+def test_attributions_refuse_steps_outside_their_range(trained):
+    classifier = inference.load(trained["mlp"])
+    for steps in (0, -3, 1001, 2.5):
+        with pytest.raises(UserError, match="steps must be an integer from 1 to 1000"):
+            classifier.attributions(_images(1), steps=steps)

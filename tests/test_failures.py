@@ -71,7 +71,7 @@ def _wait_for(condition, process, timeout=120):
 def test_a_second_lock_on_a_workdir_is_refused_naming_the_holder(tiny_config, tmp_path):
     workdir_lib.open_workdir(str(tmp_path), tiny_config, lambda: None)
     with pytest.raises(
-        UserError, match=rf"in use by another run: host .*, PID {os.getpid()}, started "
+        UserError, match=rf"in use by another run: .* \(host .*, PID {os.getpid()}, started "
     ):
         workdir_lib.open_workdir(str(tmp_path), tiny_config, lambda: None)
 

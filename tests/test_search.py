@@ -147,8 +147,41 @@ def test_a_hyperband_search_writes_its_trials_and_best_run_and_resumes_to_the_sa
 
     classifier = inference.load(str(tmp_path / "best"))
     assert classifier.predict_proba(np.zeros((1, 28, 28, 1), np.uint8)).shape == (1, 10)
-    again = search.run(config, str(tmp_path))  # everything on disk: nothing trains again
+    _a_finished_search_workdir_knows_what_it_holds(config, tmp_path, result)
+
+
+def _files(directory):
+    return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _a_finished_search_workdir_knows_what_it_holds(config, workdir, result):
+    """Run again, a finished search reports itself without compiling or writing; a training run,
+    explain and predict there are refused, pointing to best/; a search config does not train."""
+    from fmnist_jax import inference, population
+
+    before = _files(workdir)
+    built = population.Population
+    population.Population = None  # building a population (compiling) would fail
+    try:
+        again = search.run(config, str(workdir))
+    finally:
+        population.Population = built
+    assert again == json.loads((workdir / "search.json").read_text())
     assert again["trials"] == result["trials"] and again["best"] == result["best"]
+    plain = config_lib.default()
+    plain.data = config.data
+    with pytest.raises(
+        UserError, match=r"holds a hyperparameter search.*its best trial is the run"
+    ):
+        train.train_and_evaluate(plain, str(workdir))
+    with pytest.raises(UserError, match=r"Pass --workdir=.*/best"):
+        inference.load(str(workdir))
+    assert _files(workdir) == before
+    with pytest.raises(UserError, match="describes a hyperparameter search"):
+        train.train_and_evaluate(config, str(workdir / "elsewhere"))
+    assert not (workdir / "elsewhere").exists()
+    with pytest.raises(UserError, match="holds a training run, not a search"):
+        search.run(config, str(workdir / "best"))
 
 
 @pytest.mark.parametrize(
