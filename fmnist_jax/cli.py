@@ -309,12 +309,12 @@ def check_output(path: str) -> None:
 
     kind = os.path.splitext(path)[1][1:].lower()
     folder = os.path.dirname(os.path.abspath(path))
-    if kind not in FIGURE_FORMATS:
-        problem = f"figures are written as {', '.join(f'.{k}' for k in FIGURE_FORMATS)} files"
-    elif os.path.isdir(path):
+    if os.path.isdir(path):
         problem = "it is a directory"
     elif os.path.exists(path) and not os.path.isfile(path):
         problem = "it is not a regular file (a device, FIFO or socket)"
+    elif kind not in FIGURE_FORMATS:
+        problem = f"figures are written as {', '.join(f'.{k}' for k in FIGURE_FORMATS)} files"
     elif not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         problem = f"{folder} is not a writable directory"
     else:

@@ -155,6 +155,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         if os.path.exists(finished):  # its reports are written: nothing to compile or redo
             logging.info("Workdir %s already holds this finished search.", workdir)
             return workdir_lib.read_json(finished)
+        workdir_lib.name_holder(workdir)
         trials, seconds = _search(config, space, workdir)
         result = _result(config, trials)
         result["search_seconds"] = seconds

@@ -150,26 +150,30 @@ def search_best(workdir: str) -> str:
 
 
 @contextlib.contextmanager
-def locked(workdir: str) -> Iterator[None]:
-    """Holds `workdir`'s lock (see `lock`) while the block writes there."""
+def locked(workdir: str, named: bool = False) -> Iterator[None]:
+    """Holds `workdir`'s lock (see `lock`) while the block runs; `named`: recorded at once (else
+    the block calls `name_holder` once its checks pass)."""
     lock(workdir)
     try:
+        if named:
+            name_holder(workdir)
         yield
     finally:
         unlock(workdir)
 
 
 def locked_if_inside(workdir: str, paths: list[str]) -> contextlib.AbstractContextManager:
-    """`locked(workdir)` when one of `paths` lies inside `workdir` (a command writing its files
-    there), else nothing: a figure written elsewhere may be drawn while the run trains."""
+    """`locked(workdir)`, naming this process, when one of `paths` lies inside `workdir` (a
+    command about to write its files there), else nothing: a figure written elsewhere may be drawn
+    while the run trains."""
     root = os.path.abspath(workdir)
     inside = any(os.path.commonpath([os.path.abspath(p), root]) == root for p in paths)
-    return locked(workdir) if inside else contextlib.nullcontext()
+    return locked(workdir, named=True) if inside else contextlib.nullcontext()
 
 
 def lock(workdir: str) -> int | None:
-    """Takes the exclusive lock of `workdir` (created if missing), or raises naming its holder; the
-    lock file then names this process (host, PID, start, command) for the next one refused.
+    """Takes the exclusive lock of `workdir` (created if missing), or raises naming its holder
+    (`name_holder`).
 
     `flock` is local to a machine on most file systems; on NFS, Linux maps it to NFS byte-range locks,
     which hold across clients. Where a file system has no locks at all (some FUSE mounts, e.g. cloud
@@ -205,6 +209,15 @@ def lock(workdir: str) -> int | None:
             "later resumes it), or pass another --workdir."
         ) from e
     _held_locks[os.path.abspath(workdir)] = fd
+    return fd
+
+
+def name_holder(workdir: str) -> None:
+    """Records this process (command line, host, PID, start) in the lock it holds on `workdir`,
+    for the next one refused; done once its checks passed, so a refused command changes nothing."""
+    fd = _held_locks.get(os.path.abspath(workdir))
+    if fd is None:  # not the primary process, or a file system without locks
+        return
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     command = shlex.join([os.path.basename(sys.executable), *sys.argv])[:300]
     os.ftruncate(fd, 0)
@@ -213,11 +226,10 @@ def lock(workdir: str) -> int | None:
         f"{command} (host {socket.gethostname()}, PID {os.getpid()}, started {started})\n".encode(),
         0,
     )
-    return fd
 
 
 def unlock(workdir: str) -> None:
-    """Releases the lock `open_workdir` took on `workdir` in this process, if it holds one."""
+    """Releases the lock this process took on `workdir`, if it holds one."""
     fd = _held_locks.pop(os.path.abspath(workdir), None)
     if fd is not None:
         os.close(fd)
@@ -273,6 +285,7 @@ def open_workdir(
                 previous["num_epochs"],
                 kept,
             )
+        name_holder(workdir)
         write_json(config_path, wanted)
     return None
 

@@ -348,6 +348,7 @@ def test_sigterm_stops_a_search_in_one_line_and_a_second_search_meanwhile_is_ref
         time.sleep(0.05)
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode != 0 and "in use by another run" in second.stderr
+    assert "experiments/search.py --config=" in second.stderr  # the lock names its holder
     assert "Traceback" not in second.stderr
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=300) == 128 + signal.SIGTERM
@@ -676,3 +677,20 @@ def test_a_trial_that_does_not_learn_is_reported_and_never_best(tiny_config):
     assert good["learned"] is True
     assert search_record.best_trial(record.trials, config) is good
     assert search_record.best_trial([blown, chance], config) is blown  # none learned: the best
+
+
+@pytest.mark.slow
+def test_hostile_search_commands_are_one_paragraph_and_write_nothing(mock_tfds_dir, tmp_path):
+    workdir = tmp_path / "search"
+    command = _search_command(tmp_path, mock_tfds_dir, workdir)
+    for override, phrase in (
+        ("--config.search.seed=-1", "search.seed must be an integer >= 0"),
+        ("--config.search.final_epochs=-1", "search.final_epochs must be an integer >= 0"),
+        ("--config.search.algorithm=annealing", "Unknown search.algorithm"),
+    ):
+        result = subprocess.run([*command, override], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+        (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert phrase in error
+        assert not workdir.exists()
