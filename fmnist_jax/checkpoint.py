@@ -81,6 +81,10 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
     }
 
 
+class Damaged(Exception):
+    """A checkpoint whose files are not those it was saved with."""
+
+
 def _step_directory(manager: ocp.CheckpointManager, epoch: int) -> str:
     return os.path.join(str(manager.directory), str(epoch))
 
@@ -126,10 +130,6 @@ def _check_sealed(step: str) -> None:
         raise Damaged(
             f"{len(changed)} of its files changed since it was saved ({', '.join(changed[:3])})"
         )
-
-
-class Damaged(Exception):
-    """A checkpoint whose files are not those it was saved with."""
 
 
 def _write_failed(error: Exception) -> UserError:
@@ -353,8 +353,8 @@ def restore_model(workdir: str, kind: str) -> tuple[PyTree, dict[str, Any]]:
         )
         raise UserError(
             f"The {kind!r} checkpoint in {path} is damaged ({'; '.join(problems)}): it was changed "
-            f"or cut short after it was saved, and is not used. {instead}: delete {workdir} and "
-            "run its training command."
+            f"or cut short after it was saved, and is not used. {instead}: its training command "
+            "with a new --workdir."
         )
     raise _missing(workdir, kind)
 
