@@ -22,7 +22,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import resnet
-from fmnist_jax import checkpoint, models
+from fmnist_jax import models
+from fmnist_jax.records import checkpoint
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Saves to time.")
 

@@ -3,7 +3,7 @@
     python -m experiments.compare --config=configs/mlp.py --seeds=3 \
         --variant='width 128:model.hidden_sizes=(128,)' --variant='width 256:model.hidden_sizes=(256,)'
 
-A variant is `label:key=value[;key=value...]` with the keys of `fmnist_jax/config.py`. Each row
+A variant is `label:key=value[;key=value...]` with the keys of `fmnist_jax/config/__init__.py`. Each row
 reports test accuracy and loss as mean +- std over the seeds, the final train and validation
 accuracy (means), the epochs run and the training seconds; workdirs go under --workdir_root
 (default: a temporary directory) so every run leaves its plots and TensorBoard files there. A run
@@ -19,10 +19,11 @@ import tempfile
 from absl import flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from fmnist_jax import cli, config_checks
+from fmnist_jax import cli
 from fmnist_jax import config as config_lib
-from fmnist_jax import workdir as workdir_lib
+from fmnist_jax.config import checks as config_checks
 from fmnist_jax.errors import UserError
+from fmnist_jax.records import workdir as workdir_lib
 from fmnist_jax.reports import figure_workers
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Base config file.")
@@ -59,7 +60,7 @@ def _variant_configs() -> dict[str, ConfigDict]:
 def _compare() -> None:
     configs = _variant_configs()
     figure_workers.start()  # they import matplotlib while this process imports JAX
-    from fmnist_jax import train  # after the checks: a refused comparison imports no JAX
+    from fmnist_jax.training import train  # after the checks: a refused comparison imports no JAX
 
     root = _WORKDIR_ROOT.value or tempfile.mkdtemp(prefix="compare_")
     rows = [

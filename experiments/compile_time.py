@@ -23,8 +23,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, data, initial_state, run_axis
-from fmnist_jax import program as program_lib
+from fmnist_jax import data
+from fmnist_jax.config import checks as config_checks
+from fmnist_jax.config import run_axis
+from fmnist_jax.engine import initial_state
+from fmnist_jax.engine import program as program_lib
 
 _NUM_TEST = 10_000
 

@@ -16,9 +16,10 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from fmnist_jax import cli, train
-from fmnist_jax import workdir as workdir_lib
+from fmnist_jax import cli
+from fmnist_jax.records import workdir as workdir_lib
 from fmnist_jax.reports import lines, plots
+from fmnist_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mlp.py", "Config file.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds trained together (num_seeds).")

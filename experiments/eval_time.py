@@ -21,9 +21,11 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from experiments import compile_time
-from fmnist_jax import backend, config_checks, data
 from fmnist_jax import config as config_lib
-from fmnist_jax import program as program_lib
+from fmnist_jax import data
+from fmnist_jax.config import checks as config_checks
+from fmnist_jax.engine import backend
+from fmnist_jax.engine import program as program_lib
 
 
 @dataclasses.dataclass(frozen=True)

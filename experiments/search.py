@@ -4,8 +4,8 @@
         [--config.search.algorithm=tpe] [--config.key=value ...]
 
 The config's `search` block holds the space, the sampler (grid, random, halton or tpe), the
-pruner (none, asha or hyperband), the budget and the objective (fmnist_jax/config.py,
-fmnist_jax/search.py). Writes search.json, search.md, search.png and TensorBoard HParams to
+pruner (none, asha or hyperband), the budget and the objective (fmnist_jax/config/__init__.py,
+fmnist_jax/tuning/search.py). Writes search.json, search.md, search.png and TensorBoard HParams to
 --workdir, the population's checkpoints under population/, and the best trial's longer fit, taken
 back to its best epoch, under best/ (`predict`, `evaluate` and `inference.load` work on it). The
 same command again resumes a stopped search.
@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from fmnist_jax import cli
-from fmnist_jax import search as search_lib
+from fmnist_jax.tuning import search as search_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the search.", required=True)
 config_flags.DEFINE_config_file("config", None, "Search config file, e.g. configs/search_mlp.py.")

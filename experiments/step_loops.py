@@ -3,7 +3,7 @@
 For each reference model (MLP, CNN): ms per step for a whole epoch as one rolled `lax.scan`, for calls of 8
 unrolled steps, for those with XLA's default options instead of `backend.compiler_options`, and
 (CNN) with the native pooling ops instead of the CPU formulation. This is the measurement behind
-`fmnist_jax.backend.plan_calls`, `backend.compiler_options` and `models.layers.pool`.
+`fmnist_jax.engine.backend.plan_calls`, `backend.compiler_options` and `models.layers.pool`.
 
     python -m experiments.step_loops
     python -m experiments.step_loops --scan_unrolls=1,4,8,16
@@ -27,9 +27,10 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from configs import cnn, mlp
-from fmnist_jax import backend, data
 from fmnist_jax import config as config_lib
-from fmnist_jax import program as program_lib
+from fmnist_jax import data
+from fmnist_jax.engine import backend
+from fmnist_jax.engine import program as program_lib
 
 
 def ms_per_step(

@@ -19,9 +19,12 @@ import jax
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from fmnist_jax import cli, config_checks, data
+from fmnist_jax import cli, data
 from fmnist_jax import config as config_lib
-from fmnist_jax import program as program_lib
+from fmnist_jax.config import checks as config_checks
+from fmnist_jax.engine import program as program_lib
+from fmnist_jax.reports import tables
+from fmnist_jax.shapes import IMAGE_SHAPE
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/cnn.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 16, "Training steps timed (after as many warm-up steps).")
@@ -64,7 +67,7 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
     jax.block_until_ready(sums)
     step_seconds = (time.perf_counter() - start) / num_steps
     return StepTime(
-        num_params=program.model_table()[1],
+        num_params=tables.model_table(program.model, IMAGE_SHAPE)[1],
         compile_seconds=compile_seconds,
         step_seconds=step_seconds,
         images_per_step=config.batch_size * config.num_seeds,

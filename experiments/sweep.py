@@ -8,7 +8,7 @@ data order and dropout keys per seed as single runs. Only keys that change no sh
 structure can be swept (fmnist_jax.config.SWEEPABLE); compare the others (widths, depths,
 optimizers, batch sizes, epochs) with experiments.compare. `--config.key=value` overrides apply
 to every member. Writes sweep.json, sweep.md, sweep.png and TensorBoard runs per member to
---workdir (see fmnist_jax/sweep.py); `inference.load(workdir)` restores the best member.
+--workdir (see fmnist_jax/tuning/sweep.py); `inference.load(workdir)` restores the best member.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import shlex
 from absl import flags
 from ml_collections import config_flags
 
-from fmnist_jax import cli, config_checks
-from fmnist_jax import sweep as sweep_lib
+from fmnist_jax import cli
+from fmnist_jax.config import checks as config_checks
+from fmnist_jax.tuning import sweep as sweep_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep's run.", required=True)
 config_flags.DEFINE_config_file("config", None, "Base config file, e.g. configs/mlp.py.")

@@ -162,7 +162,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
         hint = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
         sys.exit(
-            f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config.py."
+            f"error: unknown config key in {overrides}: {hint} The valid keys are listed in fmnist_jax/config/__init__.py."
         )
     except Exception as e:
         config_file = _raised_in_config_file(e, argv)

@@ -14,8 +14,8 @@ import numpy as np
 from absl import flags, logging
 
 from fmnist_jax import cli, data
-from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.errors import writing
+from fmnist_jax.records import workdir as workdir_lib
 from fmnist_jax.reports import figure_workers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)

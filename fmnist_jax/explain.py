@@ -23,9 +23,10 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from fmnist_jax import cli, data, images
-from fmnist_jax import workdir as workdir_lib
+from fmnist_jax import cli, data
 from fmnist_jax.errors import UserError, writing
+from fmnist_jax.inference import images
+from fmnist_jax.records import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)
 _WHICH = flags.DEFINE_enum("which", "final", ["final", "best", "latest"], "Which checkpoint.")
@@ -57,7 +58,7 @@ def _explain(paths: list[str], failures: list[str]) -> None:
             "Explain one thing at a time: images (--test_indices=I,J or --images FILE ...), "
             "--weights, or --embedding."
         )
-    from fmnist_jax import interpret
+    from fmnist_jax.inference import interpret
 
     if not 1 <= _STEPS.value <= interpret.MAX_STEPS:
         raise UserError(

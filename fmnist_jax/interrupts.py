@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from fmnist_jax.checkpoint import Checkpoints
+    from fmnist_jax.records.checkpoint import Checkpoints
 
 _requested: list[int] = []
 

@@ -1,6 +1,6 @@
 """Command line: `python -m fmnist_jax.main --config=configs/mlp.py --workdir=DIR [--config.key=value]`.
 
-Only flags live here; everything else is `fmnist_jax.train.train_and_evaluate`, which a notebook can
+Only flags live here; everything else is `fmnist_jax.training.train.train_and_evaluate`, which a notebook can
 call directly with a ConfigDict.
 """
 
@@ -20,14 +20,16 @@ config_flags.DEFINE_config_file(
 
 
 def _train() -> None:
-    from fmnist_jax import config_checks
+    from fmnist_jax.config import checks as config_checks
     from fmnist_jax.reports import figure_workers
 
     config = cli.load_config()
     config_checks.validate(config)  # a config that cannot work starts nothing
     if config.plots and config.distributed.process_id == 0:  # the process that draws the figures
         figure_workers.start()  # they import matplotlib while this process imports JAX
-    from fmnist_jax.train import train_and_evaluate  # after flag parsing: keeps --help fast
+    from fmnist_jax.training.train import (
+        train_and_evaluate,  # after flag parsing: keeps --help fast
+    )
 
     train_and_evaluate(config, _WORKDIR.value)
 

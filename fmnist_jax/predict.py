@@ -18,9 +18,10 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from fmnist_jax import cli, data, images
-from fmnist_jax import workdir as workdir_lib
+from fmnist_jax import cli, data
 from fmnist_jax.errors import UserError, writing
+from fmnist_jax.inference import images
+from fmnist_jax.records import workdir as workdir_lib
 from fmnist_jax.reports import figure_workers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run.", required=True)

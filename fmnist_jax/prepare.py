@@ -21,7 +21,8 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import ConfigDict
 
-from fmnist_jax import cli, data, staging
+from fmnist_jax import cli, data
+from fmnist_jax.data import staging
 from fmnist_jax.errors import UserError
 
 _NETWORK_PROBE_SECONDS = 5.0

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmnist_jax.augment import Augment
+from fmnist_jax.engine.augment import Augment
 
 
 def _batch(n=64):

@@ -18,8 +18,11 @@ from conftest import kill_after_checkpoint, tiny_cli_args
 from PIL import Image
 
 from configs import mlp as mlp_config
-from fmnist_jax import checkpoint, data, export, images, inference, train
+from fmnist_jax import data, inference
 from fmnist_jax.errors import UserError
+from fmnist_jax.inference import export, images
+from fmnist_jax.records import checkpoint
+from fmnist_jax.training import train
 
 
 def _mock_train(config, workdir):
@@ -247,7 +250,7 @@ def test_predict_proba_accepts_hw_hwc_nhwc_uint8_and_float(trained):
         (
             "shirt.jpg",
             "got shape (). An image file or a photo of another size or in color: pass "
-            "fmnist_jax.images.read(path)",
+            "fmnist_jax.inference.images.read(path)",
         ),
     ],
     ids=["float 0-255", "negative", "nan", "int over 255", "strings", "color", "a path"],
@@ -444,7 +447,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_runs_from_before_a_key_existed_count_it_at_its_default():
-    from fmnist_jax import workdir as workdir_lib
+    from fmnist_jax.records import workdir as workdir_lib
 
     current = workdir_lib.config_as_json(mlp_config.get_config())
     previous = {k: v for k, v in current.items() if k not in ("ema_decay", "test_time_flip")}

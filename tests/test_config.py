@@ -10,8 +10,10 @@ import pytest
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, models, search
+from fmnist_jax import models
+from fmnist_jax.config import checks as config_checks
 from fmnist_jax.errors import UserError
+from fmnist_jax.tuning import search
 
 
 def test_seed_configs_are_valid_and_match_their_recipes():

@@ -14,7 +14,8 @@ import pytest
 from conftest import write_mock_dataset
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import data, interrupts, kaggle, prepare, staging
+from fmnist_jax import data, interrupts, prepare
+from fmnist_jax.data import kaggle, staging
 from fmnist_jax.errors import UserError
 
 

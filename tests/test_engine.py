@@ -10,20 +10,11 @@ from conftest import tolerance
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
-from fmnist_jax import (
-    backend,
-    data,
-    engine,
-    inference,
-    initial_state,
-    models,
-    optim,
-    program,
-    runner,
-)
-from fmnist_jax.augment import Augment
-from fmnist_jax.distributed import Placement
-from fmnist_jax.normalizer import Normalizer
+from fmnist_jax import data, engine, inference, models
+from fmnist_jax.engine import backend, initial_state, optim, program, runner
+from fmnist_jax.engine.augment import Augment
+from fmnist_jax.engine.distributed import Placement
+from fmnist_jax.engine.normalizer import Normalizer
 
 
 def _setup(config, num_examples=64, seed=0):

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from conftest import MOCK_EXAMPLES
 
-from fmnist_jax import inference, train
+from fmnist_jax import inference
 from fmnist_jax.errors import UserError
 from fmnist_jax.reports import projector
+from fmnist_jax.training import train
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,12 @@ import pytest
 from conftest import tiny_cli_args
 from PIL import Image
 
-from fmnist_jax import images, inference, train
-from fmnist_jax import workdir as workdir_lib
+from fmnist_jax import inference
 from fmnist_jax.errors import UserError
+from fmnist_jax.inference import images
+from fmnist_jax.records import workdir as workdir_lib
 from fmnist_jax.reports import lines
+from fmnist_jax.training import train
 
 
 def _cli(module, *args, env=None, timeout=300, cwd=None):

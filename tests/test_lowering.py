@@ -5,8 +5,8 @@ import pathlib
 
 import pytest
 
-from fmnist_jax import backend
-from fmnist_jax import program as program_lib
+from fmnist_jax.engine import backend
+from fmnist_jax.engine import program as program_lib
 
 CONFIGS = sorted(
     p.stem

@@ -13,7 +13,8 @@ from flax import nnx
 
 from configs import cnn as cnn_config
 from configs import mlp as mlp_config
-from fmnist_jax import backend, models
+from fmnist_jax import models
+from fmnist_jax.engine import backend
 from fmnist_jax.errors import UserError
 from fmnist_jax.models import layers
 from fmnist_jax.models.cnn import CNN

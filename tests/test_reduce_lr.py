@@ -5,8 +5,9 @@ import json
 import pytest
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, reduce_lr, train
+from fmnist_jax.config import checks as config_checks
 from fmnist_jax.errors import UserError
+from fmnist_jax.training import reduce_lr, train
 
 
 def _config(**settings):

@@ -19,9 +19,13 @@ from scipy import stats
 
 from configs import mlp as mlp_config
 from fmnist_jax import config as config_lib
-from fmnist_jax import engine, models, optim, pruning, run_axis, search, search_space, train
+from fmnist_jax import engine, models, reports
+from fmnist_jax.config import run_axis
+from fmnist_jax.engine import optim
+from fmnist_jax.engine.normalizer import Normalizer
 from fmnist_jax.errors import UserError
-from fmnist_jax.normalizer import Normalizer
+from fmnist_jax.training import train
+from fmnist_jax.tuning import pruning, search, search_space
 
 SPACE = (
     ("model.hidden_sizes", ("int", 8, 24, 8)),
@@ -70,7 +74,7 @@ def test_widths_as_choices_are_asked_told_after_a_resume_and_shown():
     assert all(a["model.conv_channels"] in ((8, 16), (16, 32)) for a in asked)
     sampler.tell(json.loads(json.dumps(asked[1])), 0.5)  # as a resumed search reads it: lists
     assert [p for p, _ in sampler._pending] == [asked[0], asked[2]]
-    assert search_space.shown((16, 32)) == "16x32" and search_space.shown(0.5) == 0.5
+    assert reports.shown((16, 32)) == "16x32" and reports.shown(0.5) == 0.5
 
 
 def test_hyperband_brackets_are_li_et_al():
@@ -157,7 +161,8 @@ def _files(directory):
 def _a_finished_search_workdir_knows_what_it_holds(config, workdir, result):
     """Run again, a finished search reports itself without compiling or writing; a training run,
     explain and predict there are refused, pointing to best/; a search config does not train."""
-    from fmnist_jax import inference, population
+    from fmnist_jax import inference
+    from fmnist_jax.tuning import population
 
     before = _files(workdir)
     built = population.Population
@@ -411,7 +416,8 @@ def test_pruners_deal_trials_to_brackets_and_keep_the_best_third():
 def test_a_refilled_slot_trains_as_a_fresh_trial_without_compiling_again(tiny_config, tmp_path):
     """Slot 0 trains trial A for an epoch, then takes trial C (another width and rate): C's curves
     and weights equal those of C in a fresh population, and nothing compiled again."""
-    from fmnist_jax import data, population
+    from fmnist_jax import data
+    from fmnist_jax.tuning import population
 
     trial = {
         name: {"model.hidden_sizes": width, "optimizer.learning_rate": lr}
@@ -644,7 +650,7 @@ def test_a_search_stopped_after_any_epoch_on_a_slow_disk_resumes_to_the_same(
 def test_a_trial_that_does_not_learn_is_reported_and_never_best(tiny_config):
     """A trial whose validation loss blows up without a NaN stops as 'failed to learn', and one at
     chance is marked so; neither is best while another trial learned, however high its objective."""
-    from fmnist_jax import search_record
+    from fmnist_jax.tuning import search_record
 
     config = _search_config(tiny_config, pruner="none")
     config.search.max_epochs = 2

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from fmnist_jax import data, staging
+from fmnist_jax import data
+from fmnist_jax.data import staging
 from fmnist_jax.errors import UserError
 
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"

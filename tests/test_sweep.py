@@ -11,9 +11,14 @@ import pytest
 from conftest import tiny_cli_args
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, data, inference, program, run_axis, sweep, train
-from fmnist_jax import memory as memory_lib
+from fmnist_jax import data, inference
+from fmnist_jax.config import checks as config_checks
+from fmnist_jax.config import run_axis
+from fmnist_jax.engine import memory as memory_lib
+from fmnist_jax.engine import program
 from fmnist_jax.errors import UserError
+from fmnist_jax.training import train
+from fmnist_jax.tuning import sweep
 
 
 def _rows(workdir):

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from conftest import noise, tolerance
 
-from fmnist_jax import data, inference, loop_state, metrics, train
-from fmnist_jax import workdir as workdir_lib
+from fmnist_jax import data, inference
 from fmnist_jax.errors import UserError
+from fmnist_jax.records import metrics
+from fmnist_jax.records import workdir as workdir_lib
 from fmnist_jax.reports.run import RunReports
+from fmnist_jax.training import loop_state, train
 
 
 def _train(config, workdir):

@@ -4,10 +4,10 @@ TPE with its Hyperband pruner driving this project's single runs one after anoth
     python -m experiments.benchmark.optuna_loop --config=configs/search_mlp.py --workdir=DIR \
         [--config.search.seed=S]
 
-Each trial builds and compiles its run's program (`fmnist_jax.program`), trains it epoch by epoch,
+Each trial builds and compiles its run's program (`fmnist_jax.engine.program`), trains it epoch by epoch,
 reports the validation objective after each epoch and stops when Optuna's pruner or early stopping
 says so, or after `search.max_epochs`: the `search` block's space, budget (`trials`) and objective.
-Then the same search in one compiled program (`fmnist_jax.search.run` with TPE and Hyperband),
+Then the same search in one compiled program (`fmnist_jax.tuning.search.run` with TPE and Hyperband),
 and one JSON line: both searches' seconds, trial-epochs and best validation objective.
 """
 
@@ -24,10 +24,11 @@ import optuna
 from absl import app, flags
 from ml_collections import config_flags
 
-from fmnist_jax import data, search
-from fmnist_jax import program as program_lib
-from fmnist_jax.early_stopping import EarlyStopping
-from fmnist_jax.search_space import Dimension
+from fmnist_jax import data
+from fmnist_jax.engine import program as program_lib
+from fmnist_jax.training.early_stopping import EarlyStopping
+from fmnist_jax.tuning import search
+from fmnist_jax.tuning.search_space import Dimension
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/search_mlp.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the slot population's search writes.")

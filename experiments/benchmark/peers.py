@@ -48,7 +48,7 @@ def timed_epochs(
 
 def run_fmnist_jax(recipe, epochs, batch_size, tfds_data_dir):
     from configs import cnn, mlp
-    from fmnist_jax import train
+    from fmnist_jax.training import train
 
     config = (mlp if recipe == "mlp" else cnn).get_config()
     config.num_epochs, config.batch_size, config.data.tfds_data_dir = (

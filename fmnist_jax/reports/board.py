@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from fmnist_jax import search_space
-from fmnist_jax.workdir import BOARD_DIR, HPARAMS_RUN
+from fmnist_jax.records.workdir import BOARD_DIR, HPARAMS_RUN
+from fmnist_jax.reports import shown
 
 # Keras' TensorBoard callback writes each split as a run of its own with the same tags, so the
 # training and validation curves overlay in one chart: a metrics row's prefix -> its run.
@@ -113,7 +113,7 @@ def write_trials(workdir: str, result: dict[str, Any]) -> None:
         directory = os.path.join(workdir, BOARD_DIR, "trials", str(trial["index"]))
         curves = {key: trial.get(key, []) for key in ("val_accuracy", "val_loss")}
         _write_curves(directory, curves, list(range(1, trial.get("epochs", 0) + 1)))
-        hparams = {k.rpartition(".")[2]: search_space.shown(v) for k, v in trial["hparams"].items()}
+        hparams = {k.rpartition(".")[2]: shown(v) for k, v in trial["hparams"].items()}
         scores = {} if trial["objective"] is None else {f"hparam/{objective}": trial["objective"]}
         with SummaryWriter(directory) as writer:
             writer.add_hparams(hparams, scores, name=HPARAMS_RUN)

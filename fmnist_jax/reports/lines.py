@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from fmnist_jax.metrics import EpochRow, Summary
+from fmnist_jax.records.metrics import EpochRow, Summary
 
 PLOTS_DIR = "plots"
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import matplotlib
 
-from fmnist_jax import search_space
-from fmnist_jax.reports import in_notebook
+from fmnist_jax.reports import in_notebook, shown
 
 if not in_notebook():  # a notebook keeps its inline backend to show the figures
     matplotlib.use("Agg")
@@ -159,7 +158,7 @@ def comparison(
 
 
 def sweep(result: dict[str, Any]) -> Figure:
-    """A sweep at a glance (`fmnist_jax.sweep.results`): per swept key, final validation (solid) and
+    """A sweep at a glance (`fmnist_jax.tuning.sweep.results`): per swept key, final validation (solid) and
     test (dashed) accuracy against its values (mean +- std over seeds; one line per setting of the
     other keys), then every member's validation curve."""
     keys = list(result["grid"])
@@ -212,7 +211,7 @@ def sweep(result: dict[str, Any]) -> Figure:
 
 
 def search(result: dict[str, Any]) -> Figure:
-    """A search at a glance (`fmnist_jax.search.run`): the objective against each searched key,
+    """A search at a glance (`fmnist_jax.tuning.search.run`): the objective against each searched key,
     every trial's validation curve with its stop marked (x: pruned or early-stopped), and the best
     objective so far against the search's wall time."""
     objective = result["objective"]
@@ -222,11 +221,11 @@ def search(result: dict[str, Any]) -> Figure:
         1, len(keys) + 2, figsize=(4.2 * (len(keys) + 2), 4), squeeze=False, layout="tight"
     )
     for ax, (key, spec) in zip(axes[0], result["space"], strict=False):
-        values = [search_space.shown(t["hparams"][key]) for t in trials]
+        values = [shown(t["hparams"][key]) for t in trials]
         ax.scatter(values, [t["objective"] for t in trials], s=14)
         if spec[0] == "log_uniform" or (
             spec[0] == "choice"
-            and search_space.is_numeric(spec)
+            and all(isinstance(v, (int, float)) for v in spec[1])  # not widths
             and min(spec[1]) > 0
             and max(spec[1]) >= 10 * min(spec[1])
         ):

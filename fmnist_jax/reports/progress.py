@@ -14,7 +14,7 @@ from typing import TextIO
 
 from absl import logging
 
-from fmnist_jax.metrics import EpochRow
+from fmnist_jax.records.metrics import EpochRow
 from fmnist_jax.reports import in_notebook
 
 _REFRESH_SECONDS, _LOG_EVERY_SECONDS = 0.1, 30.0

@@ -17,8 +17,8 @@ from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
 from fmnist_jax import inference
-from fmnist_jax import workdir as workdir_lib
-from fmnist_jax.metrics import EpochRow, Summary
+from fmnist_jax.records import workdir as workdir_lib
+from fmnist_jax.records.metrics import EpochRow, Summary
 from fmnist_jax.reports import figure_workers, lines
 
 if TYPE_CHECKING:

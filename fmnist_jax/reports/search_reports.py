@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fmnist_jax import search_space
-from fmnist_jax import workdir as workdir_lib
-from fmnist_jax.reports import board, figure_workers
+from fmnist_jax.records import workdir as workdir_lib
+from fmnist_jax.reports import board, figure_workers, shown
 
 SEARCH_FILE = "search.json"
 TABLE_FILE = "search.md"
@@ -40,7 +39,7 @@ def table(result: dict[str, Any]) -> str:
     header = ["trial", *(k.rpartition(".")[2] for k in keys), objective, "epochs", "stopped"]
     rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for t in ranked[:_TOP]:
-        values = [_cell(search_space.shown(t["hparams"][k])) for k in keys]
+        values = [_cell(shown(t["hparams"][k])) for k in keys]
         best = " (best)" if t["index"] == result["best"] else ""
         cells = [
             f"{t['index']}{best}",

@@ -18,12 +18,14 @@ import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, engine, metrics, run_axis
-from fmnist_jax import program as program_lib
-from fmnist_jax import workdir as workdir_lib
-from fmnist_jax.early_stopping import EarlyStopping
-from fmnist_jax.metrics import EpochRow, Summary, over_runs
+from fmnist_jax import engine
+from fmnist_jax.config import run_axis
+from fmnist_jax.engine import program as program_lib
+from fmnist_jax.records import checkpoint, metrics
+from fmnist_jax.records import workdir as workdir_lib
+from fmnist_jax.records.metrics import EpochRow, Summary, over_runs
 from fmnist_jax.shapes import PyTree
+from fmnist_jax.training.early_stopping import EarlyStopping
 
 
 @dataclasses.dataclass

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import run_axis
-from fmnist_jax import workdir as workdir_lib
+from fmnist_jax.config import run_axis
 from fmnist_jax.errors import UserError
-from fmnist_jax.metrics import EpochRow, Summary, member_name
+from fmnist_jax.records import workdir as workdir_lib
+from fmnist_jax.records.metrics import EpochRow, Summary, member_name
 
 SWEEP_FILE = "sweep.json"
 TABLE_FILE = "sweep.md"
@@ -67,7 +67,9 @@ def train(config: ConfigDict, workdir: str) -> dict[str, Any]:
             "This sweep has no grid: name at least one key to sweep, e.g. "
             "--grid=optimizer.learning_rate=3e-4,1e-3,3e-3."
         )
-    from fmnist_jax import train as train_lib  # after the checks: a refused sweep imports no JAX
+    from fmnist_jax.training import (
+        train as train_lib,  # after the checks: a refused sweep imports no JAX
+    )
 
     summary = train_lib.train_and_evaluate(config, workdir)
     result = results(config, workdir_lib.read_history(workdir), summary)

@@ -18,8 +18,10 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, data, engine, initial_state
-from fmnist_jax import program as program_lib
+from fmnist_jax import data, engine
+from fmnist_jax.engine import initial_state
+from fmnist_jax.engine import program as program_lib
+from fmnist_jax.records import checkpoint
 
 
 class Population:

@@ -21,29 +21,23 @@ from absl import logging
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from fmnist_jax import (
-    checkpoint,
-    config_checks,
-    data,
-    distributed,
-    inference,
-    interrupts,
-    metrics,
-    models,
-    reduce_lr,
-    run_axis,
-)
 from fmnist_jax import config as config_lib
-from fmnist_jax import export as export_lib
-from fmnist_jax import program as program_lib
-from fmnist_jax import workdir as workdir_lib
-from fmnist_jax.engine import TrainState
+from fmnist_jax import data, inference, interrupts, models
+from fmnist_jax.config import checks as config_checks
+from fmnist_jax.config import run_axis
+from fmnist_jax.engine import TrainState, distributed
+from fmnist_jax.engine import program as program_lib
 from fmnist_jax.errors import UserError
-from fmnist_jax.loop_state import LoopState, summarize
-from fmnist_jax.metrics import EpochRow, Summary, over_runs
-from fmnist_jax.reports import figure_workers, lines
+from fmnist_jax.inference import export as export_lib
+from fmnist_jax.records import checkpoint, metrics
+from fmnist_jax.records import workdir as workdir_lib
+from fmnist_jax.records.metrics import EpochRow, Summary, over_runs
+from fmnist_jax.reports import figure_workers, lines, tables
 from fmnist_jax.reports.progress import Progress
 from fmnist_jax.reports.run import RunReports
+from fmnist_jax.shapes import IMAGE_SHAPE
+from fmnist_jax.training import reduce_lr
+from fmnist_jax.training.loop_state import LoopState, summarize
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
@@ -114,7 +108,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
 
     # --- Build and compile: the data goes to the devices once, as uint8 ------------------------
     program = program_lib.build(config, splits)
-    table, num_params = program.model_table()
+    table, num_params = tables.model_table(program.model, IMAGE_SHAPE)
     logging.info("\n%s", table)
     reports = RunReports(workdir, primary)  # imports tensorboardX while the programs compile
     latest = checkpoint.directory(workdir, "latest")

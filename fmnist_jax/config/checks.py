@@ -12,7 +12,6 @@ import math
 
 from ml_collections import ConfigDict
 
-from fmnist_jax import run_axis
 from fmnist_jax.config import (
     DTYPES,
     MONITORS,
@@ -24,6 +23,7 @@ from fmnist_jax.config import (
     default,
     flatten,
     num_train_examples,
+    run_axis,
     with_values,
 )
 from fmnist_jax.errors import UserError
@@ -186,7 +186,7 @@ def _check_known(config: ConfigDict) -> None:
         raise UserError(
             f"config.{unknown[0]} is not a setting, so nothing would read it"
             + (f"; did you mean {close[0]}?" if close else ".")
-            + " Every key is in fmnist_jax/config.py's default()."
+            + " Every key is in fmnist_jax/config/__init__.py's default()."
         )
 
 

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fmnist_jax.engine.normalizer import Normalizer
 from fmnist_jax.models import Model
-from fmnist_jax.normalizer import Normalizer
 from fmnist_jax.shapes import PyTree
 
 METHODS = ("gradients", "integrated_gradients", "grad_cam")

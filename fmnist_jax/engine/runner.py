@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax.backend import jit_unoptimized
-from fmnist_jax.distributed import Placement, fetch
 from fmnist_jax.engine import Engine, Sums, TrainState, eval_params
+from fmnist_jax.engine.backend import jit_unoptimized
+from fmnist_jax.engine.distributed import Placement, fetch
 from fmnist_jax.shapes import PyTree
 
 
@@ -72,7 +72,7 @@ class EpochRunner:
     """Runs training epochs over device-resident data with ahead-of-time compiled step chunks.
 
     The data is replicated on `placement`'s mesh, the runs' keys and values split over its `runs`
-    axis and each batch over its `data` axis (see `fmnist_jax.distributed`); on one device that is
+    axis and each batch over its `data` axis (see `fmnist_jax.engine.distributed`); on one device that is
     plain single-device training.
     """
 

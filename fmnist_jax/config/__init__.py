@@ -38,7 +38,7 @@ SWEEPABLE = (
     "ema_decay",
     "augment.erasing",
 )
-# Keys a search's trials can set inside its one program (`fmnist_jax.population`): the numbers a
+# Keys a search's trials can set inside its one program (`fmnist_jax.tuning.population`): the numbers a
 # sweep varies, and the hidden widths and a CNN's channels, masked inside the widest.
 SEARCHABLE = (*SWEEPABLE, "model.hidden_sizes", "model.conv_channels")
 # Keys that only some optimizers, schedules or settings read: (the key naming the choice, the
@@ -96,7 +96,7 @@ def default() -> ConfigDict:
     c.batch_size = 32
     # Evaluation batch; 0 = automatic (250 on CPU, 1000 on GPU/TPU; see backend.eval_batch_size).
     c.eval_batch_size = 0
-    # Training steps per compiled call; 0 = automatic (see fmnist_jax.backend.plan_calls).
+    # Training steps per compiled call; 0 = automatic (see fmnist_jax.engine.backend.plan_calls).
     c.steps_per_call = 0
     # Compute dtype of the training steps: "bfloat16" for GPU/TPU speed; weights stay float32.
     c.dtype = "float32"
@@ -163,7 +163,7 @@ def _add_optimization(c: ConfigDict) -> None:
     c.schedule.boundaries_epochs = (5, 8)  # piecewise: epochs at which the LR is scaled ...
     c.schedule.scales = (0.1, 0.1)  # ... by these factors (cumulative).
 
-    c.augment = ConfigDict()  # On the device, training batches only (fmnist_jax/augment.py).
+    c.augment = ConfigDict()  # On the device, training batches only (fmnist_jax/engine/augment.py).
     c.augment.crop_padding = (
         0  # Pixels of padding before a random 28x28 crop; 0 = off (4 is usual).
     )
@@ -213,11 +213,11 @@ def _add_run_control(c: ConfigDict) -> None:
 
 
 def _add_search(c: ConfigDict) -> None:
-    """A hyperparameter search (`python -m experiments.search`, `fmnist_jax.search.run`); a
+    """A hyperparameter search (`python -m experiments.search`, `fmnist_jax.tuning.search.run`); a
     single run does not read these."""
     c.search = ConfigDict()
     # ((key, spec), ...): ("int", low, high, step), ("choice", (value, ...)), ("uniform", low,
-    # high) or ("log_uniform", low, high); see fmnist_jax/search_space.py.
+    # high) or ("log_uniform", low, high); see fmnist_jax/tuning/search_space.py.
     c.search.space = ()
     c.search.algorithm = "random"  # the sampler: grid, random, halton or tpe
     c.search.pruner = "hyperband"  # which trials stop early: none, asha or hyperband
@@ -256,7 +256,7 @@ def set_key(config: ConfigDict, key: str, value: Any) -> None:
     if not isinstance(node, ConfigDict) or leaf not in node:
         raise UserError(
             f"Key {key!r} is not a key of the config: the keys are those of "
-            "fmnist_jax/config.py, and a model's own keys those its config file lists under `model`."
+            "fmnist_jax/config/__init__.py, and a model's own keys those its config file lists under `model`."
         )
     try:
         node[leaf] = value

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmnist_jax.augment import Augment
+from fmnist_jax.engine.augment import Augment
+from fmnist_jax.engine.normalizer import Normalizer
 from fmnist_jax.models import Model
-from fmnist_jax.normalizer import Normalizer
 from fmnist_jax.shapes import PyTree
 
 
@@ -144,7 +144,7 @@ class Engine:
     """
 
     model: Model
-    # The optimizer of a run's values (see `fmnist_jax.optim.optimizer`).
+    # The optimizer of a run's values (see `fmnist_jax.engine.optim.optimizer`).
     optimizer: Callable[[Mapping[str, jax.Array]], optax.GradientTransformation]
     normalizer: Normalizer
     label_smoothing: float = 0.0

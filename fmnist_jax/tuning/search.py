@@ -31,10 +31,13 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import config as config_lib
-from fmnist_jax import config_checks, interrupts, pruning, run_axis, search_record, search_space
-from fmnist_jax import workdir as workdir_lib
+from fmnist_jax import interrupts
+from fmnist_jax.config import checks as config_checks
+from fmnist_jax.config import run_axis
 from fmnist_jax.errors import UserError
-from fmnist_jax.search_space import Dimension, Sampler, dimensions
+from fmnist_jax.records import workdir as workdir_lib
+from fmnist_jax.tuning import pruning, search_record, search_space
+from fmnist_jax.tuning.search_space import Dimension, Sampler, dimensions
 
 ALGORITHMS = ("grid", "random", "halton", "tpe")
 # The integer settings of a search: their least value, and what a refusal adds about them.
@@ -197,7 +200,8 @@ def _search(
 ) -> tuple[list[dict[str, Any]], float]:
     """(the trials, trained in a population of slots until the budget is spent; the seconds spent
     compiling and training them, over every start of a resumed search)."""
-    from fmnist_jax import data, population
+    from fmnist_jax import data
+    from fmnist_jax.tuning import population
 
     s = config.search
     budget = _budget(config, space)
@@ -276,7 +280,7 @@ def _train_best(
     retrain would repeat the first epochs bit for bit: restoring the best epoch gives the same
     model without training it twice. `final_epochs` 0 trains to the trial's best epoch in the
     search instead."""
-    from fmnist_jax import train as train_lib
+    from fmnist_jax.training import train as train_lib
 
     trial_config = with_trial(config, best["hparams"])
     trial_config.search = config_lib.default().search

@@ -17,11 +17,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmnist_jax import checkpoint, engine, interpret, models, run_axis
 from fmnist_jax import config as config_lib
-from fmnist_jax import workdir as workdir_lib
+from fmnist_jax import engine, models
+from fmnist_jax.config import run_axis
+from fmnist_jax.engine.normalizer import Normalizer
 from fmnist_jax.errors import UserError
-from fmnist_jax.normalizer import Normalizer
+from fmnist_jax.inference import interpret
+from fmnist_jax.records import checkpoint
+from fmnist_jax.records import workdir as workdir_lib
 from fmnist_jax.shapes import IMAGE_SHAPE
 
 _BATCH = 256  # predictions run in fixed-size batches: one compile for any number of images
@@ -280,7 +283,7 @@ def as_batch(images: np.ndarray) -> np.ndarray:
         raise UserError(
             "Expected 28x28 grayscale images (HW, HWC, NHW, NHWC, or rows of 784 pixels), got "
             f"shape {np.shape(images)}. An image file or a photo of another size or in color: "
-            "pass fmnist_jax.images.read(path), or images.to_fashion_mnist(pil_image), which "
+            "pass fmnist_jax.inference.images.read(path), or images.to_fashion_mnist(pil_image), which "
             "convert it as the predict command does."
         )
     if x.dtype == np.uint8 or x.size == 0:

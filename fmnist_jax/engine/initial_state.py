@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmnist_jax.backend import jit_unoptimized
 from fmnist_jax.engine import TrainState, model_settings
+from fmnist_jax.engine.backend import jit_unoptimized
 from fmnist_jax.models import Model
 
 

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 from absl import logging
 from ml_collections import ConfigDict
 
-from fmnist_jax import metrics, pruning
-from fmnist_jax.early_stopping import EarlyStopping
-from fmnist_jax.search_space import Sampler
+from fmnist_jax.records import metrics
+from fmnist_jax.training.early_stopping import EarlyStopping
+from fmnist_jax.tuning import pruning
+from fmnist_jax.tuning.search_space import Sampler
 
 if TYPE_CHECKING:  # the population imports JAX
-    from fmnist_jax.population import Population
+    from fmnist_jax.tuning.population import Population
 
 
 class Record:

@@ -21,14 +21,15 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
-from fmnist_jax import backend as backend_lib
-from fmnist_jax import data, engine, initial_state, models, optim, run_axis
-from fmnist_jax import memory as memory_lib
-from fmnist_jax import runner as runner_lib
-from fmnist_jax.augment import Augment
-from fmnist_jax.distributed import Placement
-from fmnist_jax.normalizer import Normalizer
-from fmnist_jax.reports import tables
+from fmnist_jax import data, engine, models
+from fmnist_jax.config import run_axis
+from fmnist_jax.engine import backend as backend_lib
+from fmnist_jax.engine import initial_state, optim
+from fmnist_jax.engine import memory as memory_lib
+from fmnist_jax.engine import runner as runner_lib
+from fmnist_jax.engine.augment import Augment
+from fmnist_jax.engine.distributed import Placement
+from fmnist_jax.engine.normalizer import Normalizer
 from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
 
 
@@ -162,10 +163,6 @@ class Program:
     def model_item(self, weights: dict[str, PyTree]) -> dict[str, PyTree]:
         """What checkpoints keep of a model: its weights and the input normalization."""
         return {**weights, "normalizer": self.engine.normalizer.as_tree()}
-
-    def model_table(self) -> tuple[str, int]:
-        """(the Keras-style summary table, the number of parameters) of one run's model."""
-        return tables.model_table(self.model, IMAGE_SHAPE)
 
 
 def build(

@@ -27,19 +27,6 @@ from fmnist_jax.errors import UserError
 KINDS = ("int", "choice", "uniform", "log_uniform")
 
 
-def shown(value: Any) -> float | str:
-    """A searched value as tables, figures and TensorBoard show it: a number, or widths "32x64"."""
-    if isinstance(value, (tuple, list)):
-        return "x".join(str(v) for v in value)
-    return value
-
-
-def is_numeric(dimension_spec: Any) -> bool:
-    """Whether a space entry's values are numbers (a choice may hold widths)."""
-    kind, *args = dimension_spec
-    return kind != "choice" or all(isinstance(v, (int, float)) for v in args[0])
-
-
 @dataclasses.dataclass(frozen=True)
 class Dimension:
     """One searched key and its range."""

@@ -12,7 +12,7 @@ from typing import NotRequired, TypedDict
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import run_axis
+from fmnist_jax.config import run_axis
 
 # What a run that learned nothing scores on Fashion-MNIST's 10 balanced classes: the cross-entropy
 # of predicting 1/10 for every class, and chance accuracy (0.1) plus the noise of a few thousand
@@ -64,7 +64,7 @@ class Summary(Validation):
     compile_seconds: float
     examples_per_second: float
     num_params: int
-    # What the compiled training call needs on a device (fmnist_jax.memory), and each run's part.
+    # What the compiled training call needs on a device (fmnist_jax.engine.memory), and each run's part.
     memory_mib: float
     memory_mib_per_run: float
     backend: str

@@ -16,7 +16,7 @@ import struct
 import zlib
 from collections.abc import Iterable
 
-from fmnist_jax import kaggle
+from fmnist_jax.data import kaggle
 from fmnist_jax.errors import UserError
 
 DEBIAN_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
