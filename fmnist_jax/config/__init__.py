@@ -1,8 +1,10 @@
-"""The config schema: every key with its default, and setting keys by name.
+"""Configs: the schema (here: every key with its default, and setting keys by name), the checks
+that turn a config that cannot work into one clear error (`checks`), and the run axis a config
+describes, its members x seeds (`run_axis`).
 
 Config files in `configs/` start from `default()` and change what their recipe needs, so every run
 has the same keys and `--config.key=value` overrides hit a known, typed key. The checks that make
-bad values clear errors are in `config_checks`; the run axis a config describes is in `run_axis`.
+bad values clear errors are in `checks`; the run axis a config describes is in `run_axis`.
 """
 
 from __future__ import annotations

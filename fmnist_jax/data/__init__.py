@@ -1,4 +1,7 @@
-"""Fashion-MNIST as host arrays, read with NumPy alone: no TensorFlow and well under a second.
+"""The data: Fashion-MNIST as host arrays (here), prepared once from tfds, from local upstream
+files (`staging`) or from Kaggle's CSV pair (`kaggle`).
+
+Fashion-MNIST as host arrays, read with NumPy alone: no TensorFlow and well under a second.
 
 The dataset is prepared once per data dir by `fmnist_jax.prepare`: the official tfds builder (which
 needs TensorFlow) writes its TFRecords, then the splits are read once, in tfds' deterministic

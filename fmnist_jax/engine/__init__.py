@@ -1,4 +1,9 @@
-"""The math of training and evaluation, as pure functions over explicit state.
+"""The engine: everything a run compiles. Here the step math; beside it the optimizers (`optim`),
+augmentation (`augment`), input normalization (`normalizer`), initial states (`initial_state`),
+running the steps on devices (`runner`, `distributed`, `memory`), the backend's choices
+(`backend`), and the one trip that builds them all for a config (`program`).
+
+The math of training and evaluation, as pure functions over explicit state.
 
 The train state, the loss, one training step, a call's scan of steps and the evaluation of
 batches (the state runs start from is `initial_state`'s). Every function here sees one run;

@@ -1,4 +1,8 @@
-"""Restore a trained model for inference: `load(workdir)` -> `Classifier.predict_proba(images)`.
+"""Inference: a trained model restored as a `Classifier` (here), its serialized export
+(`export`), what it sees (`interpret`: activations, attributions, embeddings) and image files
+turned into its inputs (`images`).
+
+Restore a trained model for inference: `load(workdir)` -> `Classifier.predict_proba(images)`.
 
 Only what inference needs is read from the checkpoint (weights or their moving average, batch-norm
 statistics, the input normalization, the config, the class names), on whatever backend is present.
