@@ -40,7 +40,7 @@ def main() -> None:
         ),
         "embed the 10,000 test images": lambda: classifier.embed(splits.test_images),
     }
-    if classifier.config.model.name != "mlp":
+    if classifier.conv_map_name is not None:  # a model with convolutions
         calls["Grad-CAM of 10 images"] = lambda: classifier.attributions(ten, method="grad_cam")
     device = jax.devices()[0]
     print(

@@ -127,7 +127,7 @@ def _per_image(classifier, paths: list[str], failures: list[str]):
         maps["integrated gradients, true"] = classifier.attributions(
             x, targets=true, steps=_STEPS.value
         )[..., 0]
-    if classifier.config.model.name != "mlp":
+    if classifier.conv_map_name is not None:  # a model with convolutions
         maps["Grad-CAM, predicted"] = classifier.attributions(x, method="grad_cam")
     layers = {
         name: value

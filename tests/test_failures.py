@@ -71,11 +71,13 @@ def _wait_for(condition, process, timeout=120):
 
 
 def test_a_second_lock_on_a_workdir_is_refused_naming_the_holder(tiny_config, tmp_path):
-    workdir_lib.open_workdir(str(tmp_path), tiny_config, lambda: None)
-    with pytest.raises(
-        UserError, match=rf"in use by another run: .* \(host .*, PID {os.getpid()}, started "
-    ):
-        workdir_lib.open_workdir(str(tmp_path), tiny_config, lambda: None)
+    with workdir_lib.locked(str(tmp_path)):
+        workdir_lib.open_workdir(str(tmp_path), tiny_config, lambda: None)  # names the holder
+        with pytest.raises(
+            UserError, match=rf"in use by another run: .* \(host .*, PID {os.getpid()}, started "
+        ):
+            with workdir_lib.locked(str(tmp_path)):
+                pass
 
 
 @pytest.mark.slow

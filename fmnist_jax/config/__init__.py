@@ -17,7 +17,6 @@ from ml_collections import ConfigDict
 from fmnist_jax.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
-OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential", "piecewise")
 MONITORS = ("val_accuracy", "val_loss")
 NUM_TRAIN_EXAMPLES = 60_000
@@ -43,16 +42,10 @@ SWEEPABLE = (
 # Keys a search's trials can set inside its one program (`fmnist_jax.tuning.population`): the numbers a
 # sweep varies, and the hidden widths and a CNN's channels, masked inside the widest.
 SEARCHABLE = (*SWEEPABLE, "model.hidden_sizes", "model.conv_channels")
-# Keys that only some optimizers, schedules or settings read: (the key naming the choice, the
-# choices that read it). Set away from its default for a choice that does not read it, a key
+# Keys that only some schedules or settings read (the optimizers' own are in `optimizers.OPTIMIZERS`):
+# (the key naming the choice, the choices that read it). Set away from its default for a choice that does not read it, a key
 # changes nothing, and a run is refused rather than left to look like it used it.
 READ_ONLY_BY: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "optimizer.momentum": ("optimizer.name", ("sgd", "rmsprop")),
-    "optimizer.nesterov": ("optimizer.name", ("sgd",)),
-    "optimizer.b1": ("optimizer.name", ("adam", "adamw")),
-    "optimizer.b2": ("optimizer.name", ("adam", "adamw")),
-    "optimizer.eps": ("optimizer.name", ("adam", "adamw", "adadelta", "rmsprop")),
-    "optimizer.rho": ("optimizer.name", ("adadelta", "rmsprop")),
     "schedule.warmup_epochs": ("schedule.name", ("cosine",)),
     "schedule.end_factor": ("schedule.name", ("cosine",)),
     "schedule.decay_rate": ("schedule.name", ("exponential",)),

@@ -16,7 +16,6 @@ from fmnist_jax.config import (
     DTYPES,
     MONITORS,
     NUM_TRAIN_EXAMPLES,
-    OPTIMIZERS,
     READ_ONLY_BY,
     SCHEDULES,
     SWEEPABLE,
@@ -26,6 +25,7 @@ from fmnist_jax.config import (
     run_axis,
     with_values,
 )
+from fmnist_jax.config.optimizers import OPTIMIZERS, read_only_by
 from fmnist_jax.errors import UserError
 
 
@@ -98,23 +98,28 @@ def _check_sweepable(config: ConfigDict, key: str) -> None:
 
 def _read(config: ConfigDict, key: str) -> bool:
     """Whether what the config chose (optimizer, schedule, early stopping) reads `key`."""
-    choice_key, readers = READ_ONLY_BY.get(key, (None, ()))
+    choice_key, readers = _read_only_by().get(key, (None, ()))
     return choice_key is None or config[choice_key] in readers
 
 
 def _does_nothing(config: ConfigDict, key: str, instead: str) -> str:
-    choice_key, readers = READ_ONLY_BY[key]
+    choice_key, readers = _read_only_by()[key]
     return (
         f"{key} does nothing with {choice_key}={config[choice_key]!r} (only with "
         f"{' or '.join(map(repr, readers))}); {instead}, or set {choice_key}."
     )
 
 
+def _read_only_by() -> dict[str, tuple[str, tuple]]:
+    """Every key that only some choices read: the optimizers' table's, and the config's others."""
+    return {**read_only_by(), **READ_ONLY_BY}
+
+
 def _check_read(config: ConfigDict) -> None:
     """Refuses a setting that the chosen optimizer, schedule or early stopping would not read."""
     swept = {key for keys, _ in run_axis.entries(config.grid) for key in keys}  # checked by now
     defaults = default()
-    for key in READ_ONLY_BY:
+    for key in _read_only_by():
         value = config[key]  # ConfigDict reads dotted keys
         if value != defaults[key] and key not in swept and not _read(config, key):
             raise UserError(_does_nothing(config, key, f"remove {key}={value!r}"))
@@ -276,7 +281,7 @@ def _check_distributed(d: ConfigDict) -> None:
 
 
 def _check_optimizer(o: ConfigDict) -> None:
-    _check_choice("optimizer.name", o.name, OPTIMIZERS)
+    _check_choice("optimizer.name", o.name, tuple(OPTIMIZERS))
     _check_positive("optimizer.learning_rate", o.learning_rate)
     _check(o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {o.weight_decay}.")
     _check(

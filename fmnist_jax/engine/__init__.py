@@ -52,6 +52,18 @@ class TrainState:
         weights = {"params": self.params, "batch_stats": self.batch_stats}
         return {**weights, "ema_params": self.ema_params} if self.ema_params else weights
 
+    @classmethod
+    def restored(cls, weights: dict[str, PyTree], train: dict[str, PyTree]) -> TrainState:
+        """The state a checkpoint holds: its `weights()` and its train item's step and optimizer
+        state."""
+        return cls(
+            step=train["step"],
+            params=weights["params"],
+            batch_stats=weights["batch_stats"],
+            opt_state=train["opt_state"],
+            ema_params=weights.get("ema_params", {}),
+        )
+
 
 def eval_params(weights: dict[str, PyTree]) -> PyTree:
     """The parameters to evaluate: the moving average when a run keeps one."""

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
+from fmnist_jax.config.optimizers import OPTIMIZERS
+
 
 def _value(config: ConfigDict, values: Mapping[str, Any], key: str) -> Any:
     return values.get(key, config[key])  # ConfigDict reads dotted keys
@@ -58,32 +60,23 @@ def schedule(
 def optimizer(
     config: ConfigDict, steps_per_epoch: int, values: Mapping[str, Any] | None = None
 ) -> optax.GradientTransformation:
-    """The named optimizer on the config's schedule, with optional gradient clipping (first) and
-    weight decay."""
+    """The named optimizer (`config.optimizers.OPTIMIZERS`) on the config's schedule, with optional
+    gradient clipping (first) and weight decay, its own where it decays the weights itself."""
     values = values or {}
     c = config.optimizer
+    chosen = OPTIMIZERS[c.name]
 
-    def v(name: str) -> Any:
+    def setting(name: str) -> Any:
         return _value(config, values, f"optimizer.{name}")
 
-    lr = schedule(config, steps_per_epoch, values)
-    momentum = v("momentum") if c.momentum else None  # a swept 0 is a zero-decay trace: the same
-    base = {
-        "sgd": lambda: optax.sgd(lr, momentum=momentum, nesterov=c.nesterov),
-        "adam": lambda: optax.adam(lr, b1=v("b1"), b2=v("b2"), eps=v("eps")),
-        "adamw": lambda: optax.adamw(
-            lr, b1=v("b1"), b2=v("b2"), eps=v("eps"), weight_decay=v("weight_decay")
-        ),
-        "adadelta": lambda: optax.adadelta(lr, rho=v("rho"), eps=v("eps")),
-        "rmsprop": lambda: optax.rmsprop(lr, decay=v("rho"), eps=v("eps"), momentum=momentum),
-    }[c.name]()
+    base = chosen.build(optax, schedule(config, steps_per_epoch, values), setting, c)
     parts = []
     if c.grad_clip_norm > 0:
-        clip = v("grad_clip_norm")
+        clip = setting("grad_clip_norm")
         if "optimizer.grad_clip_norm" in values:  # a run's 0 means no clipping
             clip = jnp.where(clip > 0, clip, jnp.inf)
         parts.append(optax.clip_by_global_norm(clip))
-    if c.weight_decay > 0 and c.name != "adamw":
+    if c.weight_decay > 0 and not chosen.decays_weights:
         # Added to the gradient before the optimizer: for sgd this is exactly an L2 penalty.
-        parts.append(optax.add_decayed_weights(v("weight_decay")))
+        parts.append(optax.add_decayed_weights(setting("weight_decay")))
     return optax.chain(*parts, base)

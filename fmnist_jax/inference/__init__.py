@@ -159,7 +159,7 @@ class Classifier:
         if method == "gradients":
             fn = functools.partial(interpret.gradients, model)
         else:
-            map_name = self._conv_map_name
+            map_name = self.conv_map_name
             if map_name is None:
                 raise UserError(
                     f"Grad-CAM weighs a convolutional feature map, and this {self.config.model.name} has "
@@ -196,7 +196,7 @@ class Classifier:
         return (pixels - base.astype(np.float32) / 255.0) * total
 
     @functools.cached_property
-    def _conv_map_name(self) -> str | None:
+    def conv_map_name(self) -> str | None:
         """The last convolutional map Grad-CAM weighs (None for an MLP), traced once."""
         return interpret.conv_map_name(self._model, self._weights, self._normalizer)
 

@@ -243,16 +243,14 @@ def open_workdir(
 ) -> dict[str, Any] | None:
     """Claims `workdir` for `config`; returns the summary if this exact run already finished there.
 
-    The primary process locks the workdir, then checks config.json and `checkpoint_config()` (the
-    config of the newest checkpoint), and only then writes: a refused run changes nothing. The other
-    processes of a multi-host run only check.
+    The primary process, which holds the workdir's lock (`locked`), checks config.json and
+    `checkpoint_config()` (the config of the newest checkpoint), and only then writes: a refused
+    run changes nothing. The other processes of a multi-host run only check.
     """
     config_path, summary_path = (
         os.path.join(workdir, CONFIG_FILE),
         os.path.join(workdir, SUMMARY_FILE),
     )
-    if primary:
-        lock(workdir)
     wanted = config_as_json(config)
     finished = None
     if holds_search(workdir):

@@ -79,13 +79,7 @@ class LoopState:
         saved = meta["early_stopping"]  # one stopper per run; a single one in older checkpoints
         stoppers = [EarlyStopping(**s) for s in (saved if isinstance(saved, list) else [saved])]
         return cls(
-            state=engine.TrainState(
-                step=train["step"],
-                params=weights["params"],
-                batch_stats=weights["batch_stats"],
-                opt_state=train["opt_state"],
-                ema_params=weights.get("ema_params", {}),
-            ),
+            state=engine.TrainState.restored(weights, train),
             stoppers=stoppers if start.stoppers else [],
             kept=train["early_stopping_best"] or None,
             history=meta["history"],

@@ -9,6 +9,7 @@ clean stops in `interrupts` and TensorBoard and figures in `reports`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -59,10 +60,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
         UserError: a failure the user can fix (config, workdir, data, backend, divergence).
         interrupts.Stopped: SIGINT/SIGTERM asked the run to stop (command-line programs only).
     """
-    try:
-        return _train_and_evaluate(config, workdir)
-    finally:
-        workdir_lib.unlock(workdir)  # taken by open_workdir
+    config_checks.validate(config)
+    if config.search.space:
+        raise UserError(
+            "This config describes a hyperparameter search (its search.space is set), which "
+            "training would ignore: run it with python -m experiments.search --config=... "
+            "--workdir=DIR, or train one run from a config without search.space."
+        )
+    models.check(config.model)  # a model name or setting that does not exist changes no workdir
+    distributed.initialize(config.distributed)
+    primary = distributed.is_primary()
+    if primary and config.plots:
+        figure_workers.start()  # importing matplotlib while the data loads and the programs compile
+    splits = data.load(config.data)  # before the workdir changes: a missing dataset refuses the run
+    with workdir_lib.locked(workdir) if primary else contextlib.nullcontext():
+        return _train_and_evaluate(config, workdir, splits, primary)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,20 +93,9 @@ class _Run:
         return self.program.config
 
 
-def _train_and_evaluate(config: ConfigDict, workdir: str) -> Summary:
-    config_checks.validate(config)
-    if config.search.space:
-        raise UserError(
-            "This config describes a hyperparameter search (its search.space is set), which "
-            "training would ignore: run it with python -m experiments.search --config=... "
-            "--workdir=DIR, or train one run from a config without search.space."
-        )
-    models.check(config.model)  # a model name or setting that does not exist changes no workdir
-    distributed.initialize(config.distributed)
-    primary = distributed.is_primary()
-    if primary and config.plots:
-        figure_workers.start()  # importing matplotlib while the data loads and the programs compile
-    splits = data.load(config.data)  # before the workdir changes: a missing dataset refuses the run
+def _train_and_evaluate(
+    config: ConfigDict, workdir: str, splits: data.Splits, primary: bool
+) -> Summary:
     finished = workdir_lib.open_workdir(
         workdir, config, lambda: checkpoint.saved_config(workdir), primary
     )

@@ -103,13 +103,7 @@ class Population:
         if restored is None:
             return None
         step, weights, train, meta = restored
-        self.state = engine.TrainState(
-            step=train["step"],
-            params=weights["params"],
-            batch_stats=weights["batch_stats"],
-            opt_state=train["opt_state"],
-            ema_params=weights.get("ema_params", {}),
-        )
+        self.state = engine.TrainState.restored(weights, train)
         return step, meta
 
     def close(self) -> None:
