@@ -1,16 +1,23 @@
 """Each kind of extension is declared in one place, and a run sees it with no other edit
-(docs/design.md, "How to add"): here an optimizer, added in the test itself."""
+(docs/design.md, "How to add"): an optimizer and a model, each added in the test itself."""
+
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+from ml_collections import ConfigDict
 
+from fmnist_jax import inference, models
 from fmnist_jax.config import checks as config_checks
 from fmnist_jax.config import optimizers
 from fmnist_jax.engine import optim
 from fmnist_jax.errors import UserError
+from fmnist_jax.models.layers import DenseStack
 from fmnist_jax.training import train
+from fmnist_jax.tuning import search
 
 LION = optimizers.Optimizer(
     lambda optax, lr, setting, static: optax.lion(
@@ -62,3 +69,78 @@ def test_weight_decay_is_each_optimizers_own(with_lion, tiny_config):
     np.testing.assert_allclose(
         _one_update(config, params, zero)["w"], 2.0 - 0.01 * 0.1 * 2.0, rtol=1e-6
     )
+
+
+class NormedMLP(nnx.Module):
+    """A new model in one place: each image layer-normalized, then the MLP's dense stack; its
+    hidden widths may differ per run (a search's trials), masked inside these."""
+
+    PER_RUN = ("hidden_sizes",)
+
+    def __init__(self, hidden_sizes=(128,), dropout_rate=0.0, *, image_shape, rngs):
+        features = math.prod(image_shape)
+        self.norm = nnx.LayerNorm(features, rngs=rngs)
+        self.head = DenseStack(features, tuple(hidden_sizes), "relu", dropout_rate, 10, rngs=rngs)
+
+    def narrow(self, widths):
+        self.head.narrow(widths["hidden_sizes"])
+
+    def use(self, widths):
+        self.head.widths = nnx.data(widths["hidden_sizes"])
+
+    def __call__(self, images, train=False, dropout_key=None):
+        return self.head(self.norm(images.reshape((images.shape[0], -1))), train, dropout_key)
+
+
+class FixedNormedMLP(NormedMLP):
+    """The same model declaring no per-run widths: a search cannot vary them."""
+
+    PER_RUN = ()
+
+
+def test_a_model_is_one_module_and_its_entry(monkeypatch, tiny_config, tmp_path):
+    monkeypatch.setitem(models.MODELS, "normed_mlp", NormedMLP)
+    monkeypatch.setitem(models.MODELS, "fixed_normed_mlp", FixedNormedMLP)
+    config = tiny_config
+    config.model = ConfigDict({"name": "normed_mlp", "hidden_sizes": (16,)})
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert np.isfinite(summary["test_loss"])
+    classifier = inference.load(str(tmp_path / "run"))
+    images = np.zeros((2, 28, 28, 1), np.uint8)
+    assert classifier.attributions(images, steps=4).shape == (2, 28, 28, 1)
+    assert classifier.conv_map_name is None  # no convolutions: explain draws no Grad-CAM
+    config.model.kernel_size = 3
+    with pytest.raises(UserError, match="has no setting kernel_size"):
+        train.train_and_evaluate(config, str(tmp_path / "other"))
+    del config.model.kernel_size
+    config.search.space = (("model.hidden_sizes", ("int", 8, 16, 8)),)
+    assert search.check(config)[0].key == "model.hidden_sizes"
+    config.model.name = "fixed_normed_mlp"
+    with pytest.raises(UserError, match="cannot search model.hidden_sizes"):
+        search.check(config)
+
+
+def test_a_width_k_trial_of_a_new_model_is_that_model_of_width_k(monkeypatch):
+    """The model's own `narrow` and `use` make a masked width-8 trial inside a width-16 model
+    compute what a width-8 model computes, on the same inputs and (narrowed) weights, whatever
+    its masked units hold."""
+    monkeypatch.setitem(models.MODELS, "normed_mlp", NormedMLP)
+    wide = models.create(ConfigDict({"name": "normed_mlp", "hidden_sizes": (16,)}))
+    narrow = models.create(ConfigDict({"name": "normed_mlp", "hidden_sizes": (8,)}))
+    settings = {"hidden_sizes": jnp.array([8])}
+    weights = wide.init(jax.random.key(0), settings)
+    head = weights["params"]["head"]
+    assert np.all(np.asarray(head["Dense_0"]["kernel"])[:, 8:] == 0)  # they start at zero
+    head["Dense_0"]["kernel"] = head["Dense_0"]["kernel"].at[:, 8:].set(1.0)
+    head["Dense_1"]["kernel"] = head["Dense_1"]["kernel"].at[8:].set(1.0)
+    small = narrow.init(jax.random.key(1))
+    small["params"]["norm"] = weights["params"]["norm"]
+    small_head = small["params"]["head"]
+    small_head["Dense_0"]["kernel"] = head["Dense_0"]["kernel"][:, :8]
+    small_head["Dense_0"]["bias"] = head["Dense_0"]["bias"][:8]
+    small_head["Dense_1"]["kernel"] = head["Dense_1"]["kernel"][:8]
+    small_head["Dense_1"]["bias"] = head["Dense_1"]["bias"]
+    x = jax.random.normal(jax.random.key(2), (4, 28, 28, 1))
+    masked, _ = wide.apply(weights, x, settings=settings)
+    plain, _ = narrow.apply(small, x)
+    np.testing.assert_allclose(masked, plain, rtol=1e-5, atol=1e-6)

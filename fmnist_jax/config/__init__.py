@@ -39,9 +39,6 @@ SWEEPABLE = (
     "ema_decay",
     "augment.erasing",
 )
-# Keys a search's trials can set inside its one program (`fmnist_jax.tuning.population`): the numbers a
-# sweep varies, and the hidden widths and a CNN's channels, masked inside the widest.
-SEARCHABLE = (*SWEEPABLE, "model.hidden_sizes", "model.conv_channels")
 # Keys that only some schedules or settings read (the optimizers' own are in `optimizers.OPTIMIZERS`):
 # (the key naming the choice, the choices that read it). Set away from its default for a choice that does not read it, a key
 # changes nothing, and a run is refused rather than left to look like it used it.

@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError
 from fmnist_jax.models.cnn import CNN
-from fmnist_jax.models.layers import DenseStack, Dropout, formulation_for
+from fmnist_jax.models.layers import Dropout, formulation_for
 from fmnist_jax.models.mlp import MLP
 from fmnist_jax.models.resnet import ResNet
 from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
@@ -75,17 +75,17 @@ class Model:
     def init(
         self, key: jax.Array, settings: Mapping[str, jax.Array] | None = None
     ) -> dict[str, PyTree]:
-        """Initial weights drawn from `key`; with a run's own traced `settings`["hidden_sizes"]
-        or ["conv_channels"], those of that narrower model inside this one (`layers.narrowed`)."""
+        """Initial weights drawn from `key`; with a run's own traced widths among `settings` (the
+        model's `PER_RUN`), those of that narrower model inside this one (`layers.narrowed`)."""
         module = self.build(nnx.Rngs(key))
-        settings = settings or {}
-        if "conv_channels" in settings:
-            module.narrow(settings["conv_channels"], settings.get("hidden_sizes"))
-        elif "hidden_sizes" in settings:
-            for _, layer in nnx.iter_graph(module):
-                if isinstance(layer, DenseStack):
-                    layer.narrow(settings["hidden_sizes"])
+        widths = self._widths(settings)
+        if widths:
+            module.narrow(widths)
         return _weights(*nnx.split(module, nnx.Param, nnx.BatchStat)[1:])
+
+    def _widths(self, settings: Mapping[str, jax.Array] | None) -> dict[str, jax.Array]:
+        """The run's own widths among `settings`: those the model class declares in `PER_RUN`."""
+        return {k: v for k, v in (settings or {}).items() if k in per_run(self.module_class)}
 
     def module(self, variables: dict[str, PyTree]) -> nnx.Module:
         """The module holding `variables`, to inspect or call it the NNX way."""
@@ -102,20 +102,30 @@ class Model:
         """(logits, the batch-norm statistics after the call: updated when `train`).
 
         `settings` gives model settings a run's own traced value (a sweep's or a search trial's):
-        dropout rates (e.g. "dropout_rate"), and "hidden_sizes" and "conv_channels", the widths a
-        trial uses inside this model's (see `DenseStack` and `CNN`).
+        dropout rates (e.g. "dropout_rate", each `Dropout` layer naming its own), and the widths
+        the model class declares in `PER_RUN`, which the module `use`s inside its own.
         """
         settings = settings or {}
         module = self.module(variables)
         for _, layer in nnx.iter_graph(module):  # nnx.iter_modules is newer than flax 0.12.0
             if isinstance(layer, Dropout) and layer.setting in settings:
                 layer.rate = nnx.data(settings[layer.setting])  # a traced value, not structure
-            if isinstance(layer, DenseStack) and "hidden_sizes" in settings:
-                layer.widths = nnx.data(settings["hidden_sizes"])
-            if isinstance(layer, CNN) and "conv_channels" in settings:
-                layer.channels = nnx.data(settings["conv_channels"])
+        widths = self._widths(settings)
+        if widths:
+            module.use(widths)
         logits = module(images, train=train, dropout_key=dropout_key)
         return logits, nnx.state(module, nnx.BatchStat).to_pure_dict()
+
+
+def per_run(module_class: type[nnx.Module]) -> tuple[str, ...]:
+    """The settings a model class lets a run give its own value inside one program, masked inside
+    its widest (`PER_RUN`, with the methods `narrow` and `use`); none where it declares none."""
+    return getattr(module_class, "PER_RUN", ())
+
+
+def searchable(model_config: ConfigDict) -> tuple[str, ...]:
+    """`per_run` of the model `model_config` names, as config keys ("model.hidden_sizes")."""
+    return tuple(f"model.{key}" for key in per_run(_class_and_settings(model_config)[0]))
 
 
 def check(model_config: ConfigDict) -> None:

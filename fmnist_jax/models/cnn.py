@@ -31,8 +31,12 @@ class CNN(nnx.Module):
     per block), the names of the Flax Linen version, so its checkpoints restore as they are.
 
     A search trains trials of several channel counts inside the widest CNN (`narrow`, and
-    `channels` while it trains), as `DenseStack` does with widths.
+    `use` while it trains), as `DenseStack` does with widths.
     """
+
+    # The settings a run may give its own value inside this model's program (see `Model`): the
+    # channels per block and the head's widths, masked inside these.
+    PER_RUN = ("conv_channels", "hidden_sizes")
 
     def __init__(
         self,
@@ -81,12 +85,20 @@ class CNN(nnx.Module):
             num_classes,
             rngs=rngs,
         )
-        # The channels in use per block, `[num_blocks]` (a trial's, traced; see `Model.apply`); None: all.
+        # The channels in use per block, `[num_blocks]` (a run's, traced; see `use`); None: all.
         self.channels = None
 
-    def narrow(self, channels: jax.Array | None, hidden_sizes: jax.Array | None) -> None:
-        """Makes these weights the initial weights of a CNN of `channels` per block and head
-        `hidden_sizes` (None: these) inside this one (`layers.narrowed`)."""
+    def use(self, widths: dict[str, jax.Array]) -> None:
+        """Trains and evaluates as the CNN of a run's own `widths` (`PER_RUN`) inside this one."""
+        if "conv_channels" in widths:
+            self.channels = nnx.data(widths["conv_channels"])  # a traced value, not structure
+        if "hidden_sizes" in widths:
+            self.head.widths = nnx.data(widths["hidden_sizes"])
+
+    def narrow(self, widths: dict[str, jax.Array]) -> None:
+        """Makes these weights the initial weights of a CNN of `widths` (`PER_RUN`; a missing one:
+        these) inside this one (`layers.narrowed`)."""
+        channels, hidden_sizes = widths.get("conv_channels"), widths.get("hidden_sizes")
         used = None  # the image's channels: all
         for i, names in enumerate(self.blocks):
             for suffix in names:

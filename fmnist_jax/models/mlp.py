@@ -14,6 +14,10 @@ from fmnist_jax.shapes import IMAGE_SHAPE
 class MLP(nnx.Module):
     """Keras' `Flatten -> Dense(h, act) [-> Dropout] ... -> Dense(10)`; returns logits."""
 
+    # The settings a run may give its own value inside this model's program (see `Model`): the
+    # hidden widths, masked inside these (`DenseStack`).
+    PER_RUN = ("hidden_sizes",)
+
     def __init__(
         self,
         hidden_sizes: tuple[int, ...] = (128,),
@@ -32,6 +36,14 @@ class MLP(nnx.Module):
             num_classes,
             rngs=rngs,
         )
+
+    def narrow(self, widths: dict[str, jax.Array]) -> None:
+        """Makes these weights the initial weights of an MLP of a run's own hidden widths."""
+        self.head.narrow(widths["hidden_sizes"])
+
+    def use(self, widths: dict[str, jax.Array]) -> None:
+        """Trains and evaluates as the MLP of a run's own hidden widths inside this one."""
+        self.head.widths = nnx.data(widths["hidden_sizes"])  # a traced value, not structure
 
     def __call__(
         self, images: jax.Array, train: bool = False, dropout_key: jax.Array | None = None

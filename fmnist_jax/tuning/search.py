@@ -74,19 +74,30 @@ def check(config: ConfigDict) -> list[Dimension]:
             "set data.num_validation > 0, num_seeds=1 and no grid."
         )
     space = dimensions(s.space)
+    searchable = _searchable(config)
     for d in space:
+        if d.key not in searchable:
+            with_trial(config, {d.key: d.values_or_ends()[0]})  # a key the config lacks: that
+            raise UserError(
+                f"search.space cannot search {d.key}: a search's trials train side by side in one "
+                "compiled program, so it searches the numbers a sweep varies and the widths its "
+                f"model declares ({', '.join(searchable)}). Compare other choices as separate "
+                "searches or runs (python -m experiments.compare)."
+            )
         _check_values_of(config, d)
         for value in d.values_or_ends():
             config_checks.validate(with_trial(config, {d.key: value}))
-        if d.key not in config_lib.SEARCHABLE:
-            raise UserError(
-                f"search.space cannot search {d.key}: a search's trials train side by side in one "
-                "compiled program, so it searches the numbers a sweep varies and the widths "
-                f"({', '.join(config_lib.SEARCHABLE)}). Compare other choices as separate searches or "
-                "runs (python -m experiments.compare)."
-            )
     _budget(config, space)  # a grid lists discrete ranges only
     return space
+
+
+def _searchable(config: ConfigDict) -> tuple[str, ...]:
+    """The keys a trial may set: the numbers a sweep varies, and the widths the model declares
+    (`models.per_run`), which its trials train masked inside the widest."""
+    from fmnist_jax import models
+
+    models.check(config.model)
+    return (*config_lib.SWEEPABLE, *models.searchable(config.model))
 
 
 def _budget(config: ConfigDict, space: list[Dimension]) -> int:
@@ -99,8 +110,8 @@ def _budget(config: ConfigDict, space: list[Dimension]) -> int:
 def _check_values_of(config: ConfigDict, d: Dimension) -> None:
     """A dimension's values are of its key's kind: numbers (never a boolean or None) for a number,
     widths of one depth for widths (a single integer is one layer's width)."""
-    if d.kind != "choice" or d.key not in config_lib.SEARCHABLE:
-        return  # ranges hold numbers already; an unsearchable key is refused below
+    if d.kind != "choice":
+        return  # ranges hold numbers already
     values = d.values()
     if _is_widths(config, d.key):
         depths = {len(_as_widths(v)) for v in values}
