@@ -312,13 +312,15 @@ def test_eval_sets_share_one_call_shape_and_add_up_as_one_call():
     assert (
         in_calls.sums.count.tolist() == [20]
         and in_calls.sums.loss.tolist() == in_one.sums.loss.tolist()
-        and in_calls.sums.correct.tolist() == in_one.sums.correct.tolist()
+        and in_calls.sums.metrics["accuracy"].tolist() == in_one.sums.metrics["accuracy"].tolist()
     )
     # The probabilities the reports draw: the same in calls, agreeing with the sums and with what
     # a restored classifier predicts.
     probabilities = in_calls.run_probabilities(0)
     np.testing.assert_array_equal(probabilities, in_one.run_probabilities(0))
-    assert int((probabilities.argmax(-1) == labels).sum()) == int(in_calls.sums.correct[0])
+    assert int((probabilities.argmax(-1) == labels).sum()) == int(
+        in_calls.sums.metrics["accuracy"][0]
+    )
     classifier = inference.Classifier(
         mlp_config.get_config(), (), 0, inference.one_run(jax.device_get(weights), 0)
     )

@@ -1,6 +1,9 @@
 """Each kind of extension is declared in one place, and a run sees it with no other edit
-(docs/design.md, "How to add"): an optimizer and a model, each added in the test itself."""
+(docs/design.md, "How to add"): a metric, an optimizer and a model, each added in the test
+itself."""
 
+import json
+import logging
 import math
 
 import jax
@@ -16,8 +19,44 @@ from fmnist_jax.config import optimizers
 from fmnist_jax.engine import optim
 from fmnist_jax.errors import UserError
 from fmnist_jax.models.layers import DenseStack
+from fmnist_jax.records import metrics
+from fmnist_jax.reports import plots
 from fmnist_jax.training import train
 from fmnist_jax.tuning import search
+
+TOP_2 = metrics.Metric(
+    lambda logits, labels: (jax.lax.top_k(logits, 2)[1] == labels[:, None]).any(-1), "top2"
+)
+
+
+def test_a_metric_is_one_entry_that_every_record_of_a_run_shows(
+    monkeypatch, tiny_config, tmp_path, caplog
+):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    monkeypatch.setitem(metrics.METRICS, "top2_accuracy", TOP_2)
+    workdir = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        summary = train.train_and_evaluate(tiny_config, str(workdir))
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        for split in ("train", "val"):
+            assert row[f"{split}_top2_accuracy"] >= row[f"{split}_accuracy"]
+            assert len(row[f"{split}_top2_accuracy_seeds"]) == 1
+            assert f"{split}_top2_accuracy_std" in row
+    on_disk = json.loads((workdir / "summary.json").read_text())
+    assert on_disk["test_top2_accuracy"] == summary["test_top2_accuracy"]
+    assert summary["test_top2_accuracy"] >= summary["test_accuracy"]
+    assert len(summary["test_top2_accuracy_seeds"]) == 1
+    for run in ("train", "validation"):
+        board = event_accumulator.EventAccumulator(str(workdir / "tensorboard" / run))
+        board.Reload()
+        assert len(board.Scalars("epoch_top2_accuracy")) == tiny_config.num_epochs
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == tiny_config.num_epochs and all(" top2 " in line for line in lines)
+    figure = plots.learning_curves(rows)
+    assert [ax.get_ylabel() for ax in figure.axes] == ["loss", "accuracy", "top2_accuracy"]
+
 
 LION = optimizers.Optimizer(
     lambda optax, lr, setting, static: optax.lion(

@@ -484,7 +484,7 @@ def test_a_masked_width_k_trial_is_a_width_k_model():
         config.model, config, _narrow(masked_init, 24), {}, images, labels
     )
     np.testing.assert_allclose(masked_sums.loss, genuine_sums.loss, rtol=1e-5)
-    assert masked_sums.correct == genuine_sums.correct
+    assert masked_sums.metrics["accuracy"] == genuine_sums.metrics["accuracy"]
     for leaf_masked, leaf_genuine in zip(
         jax.tree.leaves(_narrow(masked, 24)), jax.tree.leaves(genuine), strict=True
     ):

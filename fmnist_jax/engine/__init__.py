@@ -27,6 +27,7 @@ import optax
 from fmnist_jax.engine.augment import Augment
 from fmnist_jax.engine.normalizer import Normalizer
 from fmnist_jax.models import Model
+from fmnist_jax.records import metrics as metrics_lib
 from fmnist_jax.shapes import PyTree
 
 
@@ -72,10 +73,11 @@ def eval_params(weights: dict[str, PyTree]) -> PyTree:
 
 @flax.struct.dataclass
 class Sums:
-    """Per-epoch sums kept on the device; `first_nonfinite_step` is -1 while every loss is finite."""
+    """Per-epoch sums kept on the device: the loss and each metric of `metrics.METRICS`;
+    `first_nonfinite_step` is -1 while every loss is finite."""
 
     loss: jax.Array
-    correct: jax.Array
+    metrics: dict[str, jax.Array]
     count: jax.Array
     first_nonfinite_step: jax.Array
 
@@ -84,23 +86,36 @@ class Sums:
         shape = (num_runs,)  # NumPy: no compiled op just to make zeros
         return cls(
             loss=np.zeros(shape, np.float32),
-            correct=np.zeros(shape, np.int32),
+            metrics={name: np.zeros(shape, np.float32) for name in metrics_lib.METRICS},
             count=np.zeros(shape, np.int32),
             first_nonfinite_step=np.full(shape, -1, np.int32),
         )
 
+    def add(
+        self, loss: jax.Array, logits: jax.Array, labels: jax.Array, mask: jax.Array | bool = True
+    ) -> Sums:
+        """These sums plus a batch's: its summed `loss`, and the metrics of the examples `mask`
+        marks."""
+        batch = metrics_lib.sums(logits, labels, mask)
+        return self.replace(
+            loss=self.loss + loss,
+            metrics={name: total + batch[name] for name, total in self.metrics.items()},
+            count=self.count + jnp.sum(jnp.broadcast_to(mask, labels.shape)),
+        )
+
     def per_run(self) -> list[dict[str, float]]:
-        """Host values, read in one transfer: mean loss and accuracy and the first non-finite step, per run."""
-        loss, correct, count, bad_step = jax.device_get(
-            (self.loss, self.correct, self.count, self.first_nonfinite_step)
+        """Host values, read in one transfer: per run the mean loss and metrics, and the first
+        non-finite step."""
+        loss, totals, count, bad_step = jax.device_get(
+            (self.loss, self.metrics, self.count, self.first_nonfinite_step)
         )
         return [
             {
-                "loss": float(total) / max(int(n), 1),
-                "accuracy": float(c) / max(int(n), 1),
-                "first_nonfinite_step": int(b),
+                "loss": float(loss[r]) / max(int(count[r]), 1),
+                **{name: float(t[r]) / max(int(count[r]), 1) for name, t in totals.items()},
+                "first_nonfinite_step": int(bad_step[r]),
             }
-            for total, c, n, b in zip(loss, correct, count, bad_step, strict=True)
+            for r in range(len(count))
         ]
 
 
@@ -256,15 +271,11 @@ class Engine:
         if self.ema_decay:
             decay = values.get("ema_decay", self.ema_decay)
             ema_params = moving_average(ema_params, params, decay, state.step)
-        n = labels.shape[0]
         finite = jnp.isfinite(loss)
-        sums = Sums(
-            loss=sums.loss + loss * n,
-            correct=sums.correct + jnp.sum(jnp.argmax(logits, -1) == labels),
-            count=sums.count + n,
+        sums = sums.add(loss * labels.shape[0], logits, labels).replace(
             first_nonfinite_step=jnp.where(
                 (sums.first_nonfinite_step < 0) & ~finite, state.step, sums.first_nonfinite_step
-            ),
+            )
         )
         return TrainState(
             step=state.step + 1,
@@ -315,14 +326,8 @@ class Engine:
             logits = log_probabilities(
                 self.model, self.normalizer, params, batch_stats, x, self.test_time_flip
             )
-            loss = cross_entropy(logits, y, 0.0)
-            correct = (jnp.argmax(logits, -1) == y) & m
-            return Sums(
-                loss=sums.loss + jnp.sum(jnp.where(m, loss, 0.0)),
-                correct=sums.correct + jnp.sum(correct),
-                count=sums.count + jnp.sum(m),
-                first_nonfinite_step=sums.first_nonfinite_step,
-            ), jnp.exp(logits)
+            loss = jnp.sum(jnp.where(m, cross_entropy(logits, y, 0.0), 0.0))
+            return sums.add(loss, logits, y, m), jnp.exp(logits)
 
         return jax.lax.scan(body, sums, (images, labels, mask))
 

@@ -27,7 +27,7 @@ from fmnist_jax.config import run_axis
 from fmnist_jax.engine.normalizer import Normalizer
 from fmnist_jax.errors import UserError
 from fmnist_jax.inference import interpret
-from fmnist_jax.records import checkpoint
+from fmnist_jax.records import checkpoint, metrics
 from fmnist_jax.records import workdir as workdir_lib
 from fmnist_jax.shapes import IMAGE_SHAPE
 
@@ -239,17 +239,20 @@ class Classifier:
 
 
 def report(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict[str, Any]:
-    """Accuracy, loss, per-class accuracy, confusion matrix (rows true, columns predicted), predictions."""
+    """The loss and every metric of `metrics.METRICS` (accuracy, ...), per-class accuracy, the
+    confusion matrix (rows true, columns predicted), the predictions."""
     predicted = probabilities.argmax(-1)
+    log_probabilities = np.log(np.maximum(probabilities, 1e-12))
     num_classes = len(class_names)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
     return {
-        "accuracy": float((predicted == labels).mean()),
-        "loss": float(
-            -np.log(np.maximum(probabilities[np.arange(len(labels)), labels], 1e-12)).mean()
-        ),
+        **{
+            name: float(np.mean(metric.per_example(log_probabilities, labels)))
+            for name, metric in metrics.METRICS.items()
+        },
+        "loss": float(-log_probabilities[np.arange(len(labels)), labels].mean()),
         "per_class_accuracy": {
             name: float(a) for name, a in zip(class_names, per_class, strict=False)
         },

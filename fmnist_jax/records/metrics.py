@@ -1,18 +1,54 @@
-"""The records a run writes: one `EpochRow` per epoch (metrics.jsonl, TensorBoard, the checkpoint's
-history) and one `Summary` at the end (summary.json, the return value of `train_and_evaluate`).
+"""The metrics a run records, and the records it writes: one `EpochRow` per epoch (metrics.jsonl,
+TensorBoard, the checkpoint's history) and one `Summary` at the end (summary.json, the return
+value of `train_and_evaluate`).
 
-Every metric is the mean over the run axis (the seeds, or a sweep's members x seeds), with its
-standard deviation (`_std`) and the per-run values (`_seeds`), whatever the number of runs.
+Every split reports its loss and each metric of `METRICS`, declared here once: the train and
+evaluation steps sum it over the epoch (`sums`), and metrics.jsonl, summary.json, TensorBoard, the
+epoch line, the progress bar and the learning curves show it, with no other edit. Each is the mean
+over the run axis (the seeds, or a sweep's members x seeds), with its standard deviation (`_std`)
+and the per-run values (`_seeds`), whatever the number of runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import NotRequired, TypedDict
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
 from fmnist_jax.config import run_axis
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """`per_example(logits [N, classes], labels [N]) -> [N]`, averaged over a split's examples;
+    `short`: how the epoch line and the progress bar name it."""
+
+    per_example: Callable[[jax.Array, jax.Array], jax.Array]
+    short: str
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric(lambda logits, labels: jnp.argmax(logits, -1) == labels, "acc"),
+}
+
+
+def names() -> tuple[str, ...]:
+    """What every split reports: its loss, then each metric of `METRICS`."""
+    return ("loss", *METRICS)
+
+
+def sums(logits: jax.Array, labels: jax.Array, mask: jax.Array | bool = True) -> dict:
+    """Each metric of `METRICS` summed over the examples `mask` marks (all by default)."""
+    return {
+        name: jnp.sum(jnp.where(mask, metric.per_example(logits, labels), 0.0))
+        for name, metric in METRICS.items()
+    }
+
 
 # What a run that learned nothing scores on Fashion-MNIST's 10 balanced classes: the cross-entropy
 # of predicting 1/10 for every class, and chance accuracy (0.1) plus the noise of a few thousand
@@ -74,9 +110,9 @@ class Summary(Validation):
 
 
 def over_runs(split: str, per_run: list[dict[str, float]]) -> dict[str, float | list[float]]:
-    """`{split}_loss` and `{split}_accuracy` of per-run metrics: mean, `_std` and `_seeds`."""
+    """`{split}_loss` and `{split}_<metric>` of per-run metrics: mean, `_std` and `_seeds`."""
     out = {}
-    for metric in ("loss", "accuracy"):
+    for metric in names():
         values = np.array([r[metric] for r in per_run])
         out[f"{split}_{metric}"] = float(values.mean())
         out[f"{split}_{metric}_std"] = float(values.std())

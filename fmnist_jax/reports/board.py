@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from fmnist_jax.records import metrics
 from fmnist_jax.records.workdir import BOARD_DIR, HPARAMS_RUN
 from fmnist_jax.reports import shown
 
@@ -37,8 +38,8 @@ class Board:
         )
 
     def epoch(self, row: dict[str, Any]) -> None:
-        """The epoch's loss and accuracy as `epoch_loss` and `epoch_accuracy` in the `train/` and
-        `validation/` runs (Keras' tags), the other numbers (their spread over seeds, the learning
+        """The epoch's loss and metrics as `epoch_loss`, `epoch_accuracy`, ... in the `train/`
+        and `validation/` runs (Keras' tags), the other numbers (their spread over seeds, the learning
         rate, speed) in the main one."""
         if self._writer is None:
             return
@@ -46,7 +47,7 @@ class Board:
             # Per-run lists stay in metrics.jsonl; a sweep's diverged member makes a mean NaN.
             if key != "epoch" and not isinstance(value, list) and math.isfinite(value):
                 prefix, _, metric = key.partition("_")
-                if prefix in self._splits and metric in ("loss", "accuracy"):
+                if prefix in self._splits and metric in metrics.names():
                     self._splits[prefix].add_scalar(f"epoch_{metric}", value, row["epoch"])
                 else:
                     self._writer.add_scalar(key, value, row["epoch"])

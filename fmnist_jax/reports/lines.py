@@ -5,21 +5,30 @@ from __future__ import annotations
 import os
 import shlex
 
+from fmnist_jax.records import metrics
 from fmnist_jax.records.metrics import EpochRow, Summary
 
 PLOTS_DIR = "plots"
 
 
 def epoch_line(row: EpochRow, num_epochs: int) -> str:
-    val = (
-        f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
-        if "val_loss" in row
-        else ""
-    )
+    val = f"  val {_measured(row, 'val')}" if "val_loss" in row else ""
     return (
-        f"epoch {row['epoch']:>3}/{num_epochs}  train loss {row['train_loss']:.4f} "
-        f"acc {row['train_accuracy']:.4f}{val}  {row['epoch_seconds']:.2f} s  "
-        f"{row['examples_per_second']:,.0f} ex/s  lr {row['learning_rate']:.2e}"
+        f"epoch {row['epoch']:>3}/{num_epochs}  train {_measured(row, 'train')}{val}  "
+        f"{row['epoch_seconds']:.2f} s  {row['examples_per_second']:,.0f} ex/s  "
+        f"lr {row['learning_rate']:.2e}"
+    )
+
+
+def short_names() -> dict[str, str]:
+    """How the epoch line and the progress bar name the loss and each metric."""
+    return {"loss": "loss", **{name: m.short for name, m in metrics.METRICS.items()}}
+
+
+def _measured(row: EpochRow, split: str) -> str:
+    """'loss 0.3000 acc 0.9000' for a split's values in `row`."""
+    return " ".join(
+        f"{short} {row[f'{split}_{name}']:.4f}" for name, short in short_names().items()
     )
 
 

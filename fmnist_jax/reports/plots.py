@@ -103,11 +103,20 @@ def save(fig: Figure, path: str) -> None:
 
 
 def learning_curves(history: list[dict[str, Any]]) -> Figure:
-    """Loss and accuracy per epoch, train vs validation (the Keras-notebook plot)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    """The loss and each metric per epoch, train vs validation (the Keras-notebook plot): every
+    `train_<metric>` mean the rows hold."""
+    shown_metrics = sorted(  # the loss first, as Keras draws it
+        (
+            key.removeprefix("train_")
+            for key in history[0]
+            if key.startswith("train_") and not key.endswith(("_std", "_seeds"))
+        ),
+        key=lambda metric: metric != "loss",
+    )
+    fig, axes = plt.subplots(1, len(shown_metrics), figsize=(5 * len(shown_metrics), 4))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.97, wspace=0.22)
     epochs = [r["epoch"] for r in history]
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=False):
+    for ax, metric in zip(axes, shown_metrics, strict=True):
         ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train")
         if all(f"val_{metric}" in r for r in history):
             ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="validation")

@@ -15,7 +15,7 @@ from typing import TextIO
 from absl import logging
 
 from fmnist_jax.records.metrics import EpochRow
-from fmnist_jax.reports import in_notebook
+from fmnist_jax.reports import in_notebook, lines
 
 _REFRESH_SECONDS, _LOG_EVERY_SECONDS = 0.1, 30.0
 
@@ -69,9 +69,12 @@ class Progress:
     def epoch(self, row: EpochRow, line: str) -> None:
         """Epoch `row['epoch']` is done: logs its `line` above the bar, which shows its metrics
         until the next epoch's."""
-        metrics = {"loss": row["train_loss"], "acc": row["train_accuracy"]}
-        if "val_accuracy" in row:
-            metrics.update(val_loss=row["val_loss"], val_acc=row["val_accuracy"])
+        splits = ("train", "val") if "val_loss" in row else ("train",)
+        metrics = {
+            f"{'val_' if split == 'val' else ''}{short}": row[f"{split}_{name}"]
+            for split in splits
+            for name, short in lines.short_names().items()
+        }
         self._bar.set_description(self._description(row["epoch"]), refresh=False)
         self._bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
         self._advance(row["epoch"] * self._steps_per_epoch)

@@ -183,7 +183,7 @@ def _reported_val(
     rows = {row["epoch"]: row for row in loop.history}
     if all("val_loss_seeds" in rows.get(epoch, {}) for epoch in epochs):
         per_run = [
-            {metric: rows[epoch][f"val_{metric}_seeds"][run] for metric in ("loss", "accuracy")}
+            {metric: rows[epoch][f"val_{metric}_seeds"][run] for metric in metrics.names()}
             for run, epoch in enumerate(epochs)
         ]
         return over_runs("val", per_run)
