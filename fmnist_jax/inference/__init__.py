@@ -249,7 +249,7 @@ def report(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict[s
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
     return {
         **{
-            name: float(np.mean(metric.per_example(log_probabilities, labels)))
+            name: float(np.mean(np.asarray(metric.per_example(log_probabilities, labels), float)))
             for name, metric in metrics.METRICS.items()
         },
         "loss": float(-log_probabilities[np.arange(len(labels)), labels].mean()),
