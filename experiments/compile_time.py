@@ -55,7 +55,7 @@ def alone(config, splits: data.Splits) -> list[tuple[str, float, float]]:
         rows.append((name, wall, cpu))
         return result
 
-    row("seed keys", lambda: initial_state.seed_keys(run_axis.run_seeds(config)))
+    row("seed keys", lambda: initial_state.seed_keys(list(run_axis.RunAxis.of(config).seeds)))
     program = program_lib.build(config, splits)
     state = row("initial state", program.initial_state)
     row("shuffle", lambda: program.runner.batches(0))

@@ -10,9 +10,11 @@ defined.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
+import numpy as np
 from ml_collections import ConfigDict
 
 from fmnist_jax.config import with_values
@@ -53,37 +55,66 @@ def members(config: ConfigDict) -> list[dict[str, Any]]:
     ]
 
 
-def swept_values(config: ConfigDict) -> dict[str, list[Any]]:
-    """Each swept key's distinct values over the members, in the order they first appear."""
-    values: dict[str, list[Any]] = {key: [] for keys, _ in entries(config.grid) for key in keys}
-    for member in members(config):
-        for key, value in member.items():
-            if value not in values[key]:
-                values[key].append(value)
-    return values
-
-
-def run_seeds(config: ConfigDict) -> list[int]:
-    """The seed of each run on the run axis: every member with seeds seed, seed+1, ...; member m's
-    seed s is run m * num_seeds + s."""
-    return [config.seed + s for _ in members(config) for s in range(config.num_seeds)]
-
-
-def num_runs(config: ConfigDict) -> int:
-    """The length of the run axis: members x seeds."""
-    return len(members(config)) * config.num_seeds
-
-
 def run_values(config: ConfigDict, run: int) -> dict[str, Any]:
     """The swept keys' values of run `run` ({} without a grid)."""
     return members(config)[run // config.num_seeds]
 
 
-def widest(config: ConfigDict) -> ConfigDict:
-    """The config a sweep's program is built from: each swept key at its largest value, so that the
-    parts a 0 turns off (dropout, momentum, clipping, weight decay, EMA, erasing) exist for every
-    member; each run's own values replace those numbers inside the program."""
-    return with_values(config, {key: largest(v) for key, v in swept_values(config).items()})
+@dataclasses.dataclass(frozen=True)
+class RunAxis:
+    """The run axis of one program, derived once: its members' values and every run's seed. A
+    config's (`of`), or a search population's slots, all at the space's largest values."""
+
+    members: tuple[dict[str, Any], ...]
+    num_seeds: int
+    seeds: tuple[int, ...]
+    learning_rate: float  # the config's: each run's own unless swept (see `arrays`)
+
+    @classmethod
+    def of(cls, config: ConfigDict) -> RunAxis:
+        """The members x seeds of `config`'s grid."""
+        return cls.of_members(config, members(config))
+
+    @classmethod
+    def of_members(cls, config: ConfigDict, rows: list[dict[str, Any]]) -> RunAxis:
+        """`rows` as the members, each with `config.num_seeds` seeds."""
+        return cls(
+            members=tuple(rows),
+            num_seeds=config.num_seeds,
+            seeds=tuple(config.seed + s for _ in rows for s in range(config.num_seeds)),
+            learning_rate=config.optimizer.learning_rate,
+        )
+
+    @property
+    def num_runs(self) -> int:
+        return len(self.seeds)
+
+    def swept_values(self) -> dict[str, list[Any]]:
+        """Each swept key's distinct values over the members, in the order they first appear."""
+        values: dict[str, list[Any]] = {key: [] for key in self.members[0]}
+        for member in self.members:
+            for key, value in member.items():
+                if value not in values[key]:
+                    values[key].append(value)
+        return values
+
+    def widest(self, config: ConfigDict) -> ConfigDict:
+        """The config the program is built from: each swept key at its largest value, so that the
+        parts a 0 turns off (dropout, momentum, clipping, weight decay, EMA, erasing) exist for
+        every member; each run's own values replace those numbers inside the program."""
+        return with_values(config, {k: largest(v) for k, v in self.swept_values().items()})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The numbers each run passes to the training program, `[num_runs]` float32 each: every
+        swept key's values, and the learning rate even without a sweep, so that runs differing
+        only in it (the knob users turn most) share one compiled program and find it in the
+        compilation cache. It only multiplies the update: the bits of a constant
+        (tests/test_sweep.py)."""
+        rows = [{"optimizer.learning_rate": self.learning_rate, **m} for m in self.members]
+        return {
+            key: np.repeat(np.array([r[key] for r in rows], np.float32), self.num_seeds, axis=0)
+            for key in rows[0]
+        }
 
 
 def largest(values: list[Any]) -> Any:

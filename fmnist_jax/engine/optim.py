@@ -2,7 +2,7 @@
 
 `values` holds a run's own numbers for swept keys (`config.grid`; traced per-run scalars inside a
 sweep's program) and replaces the config's; which parts exist (momentum, clipping, weight decay)
-follows the config, where each swept key holds its largest value (`config.widest`).
+follows the config, where each swept key holds its largest value (`RunAxis.widest`).
 """
 
 from __future__ import annotations

@@ -64,21 +64,6 @@ def _engine(
     return eng, steps_per_call
 
 
-def run_arrays(config: ConfigDict) -> dict[str, np.ndarray]:
-    """The numbers each run of the run axis passes to the training program, `[num_runs]` float32
-    each: every swept key's values, and the learning rate even without a sweep, so that runs
-    differing only in it (the knob users turn most) share one compiled program and find it in the
-    compilation cache. It only multiplies the update: the bits of a constant (tests/test_sweep.py)."""
-    members = [
-        {"optimizer.learning_rate": config.optimizer.learning_rate, **member}
-        for member in run_axis.members(config)
-    ]
-    return {
-        key: np.repeat(np.array([m[key] for m in members], np.float32), config.num_seeds, axis=0)
-        for key in members[0]
-    }
-
-
 @dataclasses.dataclass(frozen=True)
 class Program:
     """Everything a run compiles: built by `build`, compiled by `compile`."""
@@ -92,6 +77,7 @@ class Program:
     learning_rate: optax.Schedule
     init_keys: jax.Array
     placement: Placement
+    axis: run_axis.RunAxis  # the runs it trains at once, derived once from the config
 
     @property
     def steps_per_epoch(self) -> int:
@@ -170,19 +156,22 @@ def build(
     splits: data.Splits,
     placement: Placement | None = None,
     backend: str | None = None,
+    axis: run_axis.RunAxis | None = None,
 ) -> Program:
     """The programs of `config` over `splits`, for `backend` (default: the one JAX runs on), with
-    the data on `placement`'s devices (default: all of them, the runs spread over them)."""
+    the data on `placement`'s devices (default: all of them, the runs spread over them), training
+    the runs of `axis` (default: the config's members x seeds)."""
     backend = backend or jax.default_backend()
-    placement = placement or Placement.over_all_devices(run_axis.num_runs(config))
-    widest = run_axis.widest(config)
+    axis = axis or run_axis.RunAxis.of(config)
+    widest, values = axis.widest(config), axis.arrays()
     model = models.create(widest.model, backend)
+    placement = placement or Placement.over_all_devices(axis.num_runs)
     normalizer = Normalizer.fit(splits.train_images, config.data.standardize)
     steps_per_epoch = len(splits.train_labels) // config.batch_size
     eng, steps_per_call = _engine(
-        widest, model, normalizer, steps_per_epoch, backend, run_axis.num_runs(config)
+        widest, model, normalizer, steps_per_epoch, backend, axis.num_runs
     )
-    init_keys, shuffle_keys, dropout_keys = initial_state.seed_keys(run_axis.run_seeds(config))
+    init_keys, shuffle_keys, dropout_keys = initial_state.seed_keys(list(axis.seeds))
     runner = runner_lib.EpochRunner(
         engine=eng,
         images=splits.train_images,
@@ -191,7 +180,7 @@ def build(
         steps_per_call=steps_per_call,
         shuffle_key=shuffle_keys,
         dropout_key=dropout_keys,
-        values=run_arrays(config),
+        values=values,
         placement=placement,
     )
     eval_splits = {"test": (splits.test_images, splits.test_labels)}
@@ -208,6 +197,7 @@ def build(
         learning_rate=optim.schedule(config, steps_per_epoch),
         init_keys=init_keys,
         placement=placement,
+        axis=axis,
     )
 
 
@@ -217,7 +207,8 @@ def lower_for(
     """The training call and the evaluation program of `config` exactly as a run on `platform` ("cpu",
     "cuda", "tpu") builds them, lowered on this machine without compiling: proves that every backend's
     programs build, with that backend's choices (steps per call, unrolling, seed loop, pooling ops)."""
-    widest = run_axis.widest(config)
+    axis = run_axis.RunAxis.of(config)
+    widest = axis.widest(config)
     model = models.create(widest.model, platform)
     normalizer = (
         Normalizer(mean=np.zeros(IMAGE_SHAPE, np.float32), std=np.ones(IMAGE_SHAPE, np.float32))
@@ -226,9 +217,9 @@ def lower_for(
     )
     steps_per_epoch = num_train // config.batch_size
     eng, steps_per_call = _engine(
-        widest, model, normalizer, steps_per_epoch, platform, run_axis.num_runs(config)
+        widest, model, normalizer, steps_per_epoch, platform, axis.num_runs
     )
-    init_key, _, dropout_key = initial_state.seed_keys(run_axis.run_seeds(config))
+    init_key, _, dropout_key = initial_state.seed_keys(list(axis.seeds))
     state = initial_state.state_shapes(model, eng.tx, init_key, ema=eng.ema_decay > 0)
     steps = min(steps_per_call, steps_per_epoch)
     images = jax.ShapeDtypeStruct((num_train, *IMAGE_SHAPE), jnp.uint8)
@@ -244,7 +235,7 @@ def lower_for(
         labels,
         indices,
         dropout_key,
-        run_arrays(config),
+        axis.arrays(),
     )
     weights = state.weights()
     eval_call = jax.jit(eng.eval_program()).trace(

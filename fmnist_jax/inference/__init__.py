@@ -348,7 +348,7 @@ def load(workdir: str, which: str = "final", run: int | None = None) -> Classifi
     config.grid = run_axis.from_json(config.get("grid", ()))
     if run is None:
         run = meta.get("summary", {}).get("reported_run", 0)
-    runs = run_axis.num_runs(config)
+    runs = run_axis.RunAxis.of(config).num_runs
     if not 0 <= run < runs:
         raise UserError(
             f"{workdir} holds runs 0 to {runs - 1} (members x seeds); run={run} is not one of them."

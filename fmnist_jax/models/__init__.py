@@ -1,9 +1,9 @@
-# ruff: noqa: E402 - the imports after `flax.nnx` wait for the guard around it (below)
 """Models by name: adding one is adding a module here and a line in `MODELS`.
 
 Models are Flax NNX modules; `create` returns them as a `Model`, pure functions over explicit
 weights, the form the compiled epoch, the run axis, sharding, checkpoints and export work with.
 """
+# ruff: noqa: E402 - the imports after `flax.nnx` wait for the guard around it (below)
 
 from __future__ import annotations
 

@@ -140,6 +140,6 @@ def member_name(values: dict[str, float]) -> str:
 
 def run_name(config: ConfigDict, run: int) -> str:
     """How logs name run `run`: its seed, and in a sweep its member."""
-    seed = f"seed {run_axis.run_seeds(config)[run]}"
+    seed = f"seed {run_axis.RunAxis.of(config).seeds[run]}"
     values = run_axis.run_values(config, run)
     return f"{member_name(values)}, {seed}" if values else seed

@@ -19,7 +19,6 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import engine
-from fmnist_jax.config import run_axis
 from fmnist_jax.engine import program as program_lib
 from fmnist_jax.records import checkpoint, metrics
 from fmnist_jax.records import workdir as workdir_lib
@@ -45,7 +44,7 @@ class LoopState:
     saved_at: float = dataclasses.field(default_factory=time.monotonic)
 
     @classmethod
-    def start(cls, state: engine.TrainState, config: ConfigDict) -> LoopState:
+    def start(cls, state: engine.TrainState, config: ConfigDict, num_runs: int) -> LoopState:
         if not config.early_stopping.enabled:
             return cls(state=state, stoppers=[], kept=None)
         es = config.early_stopping
@@ -53,9 +52,9 @@ class LoopState:
             state=state,
             stoppers=[
                 EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta)
-                for _ in range(run_axis.num_runs(config))
+                for _ in range(num_runs)
             ],
-            kept=_keep(None, state.weights(), [True] * run_axis.num_runs(config)),
+            kept=_keep(None, state.weights(), [True] * num_runs),
         )
 
     @classmethod
@@ -120,10 +119,10 @@ class LoopState:
             "config": workdir_lib.config_as_json(config),
         }
 
-    def reported(self, config: ConfigDict) -> tuple[dict[str, PyTree], list[int]]:
+    def reported(self, config: ConfigDict, num_runs: int) -> tuple[dict[str, PyTree], list[int]]:
         """(the weights each run reports, the epoch they are from, per run)."""
         if not self.stoppers:
-            return self.state.weights(), [self.epochs_done] * run_axis.num_runs(config)
+            return self.state.weights(), [self.epochs_done] * num_runs
         return self.kept, [
             s.best_epoch
             if config.early_stopping.restore_best
@@ -138,9 +137,9 @@ def summarize(
     """The reported weights' test metrics, with the run's timings and facts; and the reported
     run's test probabilities, for the reports."""
     config = program.config
-    weights, epochs = loop.reported(config)
+    weights, epochs = loop.reported(config, program.axis.num_runs)
     examples = (
-        run_axis.num_runs(config) * loop.epochs_done * program.steps_per_epoch * config.batch_size
+        program.axis.num_runs * loop.epochs_done * program.steps_per_epoch * config.batch_size
     )
     test = program.evaluate(weights, "test")
     memory = program.memory()

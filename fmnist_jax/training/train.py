@@ -122,7 +122,9 @@ def _train_and_evaluate(
     checkpoints = checkpoint.Checkpoints(
         workdir, config.checkpoint.keep, config.checkpoint.asynchronous
     )
-    loop = LoopState.restore(checkpoints, program, LoopState.start(state, config), workdir)
+    loop = LoopState.restore(
+        checkpoints, program, LoopState.start(state, config, program.axis.num_runs), workdir
+    )
     run = _Run(program, splits, workdir, primary, checkpoints, reports)
     _run_epochs(run, loop)
 
@@ -206,7 +208,7 @@ def _train(run: _Run, loop: LoopState, epoch: int, progress: Progress | None) ->
         if t["first_nonfinite_step"] >= 0 and not _diverged_before(loop.history, index):
             _diverged(run, epoch, t["first_nonfinite_step"], index)
     loop.train_seconds += seconds
-    examples = run_axis.num_runs(config) * program.steps_per_epoch * config.batch_size
+    examples = program.axis.num_runs * program.steps_per_epoch * config.batch_size
     return {
         "epoch": epoch,
         **over_runs("train", train),
@@ -265,7 +267,7 @@ def _learning_rate(
     config = program.config
     if not config.reduce_lr.enabled:
         return {"learning_rate": float(program.learning_rate(epoch * program.steps_per_epoch - 1))}
-    initial = program_lib.run_arrays(config)["optimizer.learning_rate"].tolist()
+    initial = program.axis.arrays()["optimizer.learning_rate"].tolist()
     rates = reduce_lr.learning_rates(history, config, initial)
     before = history[-1]["learning_rate_seeds"] if history else initial  # the last epoch's rates
     r = config.reduce_lr
@@ -328,7 +330,7 @@ def _save(run: _Run, loop: LoopState, kinds: list[str]) -> None:
 def _finish(run: _Run, loop: LoopState, summary: Summary, test_probabilities: np.ndarray) -> None:
     """The `final/` checkpoint, the reports, the export and summary.json; then the last line."""
     config = run.config
-    weights, epochs = loop.reported(config)
+    weights, epochs = loop.reported(config, run.program.axis.num_runs)
     final_model = run.program.model_item(weights)
     meta = {**loop.meta(config, run.splits.class_names), "summary": summary}
     reported = summary["reported_run"]

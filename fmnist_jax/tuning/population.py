@@ -19,6 +19,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from fmnist_jax import data, engine
+from fmnist_jax.config import run_axis
 from fmnist_jax.engine import initial_state
 from fmnist_jax.engine import program as program_lib
 from fmnist_jax.records import checkpoint
@@ -36,11 +37,10 @@ class Population:
         slots: int,
         directory: str,
     ):
-        population = config.copy_and_resolve_references()
-        population.grid = ((tuple(largest), (tuple(largest.values()),) * slots),)
-        self.program = program_lib.build(population, splits)
+        axis = run_axis.RunAxis.of_members(config, [largest] * slots)
+        self.program = program_lib.build(config, splits, axis=axis)
         # The searched keys' values of every slot, as the host last gave them.
-        arrays = program_lib.run_arrays(population)
+        arrays = axis.arrays()
         self.values = {key: arrays[key] for key in largest}
         self.epochs = np.zeros(slots, np.int32)  # the epochs each slot's trial has trained
         self.state: engine.TrainState | None = None

@@ -91,9 +91,10 @@ def _first_nonfinite_epoch(history: list[EpochRow], run: int) -> int | None:
 
 def results(config: ConfigDict, history: list[EpochRow], summary: Summary) -> dict[str, Any]:
     """sweep.json's content from a finished sweep's metrics history and summary."""
-    seeds = run_axis.run_seeds(config)
+    axis = run_axis.RunAxis.of(config)
+    seeds = list(axis.seeds)
     members = []
-    for m, values in enumerate(run_axis.members(config)):
+    for m, values in enumerate(axis.members):
         runs = list(range(m * config.num_seeds, (m + 1) * config.num_seeds))
         diverged = [
             {"seed": seeds[r], "epoch": e}
@@ -117,7 +118,7 @@ def results(config: ConfigDict, history: list[EpochRow], summary: Summary) -> di
         }
         members.append(member)
     return {
-        "grid": run_axis.swept_values(config),
+        "grid": axis.swept_values(),
         "seeds": seeds[: config.num_seeds],
         "members": members,
         "best": summary["reported_run"] // config.num_seeds,
