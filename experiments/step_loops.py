@@ -46,10 +46,10 @@ def ms_per_step(
     start = time.perf_counter()
     runner.compile(state)
     compile_seconds = time.perf_counter() - start
-    state, sums = runner.run(state, 0)  # warm-up epoch
+    state, sums = runner.train_epoch(state, 0)  # warm-up epoch
     jax.block_until_ready(sums)
     start = time.perf_counter()
-    state, sums = runner.run(state, 1)
+    state, sums = runner.train_epoch(state, 1)
     jax.block_until_ready(sums)
     return 1000 * (time.perf_counter() - start) / num_steps, compile_seconds
 

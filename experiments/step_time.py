@@ -60,10 +60,10 @@ def measure(config: ConfigDict, num_steps: int) -> StepTime:
     program = program_lib.build(config, splits)
     state, compile_seconds = program.compile()
     runner = program.runner
-    state, sums = runner.run(state, 0)  # warm-up
+    state, sums = runner.train_epoch(state, 0)  # warm-up
     jax.block_until_ready(sums)
     start = time.perf_counter()
-    state, sums = runner.run(state, 1)
+    state, sums = runner.train_epoch(state, 1)
     jax.block_until_ready(sums)
     step_seconds = (time.perf_counter() - start) / num_steps
     return StepTime(

@@ -19,7 +19,7 @@ The public API, what `experiments/`, notebooks and tests use (each documented wh
 - `config.default()`, `config.checks.validate(config)`: every key, its default and its checks.
 - `data.load(data_config) -> data.Splits`; `data.random_splits(...)` to time programs.
 - `engine.program.build(config, splits) -> Program`: model, optimizer, engine, epoch runner and
-  evaluation sets; `Program.compile()`, `Program.runner.run(state, epoch)`, `Program.evaluate`.
+  evaluation sets; `Program.compile()`, `Program.runner.train_epoch(state, epoch)`, `Program.evaluate`.
   `engine.program.lower_for(config, platform)`: the same programs lowered for cuda/tpu.
 - `models.create(model_config) -> models.Model` (`init(key)`, `apply(weights, images)`).
 - `tuning.sweep.train(config, workdir)`: a config with a `grid` (members x seeds in one program)

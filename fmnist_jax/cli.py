@@ -103,7 +103,7 @@ def _fail(error: UserError) -> None:
     exit_now(1, f"error: {error}")
 
 
-def run(fn: Callable[[], None], clean_stops: bool = True) -> None:
+def execute(fn: Callable[[], None], clean_stops: bool = True) -> None:
     """Runs `fn`; a `UserError` becomes its message on stderr and exit status 1, a stop (SIGINT,
     SIGTERM) its one line and 128 + the signal's number. With `clean_stops` (commands that train),
     SIGINT and SIGTERM ask `fn` to stop where it checks (`interrupts`); without (commands with nothing
@@ -262,14 +262,14 @@ def load_config(name: str = "config") -> ConfigDict:
 
 
 def main(fn: Callable[[], None], clean_stops: bool = True) -> None:
-    """The `__main__` of a command that takes only flags: `parse_flags`, then `run(fn, clean_stops)`."""
+    """The `__main__` of a command that takes only flags: `parse_flags`, then `execute(fn, clean_stops)`."""
 
     def _main(argv: list[str]) -> None:
         if len(argv) > 1:
             sys.exit(
                 f"error: unexpected arguments {' '.join(argv[1:])}: every option is a --flag=value."
             )
-        run(fn, clean_stops)
+        execute(fn, clean_stops)
         # Everything is written and closed by now; tearing down the interpreter's modules and XLA's
         # backends would only delay the prompt (docs/design.md).
         import jax

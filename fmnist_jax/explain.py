@@ -45,7 +45,7 @@ _MAX_IMAGES = 12  # rows of the per-image figure
 def main(argv: list[str]) -> None:
     paths, problems = images.files(list(_IMAGES.value) + argv[1:])
     failures = list(problems)
-    cli.run(lambda: _explain(paths, failures), clean_stops=False)
+    cli.execute(lambda: _explain(paths, failures), clean_stops=False)
     if failures:
         cli.exit_now(1, f"error: {len(failures)} image(s) could not be read (each named above).")
     cli.exit_now(0)

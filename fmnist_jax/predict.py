@@ -54,7 +54,7 @@ _FIGURE_ROWS = 20
 def main(argv: list[str]) -> None:
     paths, problems = images.files(list(_IMAGES.value) + argv[1:])
     failures = list(problems)  # with each file that cannot be read, once it is tried
-    cli.run(lambda: _predict(paths, failures), clean_stops=False)
+    cli.execute(lambda: _predict(paths, failures), clean_stops=False)
     if failures:
         cli.exit_now(
             1,

@@ -54,7 +54,7 @@ def _run(config, epochs=3, steps_per_call=0, unroll=False, num_examples=64):
     )
     history = []
     for epoch in range(epochs):
-        state, sums = epoch_runner.run(state, epoch)
+        state, sums = epoch_runner.train_epoch(state, epoch)
         history.extend(sums.per_run())
     return state, history
 
@@ -179,7 +179,7 @@ def test_progress_reports_steps_of_long_epochs():
         jax.random.key(7)[None],
     )
     reported = []
-    epoch_runner.run(state, 0, reported.append)
+    epoch_runner.train_epoch(state, 0, reported.append)
     assert reported == [2, 4, 6, 8, None]
 
 

@@ -219,7 +219,7 @@ def test_the_learning_rate_rides_the_run_axis_with_the_bits_of_a_constant(tiny_c
     )
     constant = dataclasses.replace(built.runner, values={})  # the config's number, built in
     state, _ = built.compile()
-    as_argument, _ = built.runner.run(jax.tree.map(np.array, state), 0)
-    as_constant, _ = constant.run(jax.tree.map(np.array, state), 0)
+    as_argument, _ = built.runner.train_epoch(jax.tree.map(np.array, state), 0)
+    as_constant, _ = constant.train_epoch(jax.tree.map(np.array, state), 0)
     jax.tree.map(np.testing.assert_array_equal, as_argument.params, as_constant.params)
     jax.tree.map(np.testing.assert_array_equal, as_argument.opt_state, as_constant.opt_state)

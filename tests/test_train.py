@@ -299,7 +299,7 @@ def test_reported_validation_is_read_from_its_epochs_row_bit_for_bit(
     monkeypatch.setattr(
         loop_state,
         "_reported_val",
-        lambda program, loop, weights, epochs: metrics.over_runs(
+        lambda program, loop, weights, epochs: metrics.aggregate(
             "val", program.evaluate(weights, "val").per_run()
         ),
     )

@@ -51,7 +51,7 @@ def _objective(
         stopper = EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta)
         curve = []
         for epoch in range(1, s.max_epochs + 1):
-            state, _ = program.runner.run(state, epoch)
+            state, _ = program.runner.train_epoch(state, epoch)
             val = program.evaluate(state.weights(), "val").per_run()[0]
             curve.append(val["accuracy" if maximize else "loss"])
             trial.set_user_attr("epochs", epoch)

@@ -220,7 +220,7 @@ class EpochRunner:
             jax.block_until_ready(sums)
         return len(calls) * length
 
-    def run(
+    def train_epoch(
         self,
         state: TrainState,
         epoch: int | np.ndarray,

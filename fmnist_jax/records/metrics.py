@@ -109,7 +109,7 @@ class Summary(Validation):
     jax_version: str
 
 
-def over_runs(split: str, per_run: list[dict[str, float]]) -> dict[str, float | list[float]]:
+def aggregate(split: str, per_run: list[dict[str, float]]) -> dict[str, float | list[float]]:
     """`{split}_loss` and `{split}_<metric>` of per-run metrics: mean, `_std` and `_seeds`."""
     out = {}
     for metric in names():

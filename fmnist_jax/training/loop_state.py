@@ -22,7 +22,7 @@ from fmnist_jax import engine
 from fmnist_jax.engine import program as program_lib
 from fmnist_jax.records import checkpoint, metrics
 from fmnist_jax.records import workdir as workdir_lib
-from fmnist_jax.records.metrics import EpochRow, Summary, over_runs
+from fmnist_jax.records.metrics import EpochRow, Summary, aggregate
 from fmnist_jax.shapes import PyTree
 from fmnist_jax.training.early_stopping import EarlyStopping
 
@@ -145,7 +145,7 @@ def summarize(
     memory = program.memory()
     val = _reported_val(program, loop, weights, epochs)
     summary = {
-        **over_runs("test", test.per_run()),
+        **aggregate("test", test.per_run()),
         **val,
         "reported_run": metrics.best_run(val, config) if config.grid else 0,
         "best_val_accuracy": max(
@@ -185,8 +185,8 @@ def _reported_val(
             {metric: rows[epoch][f"val_{metric}_seeds"][run] for metric in metrics.names()}
             for run, epoch in enumerate(epochs)
         ]
-        return over_runs("val", per_run)
-    return over_runs("val", program.evaluate(weights, "val").per_run())
+        return aggregate("val", per_run)
+    return aggregate("val", program.evaluate(weights, "val").per_run())
 
 
 def _update_stoppers(

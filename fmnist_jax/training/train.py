@@ -32,7 +32,7 @@ from fmnist_jax.errors import UserError
 from fmnist_jax.inference import export as export_lib
 from fmnist_jax.records import checkpoint, metrics
 from fmnist_jax.records import workdir as workdir_lib
-from fmnist_jax.records.metrics import EpochRow, Summary, over_runs
+from fmnist_jax.records.metrics import EpochRow, Summary, aggregate
 from fmnist_jax.reports import figure_workers, lines, tables
 from fmnist_jax.reports.progress import Progress
 from fmnist_jax.reports.run import RunReports
@@ -201,7 +201,7 @@ def _train(run: _Run, loop: LoopState, epoch: int, progress: Progress | None) ->
     learning_rate = _learning_rate(program, loop.history, epoch)
     start = time.perf_counter()
     hook = None if progress is None else _between_calls(run, progress, epoch)
-    loop.state, sums = program.runner.run(loop.state, epoch, hook)
+    loop.state, sums = program.runner.train_epoch(loop.state, epoch, hook)
     train = sums.per_run()  # waits for the epoch
     seconds = time.perf_counter() - start
     for index, t in enumerate(train):
@@ -211,7 +211,7 @@ def _train(run: _Run, loop: LoopState, epoch: int, progress: Progress | None) ->
     examples = program.axis.num_runs * program.steps_per_epoch * config.batch_size
     return {
         "epoch": epoch,
-        **over_runs("train", train),
+        **aggregate("train", train),
         "epoch_seconds": seconds,
         "examples_per_second": examples / seconds,
         **learning_rate,
@@ -220,7 +220,7 @@ def _train(run: _Run, loop: LoopState, epoch: int, progress: Progress | None) ->
 
 def _validate(program: program_lib.Program, loop: LoopState) -> dict[str, float | list[float]]:
     """The validation metrics of the weights the epoch ended with, for its row."""
-    return over_runs("val", program.evaluate(loop.state.weights(), "val").per_run())
+    return aggregate("val", program.evaluate(loop.state.weights(), "val").per_run())
 
 
 def _diverged(run: _Run, epoch: int, global_step: int, index: int) -> None:

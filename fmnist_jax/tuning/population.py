@@ -77,7 +77,7 @@ class Population:
     def train_epoch(self) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
         """One epoch of every slot, each at its own next epoch: (the training sums, the validation
         metrics), one per slot; empty slots train too, and their numbers mean nothing."""
-        self.state, sums = self.program.runner.run(self.state, self.epochs + 1)
+        self.state, sums = self.program.runner.train_epoch(self.state, self.epochs + 1)
         train = sums.per_run()
         validation = self.program.evaluate(self.state.weights(), "val").per_run()
         self.epochs += 1
