@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import numbers
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -29,7 +30,7 @@ from fmnist_jax.errors import UserError
 from fmnist_jax.inference import interpret
 from fmnist_jax.records import checkpoint, metrics
 from fmnist_jax.records import workdir as workdir_lib
-from fmnist_jax.shapes import IMAGE_SHAPE
+from fmnist_jax.shapes import IMAGE_SHAPE, PyTree
 
 _BATCH = 256  # predictions run in fixed-size batches: one compile for any number of images
 _PATH_CHUNK = 16  # integrated gradients' path points per compiled call
@@ -43,6 +44,25 @@ class Classifier:
     class_names: tuple[str, ...]
     epoch: int
     variables: dict
+
+    @classmethod
+    def of_run(
+        cls,
+        config: ml_collections.ConfigDict,
+        class_names: Sequence[str],
+        epoch: int,
+        model_item: dict[str, PyTree],
+        run: int,
+    ) -> Classifier:
+        """Run `run` of a checkpoint's model item whose weights carry the run axis (a sweep
+        member's config with its values set)."""
+        variables = one_run(model_item, run)
+        return cls(
+            config=config_lib.with_values(config, run_axis.run_values(config, run)),
+            class_names=tuple(class_names),
+            epoch=epoch,
+            variables=variables,
+        )
 
     @functools.cached_property
     def _model(self):
@@ -353,9 +373,4 @@ def load(workdir: str, which: str = "final", run: int | None = None) -> Classifi
         raise UserError(
             f"{workdir} holds runs 0 to {runs - 1} (members x seeds); run={run} is not one of them."
         )
-    return Classifier(
-        config=config_lib.with_values(config, run_axis.run_values(config, run)),
-        class_names=tuple(meta["class_names"]),
-        epoch=int(meta["epoch"]),
-        variables=one_run(model, run),
-    )
+    return Classifier.of_run(config, meta["class_names"], int(meta["epoch"]), model, run)

@@ -19,6 +19,7 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax import engine
+from fmnist_jax.engine import memory as memory_lib
 from fmnist_jax.engine import program as program_lib
 from fmnist_jax.records import checkpoint, metrics
 from fmnist_jax.records import workdir as workdir_lib
@@ -132,20 +133,25 @@ class LoopState:
 
 
 def summarize(
-    program: program_lib.Program, loop: LoopState, compile_seconds: float, num_params: int
+    program: program_lib.Program,
+    loop: LoopState,
+    compile_seconds: float,
+    num_params: int,
+    memory: memory_lib.Memory,
 ) -> tuple[Summary, np.ndarray]:
-    """The reported weights' test metrics, with the run's timings and facts; and the reported
-    run's test probabilities, for the reports."""
+    """The reported weights' test metrics, with the run's timings and facts (`memory`: what the
+    compiled training call needs); and the reported run's test probabilities, for the reports."""
     config = program.config
     weights, epochs = loop.reported(config, program.axis.num_runs)
     examples = (
         program.axis.num_runs * loop.epochs_done * program.steps_per_epoch * config.batch_size
     )
-    test = program.evaluate(weights, "test")
-    memory = program.memory()
-    val = _reported_val(program, loop, weights, epochs)
+    test_evaluation = program.evaluate(weights, "test")
+    test = test_evaluation.per_run()
+    val_runs = _reported_val(program, loop, weights, epochs)
+    val = aggregate("val", val_runs) if val_runs else {}
     summary = {
-        **aggregate("test", test.per_run()),
+        **aggregate("test", test),
         **val,
         "reported_run": metrics.best_run(val, config) if config.grid else 0,
         "best_val_accuracy": max(
@@ -165,7 +171,7 @@ def summarize(
         "device_kind": jax.devices()[0].device_kind,
         "jax_version": jax.__version__,
     }
-    return summary, test.run_probabilities(summary["reported_run"])
+    return summary, test_evaluation.run_probabilities(summary["reported_run"])
 
 
 def _reported_val(
@@ -173,20 +179,20 @@ def _reported_val(
     loop: LoopState,
     weights: dict[str, PyTree],
     epochs: list[int],
-) -> dict[str, Any]:
-    """The reported weights' validation metrics. Run r reports its weights of epoch `epochs[r]`,
-    whose validation that epoch's row holds: read there, not evaluated again (a conv model's
-    validation costs a good part of an epoch on CPU). Rows of releases without per-run values are evaluated again."""
+) -> list[dict[str, float]]:
+    """The reported weights' validation metrics, per run ([] without a validation split). Run r
+    reports its weights of epoch `epochs[r]`, whose validation that epoch's row holds: read there,
+    not evaluated again (a conv model's validation costs a good part of an epoch on CPU). Rows of
+    releases without per-run values are evaluated again."""
     if "val" not in program.eval_sets:
-        return {}
+        return []
     rows = {row["epoch"]: row for row in loop.history}
     if all("val_loss_seeds" in rows.get(epoch, {}) for epoch in epochs):
-        per_run = [
+        return [
             {metric: rows[epoch][f"val_{metric}_seeds"][run] for metric in metrics.names()}
             for run, epoch in enumerate(epochs)
         ]
-        return aggregate("val", per_run)
-    return aggregate("val", program.evaluate(weights, "val").per_run())
+    return program.evaluate(weights, "val").per_run()
 
 
 def _update_stoppers(

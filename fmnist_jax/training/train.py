@@ -22,10 +22,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from fmnist_jax import config as config_lib
 from fmnist_jax import data, inference, interrupts, models
 from fmnist_jax.config import checks as config_checks
-from fmnist_jax.config import run_axis
 from fmnist_jax.engine import TrainState, distributed
 from fmnist_jax.engine import program as program_lib
 from fmnist_jax.errors import UserError
@@ -114,7 +112,8 @@ def _train_and_evaluate(
     reports = RunReports(workdir, primary)  # imports tensorboardX while the programs compile
     latest = checkpoint.directory(workdir, "latest")
     state, compile_seconds = program.compile(poll=lambda: interrupts.check_while_compiling(latest))
-    _log_compiled(program, compile_seconds)
+    memory = program.memory()
+    _log_compiled(program, compile_seconds, memory.describe())
     if config.profile:
         _profile(program, state, workdir)
 
@@ -122,14 +121,13 @@ def _train_and_evaluate(
     checkpoints = checkpoint.Checkpoints(
         workdir, config.checkpoint.keep, config.checkpoint.asynchronous
     )
-    loop = LoopState.restore(
-        checkpoints, program, LoopState.start(state, config, program.axis.num_runs), workdir
-    )
+    start = LoopState.start(state, config, program.axis.num_runs)
+    loop = LoopState.restore(checkpoints, program, start, workdir)
     run = _Run(program, splits, workdir, primary, checkpoints, reports)
     _run_epochs(run, loop)
 
     # --- Test, report, export --------------------------------------------------------------------
-    summary, test_probabilities = summarize(program, loop, compile_seconds, num_params)
+    summary, test_probabilities = summarize(program, loop, compile_seconds, num_params, memory)
     _finish(run, loop, summary, test_probabilities)
     return summary
 
@@ -166,7 +164,9 @@ def _run_epochs(run: _Run, loop: LoopState) -> None:
             progress.close()
 
 
-def _log_compiled(program: program_lib.Program, compile_seconds: float) -> None:
+def _log_compiled(program: program_lib.Program, compile_seconds: float, needs: str) -> None:
+    """The compiled program's line: backend, steps per call, compile time, and what training
+    `needs` on a device (`Memory.describe`)."""
     logging.info(
         "Backend %s (%d device(s), %d process(es)); %s per epoch, %s per call%s; "
         "compiled in %.1f s; training needs %s.",
@@ -177,7 +177,7 @@ def _log_compiled(program: program_lib.Program, compile_seconds: float) -> None:
         lines.counted(min(program.runner.steps_per_call, program.steps_per_epoch), "step"),
         " (unrolled)" if program.engine.unroll else "",
         compile_seconds,
-        program.memory().describe(),
+        needs,
     )
 
 
@@ -337,11 +337,12 @@ def _finish(run: _Run, loop: LoopState, summary: Summary, test_probabilities: np
     run.checkpoints.save("final", epochs[reported], final_model, meta)
     try:
         if run.primary:  # the reports draw while the export lowers and the checkpoints write
-            classifier = inference.Classifier(
-                config=config_lib.with_values(config, run_axis.run_values(config, reported)),
-                class_names=run.splits.class_names,
-                epoch=epochs[reported],
-                variables=inference.one_run(jax.device_get(final_model), reported),
+            classifier = inference.Classifier.of_run(
+                config,
+                run.splits.class_names,
+                epochs[reported],
+                jax.device_get(final_model),
+                reported,
             )
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 reports = pool.submit(
