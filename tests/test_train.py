@@ -13,7 +13,6 @@ from conftest import noise, tolerance
 
 from fmnist_jax import data, inference
 from fmnist_jax.errors import UserError
-from fmnist_jax.records import metrics
 from fmnist_jax.records import workdir as workdir_lib
 from fmnist_jax.reports.run import RunReports
 from fmnist_jax.training import loop_state, train
@@ -299,9 +298,7 @@ def test_reported_validation_is_read_from_its_epochs_row_bit_for_bit(
     monkeypatch.setattr(
         loop_state,
         "_reported_val",
-        lambda program, loop, weights, epochs: metrics.aggregate(
-            "val", program.evaluate(weights, "val").per_run()
-        ),
+        lambda program, loop, weights, epochs: program.evaluate(weights, "val").per_run(),
     )
     evaluated = train.train_and_evaluate(tiny_config, str(tmp_path / "evaluated"))
     assert len(set(read["restored_epoch_seeds"])) > 1
