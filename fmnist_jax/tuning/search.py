@@ -77,7 +77,7 @@ def check(config: ConfigDict) -> list[Dimension]:
     searchable = _searchable(config)
     for d in space:
         if d.key not in searchable:
-            with_trial(config, {d.key: d.values_or_ends()[0]})  # a key the config lacks: that
+            with_trial(config, {d.key: d.values_or_ends()[0]})  # a key the config lacks: its error
             raise UserError(
                 f"search.space cannot search {d.key}: a search's trials train side by side in one "
                 "compiled program, so it searches the numbers a sweep varies and the widths its "
