@@ -33,7 +33,7 @@ from fmnist_jax.errors import UserError
 from fmnist_jax.shapes import PyTree
 
 KINDS = ("latest", "best", "final")
-# In each checkpoint's directory: the SHA-256 of its other files, written when it is committed and
+# In each checkpoint's directory: the SHA-256 of its items' files, written when it is committed and
 # checked before it is restored, so that a changed byte is refused instead of predicting with it.
 DIGEST_FILE = "sha256.json"
 # Layout of the saved arrays, in each checkpoint's meta: 2 = every array but the normalizer carries
