@@ -132,12 +132,15 @@ _held_locks: dict[str, int] = {}
 
 
 def holds_search(workdir: str) -> bool:
-    """Whether `workdir` holds a hyperparameter search (its config.json has a `search.space`),
-    whose best trial is the run in `workdir/best`."""
+    """Whether `workdir` holds a hyperparameter search, whose best trial is the run in
+    `workdir/best`."""
     path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        return False
-    return bool(read_json(path).get("search", {}).get("space"))
+    return os.path.isfile(path) and describes_search(read_json(path))
+
+
+def describes_search(config_json: dict[str, Any]) -> bool:
+    """Whether a config.json is a search's: it has a `search.space`."""
+    return bool(config_json.get("search", {}).get("space"))
 
 
 def search_best(workdir: str) -> str:

@@ -184,7 +184,7 @@ def _claim(config: ConfigDict, workdir: str) -> None:
     wanted = workdir_lib.config_as_json(config)
     if os.path.exists(path):
         previous = workdir_lib.read_json(path)
-        if not previous.get("search", {}).get("space"):
+        if not workdir_lib.describes_search(previous):
             raise UserError(
                 f"Workdir {workdir} holds a training run, not a search: a search there would mix "
                 "the two. Pass a new --workdir for the search."
