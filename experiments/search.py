@@ -3,12 +3,13 @@
     python -m experiments.search --config=configs/search_mlp.py --workdir=runs/search \
         [--config.search.algorithm=tpe] [--config.key=value ...]
 
-The config's `search` block holds the space, the sampler (grid, random, halton or tpe), the
-pruner (none, asha or hyperband), the budget and the objective (fmnist_jax/config/__init__.py,
-fmnist_jax/tuning/search.py). Writes search.json, search.md, search.png and TensorBoard HParams to
---workdir, the population's checkpoints under population/, and the best trial's longer fit, taken
-back to its best epoch, under best/ (`predict`, `evaluate` and `inference.load` work on it). The
-same command again resumes a stopped search.
+The config's `search` block holds the space, Optuna's sampler and pruner, the budget, the
+objective and the study's storage (fmnist_jax/config/__init__.py, fmnist_jax/tuning/search.py).
+Writes the study to --workdir's search.db (or to `search.storage`, a database that workers on other
+machines share: run the same command there with their own --workdir), search.json, search.md,
+search.png and TensorBoard HParams to --workdir, the population's checkpoints under population/,
+and the best trial's longer fit, taken back to its best epoch, under best/ (`predict`, `evaluate`
+and `inference.load` work on it). The same command again resumes a stopped search.
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ def _search() -> None:
 
     config = cli.load_config()
     result = search_lib.run(config, _WORKDIR.value)
-    best = result["trials"][result["best"]]
+    best = next(t for t in result["trials"] if t["index"] == result["best"])
+    trained = (
+        f"best/ holds it at its best epoch, {result['best_epoch']}; "
+        f"{result['final']['train_seconds']:.1f} s of training in best/"
+        if "final" in result
+        else f"the worker that finished the study's last trial trains it in {result['best_run']}"
+    )
     print(
         f"{search_reports.table(result)}\nBest on validation: trial {best['index']} "
-        f"{best['hparams']}; best/ holds it at its best epoch, {result['best_epoch']}. "
-        f"{result['search_seconds']:.1f} s of search (compiling and training), "
-        f"{result['final']['train_seconds']:.1f} s of training in best/. Reports: "
+        f"{best['hparams']}; {trained}. {result['search_seconds']:.1f} s of search here "
+        f"(compiling and training). Reports: "
         f"{os.path.join(_WORKDIR.value, search_reports.TABLE_FILE)}, "
         f"tensorboard --logdir={shlex.quote(_WORKDIR.value)}"
     )
-
 
 if __name__ == "__main__":
     cli.main(_search)

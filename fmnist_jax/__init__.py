@@ -64,7 +64,7 @@ _MOVED = {
     **dict.fromkeys(("checkpoint", "metrics", "workdir"), "records"),
     **dict.fromkeys(("early_stopping", "loop_state", "reduce_lr", "train"), "training"),
     **dict.fromkeys(
-        ("population", "pruning", "search", "search_record", "search_space", "sweep"), "tuning"
+        ("population", "search", "search_record", "search_space", "sweep"), "tuning"
     ),
 }
 

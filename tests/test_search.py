@@ -25,7 +25,8 @@ from fmnist_jax.engine import optim
 from fmnist_jax.engine.normalizer import Normalizer
 from fmnist_jax.errors import UserError
 from fmnist_jax.training import train
-from fmnist_jax.tuning import pruning, search, search_space
+from fmnist_jax.tuning import search, search_space
+from fmnist_jax.tuning import study as study_lib
 
 SPACE = (
     ("model.hidden_sizes", ("int", 8, 24, 8)),
@@ -33,57 +34,90 @@ SPACE = (
 )
 
 
-def test_every_sampler_stays_in_the_space_and_repeats_from_its_seed():
-    space = search_space.dimensions(SPACE)
-    for algorithm in ("random", "halton", "tpe"):
-        first = search_space.Sampler(algorithm, space, seed=3, maximize=True).ask(6)
-        again = search_space.Sampler(algorithm, space, seed=3, maximize=True).ask(6)
-        assert first == again, algorithm
-        for trial in first:
-            assert trial["model.hidden_sizes"] in (8, 16, 24)
-            assert 1e-4 <= trial["optimizer.learning_rate"] <= 1e-2
-    halton = search_space.Sampler("halton", space, seed=0, maximize=True).ask(8)
-    assert len({t["model.hidden_sizes"] for t in halton}) == 3  # low discrepancy: every width
-    grid = search_space.dimensions((SPACE[0], ("optimizer.learning_rate", ("choice", (0.1, 0.01)))))
-    trials = search_space.Sampler("grid", grid, seed=0, maximize=True).ask(100)
-    assert [(t["model.hidden_sizes"], t["optimizer.learning_rate"]) for t in trials] == [
-        (w, lr) for w in (8, 16, 24) for lr in (0.1, 0.01)
-    ]
+def _study(config, workdir, algorithm="random", space=SPACE):
+    config.search.space, config.search.algorithm = space, algorithm
+    return study_lib.Study(config, str(workdir), search.check(config))
 
 
-def test_tpe_learns_from_what_it_is_told():
-    space = search_space.dimensions((("optimizer.learning_rate", ("uniform", 0.0, 1.0)),))
-    sampler = search_space.Sampler("tpe", space, seed=0, maximize=True)
-    for _ in range(4):
-        batch = sampler.ask(8)
-        for trial in batch:  # the objective peaks at 0.9
-            sampler.tell(trial, -abs(trial["optimizer.learning_rate"] - 0.9))
-    late = [t["optimizer.learning_rate"] for t in sampler.ask(8)]
+@pytest.mark.parametrize("algorithm", ["random", "halton", "sobol", "tpe"])
+def test_every_sampler_stays_in_the_space_and_repeats_from_its_seed(
+    tiny_config, tmp_path, algorithm
+):
+    """Two studies of one seed ask the same trials (what a resumed worker relies on); a grid
+    asks every point once."""
+    asked = []
+    for name in ("a", "b"):
+        study = _study(tiny_config, tmp_path / name, algorithm)
+        trials = [study.ask(budget=6) for _ in range(6)]
+        study.close()
+        asked.append([study_lib.decode(study.space, t.params) for t in trials])
+        assert study.ask(budget=6) is None  # the budget is spent
+    assert asked[0] == asked[1]
+    for trial in asked[0]:
+        assert trial["model.hidden_sizes"] in (8, 16, 24)
+        assert 1e-4 <= trial["optimizer.learning_rate"] <= 1e-2
+    if algorithm in ("halton", "sobol"):  # low discrepancy: every width
+        assert len({t["model.hidden_sizes"] for t in asked[0]}) == 3
+
+
+def test_a_grid_asks_every_point_once(tiny_config, tmp_path):
+    grid = (SPACE[0], ("optimizer.learning_rate", ("choice", (0.1, 0.01))))
+    study = _study(tiny_config, tmp_path, "grid", grid)
+    trials = [study.ask(budget=6) for _ in range(6)]
+    study.close()
+    assert sorted(
+        (p["model.hidden_sizes"], p["optimizer.learning_rate"])
+        for p in (study_lib.decode(study.space, t.params) for t in trials)
+    ) == sorted((w, lr) for w in (8, 16, 24) for lr in (0.1, 0.01))
+
+
+def test_tpe_learns_from_what_it_is_told(tiny_config, tmp_path):
+    space = (("optimizer.learning_rate", ("uniform", 0.01, 1.0)),)
+    study = _study(tiny_config, tmp_path, "tpe", space)
+    for _ in range(32):
+        trial = study.ask(budget=40)  # the objective peaks at 0.9
+        study.tell(trial, -abs(trial.params["optimizer.learning_rate"] - 0.9))
+    late = [study.ask(budget=40).params["optimizer.learning_rate"] for _ in range(8)]
+    study.close()
     assert sum(abs(x - 0.9) < 0.25 for x in late) >= 5  # random would put ~4 of 8 there
 
 
-def test_widths_as_choices_are_asked_told_after_a_resume_and_shown():
-    space = search_space.dimensions(
-        (
-            ("model.conv_channels", ("choice", ((8, 16), (16, 32)))),
-            ("optimizer.learning_rate", ("uniform", 0.0, 1.0)),
-        )
+def test_widths_as_choices_are_stored_as_text_and_read_back_as_widths(tiny_config, tmp_path):
+    space = (
+        ("model.hidden_sizes", ("choice", ((8, 16), (16, 32)))),
+        ("optimizer.learning_rate", ("uniform", 1e-3, 1e-2)),
     )
-    sampler = search_space.Sampler("tpe", space, seed=0, maximize=True)
-    asked = sampler.ask(3)
-    assert all(a["model.conv_channels"] in ((8, 16), (16, 32)) for a in asked)
-    sampler.tell(json.loads(json.dumps(asked[1])), 0.5)  # as a resumed search reads it: lists
-    assert [p for p, _ in sampler._pending] == [asked[0], asked[2]]
+    study = _study(tiny_config, tmp_path, "tpe", space)
+    trial = study.ask(budget=1)
+    study.close()
+    assert trial.params["model.hidden_sizes"] in ("8x16", "16x32")
+    assert study_lib.decode(study.space, trial.params)["model.hidden_sizes"] in ((8, 16), (16, 32))
     assert reports.shown((16, 32)) == "16x32" and reports.shown(0.5) == 0.5
 
 
-def test_hyperband_brackets_are_li_et_al():
-    assert pruning.hyperband_brackets(10, 3) == [
-        [(9, 1), (3, 3), (1, 10)],
-        [(5, 3), (1, 10)],
-        [(3, 10)],
-    ]
-    assert pruning.hyperband_brackets(27, 3)[0] == [(27, 1), (9, 3), (3, 9), (1, 27)]
+@pytest.mark.slow
+def test_a_trial_whose_worker_stops_beating_is_retried_by_another_with_its_values(
+    tiny_config, tmp_path
+):
+    """Worker A asks a trial and dies (its heartbeats stop); after 6 missed beats worker B fails
+    it and asks it again, with A's values, and the budget counts it once."""
+    tiny_config.search.heartbeat_seconds = 1
+    tiny_config.search.study = "shared"
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    tiny_config.search.storage = storage
+    dead = _study(tiny_config, tmp_path / "a")
+    lost = dead.ask(budget=2)
+    dead.close()
+    alive = _study(tiny_config, tmp_path / "b")
+    time.sleep(7.5)
+    alive.fail_stale()
+    retried = alive.ask(budget=2)
+    assert retried.params == lost.params and retried.number != lost.number
+    alive.tell(retried, 0.5)
+    fresh = alive.ask(budget=2)  # the second of the budget: new values
+    assert fresh.params != lost.params
+    assert alive.ask(budget=2) is None
+    alive.close()
 
 
 @pytest.mark.slow
@@ -114,6 +148,7 @@ def _search_config(tiny_config, algorithm="random", pruner="hyperband"):
     c.search.algorithm, c.search.pruner = algorithm, pruner
     c.search.max_epochs, c.search.factor, c.search.trials = 3, 3, 4
     c.search.final_epochs = 2
+    c.search.study = "test"  # searches in several workdirs compared: one study name
     return c
 
 
@@ -127,9 +162,10 @@ def test_a_hyperband_search_writes_its_trials_and_best_run_and_resumes_to_the_sa
     assert on_disk["pruner"] == "hyperband" and on_disk["best"] == result["best"]
     trials = on_disk["trials"]
     # Brackets of R=3, factor 3: 3 trials judged after 1 epoch, then 2 of 3 epochs; 4 trials.
-    assert [t["bracket"] for t in trials] == [0, 0, 0, 1]
+    assert len(trials) == 4 and {t["bracket"] for t in trials} <= {0, 1}
     pruned = [t for t in trials if t["stopped"].startswith("pruned")]
-    assert len(pruned) == 2 and all(t["epochs"] == 1 for t in pruned)
+    assert pruned and all(t["epochs"] < 3 and t["bracket"] == 0 for t in pruned), trials
+    _the_study_holds_the_search(config, tmp_path, trials)
     for t in trials:
         assert set(t) >= {"hparams", "val_accuracy", "val_loss", "epochs", "stopped", "objective"}
         assert len(t["val_accuracy"]) == t["epochs"]
@@ -152,6 +188,20 @@ def test_a_hyperband_search_writes_its_trials_and_best_run_and_resumes_to_the_sa
     classifier = inference.load(str(tmp_path / "best"))
     assert classifier.predict_proba(np.zeros((1, 28, 28, 1), np.uint8)).shape == (1, 10)
     _a_finished_search_workdir_knows_what_it_holds(config, tmp_path, result)
+
+
+def _the_study_holds_the_search(config, workdir, trials):
+    """search.db is an Optuna study: each trial's values, every epoch's objective, its state."""
+    import optuna
+
+    study = optuna.load_study(study_name="test", storage=f"sqlite:///{workdir / 'search.db'}")
+    assert [t.number for t in study.trials] == [t["index"] for t in trials]
+    for frozen, trial in zip(study.trials, trials, strict=True):
+        assert frozen.params["model.hidden_sizes"] == trial["hparams"]["model.hidden_sizes"]
+        assert list(frozen.intermediate_values.values()) == trial["val_accuracy"]
+        pruned = trial["stopped"].startswith("pruned")
+        assert frozen.state.name == ("PRUNED" if pruned else "COMPLETE")
+        assert pruned or frozen.value == trial["objective"]
 
 
 def _files(directory):
@@ -204,7 +254,8 @@ def _a_finished_search_workdir_knows_what_it_holds(config, workdir, result):
         ({"factor": 1}, "search.factor must be an integer >= 2"),
         ({"space": (("num_epochs", ("int", 1, 5, 1)),)}, "cannot search num_epochs"),
         ({"space": (("model.activation", ("choice", ("relu", "tanh"))),)}, "side by side"),
-        ({"pruner": "median"}, "Unknown search.pruner"),
+        ({"pruner": "asha"}, "Unknown search.pruner"),
+        ({"heartbeat_seconds": 0}, "search.heartbeat_seconds must be an integer >= 1"),
         ({"seed": -1}, "search.seed must be an integer >= 0, got -1. It seeds"),
         ({"final_epochs": -2}, "search.final_epochs must be an integer >= 0, got -2"),
         ({"trials": True}, "search.trials must be an integer"),
@@ -230,12 +281,25 @@ def test_searches_that_cannot_work_are_refused_before_anything_is_written(
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize(
+    "storage, phrase",
+    [
+        ("postgresql://nobody@127.0.0.1:9/none", "OperationalError"),
+        ("nosuchdb://x", "NoSuchModuleError"),
+    ],
+)
+def test_a_storage_that_cannot_be_used_is_one_paragraph(tiny_config, tmp_path, storage, phrase):
+    config = _search_config(tiny_config)
+    config.search.storage = storage
+    with pytest.raises(UserError, match=f"storage \\({storage}\\) cannot be used: {phrase}"):
+        search.run(config, str(tmp_path / "search"))
+
+
 def test_a_range_of_a_million_integers_is_checked_by_its_ends(tiny_config):
     config = _search_config(tiny_config)
     config.search.space = (("model.hidden_sizes", ("int", 1, 3_000_000, 3)),)
     (d,) = search.check(config)
     assert d.size() == 1_000_000 and d.values_or_ends() == [1, 2_999_998]
-    assert d.from_unit(0.0) == 1 and d.from_unit(0.9999999) == 2_999_998
 
 
 def test_a_sampler_whose_library_is_missing_is_refused_before_anything_is_written(
@@ -243,7 +307,7 @@ def test_a_sampler_whose_library_is_missing_is_refused_before_anything_is_writte
 ):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
     config = _search_config(tiny_config, algorithm="tpe")
-    with pytest.raises(UserError, match="Optuna is not installed"):
+    with pytest.raises(UserError, match="needs Optuna, which is not installed"):
         search.run(config, str(tmp_path / "search"))
     assert not (tmp_path / "search").exists()
 
@@ -253,7 +317,6 @@ def test_a_search_refuses_seeds_and_grids_of_its_own(tiny_config, tmp_path):
     config.num_seeds = 2
     with pytest.raises(UserError, match="one seed per trial"):
         search.check(config)
-    assert math.isfinite(len(search.ALGORITHMS))
 
 
 @pytest.mark.slow
@@ -283,6 +346,7 @@ def get_config():
     c.search.algorithm = {algorithm!r}
     c.search.trials, c.search.population, c.search.max_epochs = {trials}, {population}, 8
     c.search.final_epochs = 2
+    c.search.study = "test"
     return c
 """
 
@@ -310,9 +374,12 @@ def _search_command(tmp_path, data_dir, workdir, algorithm="tpe", trials=6, popu
 def _trials(workdir):
     """The search's choice and its trials, without their wall times."""
     result = json.loads((workdir / "search.json").read_text())
-    return result["best"], [
-        {k: v for k, v in t.items() if k != "seconds"} for t in result["trials"]
-    ]
+    return result["best"], [_without_times(t) for t in result["trials"]]
+
+
+def _without_times(trial):
+    """A trial's record without the worker's clock, its time of day or its place."""
+    return {k: v for k, v in trial.items() if k not in ("seconds", "finished", "workdir")}
 
 
 @pytest.mark.slow
@@ -391,25 +458,6 @@ def test_a_search_over_8_devices_equals_the_search_on_one(mock_tfds_dir, tmp_pat
                 assert eight.pop(key) == pytest.approx(one.pop(key), rel=1e-4)
             assert eight["objective"] == pytest.approx(one.pop("objective"), rel=1e-4)
             assert {k: v for k, v in eight.items() if k != "objective"} == one
-
-
-def test_pruners_deal_trials_to_brackets_and_keep_the_best_third():
-    assert [pruning.bracket_of(i, "hyperband", 10, 3) for i in range(18)] == [0] * 9 + [1] * 5 + [
-        2
-    ] * 3 + [0]
-    assert pruning.rungs("hyperband", 10, 3) == [[1, 3], [3], []]
-    assert pruning.rungs("asha", 10, 3) == [[1, 3]] and pruning.rungs("none", 10, 3) == [[]]
-    rivals = [0.5, 0.9, 0.7, 0.6, 0.8, 0.4]  # 6 at the rung: the best 2 go on
-    assert [pruning.goes_on(v, rivals, 3, maximize=True) for v in rivals] == [
-        False,
-        True,
-        False,
-        False,
-        True,
-        False,
-    ]
-    assert pruning.goes_on(0.2, [0.3, 0.2], 3, maximize=False)  # fewer than 3: only the best
-    assert not pruning.goes_on(0.3, [0.3, 0.2], 3, maximize=False)
 
 
 @pytest.mark.slow
@@ -634,7 +682,7 @@ def test_a_search_stopped_after_any_epoch_on_a_slow_disk_resumes_to_the_same(
         return stopping
 
     def without_seconds(trials):
-        return [{k: v for k, v in t.items() if k != "seconds"} for t in trials]
+        return [_without_times(t) for t in trials]
 
     for step in range(1, steps + 1):
         workdir = str(tmp_path / f"stopped_{step}")
@@ -647,19 +695,19 @@ def test_a_search_stopped_after_any_epoch_on_a_slow_disk_resumes_to_the_same(
         assert resumed["best"] == reference["best"]
 
 
-def test_a_trial_that_does_not_learn_is_reported_and_never_best(tiny_config):
+def test_a_trial_that_does_not_learn_is_reported_and_never_best(tiny_config, tmp_path):
     """A trial whose validation loss blows up without a NaN stops as 'failed to learn', and one at
     chance is marked so; neither is best while another trial learned, however high its objective."""
     from fmnist_jax.tuning import search_record
 
     config = _search_config(tiny_config, pruner="none")
-    config.search.max_epochs = 2
-    space = search.check(config)
-    record = search_record.Record(config, search_space.Sampler("random", space, 0, True), 0.0)
+    config.search.max_epochs, config.search.trials = 2, 3
+    study = study_lib.Study(config, str(tmp_path), search.check(config))
+    record = search_record.Record(config, study, 0.0)
     record.slots = [None] * 3
 
     class Slots:
-        epochs = np.zeros(3)
+        epochs = np.zeros(3, np.int32)
 
         def assign(self, trials, fresh=True):
             pass
@@ -675,13 +723,14 @@ def test_a_trial_that_does_not_learn_is_reported_and_never_best(tiny_config):
         validation = [
             {"accuracy": curves[s][epoch][0], "loss": curves[s][epoch][1]} for s in range(3)
         ]
-        record.judge(train, validation)
-    blown, chance, good = record.trials
+        record.judge(train, validation, np.full(3, epoch + 1))
+    study.close()
+    blown, chance, good = search_record.trials(config, study)
     assert blown["stopped"].startswith("failed to learn: validation loss 497")
     assert blown["learned"] is False and blown["objective"] == 0.9
     assert chance["stopped"] == "finished 2 epochs" and chance["learned"] is False
     assert good["learned"] is True
-    assert search_record.best_trial(record.trials, config) is good
+    assert search_record.best_trial([blown, chance, good], config) is good
     assert search_record.best_trial([blown, chance], config) is blown  # none learned: the best
 
 

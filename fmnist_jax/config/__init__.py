@@ -211,8 +211,10 @@ def _add_search(c: ConfigDict) -> None:
     # ((key, spec), ...): ("int", low, high, step), ("choice", (value, ...)), ("uniform", low,
     # high) or ("log_uniform", low, high); see fmnist_jax/tuning/search_space.py.
     c.search.space = ()
-    c.search.algorithm = "random"  # the sampler: grid, random, halton or tpe
-    c.search.pruner = "hyperband"  # which trials stop early: none, asha or hyperband
+    # Optuna's sampler: grid, random, halton, sobol, tpe or gp (gp needs PyTorch).
+    c.search.algorithm = "random"
+    # Optuna's pruner, which stops trials early: none, hyperband, successive_halving or median.
+    c.search.pruner = "hyperband"
     c.search.trials = 20  # trials of random, halton and tpe (a grid tries every combination)
     c.search.population = 8  # slots: trials trained side by side in one compiled program
     c.search.max_epochs = 10  # the most epochs a trial trains (Hyperband's R)
@@ -222,6 +224,12 @@ def _add_search(c: ConfigDict) -> None:
     # The best trial then trains this many epochs in best/ and keeps its best epoch (the Keras
     # Tuner tutorial's 50); 0 trains it to its own best epoch in the search.
     c.search.final_epochs = 50
+    # Where the study lives: "" for the workdir's search.db (SQLite), or a database URL that
+    # workers on several machines share, e.g. "postgresql://user@host:5432/db".
+    c.search.storage = ""
+    c.search.study = ""  # the study's name in the storage; "" names it after the workdir
+    # Each worker's running trials beat this often; after 6 missed beats another worker retries them.
+    c.search.heartbeat_seconds = 10
 
 
 def apply_overrides(config: ConfigDict, overrides: str) -> None:

@@ -48,6 +48,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "profile",
         "plots",
+        "search.heartbeat_seconds",
         *(
             f"checkpoint.{k}"
             for k in ("every_epochs", "min_interval_seconds", "keep", "asynchronous")

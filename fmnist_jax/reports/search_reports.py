@@ -51,12 +51,22 @@ def table(result: dict[str, Any]) -> str:
         rows.append("| " + " | ".join(cells) + " |")
     diverged = sum(t["objective"] is None for t in result["trials"])
     failed = sum(t.get("learned") is False for t in result["trials"]) - diverged
-    final = result["final"]
     return (
         f"{len(result['trials'])} trials ({result['algorithm']}), {diverged} diverged, {failed} "
         f"did not learn; the best "
-        f"{min(_TOP, len(ranked))} on {objective}:\n\n"
-        + "\n".join(rows)
-        + f"\n\nThe best trial at its best epoch ({result['best_epoch']}) in best/: "
-        f"test accuracy {final['test_accuracy']:.4f}, test loss {final['test_loss']:.4f}.\n"
+        f"{min(_TOP, len(ranked))} on {objective}:\n\n" + "\n".join(rows) + f"\n\n{final(result)}\n"
+    )
+
+
+def final(result: dict[str, Any]) -> str:
+    """Where the best trial's run is, and its test, when this worker trained it."""
+    if "final" not in result:
+        return (
+            f"The best trial is trained by the worker that finished the study's last trial, in "
+            f"{result['best_run']}."
+        )
+    f = result["final"]
+    return (
+        f"The best trial at its best epoch ({result['best_epoch']}) in best/: test accuracy "
+        f"{f['test_accuracy']:.4f}, test loss {f['test_loss']:.4f}."
     )

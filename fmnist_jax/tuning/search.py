@@ -8,16 +8,19 @@ diverges, when early stopping would stop it, when the pruner stops it at a rung 
 when it has trained `max_epochs`. Its slot then takes the sampler's next trial, and TPE learns from
 the stopped one.
 
-The slots' state and the search's record (its trials, the order of the sampler's asks and tells,
-the slots' trials) are checkpointed after every epoch in workdir/population: a search stopped at
-any point and started again with the same command resumes to the identical result. Then:
+The search's record is an Optuna study (`study`): in the workdir's search.db, or in a database
+that workers on several machines share, each running this same command in its own workdir. The
+slots' state and their trials' numbers are checkpointed after every epoch in workdir/population: a
+worker stopped at any point and started again with the same command resumes, and alone it ends
+with the identical search. When the study's budget is spent and its last trial has finished:
 
 - search.json: `trials` (each with `hparams`, per-epoch `val_accuracy` and `val_loss`, `epochs`,
   `stopped` with its reason, and `objective`), `best` (the trial chosen on validation, never on
   test) and `algorithm`; search.md, the best trials as a table; search.png, the figures;
 - best/: the best trial trained `search.final_epochs` epochs and taken back to its best epoch on
   validation, a normal run directory with its test accuracy, checkpoints and export (`predict`,
-  `evaluate` and `inference.load` work on it).
+  `evaluate` and `inference.load` work on it). Only the worker that finished the study's last
+  trial trains it; the others' search.json says where (`best_run`).
 """
 
 from __future__ import annotations
@@ -36,10 +39,9 @@ from fmnist_jax.config import checks as config_checks
 from fmnist_jax.config import run_axis
 from fmnist_jax.errors import UserError
 from fmnist_jax.records import workdir as workdir_lib
-from fmnist_jax.tuning import pruning, search_record, search_space
-from fmnist_jax.tuning.search_space import Dimension, Sampler, dimensions
-
-ALGORITHMS = ("grid", "random", "halton", "tpe")
+from fmnist_jax.tuning import search_record, search_space
+from fmnist_jax.tuning import study as study_lib
+from fmnist_jax.tuning.search_space import Dimension, dimensions
 # The integer settings of a search: their least value, and what a refusal adds about them.
 _INTEGERS = {
     "trials": (1, ""),
@@ -47,6 +49,7 @@ _INTEGERS = {
     "max_epochs": (1, ""),
     "factor": (2, ""),
     "seed": (0, " It seeds the sampler."),
+    "heartbeat_seconds": (1, " A worker's trials are retried by others after 6 missed beats."),
     "final_epochs": (
         0,
         " It is how many epochs best/ trains the best trial; 0 trains it to its best epoch in "
@@ -59,13 +62,13 @@ def check(config: ConfigDict) -> list[Dimension]:
     """The space of a search that can work, or one clear `UserError`."""
     s = config.search
     config_checks.validate(config)
-    for key, choices in (("algorithm", ALGORITHMS), ("pruner", pruning.PRUNERS)):
+    for key, choices in (("algorithm", study_lib.SAMPLERS), ("pruner", study_lib.PRUNERS)):
         if s[key] not in choices:
             raise UserError(f"Unknown search.{key}={s[key]!r}; choose one of {', '.join(choices)}.")
     for key, (least, meaning) in _INTEGERS.items():
         if not (_is_integer(s[key]) and s[key] >= least):
             raise UserError(f"search.{key} must be an integer >= {least}, got {s[key]!r}.{meaning}")
-    search_space.require(s.algorithm)
+    study_lib.require(s.algorithm)
     if s.objective not in config_lib.MONITORS:
         raise UserError(f"search.objective must be one of {', '.join(config_lib.MONITORS)}.")
     if config.data.num_validation <= 0 or config.grid or config.num_seeds != 1:
@@ -158,8 +161,8 @@ def _is_widths(config: ConfigDict, key: str) -> bool:
 
 
 def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs the search `config.search` in `workdir` (resuming what is there) and trains its best
-    trial; returns search.json's content."""
+    """Runs this worker's part of the search `config.search` in `workdir` (resuming what is there)
+    and, if it finished the study's last trial, trains the best one; returns search.json's content."""
     space = check(config)
     from fmnist_jax.reports import search_reports
 
@@ -170,12 +173,29 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
             logging.info("Workdir %s already holds this finished search.", workdir)
             return workdir_lib.read_json(finished)
         workdir_lib.name_holder(workdir)
-        trials, seconds = _search(config, space, workdir)
-        result = _result(config, trials)
-        result["search_seconds"] = seconds
-        result["best_epoch"], result["final"] = _train_best(config, workdir, trials[result["best"]])
+        study = study_lib.Study(config, workdir, space)
+        try:
+            seconds = _search(config, space, workdir, study)
+            trials = search_record.trials(config, study)
+            result = _result(config, study, trials)
+            result["search_seconds"] = seconds
+            if result["best_run"] == os.path.join(study.place, "best"):
+                best = next(t for t in trials if t["index"] == result["best"])
+                result["best_epoch"], result["final"] = _train_best(config, workdir, best)
+        except Exception as e:
+            if _is_storage_error(e):
+                raise study_lib.unreachable(config, e) from None
+            raise
+        finally:
+            study.close()
         search_reports.write(workdir, result, config.plots)
         return result
+
+
+def _is_storage_error(error: Exception) -> bool:
+    import sqlalchemy
+
+    return isinstance(error, sqlalchemy.exc.OperationalError)
 
 
 def _claim(config: ConfigDict, workdir: str) -> None:
@@ -207,10 +227,11 @@ def _largest(config: ConfigDict, space: list[Dimension]) -> dict[str, Any]:
 
 
 def _search(
-    config: ConfigDict, space: list[Dimension], workdir: str
-) -> tuple[list[dict[str, Any]], float]:
-    """(the trials, trained in a population of slots until the budget is spent; the seconds spent
-    compiling and training them, over every start of a resumed search)."""
+    config: ConfigDict, space: list[Dimension], workdir: str, study: study_lib.Study
+) -> float:
+    """Trains this worker's trials in a population of slots until the study's budget is spent and
+    no trial of any worker trains or waits; the seconds it spent compiling and training, over
+    every start of a resumed search."""
     from fmnist_jax import data
     from fmnist_jax.tuning import population
 
@@ -225,58 +246,65 @@ def _search(
     )
     mesh = slots.program.placement.mesh.shape
     logging.info(
-        "%d slots on a runs x data mesh of %d x %d devices.",
+        "%d slots on a runs x data mesh of %d x %d devices; the study %r in %s.",
         len(slots.epochs),
         mesh["runs"],
         mesh["data"],
+        study.name,
+        config.search.storage or study_lib.DATABASE_FILE,
     )
     latest = slots.checkpoints.directory("latest")
     compile_seconds = slots.compile(poll=lambda: interrupts.check_while_compiling(latest))
-    record = search_record.Record(
-        config,
-        Sampler(s.algorithm, space, s.seed, search_record.maximizes(config)),
-        compile_seconds,
-    )
+    record = search_record.Record(config, study, compile_seconds)
     record.resume(slots)
     try:
         while True:
             record.fill(slots, budget)
-            if all(t is None for t in record.slots):
-                return record.trials, record.clock
             # Every epoch run is saved already: nothing to write before stopping.
             interrupts.check(record.step + 1, slots.checkpoints, save=lambda: None)
+            if all(n is None for n in record.slots):
+                if not record.others_running():
+                    return record.clock
+                time.sleep(min(s.heartbeat_seconds, 5))  # another worker's trial may be retried
+                continue
             start = time.perf_counter()
             train, validation = slots.train_epoch()
             record.clock += time.perf_counter() - start
-            record.judge(train, validation)
+            record.judge(train, validation, slots.epochs)
             record.step += 1
             record.log()
-            slots.save(record.step, record.snapshot())
+            slots.save(record.step, record.snapshot(slots.epochs))
     finally:
         slots.close()
 
 
-def _result(config: ConfigDict, trials: list[dict[str, Any]]) -> dict[str, Any]:
+def _result(
+    config: ConfigDict, study: study_lib.Study, trials: list[dict[str, Any]]
+) -> dict[str, Any]:
     best = search_record.best_trial(trials, config)
     if best is None:
         raise UserError(
             "Every trial of the search diverged (its loss became NaN or infinite): lower the "
             "learning rates in search.space, or set optimizer.grad_clip_norm (e.g. 1.0)."
         )
-    if best.get("learned") is False:
+    if not best["learned"]:
         logging.warning(
             "No trial of the search learned: each one stayed at chance accuracy or its validation "
             "loss blew up (search.md says which). best/ trains trial %d all the same; widen "
             "search.space towards smaller learning rates, or train longer (search.max_epochs).",
             best["index"],
         )
+    last = max(trials, key=lambda t: (t["finished"], t["index"]))
     return {
         "algorithm": config.search.algorithm,
         "pruner": config.search.pruner,
         "objective": config.search.objective,
         "space": [list(entry) for entry in config.search.space],
+        "study": study.name,
         "trials": trials,
         "best": best["index"],
+        # Trained by the worker that finished the study's last trial, in its own workdir.
+        "best_run": os.path.join(last["workdir"], "best"),
     }
 
 

@@ -1,60 +1,184 @@
-"""A search's own state: its trials, which trial each slot holds, and the sampler's asks and
-tells in order, from which a resumed search replays the sampler to the same state; and the rules
-that stop a trial after each epoch (divergence, early stopping, the pruner's rungs, the budget).
+"""One worker's part of a search: which study trial each slot holds, each epoch's results written
+to the study, and the rules that stop a trial after an epoch (divergence, a blown-up loss, early
+stopping, `max_epochs`, the study's pruner).
+
+Everything recorded lives in the study (`study`); the worker's checkpoint holds only its slots'
+trial numbers and epochs. After a stop the study may be one epoch ahead of that checkpoint: the
+slots then train that epoch again, and what the study already holds (an epoch's results, a verdict
+written just before the stop, trials asked after the checkpoint) is taken as it is instead of
+being written twice, so the resumed search is the one never stopped.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
 from fmnist_jax.records import metrics
 from fmnist_jax.training.early_stopping import EarlyStopping
-from fmnist_jax.tuning import pruning
-from fmnist_jax.tuning.search_space import Sampler
+from fmnist_jax.tuning import study as study_lib
 
 if TYPE_CHECKING:  # the population imports JAX
     from fmnist_jax.tuning.population import Population
 
+CURVES = ("val_accuracy", "val_loss")
+
 
 class Record:
-    """The search's own state: its trials, the slots' trials and the sampler's asks and tells, in
-    order, from which a resumed search replays the sampler to the same state."""
+    """The slots' trials of one worker, and what it writes to the study after each epoch."""
 
-    def __init__(self, config: ConfigDict, sampler: Sampler, compile_seconds: float):
-        self.config, self.sampler = config, sampler
-        self.trials: list[dict[str, Any]] = []
-        self.slots: list[int | None] = []
-        self.events: list[tuple[str, int]] = []
+    def __init__(self, config: ConfigDict, study: study_lib.Study, compile_seconds: float):
+        self.config, self.study = config, study
+        self.slots: list[int | None] = []  # the study trial number each slot trains
+        self._trials: dict[int, Any] = {}  # the Optuna trials this worker reports to
+        self._spare: list[int] = []  # trials this worker asked after its last checkpoint
         self.step, self.clock = 0, compile_seconds
 
-    def snapshot(self) -> dict[str, Any]:
-        """The record as it stands now, as JSON values that nothing changes later: a checkpoint
-        writes it in the background while the search goes on refilling slots, so it must not hold
-        the live lists (its weights are the state after this epoch, and so must its record be)."""
-        return json.loads(
-            json.dumps(
-                {
-                    "trials": self.trials,
-                    "slots": self.slots,
-                    "events": self.events,
-                    "clock": self.clock,
-                }
+    def snapshot(self, epochs: np.ndarray) -> dict[str, Any]:
+        """What the checkpoint of the slots' weights holds besides them."""
+        return {"slots": list(self.slots), "epochs": epochs.tolist(), "clock": self.clock}
+
+    def resume(self, slots: Population) -> None:
+        """Takes the newest checkpoint's slots, if any, and this worker's running trials."""
+        self.slots = [None] * len(slots.epochs)
+        restored = slots.restore()
+        if restored is not None:
+            self.step, meta = restored
+            self.slots, self.clock = meta["slots"], self.clock + meta["clock"]
+            trials = self.study.trials()
+            occupied = {s: n for s, n in enumerate(self.slots) if n is not None}
+            slots.assign(
+                {s: study_lib.decode(self.study.space, trials[n].params) for s, n in occupied.items()},
+                fresh=False,
             )
+            for slot in occupied:
+                slots.epochs[slot] = meta["epochs"][slot]
+            logging.info("Resuming the search after its epoch %d.", self.step)
+        mine = self.study.asked_by_me()
+        self._trials = {n: self.study.own(n) for n in mine}  # beating before any stale check
+        self._spare = [n for n in mine if n not in self.slots]
+
+    def fill(self, slots: Population, budget: int) -> None:
+        """Gives every free slot a trial: one asked before a stop, a retried one, or a new one
+        while the study's budget lasts."""
+        self.study.fail_stale()
+        fresh = {}
+        for slot, number in enumerate(self.slots):
+            if number is not None:
+                continue
+            if self._spare:
+                trial = self._trials[self._spare.pop(0)]
+            else:
+                trial = self.study.ask(budget)
+                if trial is None:
+                    break
+            self.slots[slot], self._trials[trial.number] = trial.number, trial
+            fresh[slot] = study_lib.decode(self.study.space, trial.params)
+        slots.assign(fresh)
+
+    def others_running(self) -> bool:
+        """Whether trials of other workers still train or wait (a retry may come to this one)."""
+        from optuna.trial import TrialState
+
+        return any(
+            t.state in (TrialState.RUNNING, TrialState.WAITING)
+            for t in self.study.trials().values()
         )
 
+    def judge(
+        self,
+        train: list[dict[str, float]],
+        validation: list[dict[str, float]],
+        epochs: np.ndarray,
+    ) -> None:
+        """Writes every running trial's epoch to the study, then stops those that should stop."""
+        from optuna.trial import TrialState
+
+        frozen = self.study.trials()
+        for slot, number in enumerate(self.slots):
+            if number is None:
+                continue
+            held = frozen[number]
+            if held.state != TrialState.RUNNING:  # finished before a restart, or retried elsewhere
+                self._free(slot)
+                continue
+            if "stopped" in held.user_attrs:  # its verdict was written just before a stop
+                self._tell(slot, held.user_attrs["stopped"], held.user_attrs["curves"])
+                continue
+            curves = self._record(slot, held, train[slot], validation[slot], int(epochs[slot]))
+            reason = self._reason_to_stop(self._trials[number], curves, train[slot])
+            if reason:
+                self._trials[number].set_user_attr("stopped", reason)
+                self._tell(slot, reason, curves)
+
+    def _record(
+        self, slot: int, held: Any, train: dict[str, float], validation: dict[str, float], epoch: int
+    ) -> dict[str, Any]:
+        """The trial's curves up to `epoch`, written to the study unless it holds them already."""
+        curves = held.user_attrs.get("curves", {k: [] for k in CURVES})
+        if len(curves["val_loss"]) >= epoch:  # written before a restart
+            return {k: v[:epoch] if k in CURVES else v for k, v in curves.items()}
+        curves = {k: [*curves[k][: epoch - 1], validation[k.removeprefix("val_")]] for k in CURVES}
+        curves["seconds"] = self.clock
+        trial = self._trials[held.number]
+        trial.set_user_attr("curves", curves)
+        value = curves[self.config.search.objective][-1]
+        if train["first_nonfinite_step"] < 0 and math.isfinite(value):
+            trial.report(value, epoch)
+        return curves
+
+    def _reason_to_stop(
+        self, trial: Any, curves: dict[str, Any], train: dict[str, float]
+    ) -> str | None:
+        s, epochs = self.config.search, len(curves["val_loss"])
+        first, last = curves["val_loss"][0], curves["val_loss"][-1]
+        if train["first_nonfinite_step"] >= 0 or not math.isfinite(last):
+            return "diverged"
+        if last > _BLOWN_UP * first:
+            return (
+                f"failed to learn: validation loss {last:.3g}, over {_BLOWN_UP}x its first "
+                f"epoch's {first:.3g}"
+            )
+        if early_stop_epoch(self.config, curves["val_accuracy"], curves["val_loss"]) == epochs:
+            return "early stopping"
+        if epochs >= s.max_epochs:
+            return f"finished {epochs} epochs"
+        if trial.should_prune():
+            return f"pruned after {epochs} epochs"
+        return None
+
+    def _tell(self, slot: int, reason: str, curves: dict[str, Any]) -> None:
+        """Ends the slot's trial in the study with its verdict, and frees the slot."""
+        from optuna.trial import TrialState
+
+        trial = self._trials[self.slots[slot]]
+        did_learn = learned(reason, curves)
+        trial.set_user_attr("learned", did_learn)
+        if reason == "diverged":
+            self.study.tell(trial, state=TrialState.FAIL)
+        elif reason.startswith(("pruned", "failed")):
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, best_value(self.config, curves))
+        self._free(slot)
+
+    def _free(self, slot: int) -> None:
+        trial = self._trials.pop(self.slots[slot])
+        self.study.release(trial)
+        self.slots[slot] = None
+
     def log(self) -> None:
-        done = [t for t in self.trials if t["stopped"] is not None]
+        done = trials(self.config, self.study)
         best = best_trial(done, self.config)
         logging.info(
-            "Search epoch %d (%.1f s): %d trial(s) training, %d stopped%s.",
+            "Search epoch %d (%.1f s): %d trial(s) training here, %d finished in the study%s.",
             self.step,
             self.clock,
-            sum(i is not None for i in self.slots),
+            sum(n is not None for n in self.slots),
             len(done),
             f"; best so far trial {best['index']}, {self.config.search.objective} "
             f"{best['objective']:.4f}"
@@ -62,126 +186,50 @@ class Record:
             else "",
         )
 
-    def resume(self, slots: Population) -> None:
-        """Takes the newest checkpoint's state, if any, and replays the sampler to it."""
-        self.slots = [None] * len(slots.epochs)
-        restored = slots.restore()
-        if restored is None:
-            return
-        self.step, meta = restored
-        self.trials, self.slots = meta["trials"], meta["slots"]
-        self.clock += meta["clock"]  # this start's compile, and every earlier start's seconds
-        self.events = [tuple(e) for e in meta["events"]]
-        for kind, index in self.events:
-            if kind == "ask":
-                self.sampler.ask(1)  # the same proposal, as nothing else changed the sampler
-            else:
-                self._tell(self.trials[index])
-        occupied = {slot: self.trials[i] for slot, i in enumerate(self.slots) if i is not None}
-        slots.assign({slot: t["hparams"] for slot, t in occupied.items()}, fresh=False)
-        for slot, trial in occupied.items():
-            slots.epochs[slot] = trial["epochs"]
-        logging.info(
-            "Resuming the search after its epoch %d (%d trials).", self.step, len(self.trials)
-        )
-
-    def fill(self, slots: Population, budget: int) -> None:
-        """Gives every free slot the sampler's next trial while the budget lasts."""
-        s = self.config.search
-        fresh = {}
-        for slot, index in enumerate(self.slots):
-            if index is not None or len(self.trials) >= budget:
-                continue
-            asked = self.sampler.ask(1)  # a grid's budget is its size: never exhausted here
-            index = len(self.trials)
-            bracket = pruning.bracket_of(index, s.pruner, s.max_epochs, s.factor)
-            self.trials.append(
-                {
-                    "index": index,
-                    "hparams": asked[0],
-                    "bracket": bracket,
-                    "epochs": 0,
-                    "val_accuracy": [],
-                    "val_loss": [],
-                    "stopped": None,
-                    "learned": None,
-                    "objective": None,
-                }
-            )
-            self.events.append(("ask", index))
-            self.slots[slot] = index
-            fresh[slot] = asked[0]
-        slots.assign(fresh)
-
-    def judge(self, train: list[dict[str, float]], validation: list[dict[str, float]]) -> None:
-        """Records every running trial's epoch, then stops those that should stop."""
-        running = [(slot, self.trials[i]) for slot, i in enumerate(self.slots) if i is not None]
-        for slot, trial in running:
-            trial["val_accuracy"].append(validation[slot]["accuracy"])
-            trial["val_loss"].append(validation[slot]["loss"])
-            trial["epochs"] += 1
-            trial["seconds"] = self.clock
-            finite = train[slot]["first_nonfinite_step"] < 0 and math.isfinite(
-                validation[slot]["loss"]
-            )
-            trial["objective"] = best_value(self.config, trial) if finite else None
-        for slot, trial in running:
-            reason = self._reason_to_stop(trial)
-            if reason:
-                trial["stopped"] = reason
-                trial["learned"] = learned(trial)
-                self.slots[slot] = None
-                self._tell(trial)
-                self.events.append(("tell", trial["index"]))
-
-    def _reason_to_stop(self, trial: dict[str, Any]) -> str | None:
-        s, epochs = self.config.search, trial["epochs"]
-        if trial["objective"] is None:
-            return "diverged"
-        first, last = trial["val_loss"][0], trial["val_loss"][-1]
-        if last > _BLOWN_UP * first:
-            return (
-                f"failed to learn: validation loss {last:.3g}, over {_BLOWN_UP}x its first "
-                f"epoch's {first:.3g}"
-            )
-        if early_stop_epoch(self.config, trial["val_accuracy"], trial["val_loss"]) == epochs:
-            return "early stopping"
-        if epochs >= s.max_epochs:
-            return f"finished {epochs} epochs"
-        if epochs in pruning.rungs(s.pruner, s.max_epochs, s.factor)[trial["bracket"]]:
-            rivals = [
-                best_value(self.config, t, epochs)
-                for t in self.trials
-                if t["bracket"] == trial["bracket"]
-                and t["epochs"] >= epochs
-                and t["objective"] is not None  # not diverged
-            ]
-            if not pruning.goes_on(
-                best_value(self.config, trial, epochs), rivals, s.factor, maximizes(self.config)
-            ):
-                return f"pruned after {epochs} epochs"
-        return None
-
-    def _tell(self, trial: dict[str, Any]) -> None:
-        self.sampler.tell(
-            trial["hparams"],
-            trial["objective"],
-            trial[self.config.search.objective],
-            pruned=trial["stopped"].startswith(("pruned", "failed")),
-        )
-
 
 # A validation loss this many times its first epoch's: the trial left the region it learned in.
 _BLOWN_UP = 10
 
 
-def learned(trial: dict[str, Any]) -> bool:
+def trials(config: ConfigDict, study: study_lib.Study) -> list[dict[str, Any]]:
+    """The study's finished trials as search.json lists them, by number. A trial that was
+    retried after its worker died is left out: its retry stands for it."""
+    from optuna.pruners import HyperbandPruner
+
+    pruner = study.study.pruner
+    out = []
+    for t in sorted(study.study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state.is_finished() and "stopped" in t.user_attrs:
+            a, curves = t.user_attrs, t.user_attrs["curves"]
+            out.append(
+                {
+                    "index": t.number,
+                    "hparams": study_lib.decode(study.space, t.params),
+                    "bracket": pruner._get_bracket_id(study.study, t)
+                    if isinstance(pruner, HyperbandPruner)
+                    else 0,
+                    "epochs": len(curves["val_loss"]),
+                    **{k: curves[k] for k in CURVES},
+                    "stopped": a["stopped"],
+                    "learned": a["learned"],
+                    "objective": None
+                    if a["stopped"] == "diverged"
+                    else best_value(config, curves),
+                    "seconds": curves["seconds"],
+                    "workdir": a["workdir"],
+                    "finished": t.datetime_complete.isoformat(),
+                }
+            )
+    return out
+
+
+def learned(reason: str, curves: dict[str, Any]) -> bool:
     """Whether a stopped trial learned: finite, its validation loss not blown up, and above chance
     accuracy at some epoch. A trial that did not is never best while another one learned."""
     return (
-        trial["objective"] is not None
-        and not trial["stopped"].startswith("failed")
-        and max(trial["val_accuracy"]) > metrics.CHANCE_ACCURACY
+        reason != "diverged"
+        and not reason.startswith("failed")
+        and max(curves["val_accuracy"]) > metrics.CHANCE_ACCURACY
     )
 
 
@@ -190,17 +238,17 @@ def maximizes(config: ConfigDict) -> bool:
     return config.search.objective == "val_accuracy"
 
 
-def best_value(config: ConfigDict, trial: dict[str, Any], epochs: int | None = None) -> float:
-    """A trial's objective: the best value of its curve (over its first `epochs`)."""
-    curve = trial[config.search.objective][:epochs]
+def best_value(config: ConfigDict, curves: dict[str, Any]) -> float:
+    """A trial's objective: the best value of its curve."""
+    curve = curves[config.search.objective]
     return max(curve) if maximizes(config) else min(curve)
 
 
 def best_trial(trials: list[dict[str, Any]], config: ConfigDict) -> dict[str, Any] | None:
     """The trial with the best objective, never a diverged one, nor one that did not learn while
-    another did; None if every one diverged. (A trial of a release before verdicts has none.)"""
+    another did; None if every one diverged."""
     finished = [t for t in trials if t["objective"] is not None]
-    finished = [t for t in finished if t.get("learned") is not False] or finished
+    finished = [t for t in finished if t["learned"]] or finished
     sign = -1 if maximizes(config) else 1
     return min(finished, key=lambda t: sign * t["objective"], default=None)
 
