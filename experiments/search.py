@@ -47,5 +47,6 @@ def _search() -> None:
         f"tensorboard --logdir={shlex.quote(_WORKDIR.value)}"
     )
 
+
 if __name__ == "__main__":
     cli.main(_search)

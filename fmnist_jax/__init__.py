@@ -63,9 +63,7 @@ _MOVED = {
     **dict.fromkeys(("export", "images", "interpret"), "inference"),
     **dict.fromkeys(("checkpoint", "metrics", "workdir"), "records"),
     **dict.fromkeys(("early_stopping", "loop_state", "reduce_lr", "train"), "training"),
-    **dict.fromkeys(
-        ("population", "search", "search_record", "search_space", "sweep"), "tuning"
-    ),
+    **dict.fromkeys(("population", "search", "search_record", "search_space", "sweep"), "tuning"),
 }
 
 

@@ -2,11 +2,15 @@
 JAX_PLATFORMS names another (`JAX_PLATFORMS=cuda python -m pytest` runs the suite on a GPU)."""
 
 import fcntl
+import glob
 import os
 import pathlib
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -193,3 +197,50 @@ def kill_after_checkpoint(
             time.sleep(0.05)
         process.send_signal(signal_number)
         return process.wait(timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on localhost (Debian's `postgresql`, which .ci/setup
+    installs), with an empty database; its URL. Where it is not installed the test is skipped,
+    except in CI, where that is a failure."""
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bindirs:
+        message = "PostgreSQL is not installed: apt-get install postgresql (bash .ci/setup does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    data = tempfile.mkdtemp(prefix="fmnist_jax_pg_")
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+
+    def pg(*args):
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+
+    pg(f"{bindirs[-1]}/initdb", "-D", data, "-A", "trust", "-U", "postgres")
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg(f"{bindirs[-1]}/pg_ctl", "-D", data, "-o", options, "-l", f"{data}/log", "-w", "start")
+    try:
+        pg(
+            f"{bindirs[-1]}/createdb",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "search",
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/search"
+    finally:
+        pg(f"{bindirs[-1]}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)

@@ -3,7 +3,6 @@ slots), the whole search on mock data (resumed to the same result), and the refu
 
 import functools
 import json
-import math
 import os
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from fmnist_jax.engine import optim
 from fmnist_jax.engine.normalizer import Normalizer
 from fmnist_jax.errors import UserError
 from fmnist_jax.training import train
-from fmnist_jax.tuning import search, search_space
+from fmnist_jax.tuning import search
 from fmnist_jax.tuning import study as study_lib
 
 SPACE = (
@@ -325,7 +324,9 @@ def test_a_trial_that_diverges_is_reported_and_the_others_go_on(tiny_config, tmp
     config.search.space = (("optimizer.learning_rate", ("choice", (1e-3, 1e30))),)
     config.search.final_epochs = 0
     result = search.run(config, str(tmp_path))
-    healthy, diverged = result["trials"]
+    healthy, diverged = sorted(
+        result["trials"], key=lambda t: t["hparams"]["optimizer.learning_rate"]
+    )
     assert diverged["stopped"] == "diverged" and diverged["objective"] is None
     assert healthy["objective"] is not None and result["best"] == healthy["index"]
     assert "1 diverged" in (tmp_path / "search.md").read_text()

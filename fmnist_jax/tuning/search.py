@@ -39,9 +39,10 @@ from fmnist_jax.config import checks as config_checks
 from fmnist_jax.config import run_axis
 from fmnist_jax.errors import UserError
 from fmnist_jax.records import workdir as workdir_lib
-from fmnist_jax.tuning import search_record, search_space
+from fmnist_jax.tuning import search_record
 from fmnist_jax.tuning import study as study_lib
 from fmnist_jax.tuning.search_space import Dimension, dimensions
+
 # The integer settings of a search: their least value, and what a refusal adds about them.
 _INTEGERS = {
     "trials": (1, ""),

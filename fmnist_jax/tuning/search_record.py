@@ -52,7 +52,10 @@ class Record:
             trials = self.study.trials()
             occupied = {s: n for s, n in enumerate(self.slots) if n is not None}
             slots.assign(
-                {s: study_lib.decode(self.study.space, trials[n].params) for s, n in occupied.items()},
+                {
+                    s: study_lib.decode(self.study.space, trials[n].params)
+                    for s, n in occupied.items()
+                },
                 fresh=False,
             )
             for slot in occupied:
@@ -116,7 +119,12 @@ class Record:
                 self._tell(slot, reason, curves)
 
     def _record(
-        self, slot: int, held: Any, train: dict[str, float], validation: dict[str, float], epoch: int
+        self,
+        slot: int,
+        held: Any,
+        train: dict[str, float],
+        validation: dict[str, float],
+        epoch: int,
     ) -> dict[str, Any]:
         """The trial's curves up to `epoch`, written to the study unless it holds them already."""
         curves = held.user_attrs.get("curves", {k: [] for k in CURVES})
@@ -212,9 +220,7 @@ def trials(config: ConfigDict, study: study_lib.Study) -> list[dict[str, Any]]:
                     **{k: curves[k] for k in CURVES},
                     "stopped": a["stopped"],
                     "learned": a["learned"],
-                    "objective": None
-                    if a["stopped"] == "diverged"
-                    else best_value(config, curves),
+                    "objective": None if a["stopped"] == "diverged" else best_value(config, curves),
                     "seconds": curves["seconds"],
                     "workdir": a["workdir"],
                     "finished": t.datetime_complete.isoformat(),

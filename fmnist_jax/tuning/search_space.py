@@ -14,7 +14,6 @@ them needs before anything is written.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from fmnist_jax.errors import UserError
