@@ -258,11 +258,18 @@ def _search(
     compile_seconds = slots.compile(poll=lambda: interrupts.check_while_compiling(latest))
     record = search_record.Record(config, study, compile_seconds)
     record.resume(slots)
+    saved_at = time.monotonic()
+
+    def save() -> None:
+        nonlocal saved_at
+        if slots.checkpoints.latest_epoch() != record.step:
+            slots.save(record.step, record.snapshot(slots.epochs))
+        saved_at = time.monotonic()
+
     try:
         while True:
             record.fill(slots, budget)
-            # Every epoch run is saved already: nothing to write before stopping.
-            interrupts.check(record.step + 1, slots.checkpoints, save=lambda: None)
+            interrupts.check(record.step + 1, slots.checkpoints, save=save)
             if all(n is None for n in record.slots):
                 if not record.others_running():
                     return record.clock
@@ -274,7 +281,8 @@ def _search(
             record.judge(train, validation, slots.epochs)
             record.step += 1
             record.log()
-            slots.save(record.step, record.snapshot(slots.epochs))
+            if time.monotonic() - saved_at >= config.checkpoint.min_interval_seconds:
+                save()  # a crash retrains at most this long; the study keeps what it recorded
     finally:
         slots.close()
 

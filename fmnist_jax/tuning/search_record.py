@@ -2,11 +2,12 @@
 to the study, and the rules that stop a trial after an epoch (divergence, a blown-up loss, early
 stopping, `max_epochs`, the study's pruner).
 
-Everything recorded lives in the study (`study`); the worker's checkpoint holds only its slots'
-trial numbers and epochs. After a stop the study may be one epoch ahead of that checkpoint: the
-slots then train that epoch again, and what the study already holds (an epoch's results, a verdict
-written just before the stop, trials asked after the checkpoint) is taken as it is instead of
-being written twice, so the resumed search is the one never stopped.
+Everything recorded lives in the study (`study`); the worker's checkpoint, written at most every
+`checkpoint.min_interval_seconds` and at a stop, holds only its slots' trial numbers and epochs and
+the trials it took. After a crash the study may be epochs ahead of that checkpoint: the slots then
+train those epochs again, and what the study already holds (epochs' results, verdicts, the trials
+this worker took after the checkpoint) is taken as it is instead of being written twice, so the
+resumed search is the one never stopped.
 """
 
 from __future__ import annotations
@@ -35,20 +36,28 @@ class Record:
         self.config, self.study = config, study
         self.slots: list[int | None] = []  # the study trial number each slot trains
         self._trials: dict[int, Any] = {}  # the Optuna trials this worker reports to
-        self._spare: list[int] = []  # trials this worker asked after its last checkpoint
+        self._spare: list[int] = []  # trials this worker took after its last checkpoint
+        self.asked: list[int] = []  # every trial this worker took, in order
         self.step, self.clock = 0, compile_seconds
 
     def snapshot(self, epochs: np.ndarray) -> dict[str, Any]:
         """What the checkpoint of the slots' weights holds besides them."""
-        return {"slots": list(self.slots), "epochs": epochs.tolist(), "clock": self.clock}
+        return {
+            "slots": list(self.slots),
+            "epochs": epochs.tolist(),
+            "asked": list(self.asked),
+            "clock": self.clock,
+        }
 
     def resume(self, slots: Population) -> None:
-        """Takes the newest checkpoint's slots, if any, and this worker's running trials."""
+        """Takes the newest checkpoint's slots, if any, and the trials this worker took after it
+        (the study may hold any number of epochs beyond the checkpoint)."""
         self.slots = [None] * len(slots.epochs)
         restored = slots.restore()
         if restored is not None:
             self.step, meta = restored
-            self.slots, self.clock = meta["slots"], self.clock + meta["clock"]
+            self.slots, self.asked = meta["slots"], meta["asked"]
+            self.clock += meta["clock"]
             trials = self.study.trials()
             occupied = {s: n for s, n in enumerate(self.slots) if n is not None}
             slots.assign(
@@ -61,9 +70,10 @@ class Record:
             for slot in occupied:
                 slots.epochs[slot] = meta["epochs"][slot]
             logging.info("Resuming the search after its epoch %d.", self.step)
-        mine = self.study.asked_by_me()
-        self._trials = {n: self.study.own(n) for n in mine}  # beating before any stale check
-        self._spare = [n for n in mine if n not in self.slots]
+        self._spare = [n for n in self.study.taken_by_me() if n not in self.asked]
+        # Beating before any stale check: its running trials are this worker's still.
+        held = [n for n in self.slots if n is not None]
+        self._trials = {n: self.study.own(n) for n in [*held, *self._spare]}
 
     def fill(self, slots: Population, budget: int) -> None:
         """Gives every free slot a trial: one asked before a stop, a retried one, or a new one
@@ -80,6 +90,7 @@ class Record:
                 if trial is None:
                     break
             self.slots[slot], self._trials[trial.number] = trial.number, trial
+            self.asked.append(trial.number)
             fresh[slot] = study_lib.decode(self.study.space, trial.params)
         slots.assign(fresh)
 
@@ -105,22 +116,26 @@ class Record:
         for slot, number in enumerate(self.slots):
             if number is None:
                 continue
-            held = frozen[number]
-            if held.state != TrialState.RUNNING:  # finished before a restart, or retried elsewhere
+            held, epoch = frozen[number], int(epochs[slot])
+            verdict = held.user_attrs.get("stopped")
+            recorded = len(held.user_attrs.get("curves", {"val_loss": []})["val_loss"])
+            if held.state != TrialState.RUNNING and verdict is None:  # retried elsewhere
                 self._free(slot)
-                continue
-            if "stopped" in held.user_attrs:  # its verdict was written just before a stop
-                self._tell(slot, held.user_attrs["stopped"], held.user_attrs["curves"])
-                continue
-            curves = self._record(slot, held, train[slot], validation[slot], int(epochs[slot]))
-            reason = self._reason_to_stop(self._trials[number], curves, train[slot])
-            if reason:
-                self._trials[number].set_user_attr("stopped", reason)
-                self._tell(slot, reason, curves)
+            elif verdict is not None and epoch < recorded:
+                pass  # training again towards the verdict it reached before a stop
+            elif held.state != TrialState.RUNNING:
+                self._free(slot)
+            elif verdict is not None:  # written, but not told, just before a stop
+                self._tell(slot, verdict, held.user_attrs["curves"])
+            else:
+                curves = self._record(held, train[slot], validation[slot], epoch)
+                reason = self._reason_to_stop(self._trials[number], curves, train[slot])
+                if reason:
+                    self._trials[number].set_user_attr("stopped", reason)
+                    self._tell(slot, reason, curves)
 
     def _record(
         self,
-        slot: int,
         held: Any,
         train: dict[str, float],
         validation: dict[str, float],

@@ -22,6 +22,7 @@ import dataclasses
 import os
 import socket
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -176,26 +177,12 @@ class Study:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        s = config.search
         self.config, self.space = config, space
         self.url, self.name = storage_url(config, workdir), study_name(config, workdir)
         self.distributions = {d.key: distribution(d) for d in space}
         self.worker, self.place = _worker(workdir)
         try:
-            self.storage = optuna.storages.RDBStorage(
-                self.url,
-                engine_kwargs=_engine_options(self.url),
-                heartbeat_interval=s.heartbeat_seconds,
-                grace_period=_GRACE * s.heartbeat_seconds,
-                heartbeat_stale_trial_callback=_retry,
-            )
-            self.study = optuna.create_study(
-                storage=self.storage,
-                study_name=self.name,
-                direction="maximize" if s.objective == "val_accuracy" else "minimize",
-                pruner=_pruner(s),
-                load_if_exists=True,
-            )
+            self.storage, self.study = _open(config, self.url, self.name)
         except Exception as e:  # noqa: BLE001 - the storage's driver raises its own kinds
             raise unreachable(config, e) from None
         self.held: set[int] = set()  # the trial ids this worker trains, kept alive
@@ -265,16 +252,42 @@ class Study:
         self.keep_alive(trial)
         return trial
 
-    def asked_by_me(self) -> list[int]:
-        """This worker's running trials, oldest first: some may have been asked just before a
-        stop, after its last checkpoint."""
-        from optuna.trial import TrialState
-
+    def taken_by_me(self) -> list[int]:
+        """The trials this worker took, oldest first, in any state."""
         return [
-            n
-            for n, t in sorted(self.trials().items())
-            if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == self.worker
+            n for n, t in sorted(self.trials().items()) if t.user_attrs.get("worker") == self.worker
         ]
+
+
+def _open(config: ConfigDict, url: str, name: str) -> tuple[Any, Any]:
+    """(the storage, the study), created by whichever worker comes first. Workers that create a
+    new database's tables at the same instant collide in it: the loser opens it again."""
+    import optuna
+    import sqlalchemy
+
+    s = config.search
+    for attempt in range(5):
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=_engine_options(url),
+                heartbeat_interval=s.heartbeat_seconds,
+                grace_period=_GRACE * s.heartbeat_seconds,
+                heartbeat_stale_trial_callback=_retry,
+            )
+            study = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction="maximize" if s.objective == "val_accuracy" else "minimize",
+                pruner=_pruner(s),
+                load_if_exists=True,
+            )
+            return storage, study
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _engine_options(url: str) -> dict[str, Any]:
