@@ -349,14 +349,17 @@ def get_config():
     c.search.space = {space!r}
     c.search.algorithm = {algorithm!r}
     c.search.trials, c.search.population, c.search.max_epochs = {trials}, {population}, 8
+    c.search.execution = {execution!r}
     c.search.final_epochs = 2
     c.search.study = "test"
     return c
 """
 
 
-def _search_command(tmp_path, data_dir, workdir, algorithm="tpe", trials=6, population=2):
-    config_file = tmp_path / f"{algorithm}_{trials}_{population}.py"
+def _search_command(
+    tmp_path, data_dir, workdir, algorithm="tpe", trials=6, population=2, execution="auto"
+):
+    config_file = tmp_path / f"{algorithm}_{trials}_{population}_{execution}.py"
     config_file.write_text(
         _SEARCH_CONFIG.format(
             data_dir=data_dir,
@@ -364,6 +367,7 @@ def _search_command(tmp_path, data_dir, workdir, algorithm="tpe", trials=6, popu
             algorithm=algorithm,
             trials=trials,
             population=population,
+            execution=execution,
         )
     )
     return [
@@ -445,7 +449,9 @@ def test_a_search_over_8_devices_equals_the_search_on_one(mock_tfds_dir, tmp_pat
     results = {}
     for devices, population in ((1, 8), (8, 8), (8, 4), (1, 4)):
         workdir = tmp_path / f"{devices}_{population}"
-        command = _search_command(tmp_path, mock_tfds_dir, workdir, "random", 12, population)
+        command = _search_command(
+            tmp_path, mock_tfds_dir, workdir, "random", 12, population, "side_by_side"
+        )
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -469,6 +475,7 @@ def test_a_refilled_slot_trains_as_a_fresh_trial_without_compiling_again(tiny_co
     """Slot 0 trains trial A for an epoch, then takes trial C (another width and rate): C's curves
     and weights equal those of C in a fresh population, and nothing compiled again."""
     from fmnist_jax import data
+    from fmnist_jax.records import checkpoint
     from fmnist_jax.tuning import population
 
     trial = {
@@ -479,7 +486,8 @@ def test_a_refilled_slot_trains_as_a_fresh_trial_without_compiling_again(tiny_co
     largest = {"model.hidden_sizes": (24,), "optimizer.learning_rate": 1e-2}
 
     def slots(name):
-        p = population.Population(tiny_config, splits, largest, 2, str(tmp_path / name))
+        checkpoints = checkpoint.Checkpoints(str(tmp_path / name), keep=1)
+        p = population.Population(tiny_config, splits, largest, 2, checkpoints)
         p.compile(poll=lambda: None)
         return p
 
@@ -648,8 +656,9 @@ def _narrow_cnn(params):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("execution", ["side_by_side", "one_by_one"])
 def test_a_search_stopped_after_any_epoch_on_a_slow_disk_resumes_to_the_same(
-    tiny_config, tmp_path, monkeypatch
+    tiny_config, tmp_path, monkeypatch, execution
 ):
     """The record a checkpoint holds is the one of its weights, however late its JSON lands: with
     every metadata write 0.3 s late (a slow or busy disk), a search stopped after each epoch in
@@ -669,6 +678,7 @@ def test_a_search_stopped_after_any_epoch_on_a_slow_disk_resumes_to_the_same(
     monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", late_write)
     config = _search_config(tiny_config, algorithm="tpe")
     config.search.trials, config.search.population, config.search.final_epochs = 5, 2, 0
+    config.search.execution = execution
     reference = search.run(config, str(tmp_path / "reference"))
     epochs = json.loads((tmp_path / "reference" / "search.json").read_text())
     steps = max(t["epochs"] for t in epochs["trials"])  # a lower bound of the search's epochs

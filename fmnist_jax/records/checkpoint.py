@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -231,9 +232,16 @@ class Checkpoints:
             m.close()
 
     def restore_latest(
-        self, model_like: PyTree, train_like: PyTree
+        self,
+        model_like: PyTree,
+        train_like: PyTree,
+        like: Callable[[dict[str, Any]], tuple[PyTree, PyTree] | None] | None = None,
     ) -> tuple[int, PyTree, PyTree, dict[str, Any]] | None:
-        """(epoch, model, train, meta) of the newest readable `latest/` checkpoint, or None if none."""
+        """(epoch, model, train, meta) of the newest readable `latest/` checkpoint, or None if none.
+
+        `like`, if given, gives the templates from the checkpoint's meta instead (a search whose
+        trials have programs of their own widths); where it gives None the arrays are not read
+        (model and train come back None)."""
         manager = self._managers["latest"]
         for epoch in sorted(manager.all_steps(), reverse=True):
             try:
@@ -241,45 +249,65 @@ class Checkpoints:
                 meta = manager.restore(
                     epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
                 ).meta
-                convert = _without_run_axis(meta)
-                model_target, train_target = (_abstract(t) for t in (model_like, train_like))
-                if convert:
-                    model_target, train_target = (
-                        _map_run_arrays(_drop_run_axis, t) for t in (model_target, train_target)
-                    )
-                restored = manager.restore(
-                    epoch,
-                    args=ocp.args.Composite(
-                        model=ocp.args.StandardRestore(model_target),
-                        train=ocp.args.StandardRestore(train_target),
-                    ),
-                )
             except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
-                damaged = os.path.join(
-                    os.path.dirname(str(manager.directory)),
-                    "damaged",
-                    f"latest-{epoch}-{int(time.time())}",
-                )
-                logging.warning(
-                    "Checkpoint of epoch %d in %s is damaged (%s); moved it to %s and trying the previous one.",
-                    epoch,
-                    manager.directory,
-                    _first_line(e),
-                    damaged,
-                )
-                os.makedirs(os.path.dirname(damaged), exist_ok=True)
-                os.rename(_step_directory(manager, epoch), damaged)
-                manager.reload()
+                self._set_aside(manager, epoch, e)
                 continue
-            if convert:
-                return (
-                    epoch,
-                    _map_run_arrays(_add_run_axis, restored.model),
-                    _map_run_arrays(_add_run_axis, restored.train),
-                    meta,
-                )
-            return epoch, restored.model, restored.train, meta
+            if like is not None:
+                templates = like(meta)
+                if templates is None:
+                    return epoch, None, None, meta
+                model_like, train_like = templates
+            try:
+                restored = self._restore_arrays(manager, epoch, meta, model_like, train_like)
+            except Exception as e:  # noqa: BLE001 - as above
+                self._set_aside(manager, epoch, e)
+                continue
+            return (epoch, *restored, meta)
         return None
+
+    @staticmethod
+    def _restore_arrays(
+        manager: ocp.CheckpointManager,
+        epoch: int,
+        meta: dict[str, Any],
+        model_like: PyTree,
+        train_like: PyTree,
+    ) -> tuple[PyTree, PyTree]:
+        convert = _without_run_axis(meta)
+        model_target, train_target = (_abstract(t) for t in (model_like, train_like))
+        if convert:
+            model_target, train_target = (
+                _map_run_arrays(_drop_run_axis, t) for t in (model_target, train_target)
+            )
+        restored = manager.restore(
+            epoch,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardRestore(model_target),
+                train=ocp.args.StandardRestore(train_target),
+            ),
+        )
+        if convert:
+            return (
+                _map_run_arrays(_add_run_axis, restored.model),
+                _map_run_arrays(_add_run_axis, restored.train),
+            )
+        return restored.model, restored.train
+
+    @staticmethod
+    def _set_aside(manager: ocp.CheckpointManager, epoch: int, error: Exception) -> None:
+        damaged = os.path.join(
+            os.path.dirname(str(manager.directory)), "damaged", f"latest-{epoch}-{int(time.time())}"
+        )
+        logging.warning(
+            "Checkpoint of epoch %d in %s is damaged (%s); moved it to %s and trying the previous one.",
+            epoch,
+            manager.directory,
+            _first_line(error),
+            damaged,
+        )
+        os.makedirs(os.path.dirname(damaged), exist_ok=True)
+        os.rename(_step_directory(manager, epoch), damaged)
+        manager.reload()
 
 
 def saved_config(workdir: str) -> dict[str, Any] | None:

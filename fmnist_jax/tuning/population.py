@@ -11,6 +11,7 @@ so a refilled slot shuffles and trains exactly as a fresh trial would.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from fmnist_jax.records import checkpoint
 
 class Population:
     """`slots` trials training at once in `config`'s program with `largest` of each searched key
-    (the values that shape it); its checkpoints go to `directory`."""
+    (the values that shape it), saved to `checkpoints`."""
 
     def __init__(
         self,
@@ -35,7 +36,7 @@ class Population:
         splits: data.Splits,
         largest: dict[str, Any],
         slots: int,
-        directory: str,
+        checkpoints: checkpoint.Checkpoints,
     ):
         axis = run_axis.RunAxis.of_members(config, [largest] * slots)
         self.program = program_lib.build(config, splits, axis=axis)
@@ -44,7 +45,7 @@ class Population:
         self.values = {key: arrays[key] for key in largest}
         self.epochs = np.zeros(slots, np.int32)  # the epochs each slot's trial has trained
         self.state: engine.TrainState | None = None
-        self.checkpoints = checkpoint.Checkpoints(directory, keep=1)
+        self.checkpoints = checkpoints
         eng = self.program.engine
         self._reinitialize = jax.jit(
             functools.partial(
@@ -94,16 +95,89 @@ class Population:
             {"step": state.step, "opt_state": state.opt_state},
         )
 
+    def templates(self) -> tuple[Any, Any]:
+        """The shapes of what a checkpoint of these slots holds: (weights, training state)."""
+        state = self.state
+        return state.weights(), {"step": state.step, "opt_state": state.opt_state}
+
     def restore(self) -> tuple[int, dict[str, Any]] | None:
         """(step, meta) of the newest saved checkpoint, whose state the slots take; None if none."""
-        state = self.state
-        restored = self.checkpoints.restore_latest(
-            state.weights(), {"step": state.step, "opt_state": state.opt_state}
-        )
+        restored = self.checkpoints.restore_latest(*self.templates())
         if restored is None:
             return None
         step, weights, train, meta = restored
         self.state = engine.TrainState.restored(weights, train)
+        return step, meta
+
+    def close(self) -> None:
+        self.checkpoints.wait()
+        self.checkpoints.close()
+
+
+class OneByOne:
+    """One trial at a time, in a program of its own widths: where slots side by side gain nothing
+    (a compute-bound CPU, on which every slot costs the widest trial's step), a trial's own widths
+    cost least. Each widths' program compiles once, when a trial first needs it, and is kept for
+    the next trial of those widths. They all save to `checkpoints`, whose meta holds the values of
+    the trial whose state it is. It offers the calls of a `Population` of one slot.
+
+    `as_config(hparams)` gives a trial's values as the config holds them; `widths` are the
+    searched keys that shape the program."""
+
+    def __init__(
+        self,
+        config: ConfigDict,
+        splits: data.Splits,
+        as_config: Callable[[dict[str, Any]], dict[str, Any]],
+        widths: list[str],
+        checkpoints: checkpoint.Checkpoints,
+        poll: Callable[[], None],
+    ):
+        self._config, self._splits, self._as_config = config, splits, as_config
+        self._widths, self.checkpoints, self._poll = widths, checkpoints, poll
+        self._built: dict[str, Population] = {}
+        self.current: Population | None = None
+        self._values: dict[str, Any] | None = None  # the current trial's
+        self._idle = np.zeros(1, np.int32)
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return self.current.epochs if self.current else self._idle
+
+    def _population(self, hparams: dict[str, Any]) -> Population:
+        values = self._as_config(hparams)
+        key = json.dumps([values[k] for k in self._widths])
+        if key not in self._built:
+            population = Population(self._config, self._splits, values, 1, self.checkpoints)
+            population.compile(self._poll)
+            self._built[key] = population
+        return self._built[key]
+
+    def assign(self, trials: dict[int, dict[str, Any]], fresh: bool = True) -> None:
+        if trials:
+            (hparams,) = trials.values()
+            self.current, self._values = self._population(hparams), hparams
+            self.current.assign(trials, fresh)
+
+    def train_epoch(self) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+        return self.current.train_epoch()
+
+    def save(self, step: int, meta: dict[str, Any]) -> None:
+        self.current.save(step, {**meta, "values": self._values})
+
+    def restore(self) -> tuple[int, dict[str, Any]] | None:
+        def like(meta: dict[str, Any]) -> tuple[Any, Any] | None:
+            if meta["slots"][0] is None:  # its trial had ended: nothing to train on
+                return None
+            self.current = self._population(meta["values"])
+            return self.current.templates()
+
+        restored = self.checkpoints.restore_latest(None, None, like=like)
+        if restored is None:
+            return None
+        step, weights, train, meta = restored
+        if weights is not None:
+            self.current.state = engine.TrainState.restored(weights, train)
         return step, meta
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ with the identical search. When the study's budget is spent and its last trial h
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -63,7 +64,11 @@ def check(config: ConfigDict) -> list[Dimension]:
     """The space of a search that can work, or one clear `UserError`."""
     s = config.search
     config_checks.validate(config)
-    for key, choices in (("algorithm", study_lib.SAMPLERS), ("pruner", study_lib.PRUNERS)):
+    for key, choices in (
+        ("algorithm", study_lib.SAMPLERS),
+        ("pruner", study_lib.PRUNERS),
+        ("execution", EXECUTIONS),
+    ):
         if s[key] not in choices:
             raise UserError(f"Unknown search.{key}={s[key]!r}; choose one of {', '.join(choices)}.")
     for key, (least, meaning) in _INTEGERS.items():
@@ -230,52 +235,32 @@ def _largest(config: ConfigDict, space: list[Dimension]) -> dict[str, Any]:
 def _search(
     config: ConfigDict, space: list[Dimension], workdir: str, study: study_lib.Study
 ) -> float:
-    """Trains this worker's trials in a population of slots until the study's budget is spent and
-    no trial of any worker trains or waits; the seconds it spent compiling and training, over
-    every start of a resumed search."""
-    from fmnist_jax import data
-    from fmnist_jax.tuning import population
-
-    s = config.search
-    budget = _budget(config, space)
-    slots = population.Population(
-        config,
-        data.load(config.data),
-        _largest(config, space),
-        min(s.population, budget),
-        os.path.join(workdir, "population"),
-    )
-    mesh = slots.program.placement.mesh.shape
-    logging.info(
-        "%d slots on a runs x data mesh of %d x %d devices; the study %r in %s.",
-        len(slots.epochs),
-        mesh["runs"],
-        mesh["data"],
-        study.name,
-        config.search.storage or study_lib.DATABASE_FILE,
-    )
-    latest = slots.checkpoints.directory("latest")
-    compile_seconds = slots.compile(poll=lambda: interrupts.check_while_compiling(latest))
-    record = search_record.Record(config, study, compile_seconds)
+    """Trains this worker's trials until the study's budget is spent and no trial of any worker
+    trains or waits; the seconds it spent compiling and training, over every start of a resumed
+    search."""
+    start = time.perf_counter()
+    slots = _slots(config, space, workdir)
+    record = search_record.Record(config, study, time.perf_counter() - start)
     record.resume(slots)
     saved_at = time.monotonic()
 
     def save() -> None:
         nonlocal saved_at
-        if slots.checkpoints.latest_epoch() != record.step:
+        if record.step and slots.checkpoints.latest_epoch() != record.step:
             slots.save(record.step, record.snapshot(slots.epochs))
         saved_at = time.monotonic()
 
     try:
         while True:
-            record.fill(slots, budget)
+            start = time.perf_counter()
+            record.fill(slots, _budget(config, space))
             interrupts.check(record.step + 1, slots.checkpoints, save=save)
             if all(n is None for n in record.slots):
+                record.clock += time.perf_counter() - start
                 if not record.others_running():
                     return record.clock
-                time.sleep(min(s.heartbeat_seconds, 5))  # another worker's trial may be retried
+                time.sleep(min(config.search.heartbeat_seconds, 5))  # for a retried trial
                 continue
-            start = time.perf_counter()
             train, validation = slots.train_epoch()
             record.clock += time.perf_counter() - start
             record.judge(train, validation, slots.epochs)
@@ -285,6 +270,61 @@ def _search(
                 save()  # a crash retrains at most this long; the study keeps what it recorded
     finally:
         slots.close()
+
+
+EXECUTIONS = ("auto", "side_by_side", "one_by_one")
+
+
+def _slots(config: ConfigDict, space: list[Dimension], workdir: str) -> Any:
+    """Where the trials train, by `search.execution` (`auto`: one by one on a CPU, side by side
+    elsewhere), compiled: a `population.Population` of slots, or `population.OneByOne`."""
+    import jax
+
+    from fmnist_jax import data
+    from fmnist_jax.records import checkpoint
+    from fmnist_jax.tuning import population
+
+    s = config.search
+    checkpoints = checkpoint.Checkpoints(os.path.join(workdir, "population"), keep=1)
+    latest = checkpoints.directory("latest")
+    splits = data.load(config.data)
+    execution = s.execution
+    if execution == "auto":
+        execution = "one_by_one" if jax.default_backend() == "cpu" else "side_by_side"
+    if execution == "one_by_one":
+        logging.info(
+            "One trial at a time, each in a program of its own widths (search.execution=%r: on a "
+            "CPU every slot side by side costs the widest trial's step); the study %r in %s.",
+            s.execution,
+            study_lib.study_name(config, workdir),
+            s.storage or study_lib.DATABASE_FILE,
+        )
+        return population.OneByOne(
+            config,
+            splits,
+            functools.partial(_as_config_values, config),
+            [d.key for d in space if _is_widths(config, d.key)],
+            checkpoints,
+            poll=lambda: interrupts.check_while_compiling(latest),
+        )
+    slots = population.Population(
+        config,
+        splits,
+        _largest(config, space),
+        min(s.population, _budget(config, space)),
+        checkpoints,
+    )
+    mesh = slots.program.placement.mesh.shape
+    logging.info(
+        "%d slots on a runs x data mesh of %d x %d devices; the study %r in %s.",
+        len(slots.epochs),
+        mesh["runs"],
+        mesh["data"],
+        study_lib.study_name(config, workdir),
+        s.storage or study_lib.DATABASE_FILE,
+    )
+    slots.compile(poll=lambda: interrupts.check_while_compiling(latest))
+    return slots
 
 
 def _result(
