@@ -656,7 +656,7 @@ def _narrow_cnn(params):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("execution", ["side_by_side", "one_by_one"])
+@pytest.mark.parametrize("execution", ["side_by_side", "own_widths"])
 def test_a_search_stopped_after_any_epoch_on_a_slow_disk_resumes_to_the_same(
     tiny_config, tmp_path, monkeypatch, execution
 ):
@@ -717,16 +717,19 @@ def test_a_trial_that_does_not_learn_is_reported_and_never_best(tiny_config, tmp
     config = _search_config(tiny_config, pruner="none")
     config.search.max_epochs, config.search.trials = 2, 3
     study = study_lib.Study(config, str(tmp_path), search.check(config))
-    record = search_record.Record(config, study, 0.0)
-    record.slots = [None] * 3
 
-    class Slots:
+    class Slots:  # the numbers of three trials' epochs, as if trained
         epochs = np.zeros(3, np.int32)
 
         def assign(self, trials, fresh=True):
             pass
 
-    record.fill(Slots(), budget=3)
+        def free(self, slot):
+            pass
+
+    record = search_record.Record(config, study, Slots(), 0.0)
+    record.slots = [None] * 3
+    record.fill(budget=3)
     curves = {  # (validation accuracy, loss) per epoch: blown up, at chance, learned
         0: [(0.9, 0.3), (0.1, 497.0)],
         1: [(0.1, 2.3), (0.11, 2.3)],
@@ -737,7 +740,8 @@ def test_a_trial_that_does_not_learn_is_reported_and_never_best(tiny_config, tmp
         validation = [
             {"accuracy": curves[s][epoch][0], "loss": curves[s][epoch][1]} for s in range(3)
         ]
-        record.judge(train, validation, np.full(3, epoch + 1))
+        Slots.epochs[:] = epoch + 1
+        record.judge(train, validation)
     study.close()
     blown, chance, good = search_record.trials(config, study)
     assert blown["stopped"].startswith("failed to learn: validation loss 497")

@@ -218,8 +218,9 @@ def _add_search(c: ConfigDict) -> None:
     c.search.trials = 20  # trials of random, halton and tpe (a grid tries every combination)
     c.search.population = 8  # slots: trials trained side by side in one compiled program
     # How the trials train: "side_by_side" in the slots of one program at the space's widest
-    # widths, "one_by_one" each in a program of its own widths, or "auto": one by one on a CPU
-    # (compute-bound: every slot costs the widest trial's step), side by side elsewhere.
+    # widths; "own_widths" each in a program of its own widths, as many at once as there are cores
+    # (at most `population`); "auto": own widths on a CPU (compute-bound: every slot side by side
+    # costs the widest trial's step), side by side elsewhere.
     c.search.execution = "auto"
     c.search.max_epochs = 10  # the most epochs a trial trains (Hyperband's R)
     c.search.factor = 3  # the pruner keeps the best 1/factor at each rung, factor x apart

@@ -10,6 +10,7 @@ so a refilled slot shuffles and trains exactly as a fresh trial would.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 from collections.abc import Callable
@@ -44,6 +45,7 @@ class Population:
         arrays = axis.arrays()
         self.values = {key: arrays[key] for key in largest}
         self.epochs = np.zeros(slots, np.int32)  # the epochs each slot's trial has trained
+        self.busy = np.zeros(slots, bool)  # the slots that hold a trial
         self.state: engine.TrainState | None = None
         self.checkpoints = checkpoints
         eng = self.program.engine
@@ -74,15 +76,26 @@ class Population:
                 self.state, self.program.placement.put(mask), self.program.init_keys, runner.values
             )
             self.epochs[mask] = 0
+        self.busy[list(trials)] = True
 
-    def train_epoch(self) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    def free(self, slot: int) -> None:
+        """The slot's trial ended: the program trains it on with the others, unread."""
+        self.busy[slot] = False
+
+    def train_epoch(
+        self,
+    ) -> tuple[list[dict[str, float] | None], list[dict[str, float] | None]]:
         """One epoch of every slot, each at its own next epoch: (the training sums, the validation
-        metrics), one per slot; empty slots train too, and their numbers mean nothing."""
+        metrics), one per slot, None for a free slot (it trains too, and its numbers mean
+        nothing)."""
         self.state, sums = self.program.runner.train_epoch(self.state, self.epochs + 1)
         train = sums.per_run()
         validation = self.program.evaluate(self.state.weights(), "val").per_run()
         self.epochs += 1
-        return train, validation
+        return (
+            [t if busy else None for t, busy in zip(train, self.busy, strict=True)],
+            [v if busy else None for v, busy in zip(validation, self.busy, strict=True)],
+        )
 
     def save(self, step: int, meta: dict[str, Any]) -> None:
         """Starts saving the slots' state with `meta` (the search's own record) as checkpoint `step`."""
@@ -114,12 +127,13 @@ class Population:
         self.checkpoints.close()
 
 
-class OneByOne:
-    """One trial at a time, in a program of its own widths: where slots side by side gain nothing
-    (a compute-bound CPU, on which every slot costs the widest trial's step), a trial's own widths
-    cost least. Each widths' program compiles once, when a trial first needs it, and is kept for
-    the next trial of those widths. They all save to `checkpoints`, whose meta holds the values of
-    the trial whose state it is. It offers the calls of a `Population` of one slot.
+class OwnWidths:
+    """Trials each in a program of its own widths, `lanes` of them at once, one per thread: where
+    slots side by side gain nothing (a compute-bound CPU, on which every slot costs the widest
+    trial's step), a trial's own widths cost least, and one small trial's step leaves the other
+    cores idle. Each widths' program compiles when a lane first needs it and is kept for the next
+    trial of those widths. All lanes save to `checkpoints` together, its meta holding the values
+    of each lane's trial. It offers the calls of a `Population` of `lanes` slots.
 
     `as_config(hparams)` gives a trial's values as the config holds them; `widths` are the
     searched keys that shape the program."""
@@ -132,54 +146,107 @@ class OneByOne:
         widths: list[str],
         checkpoints: checkpoint.Checkpoints,
         poll: Callable[[], None],
+        lanes: int,
     ):
         self._config, self._splits, self._as_config = config, splits, as_config
         self._widths, self.checkpoints, self._poll = widths, checkpoints, poll
-        self._built: dict[str, Population] = {}
-        self.current: Population | None = None
-        self._values: dict[str, Any] | None = None  # the current trial's
-        self._idle = np.zeros(1, np.int32)
+        self._idle: dict[str, list[Population]] = {}  # built programs no lane uses, by widths
+        self.lanes: list[Population | None] = [None] * lanes
+        self._keys: list[str | None] = [None] * lanes  # the widths of each lane's program
+        self._values: list[dict[str, Any] | None] = [None] * lanes  # each busy lane's trial's
+        self.epochs = np.zeros(lanes, np.int32)
+        self._threads = concurrent.futures.ThreadPoolExecutor(lanes, "lane")
 
-    @property
-    def epochs(self) -> np.ndarray:
-        return self.current.epochs if self.current else self._idle
-
-    def _population(self, hparams: dict[str, Any]) -> Population:
+    def _key(self, hparams: dict[str, Any]) -> str:
         values = self._as_config(hparams)
-        key = json.dumps([values[k] for k in self._widths])
-        if key not in self._built:
+        return json.dumps([values[k] for k in self._widths])
+
+    def _take(self, lane: int, hparams: dict[str, Any]) -> bool:
+        """Gives `lane` a program of the trial's widths; whether it was built just now, with this
+        trial's values (so its state is the trial's initial state already)."""
+        if self.lanes[lane] is not None:
+            self._idle.setdefault(self._keys[lane], []).append(self.lanes[lane])
+        key = self._key(hparams)
+        idle = self._idle.get(key, [])
+        new = not idle
+        if new:  # compiled by the lane's thread, beside the other lanes' training
+            values = self._as_config(hparams)
             population = Population(self._config, self._splits, values, 1, self.checkpoints)
-            population.compile(self._poll)
-            self._built[key] = population
-        return self._built[key]
+        self.lanes[lane] = population if new else idle.pop()
+        self._keys[lane], self._values[lane] = key, hparams
+        return new
 
     def assign(self, trials: dict[int, dict[str, Any]], fresh: bool = True) -> None:
-        if trials:
-            (hparams,) = trials.values()
-            self.current, self._values = self._population(hparams), hparams
-            self.current.assign(trials, fresh)
+        for lane, hparams in trials.items():
+            new = self._take(lane, hparams)
+            # A program built for this trial holds its initial state: re-initializing would
+            # compile one more program for nothing.
+            self.lanes[lane].assign({0: hparams}, fresh and not new)
+            self.epochs[lane] = self.lanes[lane].epochs[0]
 
-    def train_epoch(self) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-        return self.current.train_epoch()
+    def free(self, lane: int) -> None:
+        """The lane's trial ended: it trains nothing, and saves nothing, until it takes another."""
+        self._values[lane] = None
+
+    def train_epoch(
+        self,
+    ) -> tuple[list[dict[str, float] | None], list[dict[str, float] | None]]:
+        """One epoch of every busy lane's trial, the lanes at once; a free lane's are None."""
+
+        def run(lane: int) -> tuple[Any, Any]:
+            population = self.lanes[lane]
+            if self._values[lane] is None:
+                return None, None
+            if population.state is None:
+                population.compile(self._poll)
+            population.epochs[0] = self.epochs[lane]
+            (train,), (validation,) = population.train_epoch()
+            self.epochs[lane] = population.epochs[0]
+            return train, validation
+
+        results = list(self._threads.map(run, range(len(self.lanes))))
+        return [r[0] for r in results], [r[1] for r in results]
 
     def save(self, step: int, meta: dict[str, Any]) -> None:
-        self.current.save(step, {**meta, "values": self._values})
+        """Saves the states of the lanes whose trial has trained; with none nothing (a resume then
+        trains again from the checkpoint before, and takes what the study recorded since). A
+        trial not yet trained starts afresh on resuming."""
+        values = [
+            v if v is not None and p.state is not None else None
+            for v, p in zip(self._values, self.lanes, strict=True)
+        ]
+        states = {str(i): self.lanes[i].state for i, v in enumerate(values) if v is not None}
+        if not states:
+            return
+        self.checkpoints.save(
+            "latest",
+            step,
+            {i: s.weights() for i, s in states.items()},
+            {**meta, "values": values},
+            {i: {"step": s.step, "opt_state": s.opt_state} for i, s in states.items()},
+        )
 
     def restore(self) -> tuple[int, dict[str, Any]] | None:
         def like(meta: dict[str, Any]) -> tuple[Any, Any] | None:
-            if meta["slots"][0] is None:  # its trial had ended: nothing to train on
+            busy = [i for i, v in enumerate(meta["values"]) if v is not None]
+            if not busy:
                 return None
-            self.current = self._population(meta["values"])
-            return self.current.templates()
+            for i in busy:
+                self._take(i, meta["values"][i])
+                if self.lanes[i].state is None:
+                    self.lanes[i].compile(self._poll)
+            templates = {str(i): self.lanes[i].templates() for i in busy}
+            return {i: t[0] for i, t in templates.items()}, {i: t[1] for i, t in templates.items()}
 
         restored = self.checkpoints.restore_latest(None, None, like=like)
         if restored is None:
             return None
         step, weights, train, meta = restored
-        if weights is not None:
-            self.current.state = engine.TrainState.restored(weights, train)
+        for i, lane_weights in (weights or {}).items():
+            self.lanes[int(i)].state = engine.TrainState.restored(lane_weights, train[i])
         return step, meta
 
     def close(self) -> None:
+        self._threads.shutdown()
         self.checkpoints.wait()
         self.checkpoints.close()

@@ -240,20 +240,20 @@ def _search(
     search."""
     start = time.perf_counter()
     slots = _slots(config, space, workdir)
-    record = search_record.Record(config, study, time.perf_counter() - start)
-    record.resume(slots)
+    record = search_record.Record(config, study, slots, time.perf_counter() - start)
+    record.resume()
     saved_at = time.monotonic()
 
     def save() -> None:
         nonlocal saved_at
         if record.step and slots.checkpoints.latest_epoch() != record.step:
-            slots.save(record.step, record.snapshot(slots.epochs))
+            slots.save(record.step, record.snapshot())
         saved_at = time.monotonic()
 
     try:
         while True:
             start = time.perf_counter()
-            record.fill(slots, _budget(config, space))
+            record.fill(_budget(config, space))
             interrupts.check(record.step + 1, slots.checkpoints, save=save)
             if all(n is None for n in record.slots):
                 record.clock += time.perf_counter() - start
@@ -263,7 +263,7 @@ def _search(
                 continue
             train, validation = slots.train_epoch()
             record.clock += time.perf_counter() - start
-            record.judge(train, validation, slots.epochs)
+            record.judge(train, validation)
             record.step += 1
             record.log()
             if time.monotonic() - saved_at >= config.checkpoint.min_interval_seconds:
@@ -272,12 +272,12 @@ def _search(
         slots.close()
 
 
-EXECUTIONS = ("auto", "side_by_side", "one_by_one")
+EXECUTIONS = ("auto", "side_by_side", "own_widths")
 
 
 def _slots(config: ConfigDict, space: list[Dimension], workdir: str) -> Any:
-    """Where the trials train, by `search.execution` (`auto`: one by one on a CPU, side by side
-    elsewhere), compiled: a `population.Population` of slots, or `population.OneByOne`."""
+    """Where the trials train, by `search.execution` (`auto`: own widths on a CPU, side by side
+    elsewhere), compiled: a `population.Population` of slots, or `population.OwnWidths`."""
     import jax
 
     from fmnist_jax import data
@@ -290,38 +290,36 @@ def _slots(config: ConfigDict, space: list[Dimension], workdir: str) -> Any:
     splits = data.load(config.data)
     execution = s.execution
     if execution == "auto":
-        execution = "one_by_one" if jax.default_backend() == "cpu" else "side_by_side"
-    if execution == "one_by_one":
+        execution = "own_widths" if jax.default_backend() == "cpu" else "side_by_side"
+    slots = min(s.population, _budget(config, space))
+    where = f"the study {study_lib.study_name(config, workdir)!r} in {s.storage or study_lib.DATABASE_FILE}"
+    if execution == "own_widths":
+        lanes = min(slots, len(os.sched_getaffinity(0)))
         logging.info(
-            "One trial at a time, each in a program of its own widths (search.execution=%r: on a "
-            "CPU every slot side by side costs the widest trial's step); the study %r in %s.",
+            "%d trial(s) at once, each in a program of its own widths, one per core "
+            "(search.execution=%r: on a CPU every slot side by side costs the widest trial's "
+            "step); %s.",
+            lanes,
             s.execution,
-            study_lib.study_name(config, workdir),
-            s.storage or study_lib.DATABASE_FILE,
+            where,
         )
-        return population.OneByOne(
+        return population.OwnWidths(
             config,
             splits,
             functools.partial(_as_config_values, config),
             [d.key for d in space if _is_widths(config, d.key)],
             checkpoints,
             poll=lambda: interrupts.check_while_compiling(latest),
+            lanes=lanes,
         )
-    slots = population.Population(
-        config,
-        splits,
-        _largest(config, space),
-        min(s.population, _budget(config, space)),
-        checkpoints,
-    )
+    slots = population.Population(config, splits, _largest(config, space), slots, checkpoints)
     mesh = slots.program.placement.mesh.shape
     logging.info(
-        "%d slots on a runs x data mesh of %d x %d devices; the study %r in %s.",
+        "%d slots on a runs x data mesh of %d x %d devices; %s.",
         len(slots.epochs),
         mesh["runs"],
         mesh["data"],
-        study_lib.study_name(config, workdir),
-        s.storage or study_lib.DATABASE_FILE,
+        where,
     )
     slots.compile(poll=lambda: interrupts.check_while_compiling(latest))
     return slots

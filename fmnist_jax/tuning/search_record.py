@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
@@ -24,7 +23,7 @@ from fmnist_jax.training.early_stopping import EarlyStopping
 from fmnist_jax.tuning import study as study_lib
 
 if TYPE_CHECKING:  # the population imports JAX
-    from fmnist_jax.tuning.population import Population
+    from fmnist_jax.tuning.population import OwnWidths, Population
 
 CURVES = ("val_accuracy", "val_loss")
 
@@ -32,26 +31,33 @@ CURVES = ("val_accuracy", "val_loss")
 class Record:
     """The slots' trials of one worker, and what it writes to the study after each epoch."""
 
-    def __init__(self, config: ConfigDict, study: study_lib.Study, compile_seconds: float):
-        self.config, self.study = config, study
+    def __init__(
+        self,
+        config: ConfigDict,
+        study: study_lib.Study,
+        population: Population | OwnWidths,
+        compile_seconds: float,
+    ):
+        self.config, self.study, self.population = config, study, population
         self.slots: list[int | None] = []  # the study trial number each slot trains
         self._trials: dict[int, Any] = {}  # the Optuna trials this worker reports to
         self._spare: list[int] = []  # trials this worker took after its last checkpoint
         self.asked: list[int] = []  # every trial this worker took, in order
         self.step, self.clock = 0, compile_seconds
 
-    def snapshot(self, epochs: np.ndarray) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         """What the checkpoint of the slots' weights holds besides them."""
         return {
             "slots": list(self.slots),
-            "epochs": epochs.tolist(),
+            "epochs": self.population.epochs.tolist(),
             "asked": list(self.asked),
             "clock": self.clock,
         }
 
-    def resume(self, slots: Population) -> None:
+    def resume(self) -> None:
         """Takes the newest checkpoint's slots, if any, and the trials this worker took after it
         (the study may hold any number of epochs beyond the checkpoint)."""
+        slots = self.population
         self.slots = [None] * len(slots.epochs)
         restored = slots.restore()
         if restored is not None:
@@ -75,7 +81,7 @@ class Record:
         held = [n for n in self.slots if n is not None]
         self._trials = {n: self.study.own(n) for n in [*held, *self._spare]}
 
-    def fill(self, slots: Population, budget: int) -> None:
+    def fill(self, budget: int) -> None:
         """Gives every free slot a trial: one asked before a stop, a retried one, or a new one
         while the study's budget lasts."""
         self.study.fail_stale()
@@ -92,7 +98,7 @@ class Record:
             self.slots[slot], self._trials[trial.number] = trial.number, trial
             self.asked.append(trial.number)
             fresh[slot] = study_lib.decode(self.study.space, trial.params)
-        slots.assign(fresh)
+        self.population.assign(fresh)
 
     def others_running(self) -> bool:
         """Whether trials of other workers still train or wait (a retry may come to this one)."""
@@ -104,10 +110,7 @@ class Record:
         )
 
     def judge(
-        self,
-        train: list[dict[str, float]],
-        validation: list[dict[str, float]],
-        epochs: np.ndarray,
+        self, train: list[dict[str, float] | None], validation: list[dict[str, float] | None]
     ) -> None:
         """Writes every running trial's epoch to the study, then stops those that should stop."""
         from optuna.trial import TrialState
@@ -116,7 +119,7 @@ class Record:
         for slot, number in enumerate(self.slots):
             if number is None:
                 continue
-            held, epoch = frozen[number], int(epochs[slot])
+            held, epoch = frozen[number], int(self.population.epochs[slot])
             verdict = held.user_attrs.get("stopped")
             recorded = len(held.user_attrs.get("curves", {"val_loss": []})["val_loss"])
             if held.state != TrialState.RUNNING and verdict is None:  # retried elsewhere
@@ -192,6 +195,7 @@ class Record:
     def _free(self, slot: int) -> None:
         trial = self._trials.pop(self.slots[slot])
         self.study.release(trial)
+        self.population.free(slot)
         self.slots[slot] = None
 
     def log(self) -> None:
