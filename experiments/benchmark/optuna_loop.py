@@ -7,8 +7,9 @@ TPE with its Hyperband pruner driving this project's single runs one after anoth
 Each trial builds and compiles its run's program (`fmnist_jax.engine.program`), trains it epoch by epoch,
 reports the validation objective after each epoch and stops when Optuna's pruner or early stopping
 says so, or after `search.max_epochs`: the `search` block's space, budget (`trials`) and objective.
-Then the same search in one compiled program (`fmnist_jax.tuning.search.run` with TPE and Hyperband),
-and one JSON line: both searches' seconds, trial-epochs and best validation objective.
+Then the same search by the project (`fmnist_jax.tuning.search.run` with TPE and Hyperband, its
+execution chosen for the machine), and one JSON line: both searches' seconds, trial-epochs and
+best validation objective.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fmnist_jax import data
 from fmnist_jax.engine import program as program_lib
 from fmnist_jax.training.early_stopping import EarlyStopping
 from fmnist_jax.tuning import search
+from fmnist_jax.tuning import study as study_lib
 from fmnist_jax.tuning.search_space import Dimension
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/search_mlp.py")
@@ -82,6 +84,9 @@ def main(argv: list[str]) -> None:
     splits = data.load(config.data)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
+        # The search's own study name: Hyperband deals trials to brackets by it, so both searches
+        # deal theirs alike.
+        study_name=study_lib.study_name(config, _WORKDIR.value),
         direction="maximize" if s.objective == "val_accuracy" else "minimize",
         sampler=optuna.samplers.TPESampler(seed=s.seed),
         pruner=optuna.pruners.HyperbandPruner(
