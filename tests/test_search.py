@@ -206,6 +206,48 @@ def _the_study_holds_the_search(config, workdir, trials):
         assert pruned or frozen.value == trial["objective"]
 
 
+@pytest.mark.slow
+def test_two_objectives_give_the_pareto_front_and_best_trains_its_most_accurate(
+    tiny_config, tmp_path
+):
+    """The tutorial's space on validation accuracy and parameter count: search.json's front is
+    exactly the trials no other dominates, the pruner stopped only dominated trials, best/ is the
+    front's most accurate, and the study has two directions."""
+    import optuna
+
+    from configs import search_mlp
+
+    config = _search_config(tiny_config, algorithm="tpe", pruner="dominated")
+    config.search.space = search_mlp.get_config().search.space
+    config.search.objectives = ("val_accuracy", "params")
+    config.search.trials, config.search.max_epochs, config.search.final_epochs = 8, 3, 0
+    config.plots = True  # search.png draws the trade-off
+    result = search.run(config, str(tmp_path))
+    assert (tmp_path / "search.png").stat().st_size > 0
+    trials = {t["index"]: t for t in result["trials"]}
+    for t in trials.values():  # the MLP's own count: 784 x w + w, then w x 10 + 10
+        width = t["hparams"]["model.hidden_sizes"]
+        assert t["params"] == 784 * width + width + 10 * width + 10
+    chosen = [t for t in trials.values() if t["objective"] is not None]
+    chosen = [t for t in chosen if t["learned"]] or chosen
+    points = {t["index"]: (t["objective"], t["params"]) for t in chosen}
+
+    def dominates(a, b):
+        return a[0] >= b[0] and a[1] <= b[1] and a != b
+
+    front = set(result["pareto"])
+    assert front and front <= set(points)
+    for i, p in points.items():
+        beaten = any(dominates(q, p) for j, q in points.items() if j != i)
+        assert beaten == (i not in front)
+    assert result["best"] == max(front, key=lambda i: (points[i][0], -points[i][1]))
+    assert all(t["epochs"] in (1, 2) for t in trials.values() if t["stopped"].endswith("dominated"))
+    study = optuna.load_study(study_name="test", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    assert len(study.directions) == 2
+    assert "The Pareto front on (val_accuracy, parameters)" in (tmp_path / "search.md").read_text()
+    assert (tmp_path / "best" / "summary.json").exists()
+
+
 def _files(directory):
     return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
@@ -257,6 +299,9 @@ def _a_finished_search_workdir_knows_what_it_holds(config, workdir, result):
         ({"space": (("num_epochs", ("int", 1, 5, 1)),)}, "cannot search num_epochs"),
         ({"space": (("model.activation", ("choice", ("relu", "tanh"))),)}, "side by side"),
         ({"pruner": "asha"}, "Unknown search.pruner"),
+        ({"pruner": "dominated"}, "set search.objectives"),
+        ({"objectives": ("val_accuracy",)}, "name two"),
+        ({"objectives": ("val_accuracy", "params")}, "cannot judge two objectives"),
         ({"heartbeat_seconds": 0}, "search.heartbeat_seconds must be an integer >= 1"),
         ({"seed": -1}, "search.seed must be an integer >= 0, got -1. It seeds"),
         ({"final_epochs": -2}, "search.final_epochs must be an integer >= 0, got -2"),
@@ -727,7 +772,7 @@ def test_a_trial_that_does_not_learn_is_reported_and_never_best(tiny_config, tmp
         def free(self, slot):
             pass
 
-    record = search_record.Record(config, study, Slots(), 0.0)
+    record = search_record.Record(config, study, Slots(), 0.0, lambda hparams: 0)
     record.slots = [None] * 3
     record.fill(budget=3)
     curves = {  # (validation accuracy, loss) per epoch: blown up, at chance, learned

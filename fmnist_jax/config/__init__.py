@@ -225,6 +225,10 @@ def _add_search(c: ConfigDict) -> None:
     c.search.max_epochs = 10  # the most epochs a trial trains (Hyperband's R)
     c.search.factor = 3  # the pruner keeps the best 1/factor at each rung, factor x apart
     c.search.objective = "val_accuracy"  # or val_loss, on the validation split, never test
+    # Two objectives to trade off instead: `objective`'s kind first, then "params" (the trial's
+    # parameter count), e.g. ("val_accuracy", "params"); the search then reports the Pareto front,
+    # and needs search.pruner "dominated" (stop a trial another dominates at a rung) or "none".
+    c.search.objectives = ()
     c.search.seed = 0  # the sampler's seed; the trials train with `seed`
     # The best trial then trains this many epochs in best/ and keeps its best epoch (the Keras
     # Tuner tutorial's 50); 0 trains it to its own best epoch in the search.

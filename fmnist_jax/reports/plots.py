@@ -20,6 +20,7 @@ if not in_notebook():  # a notebook keeps its inline backend to show the figures
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
@@ -252,16 +253,34 @@ def search(result: dict[str, Any]) -> Figure:
         curves.set_ylabel(f"{objective} (best solid)"),
         curves.grid(alpha=0.3),
     )
+    if "pareto" in result:
+        _trade_off(progress, trials, result["pareto"], objective)
+    else:
+        _progress(progress, trials, objective)
+    return fig
+
+
+def _progress(ax: Axes, trials: list[dict[str, Any]], objective: str) -> None:
+    """The best objective so far against the search's seconds."""
     pick = max if objective == "val_accuracy" else min
     done = sorted(trials, key=lambda t: t["seconds"])
     so_far = [pick(t["objective"] for t in done[: i + 1]) for i in range(len(done))]
-    progress.step([t["seconds"] for t in done], so_far, where="post")
+    ax.step([t["seconds"] for t in done], so_far, where="post")
     (
-        progress.set_xlabel("search seconds (training and compiling)"),
-        progress.set_ylabel(f"best {objective} so far"),
+        ax.set_xlabel("search seconds (training and compiling)"),
+        ax.set_ylabel(f"best {objective} so far"),
     )
-    progress.grid(alpha=0.3)
-    return fig
+    ax.grid(alpha=0.3)
+
+
+def _trade_off(ax: Axes, trials: list[dict[str, Any]], pareto: list[int], objective: str) -> None:
+    """A search of two objectives: each trial's objective against its parameters, the front joined."""
+    front = sorted((t for t in trials if t["index"] in pareto), key=lambda t: t["params"])
+    ax.scatter([t["params"] for t in trials], [t["objective"] for t in trials], s=14)
+    ax.plot([t["params"] for t in front], [t["objective"] for t in front], "r.-")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters"), ax.set_ylabel(f"{objective} (the Pareto front in red)")
+    ax.grid(alpha=0.3)
 
 
 def curves_to_target(

@@ -54,7 +54,26 @@ def table(result: dict[str, Any]) -> str:
     return (
         f"{len(result['trials'])} trials ({result['algorithm']}), {diverged} diverged, {failed} "
         f"did not learn; the best "
-        f"{min(_TOP, len(ranked))} on {objective}:\n\n" + "\n".join(rows) + f"\n\n{final(result)}\n"
+        f"{min(_TOP, len(ranked))} on {objective}:\n\n"
+        + "\n".join(rows)
+        + _front(result)
+        + f"\n\n{final(result)}\n"
+    )
+
+
+def _front(result: dict[str, Any]) -> str:
+    """The Pareto front of a search of two objectives, one trial a line, most accurate first."""
+    if "pareto" not in result:
+        return ""
+    by_index = {t["index"]: t for t in result["trials"]}
+    front = sorted((by_index[i] for i in result["pareto"]), key=lambda t: t["params"])
+    lines = [
+        f"- trial {t['index']}: {result['objective']} {t['objective']:.4f}, {t['params']:,} parameters"
+        for t in front
+    ]
+    return (
+        f"\n\nThe Pareto front on ({result['objective']}, parameters), {len(front)} trials; "
+        "best/ trains its best on the first:\n\n" + "\n".join(lines)
     )
 
 

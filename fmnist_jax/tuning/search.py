@@ -77,6 +77,7 @@ def check(config: ConfigDict) -> list[Dimension]:
     study_lib.require(s.algorithm)
     if s.objective not in config_lib.MONITORS:
         raise UserError(f"search.objective must be one of {', '.join(config_lib.MONITORS)}.")
+    _check_objectives(config)
     if config.data.num_validation <= 0 or config.grid or config.num_seeds != 1:
         raise UserError(
             "A search chooses on the validation split, one seed per trial, from its own space: "
@@ -98,6 +99,45 @@ def check(config: ConfigDict) -> list[Dimension]:
             config_checks.validate(with_trial(config, {d.key: value}))
     _budget(config, space)  # a grid lists discrete ranges only
     return space
+
+
+def _check_objectives(config: ConfigDict) -> None:
+    s = config.search
+    if not s.objectives:
+        if s.pruner == "dominated":
+            raise UserError(
+                "search.pruner='dominated' stops trials dominated on two objectives: set "
+                "search.objectives, e.g. ('val_accuracy', 'params'), or choose another pruner."
+            )
+        return
+    if (
+        len(s.objectives) != 2
+        or s.objectives[0] not in config_lib.MONITORS
+        or s.objectives[1] != "params"
+    ):
+        raise UserError(
+            f"search.objectives={tuple(s.objectives)!r}: name two, a validation metric "
+            f"({' or '.join(config_lib.MONITORS)}) and then 'params' (the trial's parameter "
+            "count), e.g. ('val_accuracy', 'params'); or leave it empty for search.objective."
+        )
+    if s.objectives[0] != s.objective:
+        raise UserError(
+            f"search.objectives names {s.objectives[0]} but search.objective is {s.objective}: "
+            "set both to the same validation metric."
+        )
+    if s.pruner not in study_lib.TWO_OBJECTIVE_PRUNERS:
+        raise UserError(
+            f"search.pruner={s.pruner!r} cannot judge two objectives (Optuna's pruners refuse "
+            "them): choose 'dominated' (stop a trial that another dominates at a rung) or 'none'."
+        )
+
+
+def parameter_count(config: ConfigDict, hparams: dict[str, Any]) -> int:
+    """The trainable parameters of a trial's model, counted from its shapes."""
+    from fmnist_jax import models
+    from fmnist_jax.reports import tables
+
+    return tables.count_params(models.create(with_trial(config, hparams).model).shapes()["params"])
 
 
 def _searchable(config: ConfigDict) -> tuple[str, ...]:
@@ -240,7 +280,13 @@ def _search(
     search."""
     start = time.perf_counter()
     slots = _slots(config, space, workdir)
-    record = search_record.Record(config, study, slots, time.perf_counter() - start)
+    record = search_record.Record(
+        config,
+        study,
+        slots,
+        time.perf_counter() - start,
+        functools.partial(parameter_count, config),
+    )
     record.resume()
     saved_at = time.monotonic()
 
@@ -328,7 +374,7 @@ def _slots(config: ConfigDict, space: list[Dimension], workdir: str) -> Any:
 def _result(
     config: ConfigDict, study: study_lib.Study, trials: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    best = search_record.best_trial(trials, config)
+    best = search_record.best_trial(trials, config)  # on two objectives: the front's best first
     if best is None:
         raise UserError(
             "Every trial of the search diverged (its loss became NaN or infinite): lower the "
@@ -342,10 +388,15 @@ def _result(
             best["index"],
         )
     last = max(trials, key=lambda t: (t["finished"], t["index"]))
+    front = (
+        {"pareto": search_record.pareto_front(trials, config)} if config.search.objectives else {}
+    )
     return {
+        **front,
         "algorithm": config.search.algorithm,
         "pruner": config.search.pruner,
         "objective": config.search.objective,
+        "objectives": list(study_lib.objectives(config)),
         "space": [list(entry) for entry in config.search.space],
         "study": study.name,
         "trials": trials,

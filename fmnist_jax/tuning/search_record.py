@@ -13,6 +13,7 @@ resumed search is the one never stopped.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from absl import logging
@@ -37,8 +38,11 @@ class Record:
         study: study_lib.Study,
         population: Population | OwnWidths,
         compile_seconds: float,
+        parameter_count: Callable[[dict[str, Any]], int],
     ):
         self.config, self.study, self.population = config, study, population
+        self._parameter_count = parameter_count
+        self._two = len(study_lib.objectives(config)) == 2
         self.slots: list[int | None] = []  # the study trial number each slot trains
         self._trials: dict[int, Any] = {}  # the Optuna trials this worker reports to
         self._spare: list[int] = []  # trials this worker took after its last checkpoint
@@ -98,6 +102,8 @@ class Record:
             self.slots[slot], self._trials[trial.number] = trial.number, trial
             self.asked.append(trial.number)
             fresh[slot] = study_lib.decode(self.study.space, trial.params)
+            if self._two:  # the second objective, known before it trains
+                trial.set_user_attr("params", self._parameter_count(fresh[slot]))
         self.population.assign(fresh)
 
     def others_running(self) -> bool:
@@ -153,7 +159,8 @@ class Record:
         trial = self._trials[held.number]
         trial.set_user_attr("curves", curves)
         value = curves[self.config.search.objective][-1]
-        if train["first_nonfinite_step"] < 0 and math.isfinite(value):
+        # Optuna takes intermediate values of one objective only.
+        if not self._two and train["first_nonfinite_step"] < 0 and math.isfinite(value):
             trial.report(value, epoch)
         return curves
 
@@ -173,9 +180,28 @@ class Record:
             return "early stopping"
         if epochs >= s.max_epochs:
             return f"finished {epochs} epochs"
-        if trial.should_prune():
+        if self._two:
+            if s.pruner == "dominated" and self._dominated(trial.number, epochs):
+                return f"pruned after {epochs} epochs: dominated"
+        elif trial.should_prune():
             return f"pruned after {epochs} epochs"
         return None
+
+    def _dominated(self, number: int, epochs: int) -> bool:
+        """At a rung (epochs `max_epochs / factor^k`), whether another trial that reached it,
+        any worker's, was at least as good there on both objectives and better on one."""
+        s = self.config.search
+        rungs = {max(1, round(s.max_epochs / s.factor**k)) for k in range(1, 10)}
+        if epochs not in rungs - {s.max_epochs}:
+            return False
+        at_rung = {
+            t.number: (t.user_attrs["curves"][s.objective][epochs - 1], t.user_attrs["params"])
+            for t in self.study.trials().values()
+            if len(t.user_attrs.get("curves", {}).get(s.objective, [])) >= epochs
+            and "params" in t.user_attrs
+        }
+        mine = at_rung.pop(number)
+        return any(_dominates(other, mine, maximizes(self.config)) for other in at_rung.values())
 
     def _tell(self, slot: int, reason: str, curves: dict[str, Any]) -> None:
         """Ends the slot's trial in the study with its verdict, and frees the slot."""
@@ -188,6 +214,9 @@ class Record:
             self.study.tell(trial, state=TrialState.FAIL)
         elif reason.startswith(("pruned", "failed")):
             self.study.tell(trial, state=TrialState.PRUNED)
+        elif self._two:
+            params = self.study.trials()[trial.number].user_attrs["params"]
+            self.study.tell(trial, [best_value(self.config, curves), params])
         else:
             self.study.tell(trial, best_value(self.config, curves))
         self._free(slot)
@@ -241,6 +270,7 @@ def trials(config: ConfigDict, study: study_lib.Study) -> list[dict[str, Any]]:
                     "learned": a["learned"],
                     "objective": None if a["stopped"] == "diverged" else best_value(config, curves),
                     "seconds": curves["seconds"],
+                    **({"params": a["params"]} if "params" in a else {}),
                     "workdir": a["workdir"],
                     "finished": t.datetime_complete.isoformat(),
                 }
@@ -269,13 +299,38 @@ def best_value(config: ConfigDict, curves: dict[str, Any]) -> float:
     return max(curve) if maximizes(config) else min(curve)
 
 
-def best_trial(trials: list[dict[str, Any]], config: ConfigDict) -> dict[str, Any] | None:
-    """The trial with the best objective, never a diverged one, nor one that did not learn while
-    another did; None if every one diverged."""
+def _candidates(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trials that may be chosen: never a diverged one, nor one that did not learn while
+    another did."""
     finished = [t for t in trials if t["objective"] is not None]
-    finished = [t for t in finished if t["learned"]] or finished
+    return [t for t in finished if t["learned"]] or finished
+
+
+def best_trial(trials: list[dict[str, Any]], config: ConfigDict) -> dict[str, Any] | None:
+    """The trial with the best objective (of two objectives, the Pareto front's best on the
+    first, the fewer parameters between equals); None if every one diverged."""
     sign = -1 if maximizes(config) else 1
-    return min(finished, key=lambda t: sign * t["objective"], default=None)
+    return min(
+        _candidates(trials),
+        key=lambda t: (sign * t["objective"], t.get("params", 0)),
+        default=None,
+    )
+
+
+def pareto_front(trials: list[dict[str, Any]], config: ConfigDict) -> list[int]:
+    """The trials no other dominates on (objective, parameter count), by index."""
+    points = {t["index"]: (t["objective"], t["params"]) for t in _candidates(trials)}
+    return [
+        i
+        for i, p in points.items()
+        if not any(_dominates(q, p, maximizes(config)) for j, q in points.items() if j != i)
+    ]
+
+
+def _dominates(a: tuple[float, int], b: tuple[float, int], maximize: bool) -> bool:
+    """Whether (objective, parameters) `a` is at least as good as `b` on both and better on one."""
+    better = a[0] >= b[0] if maximize else a[0] <= b[0]
+    return better and a[1] <= b[1] and a != b
 
 
 def early_stop_epoch(

@@ -103,10 +103,14 @@ def _pruner(search: ConfigDict) -> Any:
         "hyperband": lambda: p.HyperbandPruner(1, search.max_epochs, search.factor),
         "successive_halving": lambda: p.SuccessiveHalvingPruner(1, search.factor),
         "median": lambda: p.MedianPruner(),
+        "dominated": lambda: p.NopPruner(),
     }[search.pruner]()
 
 
-PRUNERS = ("none", "hyperband", "successive_halving", "median")
+PRUNERS = ("none", "hyperband", "successive_halving", "median", "dominated")
+# Optuna's pruners refuse studies of two objectives; "dominated" is this project's rule for them
+# (`search_record.dominated`), and Optuna's study then prunes nothing itself.
+TWO_OBJECTIVE_PRUNERS = ("none", "dominated")
 
 
 def require(algorithm: str) -> None:
@@ -236,7 +240,7 @@ class Study:
         self.keep_alive(trial)
         return trial
 
-    def tell(self, trial: Any, value: float | None = None, state: Any = None) -> None:
+    def tell(self, trial: Any, value: float | list[float] | None = None, state: Any = None) -> None:
         """Ends `trial`. Told by a neutral sampler: the grid's own would try to stop an optimize
         loop, which ask-and-tell does not have, once its last point is told."""
         import optuna
@@ -278,7 +282,7 @@ def _open(config: ConfigDict, url: str, name: str) -> tuple[Any, Any]:
             study = optuna.create_study(
                 storage=storage,
                 study_name=name,
-                direction="maximize" if s.objective == "val_accuracy" else "minimize",
+                directions=directions(config),
                 pruner=_pruner(s),
                 load_if_exists=True,
             )
@@ -288,6 +292,15 @@ def _open(config: ConfigDict, url: str, name: str) -> tuple[Any, Any]:
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def objectives(config: ConfigDict) -> tuple[str, ...]:
+    """The search's objectives: `search.objectives`, or `search.objective` alone."""
+    return tuple(config.search.objectives) or (config.search.objective,)
+
+
+def directions(config: ConfigDict) -> list[str]:
+    return ["maximize" if o == "val_accuracy" else "minimize" for o in objectives(config)]
 
 
 def _engine_options(url: str) -> dict[str, Any]:
