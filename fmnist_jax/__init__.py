@@ -63,7 +63,10 @@ _MOVED = {
     **dict.fromkeys(("export", "images", "interpret"), "inference"),
     **dict.fromkeys(("checkpoint", "metrics", "workdir"), "records"),
     **dict.fromkeys(("early_stopping", "loop_state", "reduce_lr", "train"), "training"),
-    **dict.fromkeys(("population", "search", "search_record", "search_space", "sweep"), "tuning"),
+    **dict.fromkeys(
+        ("objectives", "population", "search", "search_record", "search_space", "study", "sweep"),
+        "tuning",
+    ),
 }
 
 

@@ -40,7 +40,7 @@ from fmnist_jax.config import checks as config_checks
 from fmnist_jax.config import run_axis
 from fmnist_jax.errors import UserError
 from fmnist_jax.records import workdir as workdir_lib
-from fmnist_jax.tuning import search_record
+from fmnist_jax.tuning import objectives, search_record
 from fmnist_jax.tuning import study as study_lib
 from fmnist_jax.tuning.search_space import Dimension, dimensions
 
@@ -77,7 +77,7 @@ def check(config: ConfigDict) -> list[Dimension]:
     study_lib.require(s.algorithm)
     if s.objective not in config_lib.MONITORS:
         raise UserError(f"search.objective must be one of {', '.join(config_lib.MONITORS)}.")
-    _check_objectives(config)
+    objectives.check(config)
     if config.data.num_validation <= 0 or config.grid or config.num_seeds != 1:
         raise UserError(
             "A search chooses on the validation split, one seed per trial, from its own space: "
@@ -99,37 +99,6 @@ def check(config: ConfigDict) -> list[Dimension]:
             config_checks.validate(with_trial(config, {d.key: value}))
     _budget(config, space)  # a grid lists discrete ranges only
     return space
-
-
-def _check_objectives(config: ConfigDict) -> None:
-    s = config.search
-    if not s.objectives:
-        if s.pruner == "dominated":
-            raise UserError(
-                "search.pruner='dominated' stops trials dominated on two objectives: set "
-                "search.objectives, e.g. ('val_accuracy', 'params'), or choose another pruner."
-            )
-        return
-    if (
-        len(s.objectives) != 2
-        or s.objectives[0] not in config_lib.MONITORS
-        or s.objectives[1] != "params"
-    ):
-        raise UserError(
-            f"search.objectives={tuple(s.objectives)!r}: name two, a validation metric "
-            f"({' or '.join(config_lib.MONITORS)}) and then 'params' (the trial's parameter "
-            "count), e.g. ('val_accuracy', 'params'); or leave it empty for search.objective."
-        )
-    if s.objectives[0] != s.objective:
-        raise UserError(
-            f"search.objectives names {s.objectives[0]} but search.objective is {s.objective}: "
-            "set both to the same validation metric."
-        )
-    if s.pruner not in study_lib.TWO_OBJECTIVE_PRUNERS:
-        raise UserError(
-            f"search.pruner={s.pruner!r} cannot judge two objectives (Optuna's pruners refuse "
-            "them): choose 'dominated' (stop a trial that another dominates at a rung) or 'none'."
-        )
 
 
 def parameter_count(config: ConfigDict, hparams: dict[str, Any]) -> int:
@@ -389,14 +358,20 @@ def _result(
         )
     last = max(trials, key=lambda t: (t["finished"], t["index"]))
     front = (
-        {"pareto": search_record.pareto_front(trials, config)} if config.search.objectives else {}
+        {
+            "pareto": objectives.pareto_front(
+                search_record.candidates(trials), search_record.maximizes(config)
+            )
+        }
+        if config.search.objectives
+        else {}
     )
     return {
         **front,
         "algorithm": config.search.algorithm,
         "pruner": config.search.pruner,
         "objective": config.search.objective,
-        "objectives": list(study_lib.objectives(config)),
+        "objectives": list(objectives.of(config)),
         "space": [list(entry) for entry in config.search.space],
         "study": study.name,
         "trials": trials,

@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 
 from fmnist_jax.records import metrics
 from fmnist_jax.training.early_stopping import EarlyStopping
+from fmnist_jax.tuning import objectives
 from fmnist_jax.tuning import study as study_lib
 
 if TYPE_CHECKING:  # the population imports JAX
@@ -42,7 +43,7 @@ class Record:
     ):
         self.config, self.study, self.population = config, study, population
         self._parameter_count = parameter_count
-        self._two = len(study_lib.objectives(config)) == 2
+        self._two = len(objectives.of(config)) == 2
         self.slots: list[int | None] = []  # the study trial number each slot trains
         self._trials: dict[int, Any] = {}  # the Optuna trials this worker reports to
         self._spare: list[int] = []  # trials this worker took after its last checkpoint
@@ -201,7 +202,9 @@ class Record:
             and "params" in t.user_attrs
         }
         mine = at_rung.pop(number)
-        return any(_dominates(other, mine, maximizes(self.config)) for other in at_rung.values())
+        return any(
+            objectives.dominates(other, mine, maximizes(self.config)) for other in at_rung.values()
+        )
 
     def _tell(self, slot: int, reason: str, curves: dict[str, Any]) -> None:
         """Ends the slot's trial in the study with its verdict, and frees the slot."""
@@ -299,7 +302,7 @@ def best_value(config: ConfigDict, curves: dict[str, Any]) -> float:
     return max(curve) if maximizes(config) else min(curve)
 
 
-def _candidates(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def candidates(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The trials that may be chosen: never a diverged one, nor one that did not learn while
     another did."""
     finished = [t for t in trials if t["objective"] is not None]
@@ -311,26 +314,10 @@ def best_trial(trials: list[dict[str, Any]], config: ConfigDict) -> dict[str, An
     first, the fewer parameters between equals); None if every one diverged."""
     sign = -1 if maximizes(config) else 1
     return min(
-        _candidates(trials),
+        candidates(trials),
         key=lambda t: (sign * t["objective"], t.get("params", 0)),
         default=None,
     )
-
-
-def pareto_front(trials: list[dict[str, Any]], config: ConfigDict) -> list[int]:
-    """The trials no other dominates on (objective, parameter count), by index."""
-    points = {t["index"]: (t["objective"], t["params"]) for t in _candidates(trials)}
-    return [
-        i
-        for i, p in points.items()
-        if not any(_dominates(q, p, maximizes(config)) for j, q in points.items() if j != i)
-    ]
-
-
-def _dominates(a: tuple[float, int], b: tuple[float, int], maximize: bool) -> bool:
-    """Whether (objective, parameters) `a` is at least as good as `b` on both and better on one."""
-    better = a[0] >= b[0] if maximize else a[0] <= b[0]
-    return better and a[1] <= b[1] and a != b
 
 
 def early_stop_epoch(

@@ -34,6 +34,7 @@ from ml_collections import ConfigDict
 
 from fmnist_jax.errors import UserError
 from fmnist_jax.records import workdir as workdir_lib
+from fmnist_jax.tuning import objectives
 from fmnist_jax.tuning.search_space import Dimension
 
 DATABASE_FILE = "search.db"
@@ -108,9 +109,6 @@ def _pruner(search: ConfigDict) -> Any:
 
 
 PRUNERS = ("none", "hyperband", "successive_halving", "median", "dominated")
-# Optuna's pruners refuse studies of two objectives; "dominated" is this project's rule for them
-# (`search_record.dominated`), and Optuna's study then prunes nothing itself.
-TWO_OBJECTIVE_PRUNERS = ("none", "dominated")
 
 
 def require(algorithm: str) -> None:
@@ -282,7 +280,7 @@ def _open(config: ConfigDict, url: str, name: str) -> tuple[Any, Any]:
             study = optuna.create_study(
                 storage=storage,
                 study_name=name,
-                directions=directions(config),
+                directions=objectives.directions(config),
                 pruner=_pruner(s),
                 load_if_exists=True,
             )
@@ -292,15 +290,6 @@ def _open(config: ConfigDict, url: str, name: str) -> tuple[Any, Any]:
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def objectives(config: ConfigDict) -> tuple[str, ...]:
-    """The search's objectives: `search.objectives`, or `search.objective` alone."""
-    return tuple(config.search.objectives) or (config.search.objective,)
-
-
-def directions(config: ConfigDict) -> list[str]:
-    return ["maximize" if o == "val_accuracy" else "minimize" for o in objectives(config)]
 
 
 def _engine_options(url: str) -> dict[str, Any]:
