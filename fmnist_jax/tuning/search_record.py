@@ -109,12 +109,7 @@ class Record:
 
     def others_running(self) -> bool:
         """Whether trials of other workers still train or wait (a retry may come to this one)."""
-        from optuna.trial import TrialState
-
-        return any(
-            t.state in (TrialState.RUNNING, TrialState.WAITING)
-            for t in self.study.trials().values()
-        )
+        return self.study.unfinished()
 
     def judge(
         self, train: list[dict[str, float] | None], validation: list[dict[str, float] | None]

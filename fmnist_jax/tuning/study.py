@@ -254,6 +254,26 @@ class Study:
         self.keep_alive(trial)
         return trial
 
+    def unfinished(self) -> bool:
+        """Whether a trial of any worker still trains, waits, or was failed as stale and is not
+        yet queued again (another worker is between the two steps)."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        retries: dict[int, list[int]] = {}
+        for t in trials:
+            if "failed_trial" in t.system_attrs:
+                retries.setdefault(t.system_attrs["failed_trial"], []).append(t.number)
+        for t in trials:
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):
+                return True
+            stale = t.state == TrialState.FAIL and "stopped" not in t.user_attrs
+            original = t.system_attrs.get("failed_trial", t.number)
+            tries = retries.get(original, [])
+            if stale and len(tries) < _MAX_RETRIES and not any(n > t.number for n in tries):
+                return True
+        return False
+
     def taken_by_me(self) -> list[int]:
         """The trials this worker took, oldest first, in any state."""
         return [
