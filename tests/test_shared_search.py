@@ -6,13 +6,14 @@ HTTP API and in a real headless browser."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import free_port, kill_after_checkpoint
+from conftest import free_port
 
 from fmnist_jax.tuning import search
 from fmnist_jax.tuning import study as study_lib
@@ -61,7 +62,7 @@ def _command(tmp_path, data_dir, storage, study, workdir):
 def test_workers_share_one_search_and_a_killed_ones_trials_are_retried(
     request, mock_tfds_dir, tmp_path, shared
 ):
-    """Three workers, one killed with SIGKILL after its second epoch: the two others retry its
+    """Three workers, one killed with SIGKILL while a trial of its trains (after 2 epochs): the two others retry its
     trials (same values, from their start), the budget is spent once (every trial trained to a
     verdict once, none lost), and the worker that finished the last trial trains best/ while the
     other names where it is."""
@@ -76,8 +77,7 @@ def test_workers_share_one_search_and_a_killed_ones_trials_are_retried(
     for name in ("a", "b"):
         log = (tmp_path / f"{name}.txt").open("w")
         survivors[name] = subprocess.Popen(command(name), stdout=log, stderr=subprocess.STDOUT)
-    victim = tmp_path / "killed" / "population" / "checkpoints" / "latest"
-    assert kill_after_checkpoint(command("killed"), victim, 2) == -9
+    assert _kill_while_training(command("killed"), storage, "shared") == -9
     for name, process in survivors.items():
         assert process.wait(timeout=600) == 0, (tmp_path / f"{name}.txt").read_text()[-3000:]
     logs = {name: (tmp_path / f"{name}.txt").read_text() for name in survivors}
@@ -107,6 +107,39 @@ def test_workers_share_one_search_and_a_killed_ones_trials_are_retried(
     assert (tmp_path / trainer / "best" / "summary.json").exists()
     assert not (tmp_path / other / "best").exists()
     assert f"trains it in {results['a']['best_run']}" in logs[other]
+
+
+def _kill_while_training(command, storage, study_name):
+    """Starts `command` and SIGKILLs it once it has trained a still running trial 2 epochs; if
+    the trial ended in the instant before the signal landed, starts it again (it resumes) and
+    kills it again, until the study holds a running trial of the dead worker. Its exit status."""
+    import optuna
+
+    url = study_lib.storage_url(_config(storage), "")
+
+    def running():
+        try:
+            trials = optuna.load_study(study_name=study_name, storage=url).trials
+        except Exception:  # noqa: BLE001 - the study or its tables do not exist yet
+            return []
+        return [
+            t
+            for t in trials
+            if t.state.name == "RUNNING"
+            and t.user_attrs.get("workdir", "").endswith("/killed")
+            and len(t.user_attrs.get("curves", {}).get("val_loss", [])) >= 2
+        ]
+
+    for _ in range(5):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and not running():
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        status = process.wait(timeout=300)
+        if running():
+            return status
+    raise AssertionError("the worker never held a running trial when killed")
 
 
 def _config(storage):
