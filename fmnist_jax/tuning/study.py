@@ -324,6 +324,8 @@ def _retry(study: Any, trial: Any) -> None:
     would let the retried trial pass them untested."""
     import optuna
 
+    if "stopped" in trial.user_attrs:  # its verdict was written before its worker died
+        return  # (search.json lists it with that verdict; training it again would count it twice)
     original = trial.system_attrs.get("failed_trial", trial.number)
     tries = sum(t.system_attrs.get("failed_trial") == original for t in study.get_trials())
     if tries >= _MAX_RETRIES:
